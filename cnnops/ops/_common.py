@@ -22,9 +22,10 @@ def cuda_built():
 
 
 def check_device(op, t):
-    """NotImplementedError for devices without a kernel (MPS, or CUDA in a CPU-only build)."""
+    """NotImplementedError for devices without a kernel (MPS, or CUDA in a CPU-only build).
+    The meta device runs the fake kernels: shapes, dtypes and checks without data."""
     kind = t.device.type
-    if kind == "cpu" or (kind == "cuda" and cuda_built()):
+    if kind == "cpu" or kind == "meta" or (kind == "cuda" and cuda_built()):
         return
     supported = "cpu, cuda" if cuda_built() else "cpu (this build has no CUDA kernels; rebuild with CNNOPS_WITH_CUDA=1)"
     raise NotImplementedError(
@@ -53,7 +54,7 @@ def conv_memory_format(input, weight):
 
 def autocast_dtype(device_type):
     """The autocast dtype for device_type, or None when autocast is off there."""
-    if torch.is_autocast_enabled(device_type):
+    if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
     return None
 

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The one prepared script for the GPU machine (DESIGN.md section 6). Run from the repo root:
+#   OUT=/some/dir bash scripts/gpu_check.sh [family]
+# Stages, each with its own timeout, each writing to $OUT as soon as it ends:
+#   1 build (MAX_JOBS=16, TORCH_CUDA_ARCH_LIST=9.0)
+#   2 the changed family's CUDA tests (tests/test_<family>.py -k cuda), default conv2d
+#   3 every other CUDA test, with the opt-in fast paths forced on (CNNOPS_EXPERIMENTAL=1)
+#   4 compute-sanitizer memcheck + racecheck over scripts/cuda_smoke.py, cnnops_ kernels only
+#   5 the benchmark, JSON to $OUT/bench_cuda.json
+# Later op families only add tests, smoke cases and bench cases; this script stays.
+set -u
+OUT=${OUT:-$PWD/gpu_out}
+FAMILY=${1:-conv2d}
+mkdir -p "$OUT"
+SUMMARY="$OUT/summary.txt"
+: > "$SUMMARY"
+export PYTHONUNBUFFERED=1 CI=1
+T_BUILD=${T_BUILD:-300} T_FAMILY=${T_FAMILY:-180} T_ALL=${T_ALL:-180} T_SAN=${T_SAN:-150} T_BENCH=${T_BENCH:-200}
+
+note() { echo "$*" | tee -a "$SUMMARY"; }
+stage() {  # stage NAME TIMEOUT LOG CMD...
+  local name=$1 limit=$2 log=$3; shift 3
+  local t0=$SECONDS
+  timeout --signal=TERM --kill-after=10 "$limit" "$@" > "$log" 2>&1
+  local rc=$?
+  note "stage $name: rc=$rc ($((SECONDS - t0)) s, limit $limit s) log=$(basename "$log")"
+  tail -n 5 "$log" | sed 's/^/    /' >> "$SUMMARY"
+  return $rc
+}
+
+{
+  echo "date: $(date -u +%FT%TZ)"; echo "commit: $(git rev-parse HEAD 2>/dev/null)"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv,noheader 2>&1
+  python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))" 2>&1
+  nvcc --version 2>&1 | tail -n 1
+  command -v compute-sanitizer || echo "compute-sanitizer: not found"
+} > "$OUT/env.txt"
+cat "$OUT/env.txt" >> "$SUMMARY"
+
+rm -f cnnops/_C*.so cnnops/_build_info.py
+export MAX_JOBS=${MAX_JOBS:-16} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} CNNOPS_WITH_CUDA=1
+if ! stage build "$T_BUILD" "$OUT/build.log" python3 setup.py build_ext --inplace; then
+  note "build failed: stopping"; exit 1
+fi
+
+stage "tests-$FAMILY" "$T_FAMILY" "$OUT/pytest_family.log" \
+  python3 -m pytest -q -x --timeout=120 -k cuda "tests/test_$FAMILY.py" -p no:cacheprovider
+CNNOPS_EXPERIMENTAL=1 stage tests-all-cuda "$T_ALL" "$OUT/pytest_cuda.log" \
+  python3 -m pytest -q --timeout=120 -k cuda tests --ignore "tests/test_$FAMILY.py" -p no:cacheprovider
+
+if command -v compute-sanitizer > /dev/null; then
+  {
+    for tool in memcheck racecheck; do
+      echo "=== $tool"
+      # --kernel-name is the newer spelling of --filter; try both.
+      compute-sanitizer --tool $tool --kernel-name kns=cnnops_ --error-exitcode 9 python3 scripts/cuda_smoke.py \
+        || { rc=$?; [ $rc -eq 9 ] && echo "$tool: ERRORS FOUND (rc 9)" || \
+             compute-sanitizer --tool $tool --filter kns=cnnops_ --error-exitcode 9 python3 scripts/cuda_smoke.py; }
+    done
+  } > "$OUT/sanitizer.log" 2>&1 &
+  SAN_PID=$!
+  ( sleep "$T_SAN"; kill -TERM -- $SAN_PID 2>/dev/null; pkill -f compute-sanitizer ) & WATCH=$!
+  wait $SAN_PID; rc=$?; kill $WATCH 2>/dev/null
+  note "stage sanitizer: rc=$rc (limit $T_SAN s) log=sanitizer.log"
+  grep -E "ERROR SUMMARY|ERRORS FOUND|smoke:|RACECHECK SUMMARY" "$OUT/sanitizer.log" | sed 's/^/    /' >> "$SUMMARY"
+else
+  note "stage sanitizer: skipped, compute-sanitizer not available on this machine"
+  stage smoke 60 "$OUT/sanitizer.log" python3 scripts/cuda_smoke.py
+fi
+
+stage bench "$T_BENCH" "$OUT/bench.log" python3 -m cnnops.bench --device cuda --json "$OUT/bench_cuda.json"
+note "done"
