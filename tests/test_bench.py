@@ -163,7 +163,7 @@ def test_disturbed_case_is_run_again(monkeypatch):
             return {"other_load": next(loads)}
 
     monkeypatch.setattr(core, "CpuMonitor", FakeMonitor)
-    monkeypatch.setattr(core.time, "sleep", lambda s: None)
+    monkeypatch.setattr(core, "wait_for_quiet", lambda s: True)
     case = bench_conv2d.conv_case("tiny", 1, 4, 4, 8, 3, padding=1)
     opts = core.Options(device="cpu", quick=True, directions=("forward",), rounds=1, busy_retries=2)
     rows = core.run_cases([case], opts, roofline={})

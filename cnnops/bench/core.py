@@ -114,6 +114,7 @@ class Options:
     warmup_time: Optional[float] = None  # CUDA, per side; None: 0.05 quick, 0.2 full
     slow_call_s: float = 0.05
     busy_retries: int = 2  # run a case again when other processes disturbed it
+    busy_wait_s: float = 30.0  # before such a rerun, wait up to this long for the CPUs to go quiet
     rotate_bytes: Optional[int] = None  # None: 2 x L2 on CUDA (>= 64 MiB), no rotation on CPU
     progress: Optional[object] = None  # a file, or None for silence
 
@@ -287,6 +288,23 @@ class CpuMonitor:
         else:
             out["other_load"] = None
         return out
+
+
+def wait_for_quiet(max_s, window_s=1.0, quiet_windows=3):
+    """Waits (at most max_s) until other processes used under BUSY_LOAD CPUs for
+    quiet_windows consecutive windows; returns whether that happened."""
+    deadline = time.perf_counter() + max_s
+    quiet = 0
+    while time.perf_counter() < deadline:
+        mon = CpuMonitor()
+        time.sleep(window_s)
+        other = mon.result().get("other_load")
+        if other is None:
+            return False
+        quiet = quiet + 1 if other <= BUSY_LOAD else 0
+        if quiet >= quiet_windows:
+            return True
+    return False
 
 
 def busy_warning(cpu):
@@ -707,7 +725,7 @@ def run_cases(cases, opts, roofline, tf32_on=False, spec=None, on_case=None):
             if opts.progress is not None:
                 print(f"[{i + 1}/{len(cases)}] {case.family} {case.name}: other processes used {other:.2f} CPUs "
                       f"meanwhile; running it again ({attempt + 1}/{opts.busy_retries})", file=opts.progress, flush=True)
-            time.sleep(2.0)
+            wait_for_quiet(opts.busy_wait_s)
         case_rows, other, attempts, secs = kept
         for r in case_rows:
             r["other_cpu_load"] = other
