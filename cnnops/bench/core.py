@@ -773,6 +773,8 @@ COLUMNS = ("op", "shape", "dtype", "direction", "cnnops ms", "torch ms", "speedu
 
 def _note(r):
     other = r.get("other_cpu_load")
+    if r.get("cnnops_ms") is None:
+        return ""
     return f"busy: other processes {other:.2f} CPUs" if (other is not None and other > BUSY_LOAD) else ""
 
 
@@ -931,8 +933,42 @@ def _parse(argv, have_cases):
 
 def main(argv=None, cases=None):
     """Entry point; `cases` replaces the registered families' cases (for tests).
-    Returns 0, 1 when a case was incorrect or failed, 2 for a usage error."""
+    Returns 0, 1 when a case was incorrect or failed, 2 for a usage error. The global
+    torch settings it changes (threads, cudnn.benchmark, TF32 flags) are restored on
+    return, so calling it in-process leaves the caller's torch as it was; the glibc
+    mallopt settings stay for the life of the process."""
     args, ops, directions = _parse(argv, cases is not None)
+    saved = _save_torch_state()
+    try:
+        return _main(args, ops, directions, cases)
+    finally:
+        _restore_torch_state(saved, args.tf32 != "default")
+
+
+def _save_torch_state():
+    return {"threads": torch.get_num_threads(), "cudnn_benchmark": torch.backends.cudnn.benchmark,
+            "cudnn_tf32": _quiet(lambda: torch.backends.cudnn.allow_tf32),
+            "matmul_tf32": _quiet(lambda: torch.backends.cuda.matmul.allow_tf32)}
+
+
+def _restore_torch_state(saved, tf32_changed):
+    if torch.get_num_threads() != saved["threads"]:
+        torch.set_num_threads(saved["threads"])
+    torch.backends.cudnn.benchmark = saved["cudnn_benchmark"]
+    if not tf32_changed:  # setting the flags back when untouched would still rewrite torch's state
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for value, obj in ((saved["cudnn_tf32"], torch.backends.cudnn),
+                           (saved["matmul_tf32"], torch.backends.cuda.matmul)):
+            if isinstance(value, bool):
+                try:
+                    obj.allow_tf32 = value
+                except Exception:
+                    pass
+
+
+def _main(args, ops, directions, cases):
     err = sys.stderr
     import cnnops
 
