@@ -897,7 +897,7 @@ def build_parser():
                         "cuBLAS's both on or off")
     p.add_argument("--busy-retries", type=int, metavar="N",
                    help="run a case again, up to N times, when other processes used the CPUs meanwhile "
-                        "(default 2 on cpu, 0 on cuda)")
+                        "(default 2 on cpu, 0 on cuda and with --quick)")
     p.add_argument("--no-mallopt", action="store_true", help="leave glibc malloc at its defaults")
     p.add_argument("--no-roofline", action="store_true",
                    help="skip the copy and matmul measurements (no %% of limit)")
@@ -995,7 +995,7 @@ def _main(args, ops, directions, cases):
         return 2
 
     if args.busy_retries is None:
-        args.busy_retries = 2 if args.device == "cpu" else 0
+        args.busy_retries = 2 if (args.device == "cpu" and not args.quick) else 0
     allocator = tune_allocator(not args.no_mallopt)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
