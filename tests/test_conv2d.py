@@ -165,12 +165,6 @@ def test_conv2d_many_tiles(dtype, mode):
     compare_with_torch(x, w, b, 1, 1, 1, 2, mode, msg=f"{dtype} {mode}")
 
 
-_GRAD_INPUT_LAYOUT_BUG = (
-    "conv2d_grad_input picks grad_input's memory format from grad_output and weight "
-    "(conv_memory_format(grad_output, weight)); torch's follows the input and weight, whatever grad_output's layout")
-_GRAD_WEIGHT_LAYOUT_BUG = (
-    "conv2d_grad_weight returns grad_weight in the input's memory format (suggest_memory_format(input)); "
-    "torch's is channels_last when the weight is channels_last")
 GRAD_OUTPUT_LAYOUTS = ("like_output", "contiguous", "channels_last")
 
 
@@ -178,14 +172,7 @@ def _grad_stride_params(which):
     params = []
     for layout in LAYOUTS:
         for go_layout in GRAD_OUTPUT_LAYOUTS:
-            marks = []
-            if which == "input" and (
-                    (layout == "channels_last_input" and go_layout == "contiguous")
-                    or (layout in ("contiguous", "sliced_input", "transposed_input") and go_layout == "channels_last")):
-                marks = [pytest.mark.xfail(strict=True, raises=AssertionError, reason=_GRAD_INPUT_LAYOUT_BUG)]
-            if which == "weight" and layout == "channels_last_weight":
-                marks = [pytest.mark.xfail(strict=True, raises=AssertionError, reason=_GRAD_WEIGHT_LAYOUT_BUG)]
-            params.append(pytest.param(layout, go_layout, marks=marks, id=f"{layout}-grad_output_{go_layout}"))
+            params.append(pytest.param(layout, go_layout, id=f"{layout}-grad_output_{go_layout}"))
     return params
 
 
@@ -388,6 +375,11 @@ def _opcheck_inputs(name):
     return x, w, b, (stride, padding, dilation, groups, mode)
 
 
+def _cl(x, w):
+    """The channels_last flag the autograd formula passes to the gradient ops."""
+    return cnnops.ops._common.conv_memory_format(x, w) == CL
+
+
 def _assert_opcheck(result):
     assert result and all(v == "SUCCESS" for v in result.values()), result
 
@@ -401,9 +393,9 @@ def test_opcheck(op, name, single_thread):
     if op == "conv2d":
         call = (ops.conv2d, (x, w, b, *args))
     elif op == "conv2d_grad_input":
-        call = (ops.conv2d_grad_input, (go, w, list(x.shape), *args))
+        call = (ops.conv2d_grad_input, (go, w, list(x.shape), *args, _cl(x, w)))
     elif op == "conv2d_grad_weight":
-        call = (ops.conv2d_grad_weight, (go, x, list(w.shape), *args))
+        call = (ops.conv2d_grad_weight, (go, x, list(w.shape), *args, _cl(x, w)))
     else:
         call = (ops.conv2d_grad_bias, (go,))
     _assert_opcheck(torch.library.opcheck(*call))
@@ -419,8 +411,8 @@ def test_ops_match_torch_gradients():
     go = rand(*ref.shape)
     gi, gw, gb = torch.autograd.grad(ref, (x, w, b), go)
     assert_close(ops.conv2d(x, w, b, *args), ref)
-    assert_close(ops.conv2d_grad_input(go, w.detach(), list(x.shape), *args), gi)
-    assert_close(ops.conv2d_grad_weight(go, x.detach(), list(w.shape), *args), gw)
+    assert_close(ops.conv2d_grad_input(go, w.detach(), list(x.shape), *args, _cl(x, w)), gi)
+    assert_close(ops.conv2d_grad_weight(go, x.detach(), list(w.shape), *args, _cl(x, w)), gw)
     assert_close(ops.conv2d_grad_bias(go), gb)
 
 
@@ -491,7 +483,10 @@ def test_compile_conv2d_function_aot_eager(dynamo_reset):
 
 
 @pytest.mark.slow
-def test_compile_inductor(dynamo_reset):
+def test_compile_inductor(dynamo_reset, tmp_path, monkeypatch):
+    # A private cache: inductor's on-disk cache does not key on custom-op schemas, so code
+    # compiled against an older build of the extension could be replayed.
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
     kwargs = dict(in_channels=4, out_channels=8, kernel_size=3, padding=1, padding_mode="reflect")
     _compile_and_compare(kwargs, (2, 4, 9, 9), None, "inductor", dtype=torch.float32)
 
@@ -684,13 +679,13 @@ ERROR_CASES = [
     ("empty_channels", lambda: F.conv2d(_x(2, 0, 8, 8), _x(6, 0, 3, 3)), ValueError,
      r"expected input to have non-zero channels, height and width, got shape \(2, 0, 8, 8\)", True),
     ("grad_input_shape", lambda: ops.conv2d_grad_input(_x(2, 6, 5, 5), _x(6, 4, 3, 3), [2, 4, 8, 8], [1, 1],
-                                                       [0, 0, 0, 0], [1, 1], 1, "zeros"), ValueError,
+                                                       [0, 0, 0, 0], [1, 1], 1, "zeros", False), ValueError,
      r"cnnops\.conv2d_grad_input: expected grad_output to have shape \(2, 6, 6, 6\), got \(2, 6, 5, 5\)", True),
     ("grad_weight_shape", lambda: ops.conv2d_grad_weight(_x(2, 5, 6, 6), _x(2, 4, 8, 8), [6, 4, 3, 3], [1, 1],
-                                                         [0, 0, 0, 0], [1, 1], 1, "zeros"), ValueError,
+                                                         [0, 0, 0, 0], [1, 1], 1, "zeros", False), ValueError,
      r"cnnops\.conv2d_grad_weight: expected grad_output to have shape \(2, 6, 6, 6\), got \(2, 5, 6, 6\)", True),
     ("grad_input_reflect", lambda: ops.conv2d_grad_input(_x(2, 6, 8, 8), _x(6, 4, 3, 3), [2, 4, 8, 8], [1, 1],
-                                                         [8, 8, 1, 1], [1, 1], 1, "reflect"), ValueError,
+                                                         [8, 8, 1, 1], [1, 1], 1, "reflect", False), ValueError,
      r"cnnops\.conv2d_grad_input: reflect padding must be smaller than the input size", True),
     ("grad_bias_1d", lambda: ops.conv2d_grad_bias(_x(6)), ValueError,
      r"cnnops\.conv2d_grad_bias: expected grad_output with at least 2 dimensions \(N, C, \.\.\.\), got shape \(6,\)",
@@ -762,23 +757,12 @@ def test_device_mismatch_cuda():
         F.conv2d(x.long(), _x(6, 4, 3, 3).long().cuda())
 
 
-_NUMPY_INT_BUG = ("cnnops' pair() rejects NumPy integer scalars (and 0-d tensors) with TypeError; "
-                  "torch accepts anything with __index__")
-
-
-@pytest.mark.xfail(strict=True, raises=TypeError, reason=_NUMPY_INT_BUG)
 @pytest.mark.parametrize("kwargs", [dict(stride=np.int64(2)), dict(padding=np.int64(1))], ids=["stride", "padding"])
 def test_numpy_int_arguments(kwargs):
     x, w = rand(2, 4, 8, 8), rand(6, 4, 3, 3)
     assert_close(cnnops.F.conv2d(x, w, **kwargs), TF.conv2d(x, w, **kwargs))
 
 
-_GRAD_DTYPE_MESSAGE_BUG = (
-    "the backward ops' dtype check calls check_same_dtype_device(op, grad_output, other, name), whose message "
-    "calls grad_output 'input': 'expected input to have the same dtype as input (float32)'")
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=_GRAD_DTYPE_MESSAGE_BUG)
 @pytest.mark.parametrize("op", ["conv2d_grad_input", "conv2d_grad_weight"])
 def test_grad_op_dtype_mismatch_names_grad_output(op):
     go = _x(2, 6, 6, 6)
@@ -788,7 +772,7 @@ def test_grad_op_dtype_mismatch_names_grad_output(op):
         other, size, name = _x(2, 4, 8, 8, dtype=torch.float64), [6, 4, 3, 3], "input"
     with pytest.raises(TypeError, match=rf"cnnops\.{op}: expected {name} to have the same dtype as grad_output "
                                         r"\(float32\), got float64"):
-        getattr(ops, op)(go, other, size, [1, 1], [0, 0, 0, 0], [1, 1], 1, "zeros")
+        getattr(ops, op)(go, other, size, [1, 1], [0, 0, 0, 0], [1, 1], 1, "zeros", False)
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last_input", "channels_last_weight", "sliced_input"])
@@ -805,7 +789,7 @@ def test_meta_tensors_match_cpu(layout, mode, padding):
     assert (meta.shape, meta.dtype, meta.stride()) == (out.shape, out.dtype, out.stride())
     # the backward ops too, with the padding resolved as the functional wrapper does
     st, pads, dil = cnnops.ops.conv2d.normalize_conv2d_args("test", w.shape, stride, padding, 1)
-    args = (st, pads, dil, 2, mode)
+    args = (st, pads, dil, 2, mode, _cl(x, w))
     go = torch.randn(out.shape).contiguous(memory_format=CL if out.is_contiguous(memory_format=CL) else
                                            torch.contiguous_format)
     for real, fake in [

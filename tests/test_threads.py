@@ -50,8 +50,8 @@ def _calls():
     return {
         "dense_forward": lambda: cnnops.F.conv2d(x, w_dense, None, 1, 1),
         "depthwise_forward": lambda: cnnops.F.conv2d(x, w_dw, None, 1, 1, 1, 64, "reflect"),
-        "depthwise_grad_input": lambda: ops.conv2d_grad_input(go, w_dw, list(x.shape), *args, 64, "zeros"),
-        "depthwise_grad_weight": lambda: ops.conv2d_grad_weight(go, x, list(w_dw.shape), *args, 64, "zeros"),
+        "depthwise_grad_input": lambda: ops.conv2d_grad_input(go, w_dw, list(x.shape), *args, 64, "zeros", False),
+        "depthwise_grad_weight": lambda: ops.conv2d_grad_weight(go, x, list(w_dw.shape), *args, 64, "zeros", False),
         "grad_bias": lambda: ops.conv2d_grad_bias(go),
     }
 
