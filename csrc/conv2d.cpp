@@ -17,6 +17,12 @@ TORCH_LIBRARY_FRAGMENT(cnnops, m) {
       "conv2d_grad_weight(Tensor grad_output, Tensor input, SymInt[4] weight_size, "
       "SymInt[2] stride, SymInt[4] padding, SymInt[2] dilation, SymInt groups, "
       "str padding_mode, bool channels_last) -> Tensor");
+  // CPU only: the CUDA kernel's gather formulation of conv2d_grad_input, run on the CPU so
+  // the tests check the index math (padded_preimages) that the GPU runs.
+  m.def(
+      "_conv2d_grad_input_gather(Tensor grad_output, Tensor weight, SymInt[4] input_size, "
+      "SymInt[2] stride, SymInt[4] padding, SymInt[2] dilation, SymInt groups, "
+      "str padding_mode, bool channels_last) -> Tensor");
   // Sum of grad_output over every dimension but 1: the bias gradient of any convolution.
   m.def("conv2d_grad_bias(Tensor grad_output) -> Tensor");
 }

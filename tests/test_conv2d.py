@@ -261,6 +261,26 @@ def test_conv2d_hypothesis(cfg):
                        msg=str(cfg))
 
 
+@given(cfg=conv_configs())
+def test_grad_input_gather_matches_torch(cfg):
+    """The CUDA grad_input's gather formulation (conv2d_grad_input_at, padded_preimages in
+    csrc/common/conv_index.h), run on the CPU through _conv2d_grad_input_gather."""
+    x = make_input((cfg["n"], cfg["c"], cfg["h"], cfg["w"]), cfg["layout"])
+    w = make_weight((cfg["oc"], cfg["c"] // cfg["groups"], *cfg["kernel"]), cfg["layout"])
+    ref = torch.nn.Conv2d(cfg["c"], cfg["oc"], cfg["kernel"], cfg["stride"], cfg["padding"], cfg["dilation"],
+                          cfg["groups"], bias=False, padding_mode=cfg["mode"]).double()
+    ref.weight.data.copy_(w.detach())
+    x_ref = x.detach().clone().requires_grad_(True)
+    out = ref(x_ref)
+    go = rand(*out.shape)
+    (gi_ref,) = torch.autograd.grad(out, x_ref, go)
+    stride, pads, dilation = cnnops.ops.conv2d.normalize_conv2d_args("test", w.shape, cfg["stride"], cfg["padding"],
+                                                                     cfg["dilation"])
+    gi = ops._conv2d_grad_input_gather(go, w.detach(), list(x.shape), stride, pads, dilation, cfg["groups"],
+                                       cfg["mode"], False)
+    assert_close(gi, gi_ref, msg=str(cfg))
+
+
 # ---------------------------------------------------------------- 3. padding forms, unbatched input
 
 @pytest.mark.parametrize("padding", [0, 2, (1, 3), [2, 0], (1,), "valid", "same"])

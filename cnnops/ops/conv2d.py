@@ -103,6 +103,7 @@ def _conv2d_fake(input, weight, bias, stride, padding, dilation, groups, padding
     return _empty(out_shape, input, conv_memory_format(input, weight))
 
 
+@torch.library.register_fake("cnnops::_conv2d_grad_input_gather")
 @torch.library.register_fake("cnnops::conv2d_grad_input")
 def _conv2d_grad_input_fake(grad_output, weight, input_size, stride, padding, dilation, groups, padding_mode,
                             channels_last):

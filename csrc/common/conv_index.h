@@ -41,49 +41,43 @@ CNNOPS_HOST_DEVICE int64_t source_index(int64_t v, int64_t size, PaddingMode mod
   }
 }
 
-// The virtual coordinates that read real index i, as up to three closed intervals.
+// The virtual coordinates that read real index i, as three closed intervals [lo, hi]
+// clipped to the padded extent; an unused slot is empty (lo > hi). Slots are written
+// with constant indices so that, on the GPU, the arrays live in registers.
 struct Preimages {
   int64_t lo[3];
   int64_t hi[3];
-  int count;
 };
 
-CNNOPS_HOST_DEVICE void add_interval(Preimages& p, int64_t lo, int64_t hi, int64_t vmin,
-                                     int64_t vmax) {
-  lo = lo < vmin ? vmin : lo;
-  hi = hi > vmax ? vmax : hi;
-  if (lo <= hi) {
-    p.lo[p.count] = lo;
-    p.hi[p.count] = hi;
-    ++p.count;
-  }
+CNNOPS_HOST_DEVICE void set_interval(Preimages& p, int slot, int64_t lo, int64_t hi,
+                                     int64_t vmin, int64_t vmax) {
+  p.lo[slot] = lo < vmin ? vmin : lo;
+  p.hi[slot] = hi > vmax ? vmax : hi;
 }
 
 CNNOPS_HOST_DEVICE Preimages padded_preimages(int64_t i, int64_t size, int64_t pad_before,
                                               int64_t pad_after, PaddingMode mode) {
-  Preimages p;
-  p.count = 0;
   const int64_t vmin = -pad_before, vmax = size - 1 + pad_after;
+  Preimages p;
+  CNNOPS_UNROLL
+  for (int slot = 0; slot < 3; ++slot) set_interval(p, slot, 1, 0, vmin, vmax);  // empty
   switch (mode) {
     case PaddingMode::Reflect:  // v = i, v = -i, v = 2(size-1) - i; distinct for size > 1
-      add_interval(p, i, i, vmin, vmax);
-      if (i > 0) add_interval(p, -i, -i, vmin, vmax);
-      if (i < size - 1) add_interval(p, 2 * (size - 1) - i, 2 * (size - 1) - i, vmin, vmax);
+      set_interval(p, 0, i, i, vmin, vmax);
+      if (i > 0) set_interval(p, 1, -i, -i, vmin, vmax);
+      if (i < size - 1) set_interval(p, 2, 2 * (size - 1) - i, 2 * (size - 1) - i, vmin, vmax);
       break;
-    case PaddingMode::Replicate: {  // the edges own the whole padding beyond them
-      const int64_t lo = (i == 0) ? vmin : i;
-      const int64_t hi = (i == size - 1) ? vmax : i;
-      add_interval(p, lo, hi, vmin, vmax);
+    case PaddingMode::Replicate:  // the edges own the whole padding beyond them
+      set_interval(p, 0, i == 0 ? vmin : i, i == size - 1 ? vmax : i, vmin, vmax);
       break;
-    }
     case PaddingMode::Circular:  // pad <= size, so at most one wrap on each side
-      add_interval(p, i - size, i - size, vmin, vmax);
-      add_interval(p, i, i, vmin, vmax);
-      add_interval(p, i + size, i + size, vmin, vmax);
+      set_interval(p, 0, i - size, i - size, vmin, vmax);
+      set_interval(p, 1, i, i, vmin, vmax);
+      set_interval(p, 2, i + size, i + size, vmin, vmax);
       break;
     case PaddingMode::Zeros:
     default:
-      add_interval(p, i, i, vmin, vmax);
+      set_interval(p, 0, i, i, vmin, vmax);
       break;
   }
   return p;
@@ -138,6 +132,45 @@ CNNOPS_HOST_DEVICE int64_t im2col_offset(const Conv2dGeometry& g, const Strides4
   const int64_t iw = source_index(vw, g.in_w, g.mode);
   if (ih < 0 || iw < 0) return -1;
   return s.offset(n, group * g.in_channels_per_group() + ic, ih, iw);
+}
+
+// grad_input at one input element (n, c, ih, iw), as a gather over every (output pixel,
+// tap) that read it: deterministic, no scatter. The CUDA grad_input kernel runs this per
+// thread; the CPU op _conv2d_grad_input_gather runs it too, so CPU tests check it.
+template <typename acc_t, typename scalar_t>
+CNNOPS_HOST_DEVICE acc_t conv2d_grad_input_at(const scalar_t* grad_output, const scalar_t* weight,
+                                              const Strides4d& go_s, const Strides4d& w_s,
+                                              const Conv2dGeometry& g, int64_t n, int64_t c,
+                                              int64_t ih, int64_t iw) {
+  const int64_t icg = g.in_channels_per_group(), ocg = g.out_channels_per_group();
+  const int64_t group = c / icg, ic = c % icg;
+  const Preimages rows = padded_preimages(ih, g.in_h, g.pad_top, g.pad_bottom, g.mode);
+  const Preimages cols = padded_preimages(iw, g.in_w, g.pad_left, g.pad_right, g.mode);
+  acc_t acc = 0;
+  CNNOPS_UNROLL
+  for (int a = 0; a < 3; ++a) {
+    for (int64_t vh = rows.lo[a]; vh <= rows.hi[a]; ++vh) {
+      for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+        const int64_t oh = output_index_for_tap(vh, kh, g.stride_h, g.pad_top, g.dilation_h, g.out_h);
+        if (oh < 0) continue;
+        CNNOPS_UNROLL
+        for (int b = 0; b < 3; ++b) {
+          for (int64_t vw = cols.lo[b]; vw <= cols.hi[b]; ++vw) {
+            for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+              const int64_t ow =
+                  output_index_for_tap(vw, kw, g.stride_w, g.pad_left, g.dilation_w, g.out_w);
+              if (ow < 0) continue;
+              for (int64_t oc = group * ocg; oc < (group + 1) * ocg; ++oc) {
+                acc += static_cast<acc_t>(grad_output[go_s.offset(n, oc, oh, ow)]) *
+                       static_cast<acc_t>(weight[w_s.offset(oc, ic, kh, kw)]);
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+  return acc;
 }
 
 }  // namespace cnnops

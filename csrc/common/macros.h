@@ -7,3 +7,11 @@
 #else
 #define CNNOPS_HOST_DEVICE inline
 #endif
+
+// Full unrolling of short fixed-trip loops, so small arrays indexed by the loop counter
+// stay in registers on the GPU.
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define CNNOPS_UNROLL _Pragma("unroll")
+#else
+#define CNNOPS_UNROLL _Pragma("GCC unroll 8")
+#endif

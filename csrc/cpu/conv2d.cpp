@@ -211,6 +211,36 @@ at::Tensor conv2d_grad_input_cpu(const at::Tensor& grad_output, const at::Tensor
   return grad_input;
 }
 
+at::Tensor conv2d_grad_input_gather_cpu(const at::Tensor& grad_output, const at::Tensor& weight,
+                                        at::IntArrayRef input_size, at::IntArrayRef stride,
+                                        at::IntArrayRef padding, at::IntArrayRef dilation,
+                                        int64_t groups, c10::string_view padding_mode,
+                                        bool channels_last) {
+  const Conv2dGeometry g = check_conv2d_grad_input("cnnops._conv2d_grad_input_gather", grad_output,
+                                                   weight, input_size, stride, padding, dilation,
+                                                   groups, padding_mode, /*half_ok=*/false);
+  at::Tensor grad_input =
+      at::empty(input_size, grad_output.options().memory_format(layout_from_flag(channels_last)));
+  if (grad_input.numel() == 0) return grad_input;
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, grad_output.scalar_type(), "cnnops_conv2d_grad_input_gather_cpu", [&] {
+    using opmath_t = at::opmath_type<scalar_t>;
+    const scalar_t* go_ptr = grad_output.const_data_ptr<scalar_t>();
+    const scalar_t* w_ptr = weight.const_data_ptr<scalar_t>();
+    scalar_t* gi_ptr = grad_input.mutable_data_ptr<scalar_t>();
+    const Strides4d go_s = strides4d(grad_output), w_s = strides4d(weight), gi_s = strides4d(grad_input);
+    at::parallel_for(0, g.batch * g.in_channels, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t n = item / g.in_channels, c = item % g.in_channels;
+        for (int64_t ih = 0; ih < g.in_h; ++ih)
+          for (int64_t iw = 0; iw < g.in_w; ++iw)
+            gi_ptr[gi_s.offset(n, c, ih, iw)] = static_cast<scalar_t>(
+                conv2d_grad_input_at<opmath_t>(go_ptr, w_ptr, go_s, w_s, g, n, c, ih, iw));
+      }
+    });
+  });
+  return grad_input;
+}
+
 at::Tensor conv2d_grad_weight_cpu(const at::Tensor& grad_output, const at::Tensor& input,
                                   at::IntArrayRef weight_size, at::IntArrayRef stride,
                                   at::IntArrayRef padding, at::IntArrayRef dilation,
@@ -296,6 +326,7 @@ TORCH_LIBRARY_IMPL(cnnops, CPU, m) {
   m.impl("conv2d", &conv2d_cpu);
   m.impl("conv2d_grad_input", &conv2d_grad_input_cpu);
   m.impl("conv2d_grad_weight", &conv2d_grad_weight_cpu);
+  m.impl("_conv2d_grad_input_gather", &conv2d_grad_input_gather_cpu);
   m.impl("conv2d_grad_bias", &conv2d_grad_bias_cpu);
 }
 

@@ -1,8 +1,7 @@
 // conv2d gradients on CUDA, all deterministic (no float atomics):
-//  - grad_input: a gather kernel, one thread per input element, summing over every
-//    (output pixel, tap) that read it. padded_preimages() (common/conv_index.h) lists the
-//    virtual coordinates that map to the element, so reflect/replicate/circular padding
-//    needs no scatter.
+//  - grad_input: a gather kernel, one thread per input element, running
+//    conv2d_grad_input_at() (common/conv_index.h): padded_preimages() lists the virtual
+//    coordinates that map to the element, so reflect/replicate/circular need no scatter.
 //  - grad_weight: the implicit-GEMM core with rows = output channels, columns =
 //    (ic, kh, kw), reduction = output pixels, split into slices whose partial sums go to
 //    a float workspace and are added in slice order by a second kernel.
@@ -32,33 +31,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t ih = (idx / g.in_w) % g.in_h;
   const int64_t c = (idx / (g.in_w * g.in_h)) % g.in_channels;
   const int64_t n = idx / (g.in_w * g.in_h * g.in_channels);
-  const int64_t icg = g.in_channels_per_group(), ocg = g.out_channels_per_group();
-  const int64_t group = c / icg, ic = c % icg;
-
-  const Preimages rows = padded_preimages(ih, g.in_h, g.pad_top, g.pad_bottom, g.mode);
-  const Preimages cols = padded_preimages(iw, g.in_w, g.pad_left, g.pad_right, g.mode);
-  acc_t acc = 0;
-  for (int a = 0; a < rows.count; ++a) {
-    for (int64_t vh = rows.lo[a]; vh <= rows.hi[a]; ++vh) {
-      for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
-        const int64_t oh = output_index_for_tap(vh, kh, g.stride_h, g.pad_top, g.dilation_h, g.out_h);
-        if (oh < 0) continue;
-        for (int b = 0; b < cols.count; ++b) {
-          for (int64_t vw = cols.lo[b]; vw <= cols.hi[b]; ++vw) {
-            for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
-              const int64_t ow =
-                  output_index_for_tap(vw, kw, g.stride_w, g.pad_left, g.dilation_w, g.out_w);
-              if (ow < 0) continue;
-              for (int64_t oc = group * ocg; oc < (group + 1) * ocg; ++oc) {
-                acc += static_cast<acc_t>(grad_output[go_s.offset(n, oc, oh, ow)]) *
-                       static_cast<acc_t>(weight[w_s.offset(oc, ic, kh, kw)]);
-              }
-            }
-          }
-        }
-      }
-    }
-  }
+  const acc_t acc = conv2d_grad_input_at<acc_t>(grad_output, weight, go_s, w_s, g, n, c, ih, iw);
   grad_input[gi_s.offset(n, c, ih, iw)] = static_cast<scalar_t>(acc);
 }
 
