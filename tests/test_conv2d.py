@@ -91,7 +91,10 @@ def compare_with_torch(x, w, b, stride, padding, dilation, groups, mode, check_s
                                         stride, padding, dilation, groups)
         assert significant_strides(out) == expected, (
             f"{msg}: out.stride() {out.stride()}, torch's rule gives {expected}")
-        if mode in ("zeros", "reflect", "replicate"):
+        # torch's non-zeros modes pad a copy first; on CUDA (seen on an H100, torch 2.11) that
+        # copy of a channels_last input comes back contiguous, so nn.Conv2d drops the layout
+        # there (and for circular everywhere). cnnops keeps the convolution rule checked above.
+        if mode == "zeros" or (mode in ("reflect", "replicate") and x.device.type == "cpu"):
             assert significant_strides(out) == significant_strides(ref), f"{msg}: {out.stride()} vs {ref.stride()}"
     grad_out = rand(*ref.shape, dtype=dtype, device=device)
     g_ref = grads(ref, (x, w, b), grad_out)
