@@ -227,6 +227,15 @@ inline Conv2dGeometry check_conv2d_grad_weight(const char* op, const at::Tensor&
   return g;
 }
 
+// grad_output of any convolution, (N, C, ...), viewed as (N, C, H, W) for the channel sums.
+inline at::Tensor check_conv2d_grad_bias(const char* op, const at::Tensor& grad_output, bool half_ok) {
+  TORCH_CHECK_VALUE(grad_output.dim() >= 2, op,
+                    ": expected grad_output with at least 2 dimensions (N, C, ...), got shape ",
+                    shape_str(grad_output.sizes()));
+  check_dtype_supported(op, grad_output, half_ok);
+  return as_4d(grad_output);
+}
+
 inline at::MemoryFormat layout_from_flag(bool channels_last) {
   return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
 }

@@ -295,11 +295,7 @@ at::Tensor conv2d_grad_weight_cpu(const at::Tensor& grad_output, const at::Tenso
 
 at::Tensor conv2d_grad_bias_cpu(const at::Tensor& grad_output) {
   const char* op = "cnnops.conv2d_grad_bias";
-  TORCH_CHECK_VALUE(grad_output.dim() >= 2, op,
-                    ": expected grad_output with at least 2 dimensions (N, C, ...), got shape ",
-                    shape_str(grad_output.sizes()));
-  check_dtype_supported(op, grad_output, /*half_ok=*/false);
-  const at::Tensor go = as_4d(grad_output);
+  const at::Tensor go = check_conv2d_grad_bias(op, grad_output, /*half_ok=*/false);
   const int64_t channels = go.size(1);
   at::Tensor grad_bias = at::empty({channels}, grad_output.options());
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, go.scalar_type(), "cnnops_conv2d_grad_bias_cpu", [&] {

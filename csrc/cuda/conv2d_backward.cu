@@ -189,12 +189,8 @@ __global__ void __launch_bounds__(kThreads)
 
 at::Tensor conv2d_grad_bias_cuda(const at::Tensor& grad_output) {
   const char* op = "cnnops.conv2d_grad_bias";
-  TORCH_CHECK_VALUE(grad_output.dim() >= 2, op,
-                    ": expected grad_output with at least 2 dimensions (N, C, ...), got shape ",
-                    shape_str(grad_output.sizes()));
-  check_dtype_supported(op, grad_output, /*half_ok=*/true);
   const c10::cuda::CUDAGuard guard(grad_output.device());
-  const at::Tensor go = as_4d(grad_output);
+  const at::Tensor go = check_conv2d_grad_bias(op, grad_output, /*half_ok=*/true);
   const int64_t channels = go.size(1);
   at::Tensor grad_bias = at::empty({channels}, grad_output.options());
   if (channels == 0) return grad_bias;
