@@ -38,6 +38,16 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
 # Unbatched (C, H, W) input is pooled as a batch of one: made contiguous first so that
 # the output is contiguous, as torch's.
 
+_below_autograd = torch._C._AutoDispatchBelowAutograd
+_is_compiling = torch.compiler.is_compiling
+
+
+def _no_grad_call(input):
+    """True when the op can skip its (Python) autograd kernel: no gradient is wanted and
+    no compiler is tracing. Saves several microseconds per call on small tensors."""
+    return not (input.requires_grad and torch.is_grad_enabled()) and not _is_compiling()
+
+
 def _pool_input(op, input):
     check_device(op, input)
     dim = input.dim()
@@ -55,8 +65,12 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     x, unbatched = _pool_input(op, input)
     kernel_size, stride, padding, dilation = normalize_pool_args(op, kernel_size, stride, padding, dilation)
     # Indices are only computed when returned or needed for the backward.
-    need_indices = return_indices or (input.requires_grad and torch.is_grad_enabled())
-    output, indices = _ops.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode, need_indices)
+    if _no_grad_call(input):
+        with _below_autograd():
+            output, indices = _ops.max_pool2d.default(x, kernel_size, stride, padding, dilation, ceil_mode,
+                                                      return_indices)
+    else:
+        output, indices = _ops.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode, True)
     if unbatched:
         output = output.squeeze(0)
         indices = indices.squeeze(0) if return_indices else indices
@@ -69,7 +83,12 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
     op = "cnnops.avg_pool2d"
     x, unbatched = _pool_input(op, input)
     kernel_size, stride, padding, _ = normalize_pool_args(op, kernel_size, stride, padding)
-    output = _ops.avg_pool2d(x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+    if _no_grad_call(input):
+        with _below_autograd():
+            output = _ops.avg_pool2d.default(x, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                                             divisor_override)
+    else:
+        output = _ops.avg_pool2d(x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
     return output.squeeze(0) if unbatched else output
 
 
@@ -78,7 +97,12 @@ def adaptive_avg_pool2d(input, output_size):
     Output 1 x 1 (global average pooling) runs a reduction kernel."""
     op = "cnnops.adaptive_avg_pool2d"
     x, unbatched = _pool_input(op, input)
-    output = _ops.adaptive_avg_pool2d(x, normalize_output_size(op, output_size, x.shape))
+    output_size = normalize_output_size(op, output_size, x.shape)
+    if _no_grad_call(input):
+        with _below_autograd():
+            output = _ops.adaptive_avg_pool2d.default(x, output_size)
+    else:
+        output = _ops.adaptive_avg_pool2d(x, output_size)
     return output.squeeze(0) if unbatched else output
 
 
@@ -86,7 +110,12 @@ def adaptive_max_pool2d(input, output_size, return_indices=False):
     """torch.nn.functional.adaptive_max_pool2d; None in output_size keeps that input size."""
     op = "cnnops.adaptive_max_pool2d"
     x, unbatched = _pool_input(op, input)
-    output, indices = _ops.adaptive_max_pool2d(x, normalize_output_size(op, output_size, x.shape))
+    output_size = normalize_output_size(op, output_size, x.shape)
+    if _no_grad_call(input):
+        with _below_autograd():
+            output, indices = _ops.adaptive_max_pool2d.default(x, output_size)
+    else:
+        output, indices = _ops.adaptive_max_pool2d(x, output_size)
     if unbatched:
         output, indices = output.squeeze(0), indices.squeeze(0)
     return (output, indices) if return_indices else output

@@ -574,8 +574,26 @@ at::Tensor avg_pool2d_cpu(const at::Tensor& input, at::IntArrayRef kernel_size,
 
 // ---------------------------------------------------------------- adaptive forward
 
-// Adaptive windows, one output at a time; NCHW walks W contiguously, channels_last runs
-// vectors over C.
+// Adaptive windows of every output row and column, computed once per call (integer
+// divisions are too slow to repeat per output).
+struct AdaptiveWindows {
+  std::vector<int64_t> h0, h1, w0, w1;
+};
+
+AdaptiveWindows make_adaptive_windows(const Pool2dGeometry& g) {
+  AdaptiveWindows a;
+  for (int64_t oh = 0; oh < g.out_h; ++oh) {
+    a.h0.push_back(adaptive_start(oh, g.in_h, g.out_h));
+    a.h1.push_back(adaptive_end(oh, g.in_h, g.out_h));
+  }
+  for (int64_t ow = 0; ow < g.out_w; ++ow) {
+    a.w0.push_back(adaptive_start(ow, g.in_w, g.out_w));
+    a.w1.push_back(adaptive_end(ow, g.in_w, g.out_w));
+  }
+  return a;
+}
+
+// NCHW: one plane per item, one output at a time, the window walked row by row.
 template <typename scalar_t, bool IsMax>
 void adaptive_forward_nchw(const at::Tensor& input, at::Tensor& output, int64_t* indices,
                            const Pool2dGeometry& g) {
@@ -583,26 +601,27 @@ void adaptive_forward_nchw(const at::Tensor& input, at::Tensor& output, int64_t*
   const scalar_t* in = input.const_data_ptr<scalar_t>();
   scalar_t* out = output.mutable_data_ptr<scalar_t>();
   const Strides4d is = strides4d(input), os = strides4d(output);
+  const AdaptiveWindows a = make_adaptive_windows(g);
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, g.in_h * g.in_w));
   at::parallel_for(0, g.batch * g.channels, grain, [&](int64_t begin, int64_t end) {
     for (int64_t plane = begin; plane < end; ++plane) {
       const int64_t n = plane / g.channels, c = plane % g.channels;
       const scalar_t* p = in + n * is.n + c * is.c;
       for (int64_t oh = 0; oh < g.out_h; ++oh) {
-        const int64_t h0 = adaptive_start(oh, g.in_h, g.out_h), h1 = adaptive_end(oh, g.in_h, g.out_h);
+        const int64_t h0 = a.h0[oh], h1 = a.h1[oh];
         for (int64_t ow = 0; ow < g.out_w; ++ow) {
-          const int64_t w0 = adaptive_start(ow, g.in_w, g.out_w), w1 = adaptive_end(ow, g.in_w, g.out_w);
+          const int64_t w0 = a.w0[ow], w1 = a.w1[ow];
           const int64_t o = os.offset(n, c, oh, ow);
           if constexpr (IsMax) {
             acc_t m = neg_inf<acc_t>();
             int64_t mi = h0 * g.in_w + w0;
             for (int64_t ih = h0; ih < h1; ++ih)
               for (int64_t iw = w0; iw < w1; ++iw) {
+                // branch-free (cmov): random data makes this branch unpredictable
                 const acc_t v = static_cast<acc_t>(p[ih * is.h + iw * is.w]);
-                if (max_pool_replaces(v, m)) {
-                  m = v;
-                  mi = ih * g.in_w + iw;
-                }
+                const bool r = max_pool_replaces(v, m);
+                m = r ? v : m;
+                mi = r ? ih * g.in_w + iw : mi;
               }
             out[o] = static_cast<scalar_t>(m);
             indices[o] = mi;
@@ -618,9 +637,13 @@ void adaptive_forward_nchw(const at::Tensor& input, at::Tensor& output, int64_t*
   });
 }
 
+// NCHW, vectorised over output columns: one item per (plane, output row). The window
+// rows are copied (as acc_t) into a row buffer; each vector of outputs gathers tap kw of
+// its own window (start w0[ow] + kw), lanes whose window is narrower than kw masked off
+// (-inf for max, 0 for average).
 template <typename scalar_t, bool IsMax>
-void adaptive_forward_cl(const at::Tensor& input, at::Tensor& output, int64_t* indices,
-                         const Pool2dGeometry& g) {
+void adaptive_forward_nchw_vec(const at::Tensor& input, at::Tensor& output, int64_t* indices,
+                               const Pool2dGeometry& g) {
   using acc_t = at::opmath_type<scalar_t>;
   using Vec = Vectorized<acc_t>;
   using idx_t = at::vec::int_same_size_t<acc_t>;
@@ -629,62 +652,142 @@ void adaptive_forward_cl(const at::Tensor& input, at::Tensor& output, int64_t* i
   const scalar_t* in = input.const_data_ptr<scalar_t>();
   scalar_t* out = output.mutable_data_ptr<scalar_t>();
   const Strides4d is = strides4d(input);
-  const int64_t C = g.channels;
-  const bool vec_idx = g.in_h * g.in_w < static_cast<int64_t>(std::numeric_limits<idx_t>::max());
-  const int64_t grain = std::max<int64_t>(1, 8192 / std::max<int64_t>(1, C));
-  at::parallel_for(0, g.batch * g.out_h * g.out_w, grain, [&](int64_t begin, int64_t end) {
-    alignas(64) idx_t itmp[L];
+  const AdaptiveWindows a = make_adaptive_windows(g);
+  const int64_t out_w_pad = round_up(g.out_w, L);
+  std::vector<idx_t> w0(out_w_pad, 0);
+  std::vector<acc_t> width(out_w_pad, acc_t(0)), wsize(out_w_pad, acc_t(1));
+  int64_t kw_max = 0, kh_max = 0;
+  for (int64_t ow = 0; ow < g.out_w; ++ow) {
+    w0[ow] = static_cast<idx_t>(a.w0[ow]);
+    width[ow] = static_cast<acc_t>(a.w1[ow] - a.w0[ow]);
+    wsize[ow] = width[ow];
+    kw_max = std::max(kw_max, a.w1[ow] - a.w0[ow]);
+  }
+  for (int64_t oh = 0; oh < g.out_h; ++oh) kh_max = std::max(kh_max, a.h1[oh] - a.h0[oh]);
+  const int64_t buf_w = g.in_w + kw_max + 1;  // gathers of masked lanes may reach past W
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, g.out_w * kh_max * kw_max));
+  at::parallel_for(0, g.batch * g.channels * g.out_h, grain, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> buf(kh_max * buf_w, acc_t(0)), orow(out_w_pad);
+    std::vector<idx_t> irow(out_w_pad);
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t ow = item % g.out_w, oh = (item / g.out_w) % g.out_h;
-      const int64_t n = item / (g.out_w * g.out_h);
-      const int64_t h0 = adaptive_start(oh, g.in_h, g.out_h), h1 = adaptive_end(oh, g.in_h, g.out_h);
-      const int64_t w0 = adaptive_start(ow, g.in_w, g.out_w), w1 = adaptive_end(ow, g.in_w, g.out_w);
-      const scalar_t* img = in + n * is.n;
-      scalar_t* o = out + item * C;
-      int64_t c0 = 0;
-      if (!IsMax || vec_idx) {
-        for (; c0 + L <= C; c0 += L) {
+      const int64_t oh = item % g.out_h, plane = item / g.out_h;
+      const int64_t c = plane % g.channels, n = plane / g.channels;
+      const int64_t h0 = a.h0[oh], rows = a.h1[oh] - h0;
+      const scalar_t* plane_in = in + n * is.n + c * is.c;
+      for (int64_t r = 0; r < rows; ++r)
+        copy_row(plane_in + (h0 + r) * is.h, is.w, g.in_w, buf.data() + r * buf_w);
+      for (int64_t ow0 = 0; ow0 < out_w_pad; ow0 += L) {
+        const iVec start = iVec::loadu(w0.data() + ow0);
+        const Vec wid = Vec::loadu(width.data() + ow0);
+        Vec m(IsMax ? neg_inf<acc_t>() : acc_t(0));
+        iVec mi = start + iVec(static_cast<idx_t>(h0 * g.in_w));
+        for (int64_t r = 0; r < rows; ++r) {
+          const acc_t* row = buf.data() + r * buf_w;
+          const idx_t row_base = static_cast<idx_t>((h0 + r) * g.in_w);
+          for (int64_t kw = 0; kw < kw_max; ++kw) {
+            const iVec col = start + iVec(static_cast<idx_t>(kw));
+            const Vec valid = Vec(static_cast<acc_t>(kw)) < wid;
+            const Vec v = Vec::blendv(Vec(IsMax ? neg_inf<acc_t>() : acc_t(0)),
+                                      at::vec::gather<sizeof(acc_t)>(row, col), valid);
+            if constexpr (IsMax) {
+              const Vec mask = (v > m) | v.isnan();
+              m = Vec::blendv(m, v, mask);
+              mi = iVec::blendv(mi, col + iVec(row_base), mask_as_int<idx_t>(mask));
+            } else {
+              m = m + v;
+            }
+          }
+        }
+        if constexpr (IsMax) {
+          m.store(orow.data() + ow0);
+          mi.store(irow.data() + ow0);
+        } else {
+          (m / (Vec::loadu(wsize.data() + ow0) * Vec(static_cast<acc_t>(rows)))).store(orow.data() + ow0);
+        }
+      }
+      at::vec::convert(orow.data(), out + item * g.out_w, g.out_w);
+      if constexpr (IsMax) {
+        int64_t* oi = indices + item * g.out_w;
+        for (int64_t ow = 0; ow < g.out_w; ++ow) oi[ow] = irow[ow];
+      }
+    }
+  });
+}
+
+// channels_last (input with unit channel stride): one item per (output pixel, block of
+// channels); each input pixel of the window updates a per-thread accumulator row over
+// the block, so the input is read in contiguous runs. Global channels_last pooling runs
+// here too: it is already a reduction over HW with vectors over C.
+template <typename scalar_t, bool IsMax>
+void adaptive_forward_cl(const at::Tensor& input, at::Tensor& output, int64_t* indices,
+                         const Pool2dGeometry& g) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using Vec = Vectorized<acc_t>;
+  using idx_t = at::vec::int_same_size_t<acc_t>;
+  using iVec = Vectorized<idx_t>;
+  constexpr int64_t L = Vec::size();
+  constexpr int64_t kBlock = 256;  // channels per item: whole vectors
+  const scalar_t* in = input.const_data_ptr<scalar_t>();
+  scalar_t* out = output.mutable_data_ptr<scalar_t>();
+  const Strides4d is = strides4d(input);
+  const int64_t C = g.channels;
+  const int64_t blocks = (C + kBlock - 1) / kBlock;
+  const AdaptiveWindows a = make_adaptive_windows(g);
+  const bool vec_idx = g.in_h * g.in_w < static_cast<int64_t>(std::numeric_limits<idx_t>::max());
+  const int64_t window = std::max<int64_t>(1, (g.in_h / std::max<int64_t>(g.out_h, 1) + 1) *
+                                                  (g.in_w / std::max<int64_t>(g.out_w, 1) + 1));
+  const int64_t grain = std::max<int64_t>(1, 16384 / (std::min(C, kBlock) * window));
+  at::parallel_for(0, g.batch * g.out_h * g.out_w * blocks, grain, [&](int64_t begin, int64_t end) {
+    alignas(64) acc_t acc[kBlock];
+    alignas(64) idx_t acci[kBlock];
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t blk = item % blocks, pix = item / blocks;
+      const int64_t ow = pix % g.out_w, oh = (pix / g.out_w) % g.out_h;
+      const int64_t n = pix / (g.out_w * g.out_h);
+      const int64_t h0 = a.h0[oh], h1 = a.h1[oh], w0 = a.w0[ow], w1 = a.w1[ow];
+      const int64_t c_begin = blk * kBlock, cb = std::min(kBlock, C - c_begin);
+      const int64_t cv = (!IsMax || vec_idx) ? cb / L * L : 0;  // vectorised channels
+      const scalar_t* img = in + n * is.n + c_begin;
+      scalar_t* o = out + pix * C + c_begin;
+      for (int64_t j = 0; j < cb; ++j) {
+        acc[j] = IsMax ? neg_inf<acc_t>() : acc_t(0);
+        if (IsMax) acci[j] = static_cast<idx_t>(h0 * g.in_w + w0);
+      }
+      for (int64_t ih = h0; ih < h1; ++ih) {
+        for (int64_t iw = w0; iw < w1; ++iw) {
+          const scalar_t* p = img + ih * is.h + iw * is.w;
+          const idx_t flat = static_cast<idx_t>(ih * g.in_w + iw);
           if constexpr (IsMax) {
-            Vec m(neg_inf<acc_t>());
-            iVec mi(static_cast<idx_t>(h0 * g.in_w + w0));
-            for (int64_t ih = h0; ih < h1; ++ih)
-              for (int64_t iw = w0; iw < w1; ++iw) {
-                const Vec v = load_acc(img + ih * is.h + iw * is.w + c0);
-                const Vec mask = (v > m) | v.isnan();
-                m = Vec::blendv(m, v, mask);
-                mi = iVec::blendv(mi, iVec(static_cast<idx_t>(ih * g.in_w + iw)), mask_as_int<idx_t>(mask));
+            const iVec cand(flat);
+            for (int64_t j = 0; j < cv; j += L) {
+              const Vec v = load_acc(p + j);
+              const Vec m = Vec::loadu(acc + j);
+              const Vec mask = (v > m) | v.isnan();
+              Vec::blendv(m, v, mask).store(acc + j);
+              iVec::blendv(iVec::loadu(acci + j), cand, mask_as_int<idx_t>(mask)).store(acci + j);
+            }
+            for (int64_t j = cv; j < cb; ++j) {
+              const acc_t v = static_cast<acc_t>(p[j]);
+              if (max_pool_replaces(v, acc[j])) {
+                acc[j] = v;
+                acci[j] = flat;
               }
-            store_acc(o + c0, m);
-            mi.store(itmp);
-            for (int64_t j = 0; j < L; ++j) indices[item * C + c0 + j] = itmp[j];
+            }
           } else {
-            Vec s(acc_t(0));
-            for (int64_t ih = h0; ih < h1; ++ih)
-              for (int64_t iw = w0; iw < w1; ++iw) s = s + load_acc(img + ih * is.h + iw * is.w + c0);
-            store_acc(o + c0, s / Vec(static_cast<acc_t>((h1 - h0) * (w1 - w0))));
+            for (int64_t j = 0; j < cv; j += L) (Vec::loadu(acc + j) + load_acc(p + j)).store(acc + j);
+            for (int64_t j = cv; j < cb; ++j) acc[j] += static_cast<acc_t>(p[j]);
           }
         }
       }
-      for (int64_t c = c0; c < C; ++c) {
-        if constexpr (IsMax) {
-          acc_t m = neg_inf<acc_t>();
-          int64_t mi = h0 * g.in_w + w0;
-          for (int64_t ih = h0; ih < h1; ++ih)
-            for (int64_t iw = w0; iw < w1; ++iw) {
-              const acc_t v = static_cast<acc_t>(img[ih * is.h + iw * is.w + c]);
-              if (max_pool_replaces(v, m)) {
-                m = v;
-                mi = ih * g.in_w + iw;
-              }
-            }
-          o[c] = static_cast<scalar_t>(m);
-          indices[item * C + c] = mi;
-        } else {
-          acc_t s = 0;
-          for (int64_t ih = h0; ih < h1; ++ih)
-            for (int64_t iw = w0; iw < w1; ++iw) s += static_cast<acc_t>(img[ih * is.h + iw * is.w + c]);
-          o[c] = static_cast<scalar_t>(s / static_cast<acc_t>((h1 - h0) * (w1 - w0)));
-        }
+      if constexpr (IsMax) {
+        at::vec::convert(acc, o, cb);
+        int64_t* oi = indices + pix * C + c_begin;
+        for (int64_t j = 0; j < cb; ++j) oi[j] = acci[j];
+      } else {
+        const acc_t d = static_cast<acc_t>((h1 - h0) * (w1 - w0));
+        for (int64_t j = 0; j < cv; j += L) (Vec::loadu(acc + j) / Vec(d)).store(acc + j);
+        for (int64_t j = cv; j < cb; ++j) acc[j] = acc[j] / d;
+        at::vec::convert(acc, o, cb);
       }
     }
   });
@@ -706,6 +809,18 @@ inline void merge_max(acc_t& m, int64_t& mi, acc_t v, int64_t vi) {
   } else if (v > m || (v == m && vi < mi)) {
     m = v;
     mi = vi;
+  }
+}
+
+// Loads count < size elements as acc_t, the other lanes 0.
+template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+inline Vectorized<acc_t> load_acc_partial(const scalar_t* p, int64_t count) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    return Vectorized<acc_t>::loadu(p, count);
+  } else {
+    alignas(64) acc_t tmp[Vectorized<acc_t>::size()] = {};
+    for (int64_t j = 0; j < count; ++j) tmp[j] = static_cast<acc_t>(p[j]);
+    return Vectorized<acc_t>::loadu(tmp);
   }
 }
 
@@ -735,8 +850,8 @@ void global_forward_nchw(const at::Tensor& input, at::Tensor& output, int64_t* i
         int64_t mi = 0;
         if (vec_ok && HW >= L) {
           Vec vm(neg_inf<acc_t>());
-          iVec vmi = iVec::arange(0, 1);
           const iVec lane = iVec::arange(0, 1);
+          iVec vmi = lane;
           for (; i + L <= HW; i += L) {
             const Vec v = load_acc(p + i);
             const Vec mask = (v > vm) | v.isnan();
@@ -758,10 +873,12 @@ void global_forward_nchw(const at::Tensor& input, at::Tensor& output, int64_t* i
           s0 = s0 + load_acc(p + i);
           s1 = s1 + load_acc(p + i + L);
         }
-        (s0 + s1).store(vtmp);
-        acc_t s = 0;
-        for (int64_t j = 0; j < L; ++j) s += vtmp[j];
-        for (; i < HW; ++i) s += static_cast<acc_t>(p[i]);
+        if (i + L <= HW) {
+          s0 = s0 + load_acc(p + i);
+          i += L;
+        }
+        if (i < HW) s1 = s1 + load_acc_partial(p + i, HW - i);
+        const acc_t s = at::vec::vec_reduce_all<acc_t>([](const Vec& x, const Vec& y) { return x + y; }, s0 + s1);
         out[os.offset(n, c, 0, 0)] = static_cast<scalar_t>(s / static_cast<acc_t>(HW));
       }
     }
@@ -792,6 +909,9 @@ std::tuple<at::Tensor, at::Tensor> adaptive_pool2d_cpu(const char* op, bool is_m
       const at::Tensor in = input.stride(1) == 1 ? input : input.contiguous(fmt);
       if (is_max) adaptive_forward_cl<scalar_t, true>(in, output, idx, g);
       else adaptive_forward_cl<scalar_t, false>(in, output, idx, g);
+    } else if (!force_scalar() && plane_index_fits<at::opmath_type<scalar_t>>(g)) {
+      if (is_max) adaptive_forward_nchw_vec<scalar_t, true>(input, output, idx, g);
+      else adaptive_forward_nchw_vec<scalar_t, false>(input, output, idx, g);
     } else {
       if (is_max) adaptive_forward_nchw<scalar_t, true>(input, output, idx, g);
       else adaptive_forward_nchw<scalar_t, false>(input, output, idx, g);
