@@ -143,6 +143,24 @@ CNNOPS_HOST_DEVICE bool max_pool_replaces(T v, T m) {
   return v > m || v != v;
 }
 
+// Merges two partial maxima (value, flat index) so that the result is what one scan in
+// index order would give: a NaN beats any number and the later NaN wins; among equal
+// values the earlier index wins. Associative and commutative, so reductions may merge
+// in any tree order (global pooling: per-lane scans, then the lanes merged).
+template <typename T>
+CNNOPS_HOST_DEVICE void max_pool_merge(T& m, int64_t& mi, T v, int64_t vi) {
+  const bool m_nan = m != m, v_nan = v != v;
+  if (m_nan || v_nan) {
+    if (v_nan && (!m_nan || vi > mi)) {
+      m = v;
+      mi = vi;
+    }
+  } else if (v > m || (v == m && vi < mi)) {
+    m = v;
+    mi = vi;
+  }
+}
+
 // ---------------------------------------------------------------- geometry
 
 // Everything a pooling kernel needs to know about one call. For adaptive pooling only

@@ -793,25 +793,6 @@ void adaptive_forward_cl(const at::Tensor& input, at::Tensor& output, int64_t* i
   });
 }
 
-// Global pooling (output 1 x 1), NCHW: one plane per item, a vector reduction over it.
-// Max keeps one running (max, index) per lane, each scanning its lane's elements in
-// order, then merges the lanes by torch's rule (a NaN beats everything and the later
-// NaN wins; among equal maxima the earlier index wins), which gives the result of one
-// scan in order.
-template <typename acc_t>
-inline void merge_max(acc_t& m, int64_t& mi, acc_t v, int64_t vi) {
-  const bool m_nan = m != m, v_nan = v != v;
-  if (m_nan || v_nan) {
-    if (v_nan && (!m_nan || vi > mi)) {
-      m = v;
-      mi = vi;
-    }
-  } else if (v > m || (v == m && vi < mi)) {
-    m = v;
-    mi = vi;
-  }
-}
-
 // Loads count < size elements as acc_t, the other lanes 0.
 template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
 inline Vectorized<acc_t> load_acc_partial(const scalar_t* p, int64_t count) {
@@ -824,6 +805,9 @@ inline Vectorized<acc_t> load_acc_partial(const scalar_t* p, int64_t count) {
   }
 }
 
+// Global pooling (output 1 x 1), NCHW: one plane per item, a vector reduction over it.
+// Max keeps one running (max, index) per lane, each scanning its lane's elements in
+// order, then merges the lanes with max_pool_merge (common/pool_index.h).
 template <typename scalar_t, bool IsMax>
 void global_forward_nchw(const at::Tensor& input, at::Tensor& output, int64_t* indices,
                          const Pool2dGeometry& g) {
@@ -862,9 +846,9 @@ void global_forward_nchw(const at::Tensor& input, at::Tensor& output, int64_t* i
           vmi.store(itmp);
           m = vtmp[0];
           mi = itmp[0];
-          for (int64_t j = 1; j < L; ++j) merge_max<acc_t>(m, mi, vtmp[j], itmp[j]);
+          for (int64_t j = 1; j < L; ++j) max_pool_merge<acc_t>(m, mi, vtmp[j], itmp[j]);
         }
-        for (; i < HW; ++i) merge_max<acc_t>(m, mi, static_cast<acc_t>(p[i]), i);
+        for (; i < HW; ++i) max_pool_merge<acc_t>(m, mi, static_cast<acc_t>(p[i]), i);
         out[os.offset(n, c, 0, 0)] = static_cast<scalar_t>(m);
         indices[os.offset(n, c, 0, 0)] = mi;
       } else {
