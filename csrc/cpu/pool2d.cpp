@@ -9,10 +9,12 @@
 // greater than the running -inf, and is not NaN) and adds 0 to a sum, so the results are
 // torch's; indices are tracked in integer lanes of the same width.
 // Forward, channels_last: one work item is one output pixel; vectors run over C.
-// Backward: gathers, as on CUDA: each input element visits the outputs whose window can
-// contain it (pool_output_range / adaptive_output_range in common/pool_index.h), so the
-// CPU tests check the inverse window math the CUDA kernels use; deterministic by
-// construction (one writer per element, a fixed summation order).
+// Backward: a scatter in a fixed order with one writer per element (each item owns whole
+// planes, or a block of channels of one image), so it is deterministic. With
+// CNNOPS_POOL_SCALAR=1 it is the CUDA kernels' gather instead: each input element visits
+// the outputs whose window can contain it (pool_output_range / adaptive_output_range in
+// common/pool_index.h), so the CPU tests check the inverse window math the CUDA kernels
+// use. Both sum each element's contributions in the same order: identical results.
 // Global pooling (adaptive to 1 x 1) uses reduction kernels.
 // Reduced precision (bfloat16) accumulates in float (at::opmath_type).
 #include <ATen/ATen.h>
@@ -919,6 +921,7 @@ std::tuple<at::Tensor, at::Tensor> adaptive_max_pool2d_cpu(const at::Tensor& inp
 // input element of its window. Kind selects the rule.
 enum class Kind { Max, Avg, AdaptiveMax, AdaptiveAvg };
 
+// The gather backward (CNNOPS_POOL_SCALAR=1; the CUDA kernels' algorithm):
 // grad_input = sum over the outputs o whose window contains the element of
 // contribution(o), where max contributes grad_output only where indices[o] is the
 // element's flat index and average contributes grad_output / divisor.
@@ -1015,6 +1018,108 @@ void pool_backward_cpu_impl(const at::Tensor& grad_output, const at::Tensor& ind
   }
 }
 
+// The fast backward: a scatter, in a fixed order, with one writer per element. Each item
+// owns whole planes (NCHW) or a block of channels of one image (channels_last), zeroes
+// them, then walks its outputs in (oh, ow) order adding each output's contribution to
+// its window (max: to the saved index only). Every element therefore receives its
+// contributions in the same order as the gather above sums them: the results are the
+// same bit for bit, and deterministic. bfloat16 accumulates in a float buffer.
+template <typename scalar_t, Kind K>
+void pool_backward_scatter_impl(const at::Tensor& grad_output, const at::Tensor& indices,
+                                at::Tensor& grad_input, const Pool2dGeometry& g, bool channels_last) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr bool kMax = K == Kind::Max || K == Kind::AdaptiveMax;
+  constexpr bool kDirect = std::is_same_v<scalar_t, acc_t>;  // accumulate in grad_input itself
+  const scalar_t* go = grad_output.const_data_ptr<scalar_t>();
+  const int64_t* idx = kMax ? indices.const_data_ptr<int64_t>() : nullptr;
+  scalar_t* gi = grad_input.mutable_data_ptr<scalar_t>();
+  const int64_t HW = g.in_h * g.in_w, OHW = g.out_h * g.out_w, C = g.channels;
+
+  // Windows of every output row and column (average kinds), with the divisor factors.
+  std::vector<int64_t> h0(g.out_h), h1(g.out_h), w0(g.out_w), w1(g.out_w);
+  AvgDivisors div;
+  if constexpr (K == Kind::Avg) {
+    div = make_avg_divisors(g);
+    for (int64_t oh = 0; oh < g.out_h; ++oh) h0[oh] = div.rows[oh].begin, h1[oh] = div.rows[oh].end;
+    for (int64_t ow = 0; ow < g.out_w; ++ow) w0[ow] = div.cols[ow].begin, w1[ow] = div.cols[ow].end;
+  } else if constexpr (K == Kind::AdaptiveAvg) {
+    const AdaptiveWindows a = make_adaptive_windows(g);
+    h0 = a.h0, h1 = a.h1, w0 = a.w0, w1 = a.w1;
+  }
+  auto divisor = [&](int64_t oh, int64_t ow) -> acc_t {
+    if constexpr (K == Kind::Avg) return static_cast<acc_t>(div.at(oh, ow));
+    else return static_cast<acc_t>((h1[oh] - h0[oh]) * (w1[ow] - w0[ow]));
+  };
+
+  if (!channels_last) {
+    const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, HW + OHW));
+    at::parallel_for(0, g.batch * C, grain, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> buf(kDirect ? 0 : HW);
+      for (int64_t plane = begin; plane < end; ++plane) {
+        acc_t* acc = kDirect ? reinterpret_cast<acc_t*>(gi + plane * HW) : buf.data();
+        std::fill(acc, acc + HW, acc_t(0));
+        const scalar_t* gop = go + plane * OHW;
+        if constexpr (kMax) {
+          const int64_t* ip = idx + plane * OHW;
+          for (int64_t o = 0; o < OHW; ++o) {
+            const int64_t i = ip[o];
+            if (i >= 0 && i < HW) acc[i] += static_cast<acc_t>(gop[o]);
+          }
+        } else {
+          for (int64_t oh = 0; oh < g.out_h; ++oh)
+            for (int64_t ow = 0; ow < g.out_w; ++ow) {
+              const acc_t d = static_cast<acc_t>(gop[oh * g.out_w + ow]) / divisor(oh, ow);
+              for (int64_t ih = h0[oh]; ih < h1[oh]; ++ih)
+                for (int64_t iw = w0[ow]; iw < w1[ow]; ++iw) acc[ih * g.in_w + iw] += d;
+            }
+        }
+        if constexpr (!kDirect) at::vec::convert(acc, gi + plane * HW, HW);
+      }
+    });
+    return;
+  }
+  // channels_last: items are (image, block of channels), enough of them for every thread.
+  const int64_t threads = at::get_num_threads();
+  int64_t cb = std::max<int64_t>(1, (C * std::max<int64_t>(g.batch, 1)) / (4 * threads));
+  cb = std::min<int64_t>({C, 256, std::max<int64_t>(cb, 16)});
+  if (!kDirect) cb = std::min<int64_t>(cb, std::max<int64_t>(16, (4 << 20) / (HW * int64_t(sizeof(acc_t)))));
+  const int64_t blocks = (C + cb - 1) / cb;
+  at::parallel_for(0, g.batch * blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> buf(kDirect ? 0 : HW * cb), gd(cb);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / blocks, c0 = (item % blocks) * cb, nc = std::min(cb, C - c0);
+      // element (pixel p, channel c0 + j) lives at acc[p * astride + j]
+      acc_t* acc = kDirect ? reinterpret_cast<acc_t*>(gi + n * HW * C + c0) : buf.data();
+      const int64_t astride = kDirect ? C : nc;
+      for (int64_t p = 0; p < HW; ++p) std::fill(acc + p * astride, acc + p * astride + nc, acc_t(0));
+      for (int64_t oh = 0; oh < g.out_h; ++oh) {
+        for (int64_t ow = 0; ow < g.out_w; ++ow) {
+          const int64_t o = (n * OHW + oh * g.out_w + ow) * C + c0;
+          const scalar_t* gop = go + o;
+          if constexpr (kMax) {
+            const int64_t* ip = idx + o;
+            for (int64_t j = 0; j < nc; ++j) {
+              const int64_t i = ip[j];
+              if (i >= 0 && i < HW) acc[i * astride + j] += static_cast<acc_t>(gop[j]);
+            }
+          } else {
+            const acc_t d = divisor(oh, ow);
+            for (int64_t j = 0; j < nc; ++j) gd[j] = static_cast<acc_t>(gop[j]) / d;
+            for (int64_t ih = h0[oh]; ih < h1[oh]; ++ih)
+              for (int64_t iw = w0[ow]; iw < w1[ow]; ++iw) {
+                acc_t* a = acc + (ih * g.in_w + iw) * astride;
+                for (int64_t j = 0; j < nc; ++j) a[j] += gd[j];
+              }
+          }
+        }
+      }
+      if constexpr (!kDirect) {
+        for (int64_t p = 0; p < HW; ++p) at::vec::convert(acc + p * nc, gi + (n * HW + p) * C + c0, nc);
+      }
+    }
+  });
+}
+
 template <Kind K>
 at::Tensor pool_backward_cpu(const char* op, const at::Tensor& grad_output,
                              const at::Tensor& indices, const Pool2dGeometry& g,
@@ -1033,8 +1138,13 @@ at::Tensor pool_backward_cpu(const char* op, const at::Tensor& grad_output,
   // outlive the kernel).
   const at::Tensor go = grad_output.contiguous(fmt);
   const at::Tensor ind = (K == Kind::Max || K == Kind::AdaptiveMax) ? indices.contiguous(fmt) : at::Tensor();
+  const bool scalar = force_scalar();
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, grad_output.scalar_type(), "cnnops_pool2d_backward_cpu", [&] {
-    pool_backward_cpu_impl<scalar_t, K>(go, ind, grad_input, g, channels_last);
+    if (scalar) {
+      pool_backward_cpu_impl<scalar_t, K>(go, ind, grad_input, g, channels_last);
+    } else {
+      pool_backward_scatter_impl<scalar_t, K>(go, ind, grad_input, g, channels_last);
+    }
   });
   return grad_input;
 }
