@@ -1,11 +1,12 @@
 """torch.nn.functional-style API (also available as cnnops.F). Signatures mirror torch's,
 plus the extras in DESIGN.md section 1 (padding_mode for conv2d, ...)."""
 import torch
+import torch.autograd.forward_ad as _fwad
 
 from cnnops.ops._common import autocast_cast, autocast_dtype, check_device
 from cnnops.ops.conv2d import Conv2dFunction, normalize_conv2d_args
 from cnnops.ops.pool2d import (AdaptiveAvgPool2dFunction, AdaptiveMaxPool2dFunction, AvgPool2dFunction,
-                               MaxPool2dFunction, normalize_output_size, normalize_pool_args)
+                               MaxPool2dFunction, gather_at_indices, normalize_output_size, normalize_pool_args)
 
 __all__ = ["conv2d", "Conv2dFunction", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d",
            "MaxPool2dFunction", "AvgPool2dFunction", "AdaptiveAvgPool2dFunction", "AdaptiveMaxPool2dFunction"]
@@ -48,6 +49,15 @@ def _no_grad_call(input):
     return not (input.requires_grad and torch.is_grad_enabled()) and not _is_compiling()
 
 
+def _tangent(x):
+    """The forward-mode AD tangent of x, or None. Custom ops drop tangents silently, so the
+    pooling wrappers compute the output's tangent themselves (pooling is linear in the
+    input given the windows, or the indices for max)."""
+    if _fwad._current_level < 0:
+        return None
+    return _fwad.unpack_dual(x).tangent
+
+
 def _pool_input(op, input):
     check_device(op, input)
     dim = input.dim()
@@ -64,13 +74,16 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     op = "cnnops.max_pool2d"
     x, unbatched = _pool_input(op, input)
     kernel_size, stride, padding, dilation = normalize_pool_args(op, kernel_size, stride, padding, dilation)
-    # Indices are only computed when returned or needed for the backward.
+    tangent = _tangent(x)
+    # Indices are only computed when returned or needed for a derivative.
     if _no_grad_call(input):
         with _below_autograd():
             output, indices = _ops.max_pool2d.default(x, kernel_size, stride, padding, dilation, ceil_mode,
-                                                      return_indices)
+                                                      return_indices or tangent is not None)
     else:
         output, indices = _ops.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode, True)
+    if tangent is not None:
+        output = _fwad.make_dual(output, gather_at_indices(tangent, indices))
     if unbatched:
         output = output.squeeze(0)
         indices = indices.squeeze(0) if return_indices else indices
@@ -89,6 +102,10 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
                                              divisor_override)
     else:
         output = _ops.avg_pool2d(x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+    tangent = _tangent(x)
+    if tangent is not None:
+        output = _fwad.make_dual(output, _ops.avg_pool2d(tangent, kernel_size, stride, padding, ceil_mode,
+                                                         count_include_pad, divisor_override))
     return output.squeeze(0) if unbatched else output
 
 
@@ -103,6 +120,9 @@ def adaptive_avg_pool2d(input, output_size):
             output = _ops.adaptive_avg_pool2d.default(x, output_size)
     else:
         output = _ops.adaptive_avg_pool2d(x, output_size)
+    tangent = _tangent(x)
+    if tangent is not None:
+        output = _fwad.make_dual(output, _ops.adaptive_avg_pool2d(tangent, output_size))
     return output.squeeze(0) if unbatched else output
 
 
@@ -116,6 +136,9 @@ def adaptive_max_pool2d(input, output_size, return_indices=False):
             output, indices = _ops.adaptive_max_pool2d.default(x, output_size)
     else:
         output, indices = _ops.adaptive_max_pool2d(x, output_size)
+    tangent = _tangent(x)
+    if tangent is not None:
+        output = _fwad.make_dual(output, gather_at_indices(tangent, indices))
     if unbatched:
         output, indices = output.squeeze(0), indices.squeeze(0)
     return (output, indices) if return_indices else output

@@ -472,6 +472,36 @@ def test_opcheck(device):
         torch.library.opcheck(op, args)
 
 
+_LINEAR_PAIRS = [
+    (lambda a: cnnops.F.max_pool2d(a, 3, 2, 1, 2, True), lambda a: TF.max_pool2d(a, 3, 2, 1, 2, True)),
+    (lambda a: cnnops.F.avg_pool2d(a, 3, 2, 1, True, False), lambda a: TF.avg_pool2d(a, 3, 2, 1, True, False)),
+    (lambda a: cnnops.F.adaptive_avg_pool2d(a, (4, None)), lambda a: TF.adaptive_avg_pool2d(a, (4, None))),
+    (lambda a: cnnops.F.adaptive_max_pool2d(a, (4, 3)), lambda a: TF.adaptive_max_pool2d(a, (4, 3))),
+    (lambda a: cnnops.nn.GlobalMaxPool2d()(a), lambda a: TF.adaptive_max_pool2d(a, 1)),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(2, 3, 9, 8), (3, 9, 8)], ids=["batched", "unbatched"])
+def test_forward_mode_ad_and_vmap(device, shape):
+    """Custom ops drop forward-mode tangents silently; the functional wrappers compute them."""
+    import torch.autograd.forward_ad as fwAD
+    x = torch.randn(shape, dtype=torch.float64, device=device)
+    t = torch.randn_like(x)
+    for ours, theirs in _LINEAR_PAIRS:
+        results = []
+        for fn in (ours, theirs):
+            with fwAD.dual_level():
+                y = fn(fwAD.make_dual(x, t))
+                results.append(fwAD.unpack_dual(y))
+        torch.testing.assert_close(results[0].primal, results[1].primal)
+        torch.testing.assert_close(results[0].tangent, results[1].tangent)
+        _, jo = torch.func.jvp(ours, (x,), (t,))
+        torch.testing.assert_close(jo, results[1].tangent)
+        xb = torch.stack([x, 2 * x])
+        torch.testing.assert_close(torch.vmap(ours)(xb), torch.stack([theirs(x), theirs(2 * x)]))
+
+
 # ---------------------------------------------------------------- modules and torch.compile
 
 def _modules():

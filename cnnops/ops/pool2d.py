@@ -309,7 +309,7 @@ def _backward_adaptive_max_pool2d(ctx, grad_output, grad_indices):
 # Double backward: each backward op is linear in grad_output; its derivative is the
 # forward pooling of the incoming gradient (average) or a gather through the indices (max).
 
-def _gather_at_indices(grad, indices):
+def gather_at_indices(grad, indices):
     """grad (N, C, H, W) read at the flat per-plane indices (N, C, OH, OW); -1 (a window of
     padding only) reads 0."""
     valid = indices >= 0
@@ -328,7 +328,7 @@ def _backward_max_pool2d_backward(ctx, gg):
     if not ctx.needs_input_grad[0]:
         return (None,) * 9
     (indices,) = ctx.saved_tensors
-    return (_gather_at_indices(gg, indices),) + (None,) * 8
+    return (gather_at_indices(gg, indices),) + (None,) * 8
 
 
 def _setup_avg_pool2d_backward(ctx, inputs, output):
@@ -358,7 +358,7 @@ def _backward_adaptive_max_pool2d_backward(ctx, gg):
     if not ctx.needs_input_grad[0]:
         return None, None, None, None
     (indices,) = ctx.saved_tensors
-    return _gather_at_indices(gg, indices), None, None, None
+    return gather_at_indices(gg, indices), None, None, None
 
 
 torch.library.register_autograd("cnnops::max_pool2d", _backward_max_pool2d, setup_context=_setup_max_pool2d)
