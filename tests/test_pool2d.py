@@ -670,3 +670,26 @@ def test_output_size_rule_matches_torch():
                             assert got == expect
                             if d == 1:
                                 assert TF.avg_pool2d(torch.zeros(1, 1, h, 1), (k, 1), (s, 1), (p, 0), ceil).shape[2] == expect
+
+
+# ---------------------------------------------------------------- benchmark cases
+
+def test_bench_cases_run_and_are_correct(tmp_path):
+    """The pool2d benchmark cases on tiny shapes: every row runs and matches torch."""
+    import json
+
+    from cnnops.bench import core
+    from cnnops.bench import pool2d as bench_pool2d
+    c = bench_pool2d.pool_case
+    tiny = [c("max", "max", 1, 3, 12, 12, 3, 2, 1), c("max ceil", "max", 1, 3, 13, 13, 3, 2, 0, ceil_mode=True),
+            c("avg", "avg", 1, 3, 8, 8, 2), c("global", "adaptive_avg", 2, 5, 7, 7, output_size=1),
+            c("adaptive max", "adaptive_max", 1, 4, 13, 13, output_size=6)]
+    assert len(bench_pool2d.cases(quick=False)) >= 12 and len(bench_pool2d.cases(quick=True)) >= 5
+    path = tmp_path / "bench.json"
+    rc = core.main(["--json", str(path), "--threads", "1", "--no-mallopt", "--busy-retries", "0", "--quick",
+                    "--rounds", "1", "--no-roofline"], cases=tiny)
+    data = json.loads(path.read_text())
+    assert rc == 0 and data["complete"] and len(data["cases"]) == 2 * len(tiny)
+    for row in data["cases"]:
+        assert row["status"] == "ok" and row["correct"] is True, row
+        assert row["bytes"] > 0 and row["cnnops_GBps"] > 0
