@@ -24,19 +24,30 @@
 // can contain i, given by the *_output_range() functions below, which are the exact
 // inverses of the forward windows.
 #include <cstdint>
+#include <climits>
 
 #include "common/macros.h"
 
 namespace cnnops {
 
+// a / b truncated, for b > 0. 64-bit integer division is a long instruction sequence on
+// GPUs; when both operands fit 32 bits (almost always: they are sizes and coordinates)
+// the 32-bit division is used, with the same result.
+CNNOPS_HOST_DEVICE int64_t pool_div(int64_t a, int64_t b) {
+  if (a >= INT32_MIN && a <= INT32_MAX && b <= INT32_MAX) {
+    return static_cast<int32_t>(a) / static_cast<int32_t>(b);
+  }
+  return a / b;
+}
+
 // Division rounding toward -inf / +inf, for b > 0.
 CNNOPS_HOST_DEVICE int64_t pool_floor_div(int64_t a, int64_t b) {
-  const int64_t q = a / b;
-  return (a % b != 0 && a < 0) ? q - 1 : q;
+  const int64_t q = pool_div(a, b);
+  return (q * b != a && a < 0) ? q - 1 : q;
 }
 CNNOPS_HOST_DEVICE int64_t pool_ceil_div(int64_t a, int64_t b) {
-  const int64_t q = a / b;
-  return (a % b != 0 && a > 0) ? q + 1 : q;
+  const int64_t q = pool_div(a, b);
+  return (q * b != a && a > 0) ? q + 1 : q;
 }
 
 // Number of outputs along one dimension; may come out below 1 (callers reject that).
@@ -60,10 +71,15 @@ CNNOPS_HOST_DEVICE TapRange pool_tap_range(int64_t o, int64_t size, int64_t kern
                                            int64_t stride, int64_t pad, int64_t dilation) {
   const int64_t start = o * stride - pad;
   TapRange r;
-  r.begin = start < 0 ? pool_ceil_div(-start, dilation) : 0;
   // taps with start + t * d <= size - 1
   const int64_t last = size - 1 - start;
-  r.end = last < 0 ? 0 : last / dilation + 1;
+  if (dilation == 1) {  // no division
+    r.begin = start < 0 ? -start : 0;
+    r.end = last < 0 ? 0 : last + 1;
+  } else {
+    r.begin = start < 0 ? pool_ceil_div(-start, dilation) : 0;
+    r.end = last < 0 ? 0 : pool_div(last, dilation) + 1;
+  }
   if (r.end > kernel) r.end = kernel;
   return r;
 }
@@ -97,10 +113,10 @@ CNNOPS_HOST_DEVICE int64_t avg_pool_divisor(const AvgWindow& h, const AvgWindow&
 
 // Adaptive pooling: output o of out_size covers input [start, end).
 CNNOPS_HOST_DEVICE int64_t adaptive_start(int64_t o, int64_t in_size, int64_t out_size) {
-  return (o * in_size) / out_size;  // floor
+  return pool_div(o * in_size, out_size);  // floor (non-negative)
 }
 CNNOPS_HOST_DEVICE int64_t adaptive_end(int64_t o, int64_t in_size, int64_t out_size) {
-  return ((o + 1) * in_size + out_size - 1) / out_size;  // ceil
+  return pool_div((o + 1) * in_size + out_size - 1, out_size);  // ceil
 }
 
 // ---------------------------------------------------------------- inverses (backward)

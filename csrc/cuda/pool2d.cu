@@ -41,9 +41,10 @@ struct Coord {
   int64_t n, c, h, w;
 };
 
-// Linear element index -> (n, c, h, w), in the memory order of the format.
-__device__ __forceinline__ Coord decompose(int64_t i, int64_t C, int64_t H, int64_t W,
-                                           bool channels_last) {
+// Linear element index -> (n, c, h, w), in the memory order of the format. 32-bit
+// divisions whenever the index fits (64-bit division is a long instruction sequence).
+template <typename I>
+__device__ __forceinline__ Coord decompose_as(I i, I C, I H, I W, bool channels_last) {
   Coord p;
   if (channels_last) {
     p.c = i % C;
@@ -61,6 +62,15 @@ __device__ __forceinline__ Coord decompose(int64_t i, int64_t C, int64_t H, int6
     p.n = i / C;
   }
   return p;
+}
+
+__device__ __forceinline__ Coord decompose(int64_t i, int64_t C, int64_t H, int64_t W,
+                                           bool channels_last, bool index32) {
+  if (index32) {
+    return decompose_as<uint32_t>(static_cast<uint32_t>(i), static_cast<uint32_t>(C),
+                                  static_cast<uint32_t>(H), static_cast<uint32_t>(W), channels_last);
+  }
+  return decompose_as<int64_t>(i, C, H, W, channels_last);
 }
 
 __device__ __forceinline__ int64_t thread_index() {
@@ -83,7 +93,7 @@ __global__ void __launch_bounds__(kThreads)
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t i = thread_index();
   if (i >= total) return;
-  const Coord o = decompose(i, g.channels, g.out_h, g.out_w, channels_last);
+  const Coord o = decompose(i, g.channels, g.out_h, g.out_w, channels_last, total <= INT32_MAX);
   const TapRange th = pool_tap_range(o.h, g.in_h, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h);
   const TapRange tw = pool_tap_range(o.w, g.in_w, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w);
   acc_t m = static_cast<acc_t>(-INFINITY);
@@ -116,7 +126,7 @@ __global__ void __launch_bounds__(kThreads)
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t i = thread_index();
   if (i >= total) return;
-  const Coord o = decompose(i, g.channels, g.out_h, g.out_w, channels_last);
+  const Coord o = decompose(i, g.channels, g.out_h, g.out_w, channels_last, total <= INT32_MAX);
   const AvgWindow wh = avg_pool_window(o.h, g.in_h, g.kernel_h, g.stride_h, g.pad_h);
   const AvgWindow ww = avg_pool_window(o.w, g.in_w, g.kernel_w, g.stride_w, g.pad_w);
   acc_t sum = 0;
@@ -135,7 +145,7 @@ __global__ void __launch_bounds__(kThreads)
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t i = thread_index();
   if (i >= total) return;
-  const Coord o = decompose(i, g.channels, g.out_h, g.out_w, channels_last);
+  const Coord o = decompose(i, g.channels, g.out_h, g.out_w, channels_last, total <= INT32_MAX);
   const int64_t h0 = adaptive_start(o.h, g.in_h, g.out_h), h1 = adaptive_end(o.h, g.in_h, g.out_h);
   const int64_t w0 = adaptive_start(o.w, g.in_w, g.out_w), w1 = adaptive_end(o.w, g.in_w, g.out_w);
   const int64_t off = out_s.offset(o.n, o.c, o.h, o.w);
@@ -222,7 +232,7 @@ __global__ void __launch_bounds__(kThreads)
   constexpr bool kAdaptive = K == Kind::AdaptiveMax || K == Kind::AdaptiveAvg;
   const int64_t i = thread_index();
   if (i >= total) return;
-  const Coord e = decompose(i, g.channels, g.in_h, g.in_w, channels_last);
+  const Coord e = decompose(i, g.channels, g.in_h, g.in_w, channels_last, total <= INT32_MAX);
   const OutputRange rh = kAdaptive ? adaptive_output_range(e.h, g.in_h, g.out_h)
                                    : pool_output_range(e.h, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h, g.out_h);
   const OutputRange rw = kAdaptive ? adaptive_output_range(e.w, g.in_w, g.out_w)
