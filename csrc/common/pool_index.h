@@ -24,29 +24,29 @@
 // can contain i, given by the *_output_range() functions below, which are the exact
 // inverses of the forward windows.
 #include <cstdint>
-#include <climits>
 
 #include "common/macros.h"
 
 namespace cnnops {
 
-// a / b truncated, for b > 0. 64-bit integer division is a long instruction sequence on
-// GPUs; when both operands fit 32 bits (almost always: they are sizes and coordinates)
-// the 32-bit division is used, with the same result.
+// a / b truncated, for b > 0, computed in the integer type I. The CUDA kernels are
+// instantiated for I = int32_t when the host has checked that every operand fits 32 bits
+// (64-bit integer division is a long instruction sequence on GPUs); everything else uses
+// the default, int64_t.
+template <typename I = int64_t>
 CNNOPS_HOST_DEVICE int64_t pool_div(int64_t a, int64_t b) {
-  if (a >= INT32_MIN && a <= INT32_MAX && b <= INT32_MAX) {
-    return static_cast<int32_t>(a) / static_cast<int32_t>(b);
-  }
-  return a / b;
+  return static_cast<I>(a) / static_cast<I>(b);
 }
 
 // Division rounding toward -inf / +inf, for b > 0.
+template <typename I = int64_t>
 CNNOPS_HOST_DEVICE int64_t pool_floor_div(int64_t a, int64_t b) {
-  const int64_t q = pool_div(a, b);
+  const int64_t q = pool_div<I>(a, b);
   return (q * b != a && a < 0) ? q - 1 : q;
 }
+template <typename I = int64_t>
 CNNOPS_HOST_DEVICE int64_t pool_ceil_div(int64_t a, int64_t b) {
-  const int64_t q = pool_div(a, b);
+  const int64_t q = pool_div<I>(a, b);
   return (q * b != a && a > 0) ? q + 1 : q;
 }
 
@@ -67,6 +67,7 @@ struct TapRange {
   int64_t begin, end;
 };
 
+template <typename I = int64_t>
 CNNOPS_HOST_DEVICE TapRange pool_tap_range(int64_t o, int64_t size, int64_t kernel,
                                            int64_t stride, int64_t pad, int64_t dilation) {
   const int64_t start = o * stride - pad;
@@ -77,8 +78,8 @@ CNNOPS_HOST_DEVICE TapRange pool_tap_range(int64_t o, int64_t size, int64_t kern
     r.begin = start < 0 ? -start : 0;
     r.end = last < 0 ? 0 : last + 1;
   } else {
-    r.begin = start < 0 ? pool_ceil_div(-start, dilation) : 0;
-    r.end = last < 0 ? 0 : pool_div(last, dilation) + 1;
+    r.begin = start < 0 ? pool_ceil_div<I>(-start, dilation) : 0;
+    r.end = last < 0 ? 0 : pool_div<I>(last, dilation) + 1;
   }
   if (r.end > kernel) r.end = kernel;
   return r;
@@ -112,11 +113,13 @@ CNNOPS_HOST_DEVICE int64_t avg_pool_divisor(const AvgWindow& h, const AvgWindow&
 }
 
 // Adaptive pooling: output o of out_size covers input [start, end).
+template <typename I = int64_t>
 CNNOPS_HOST_DEVICE int64_t adaptive_start(int64_t o, int64_t in_size, int64_t out_size) {
-  return pool_div(o * in_size, out_size);  // floor (non-negative)
+  return pool_div<I>(o * in_size, out_size);  // floor (non-negative)
 }
+template <typename I = int64_t>
 CNNOPS_HOST_DEVICE int64_t adaptive_end(int64_t o, int64_t in_size, int64_t out_size) {
-  return pool_div((o + 1) * in_size + out_size - 1, out_size);  // ceil
+  return pool_div<I>((o + 1) * in_size + out_size - 1, out_size);  // ceil
 }
 
 // ---------------------------------------------------------------- inverses (backward)
@@ -129,24 +132,26 @@ struct OutputRange {
   int64_t begin, end;
 };
 
+template <typename I = int64_t>
 CNNOPS_HOST_DEVICE OutputRange pool_output_range(int64_t i, int64_t kernel, int64_t stride,
                                                  int64_t pad, int64_t dilation,
                                                  int64_t out_size) {
   OutputRange r;
-  r.begin = pool_ceil_div(i + pad - dilation * (kernel - 1), stride);
+  r.begin = pool_ceil_div<I>(i + pad - dilation * (kernel - 1), stride);
   if (r.begin < 0) r.begin = 0;
-  r.end = pool_floor_div(i + pad, stride) + 1;
+  r.end = pool_floor_div<I>(i + pad, stride) + 1;
   if (r.end > out_size) r.end = out_size;
   return r;
 }
 
 // Outputs [begin, end) of an adaptive pooling whose window contains input coordinate i:
 // floor(i * out / in) <= o < ceil((i + 1) * out / in).
+template <typename I = int64_t>
 CNNOPS_HOST_DEVICE OutputRange adaptive_output_range(int64_t i, int64_t in_size,
                                                      int64_t out_size) {
   OutputRange r;
-  r.begin = adaptive_start(i, out_size, in_size);
-  r.end = adaptive_end(i, out_size, in_size);
+  r.begin = adaptive_start<I>(i, out_size, in_size);
+  r.end = adaptive_end<I>(i, out_size, in_size);
   if (r.end > out_size) r.end = out_size;
   return r;
 }

@@ -22,6 +22,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <type_traits>
 
 #include "common/pool_checks.h"
 #include "common/pool_index.h"
@@ -41,8 +42,7 @@ struct Coord {
   int64_t n, c, h, w;
 };
 
-// Linear element index -> (n, c, h, w), in the memory order of the format. 32-bit
-// divisions whenever the index fits (64-bit division is a long instruction sequence).
+// Linear element index -> (n, c, h, w), in the memory order of the format.
 template <typename I>
 __device__ __forceinline__ Coord decompose_as(I i, I C, I H, I W, bool channels_last) {
   Coord p;
@@ -64,17 +64,26 @@ __device__ __forceinline__ Coord decompose_as(I i, I C, I H, I W, bool channels_
   return p;
 }
 
-__device__ __forceinline__ Coord decompose(int64_t i, int64_t C, int64_t H, int64_t W,
-                                           bool channels_last, bool index32) {
-  if (index32) {
-    return decompose_as<uint32_t>(static_cast<uint32_t>(i), static_cast<uint32_t>(C),
-                                  static_cast<uint32_t>(H), static_cast<uint32_t>(W), channels_last);
-  }
-  return decompose_as<int64_t>(i, C, H, W, channels_last);
+// I = int32_t: the host checked that the index fits; unsigned 32-bit division then.
+template <typename I>
+__device__ __forceinline__ Coord decompose(int64_t i, int64_t C, int64_t H, int64_t W, bool channels_last) {
+  using U = std::conditional_t<sizeof(I) == 4, uint32_t, int64_t>;
+  return decompose_as<U>(static_cast<U>(i), static_cast<U>(C), static_cast<U>(H), static_cast<U>(W),
+                         channels_last);
 }
 
 __device__ __forceinline__ int64_t thread_index() {
   return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+}
+
+// Whether a launch's index and window arithmetic fits 32-bit integers (then the kernels
+// are instantiated with I = int32_t: 64-bit integer division is slow on GPUs).
+bool fits_int32(const Pool2dGeometry& g, int64_t total) {
+  const int64_t lim = INT32_MAX / 4;
+  const int64_t span_h = g.in_h + 2 * (g.pad_h + g.dilation_h * g.kernel_h) + g.out_h * g.stride_h;
+  const int64_t span_w = g.in_w + 2 * (g.pad_w + g.dilation_w * g.kernel_w) + g.out_w * g.stride_w;
+  const int64_t adapt_h = (g.out_h + 1) * (g.in_h + 1), adapt_w = (g.out_w + 1) * (g.in_w + 1);
+  return total <= INT32_MAX && span_h < lim && span_w < lim && adapt_h < lim && adapt_w < lim;
 }
 
 unsigned blocks_for(const char* op, int64_t total) {
@@ -85,7 +94,7 @@ unsigned blocks_for(const char* op, int64_t total) {
 
 // ---------------------------------------------------------------- forward kernels
 
-template <typename scalar_t>
+template <typename scalar_t, typename I>
 __global__ void __launch_bounds__(kThreads)
     cnnops_max_pool2d_kernel(const scalar_t* __restrict__ input, scalar_t* __restrict__ output,
                              int64_t* __restrict__ indices, Strides4d in_s, Strides4d out_s,
@@ -93,19 +102,22 @@ __global__ void __launch_bounds__(kThreads)
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t i = thread_index();
   if (i >= total) return;
-  const Coord o = decompose(i, g.channels, g.out_h, g.out_w, channels_last, total <= INT32_MAX);
-  const TapRange th = pool_tap_range(o.h, g.in_h, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h);
-  const TapRange tw = pool_tap_range(o.w, g.in_w, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w);
+  const Coord o = decompose<I>(i, g.channels, g.out_h, g.out_w, channels_last);
+  const TapRange th = pool_tap_range<I>(o.h, g.in_h, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h);
+  const TapRange tw = pool_tap_range<I>(o.w, g.in_w, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w);
   acc_t m = static_cast<acc_t>(-INFINITY);
   int64_t mi = -1;
+  const int64_t off = out_s.offset(o.n, o.c, o.h, o.w);
+  const scalar_t* plane = input + o.n * in_s.n + o.c * in_s.c;
   if (th.begin < th.end && tw.begin < tw.end) {
     const int64_t ih0 = o.h * g.stride_h - g.pad_h, iw0 = o.w * g.stride_w - g.pad_w;
     mi = (ih0 + th.begin * g.dilation_h) * g.in_w + iw0 + tw.begin * g.dilation_w;
     for (int64_t kh = th.begin; kh < th.end; ++kh) {
       const int64_t ih = ih0 + kh * g.dilation_h;
+      const scalar_t* row = plane + ih * in_s.h;
       for (int64_t kw = tw.begin; kw < tw.end; ++kw) {
         const int64_t iw = iw0 + kw * g.dilation_w;
-        const acc_t v = static_cast<acc_t>(input[in_s.offset(o.n, o.c, ih, iw)]);
+        const acc_t v = static_cast<acc_t>(row[iw * in_s.w]);
         if (max_pool_replaces(v, m)) {
           m = v;
           mi = ih * g.in_w + iw;
@@ -113,12 +125,11 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
   }
-  const int64_t off = out_s.offset(o.n, o.c, o.h, o.w);
   output[off] = static_cast<scalar_t>(m);
   if (indices != nullptr) indices[off] = mi;
 }
 
-template <typename scalar_t>
+template <typename scalar_t, typename I>
 __global__ void __launch_bounds__(kThreads)
     cnnops_avg_pool2d_kernel(const scalar_t* __restrict__ input, scalar_t* __restrict__ output,
                              Strides4d in_s, Strides4d out_s, Pool2dGeometry g, int64_t total,
@@ -126,18 +137,21 @@ __global__ void __launch_bounds__(kThreads)
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t i = thread_index();
   if (i >= total) return;
-  const Coord o = decompose(i, g.channels, g.out_h, g.out_w, channels_last, total <= INT32_MAX);
+  const Coord o = decompose<I>(i, g.channels, g.out_h, g.out_w, channels_last);
   const AvgWindow wh = avg_pool_window(o.h, g.in_h, g.kernel_h, g.stride_h, g.pad_h);
   const AvgWindow ww = avg_pool_window(o.w, g.in_w, g.kernel_w, g.stride_w, g.pad_w);
+  const int64_t off = out_s.offset(o.n, o.c, o.h, o.w);
+  const scalar_t* plane = input + o.n * in_s.n + o.c * in_s.c;
   acc_t sum = 0;
-  for (int64_t ih = wh.begin; ih < wh.end; ++ih)
-    for (int64_t iw = ww.begin; iw < ww.end; ++iw)
-      sum += static_cast<acc_t>(input[in_s.offset(o.n, o.c, ih, iw)]);
+  for (int64_t ih = wh.begin; ih < wh.end; ++ih) {
+    const scalar_t* row = plane + ih * in_s.h;
+    for (int64_t iw = ww.begin; iw < ww.end; ++iw) sum += static_cast<acc_t>(row[iw * in_s.w]);
+  }
   const int64_t div = avg_pool_divisor(wh, ww, g.count_include_pad, g.divisor_override);
-  output[out_s.offset(o.n, o.c, o.h, o.w)] = static_cast<scalar_t>(sum / static_cast<acc_t>(div));
+  output[off] = static_cast<scalar_t>(sum / static_cast<acc_t>(div));
 }
 
-template <typename scalar_t, bool IsMax>
+template <typename scalar_t, bool IsMax, typename I>
 __global__ void __launch_bounds__(kThreads)
     cnnops_adaptive_pool2d_kernel(const scalar_t* __restrict__ input, scalar_t* __restrict__ output,
                                   int64_t* __restrict__ indices, Strides4d in_s, Strides4d out_s,
@@ -145,16 +159,17 @@ __global__ void __launch_bounds__(kThreads)
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t i = thread_index();
   if (i >= total) return;
-  const Coord o = decompose(i, g.channels, g.out_h, g.out_w, channels_last, total <= INT32_MAX);
-  const int64_t h0 = adaptive_start(o.h, g.in_h, g.out_h), h1 = adaptive_end(o.h, g.in_h, g.out_h);
-  const int64_t w0 = adaptive_start(o.w, g.in_w, g.out_w), w1 = adaptive_end(o.w, g.in_w, g.out_w);
+  const Coord o = decompose<I>(i, g.channels, g.out_h, g.out_w, channels_last);
+  const int64_t h0 = adaptive_start<I>(o.h, g.in_h, g.out_h), h1 = adaptive_end<I>(o.h, g.in_h, g.out_h);
+  const int64_t w0 = adaptive_start<I>(o.w, g.in_w, g.out_w), w1 = adaptive_end<I>(o.w, g.in_w, g.out_w);
   const int64_t off = out_s.offset(o.n, o.c, o.h, o.w);
+  const scalar_t* plane = input + o.n * in_s.n + o.c * in_s.c;
   if (IsMax) {
     acc_t m = static_cast<acc_t>(-INFINITY);
     int64_t mi = h0 * g.in_w + w0;
     for (int64_t ih = h0; ih < h1; ++ih)
       for (int64_t iw = w0; iw < w1; ++iw) {
-        const acc_t v = static_cast<acc_t>(input[in_s.offset(o.n, o.c, ih, iw)]);
+        const acc_t v = static_cast<acc_t>(plane[ih * in_s.h + iw * in_s.w]);
         if (max_pool_replaces(v, m)) {
           m = v;
           mi = ih * g.in_w + iw;
@@ -165,7 +180,7 @@ __global__ void __launch_bounds__(kThreads)
   } else {
     acc_t sum = 0;
     for (int64_t ih = h0; ih < h1; ++ih)
-      for (int64_t iw = w0; iw < w1; ++iw) sum += static_cast<acc_t>(input[in_s.offset(o.n, o.c, ih, iw)]);
+      for (int64_t iw = w0; iw < w1; ++iw) sum += static_cast<acc_t>(plane[ih * in_s.h + iw * in_s.w]);
     output[off] = static_cast<scalar_t>(sum / static_cast<acc_t>((h1 - h0) * (w1 - w0)));
   }
 }
@@ -221,8 +236,9 @@ enum class Kind { Max, Avg, AdaptiveMax, AdaptiveAvg };
 
 // grad_input(e) = sum over the outputs o whose window contains e of: grad_output(o) where
 // indices(o) is e's flat index (max), grad_output(o) / divisor(o) (average).
-template <typename scalar_t, Kind K>
-__global__ void __launch_bounds__(kThreads)
+// (minimum 1 block per SM: without it ptxas aimed at 64 registers and spilled)
+template <typename scalar_t, Kind K, typename I>
+__global__ void __launch_bounds__(kThreads, 1)
     cnnops_pool2d_backward_kernel(const scalar_t* __restrict__ grad_output,
                                   const int64_t* __restrict__ indices, scalar_t* __restrict__ grad_input,
                                   Strides4d go_s, Strides4d ind_s, Strides4d gi_s, Pool2dGeometry g,
@@ -232,30 +248,36 @@ __global__ void __launch_bounds__(kThreads)
   constexpr bool kAdaptive = K == Kind::AdaptiveMax || K == Kind::AdaptiveAvg;
   const int64_t i = thread_index();
   if (i >= total) return;
-  const Coord e = decompose(i, g.channels, g.in_h, g.in_w, channels_last, total <= INT32_MAX);
-  const OutputRange rh = kAdaptive ? adaptive_output_range(e.h, g.in_h, g.out_h)
-                                   : pool_output_range(e.h, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h, g.out_h);
-  const OutputRange rw = kAdaptive ? adaptive_output_range(e.w, g.in_w, g.out_w)
-                                   : pool_output_range(e.w, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w, g.out_w);
+  const Coord e = decompose<I>(i, g.channels, g.in_h, g.in_w, channels_last);
+  const OutputRange rh = kAdaptive ? adaptive_output_range<I>(e.h, g.in_h, g.out_h)
+                                   : pool_output_range<I>(e.h, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h, g.out_h);
+  const OutputRange rw = kAdaptive ? adaptive_output_range<I>(e.w, g.in_w, g.out_w)
+                                   : pool_output_range<I>(e.w, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w, g.out_w);
   const int64_t target = e.h * g.in_w + e.w;
+  const int64_t gi_off = gi_s.offset(e.n, e.c, e.h, e.w);
+  const scalar_t* go_plane = grad_output + e.n * go_s.n + e.c * go_s.c;
+  const int64_t* ind_plane = kMax ? indices + e.n * ind_s.n + e.c * ind_s.c : nullptr;
   acc_t acc = 0;
   for (int64_t oh = rh.begin; oh < rh.end; ++oh) {
+    // per output row: the row factor of the divisor (average kinds)
+    AvgWindow wh{0, 0, 0};
+    int64_t kh = 1;
+    if (K == Kind::Avg) wh = avg_pool_window(oh, g.in_h, g.kernel_h, g.stride_h, g.pad_h);
+    if (K == Kind::AdaptiveAvg) kh = adaptive_end<I>(oh, g.in_h, g.out_h) - adaptive_start<I>(oh, g.in_h, g.out_h);
     for (int64_t ow = rw.begin; ow < rw.end; ++ow) {
-      const acc_t go = static_cast<acc_t>(grad_output[go_s.offset(e.n, e.c, oh, ow)]);
+      const acc_t go = static_cast<acc_t>(go_plane[oh * go_s.h + ow * go_s.w]);
       if (kMax) {
-        if (indices[ind_s.offset(e.n, e.c, oh, ow)] == target) acc += go;
+        if (ind_plane[oh * ind_s.h + ow * ind_s.w] == target) acc += go;
       } else if (K == Kind::Avg) {
-        const AvgWindow wh = avg_pool_window(oh, g.in_h, g.kernel_h, g.stride_h, g.pad_h);
         const AvgWindow ww = avg_pool_window(ow, g.in_w, g.kernel_w, g.stride_w, g.pad_w);
         acc += go / static_cast<acc_t>(avg_pool_divisor(wh, ww, g.count_include_pad, g.divisor_override));
       } else {
-        const int64_t kh = adaptive_end(oh, g.in_h, g.out_h) - adaptive_start(oh, g.in_h, g.out_h);
-        const int64_t kw = adaptive_end(ow, g.in_w, g.out_w) - adaptive_start(ow, g.in_w, g.out_w);
+        const int64_t kw = adaptive_end<I>(ow, g.in_w, g.out_w) - adaptive_start<I>(ow, g.in_w, g.out_w);
         acc += go / static_cast<acc_t>(kh * kw);
       }
     }
   }
-  grad_input[gi_s.offset(e.n, e.c, e.h, e.w)] = static_cast<scalar_t>(acc);
+  grad_input[gi_off] = static_cast<scalar_t>(acc);
 }
 
 // ---------------------------------------------------------------- host wrappers
@@ -278,10 +300,14 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_cuda(const at::Tensor& input, at::
   if (total == 0) return {output, indices};
   TORCH_INTERNAL_ASSERT(!return_indices || indices.strides() == output.strides());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "cnnops_max_pool2d_cuda", [&] {
-    cnnops_max_pool2d_kernel<scalar_t><<<blocks_for(op, total), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        input.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(),
-        return_indices ? indices.mutable_data_ptr<int64_t>() : nullptr, strides4d(input), strides4d(output), g,
-        total, fmt == at::MemoryFormat::ChannelsLast);
+    auto launch = [&](auto index_type) {
+      using I = decltype(index_type);
+      cnnops_max_pool2d_kernel<scalar_t, I><<<blocks_for(op, total), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+          input.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(),
+          return_indices ? indices.mutable_data_ptr<int64_t>() : nullptr, strides4d(input), strides4d(output), g,
+          total, fmt == at::MemoryFormat::ChannelsLast);
+    };
+    if (fits_int32(g, total)) launch(int32_t{}); else launch(int64_t{});
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {output, indices};
@@ -303,9 +329,13 @@ at::Tensor avg_pool2d_cuda(const at::Tensor& input, at::IntArrayRef kernel_size,
   const int64_t total = output.numel();
   if (total == 0) return output;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "cnnops_avg_pool2d_cuda", [&] {
-    cnnops_avg_pool2d_kernel<scalar_t><<<blocks_for(op, total), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        input.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(), strides4d(input),
-        strides4d(output), g, total, fmt == at::MemoryFormat::ChannelsLast);
+    auto launch = [&](auto index_type) {
+      using I = decltype(index_type);
+      cnnops_avg_pool2d_kernel<scalar_t, I><<<blocks_for(op, total), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+          input.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(), strides4d(input),
+          strides4d(output), g, total, fmt == at::MemoryFormat::ChannelsLast);
+    };
+    if (fits_int32(g, total)) launch(int32_t{}); else launch(int64_t{});
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return output;
@@ -341,12 +371,18 @@ std::tuple<at::Tensor, at::Tensor> adaptive_pool2d_cuda(const char* op, bool is_
         cnnops_global_pool2d_warp_kernel<scalar_t, false><<<blocks, kThreads, 0, stream>>>(
             in, out, idx, strides4d(input), strides4d(output), g.channels, g.in_h * g.in_w, planes);
       }
-    } else if (is_max) {
-      cnnops_adaptive_pool2d_kernel<scalar_t, true><<<blocks_for(op, total), kThreads, 0, stream>>>(
-          in, out, idx, strides4d(input), strides4d(output), g, total, channels_last);
     } else {
-      cnnops_adaptive_pool2d_kernel<scalar_t, false><<<blocks_for(op, total), kThreads, 0, stream>>>(
-          in, out, idx, strides4d(input), strides4d(output), g, total, channels_last);
+      auto launch = [&](auto index_type) {
+        using I = decltype(index_type);
+        if (is_max) {
+          cnnops_adaptive_pool2d_kernel<scalar_t, true, I><<<blocks_for(op, total), kThreads, 0, stream>>>(
+              in, out, idx, strides4d(input), strides4d(output), g, total, channels_last);
+        } else {
+          cnnops_adaptive_pool2d_kernel<scalar_t, false, I><<<blocks_for(op, total), kThreads, 0, stream>>>(
+              in, out, idx, strides4d(input), strides4d(output), g, total, channels_last);
+        }
+      };
+      if (fits_int32(g, total)) launch(int32_t{}); else launch(int64_t{});
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -375,11 +411,15 @@ at::Tensor pool_backward_cuda(const char* op, const at::Tensor& grad_output, con
   // (an empty grad_output, adaptive pooling to size 0, gives empty ranges: zeros)
   const Strides4d ind_s = kMax ? strides4d(indices) : Strides4d{0, 0, 0, 0};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_output.scalar_type(), "cnnops_pool2d_backward_cuda", [&] {
-    cnnops_pool2d_backward_kernel<scalar_t, K>
-        <<<blocks_for(op, total), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-            grad_output.const_data_ptr<scalar_t>(), kMax ? indices.const_data_ptr<int64_t>() : nullptr,
-            grad_input.mutable_data_ptr<scalar_t>(), strides4d(grad_output), ind_s, strides4d(grad_input), g,
-            total, channels_last);
+    auto launch = [&](auto index_type) {
+      using I = decltype(index_type);
+      cnnops_pool2d_backward_kernel<scalar_t, K, I>
+          <<<blocks_for(op, total), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+              grad_output.const_data_ptr<scalar_t>(), kMax ? indices.const_data_ptr<int64_t>() : nullptr,
+              grad_input.mutable_data_ptr<scalar_t>(), strides4d(grad_output), ind_s, strides4d(grad_input), g,
+              total, channels_last);
+    };
+    if (fits_int32(g, total)) launch(int32_t{}); else launch(int64_t{});
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return grad_input;
