@@ -1057,8 +1057,13 @@ void pool_backward_scatter_impl(const at::Tensor& grad_output, const at::Tensor&
       std::vector<acc_t> buf(kDirect ? 0 : HW);
       for (int64_t plane = begin; plane < end; ++plane) {
         acc_t* acc = kDirect ? reinterpret_cast<acc_t*>(gi + plane * HW) : buf.data();
-        std::fill(acc, acc + HW, acc_t(0));
         const scalar_t* gop = go + plane * OHW;
+        if (K == Kind::AdaptiveAvg && OHW == 1) {  // global average: one value per plane
+          std::fill(acc, acc + HW, acc_t(0) + static_cast<acc_t>(gop[0]) / static_cast<acc_t>(HW));
+          if constexpr (!kDirect) at::vec::convert(acc, gi + plane * HW, HW);
+          continue;
+        }
+        std::fill(acc, acc + HW, acc_t(0));
         if constexpr (kMax) {
           const int64_t* ip = idx + plane * OHW;
           for (int64_t o = 0; o < OHW; ++o) {
