@@ -111,6 +111,24 @@ def _cpu_capability():
     raise RuntimeError(f"CNNOPS_CPU_CAPABILITY must be default, avx2 or avx512, got {want!r}")
 
 
+def _runtime_libstdcxx():
+    """The libstdc++ shared library this Python process (and torch) runs with.
+
+    Linked explicitly, ahead of the compiler's own libraries: a compiler whose default is
+    a static libstdc++ (seen on the GPU machines: /opt/gcc) otherwise puts a second copy of
+    libstdc++ into the extension, and its iostreams then crash against the process's locale
+    state (std::ostringstream << long segfaulted in every error message with a number)."""
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                path = line.split()[-1]
+                if "/libstdc++.so" in path and os.path.isfile(path):
+                    return path
+    except OSError:
+        pass
+    return None
+
+
 def _write_build_info(with_cuda, capability, arch_list):
     path = os.path.join(ROOT, "cnnops", "_build_info.py")
     with open(path, "w") as f:
@@ -133,6 +151,9 @@ def build_extension():
     cxx = opt + ["-fopenmp", "-fvisibility=hidden"] + simd_flags
     include_dirs = [os.path.join(ROOT, "csrc")]
     extra_link = ["-fopenmp"]
+    libstdcxx = _runtime_libstdcxx()
+    if libstdcxx:
+        extra_link.append(libstdcxx)
 
     arch_list = None
     if with_cuda:

@@ -1,11 +1,15 @@
 """torch.nn.functional-style API (also available as cnnops.F). Signatures mirror torch's,
 plus the extras in DESIGN.md section 1 (padding_mode for conv2d, ...)."""
 import torch
+import torch.autograd.forward_ad as _fwad
 
 from cnnops.ops._common import autocast_cast, autocast_dtype, check_device
 from cnnops.ops.conv2d import Conv2dFunction, normalize_conv2d_args
+from cnnops.ops.pool2d import (AdaptiveAvgPool2dFunction, AdaptiveMaxPool2dFunction, AvgPool2dFunction,
+                               MaxPool2dFunction, gather_at_indices, normalize_output_size, normalize_pool_args)
 
-__all__ = ["conv2d", "Conv2dFunction"]
+__all__ = ["conv2d", "Conv2dFunction", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d",
+           "MaxPool2dFunction", "AvgPool2dFunction", "AdaptiveAvgPool2dFunction", "AdaptiveMaxPool2dFunction"]
 
 _ops = torch.ops.cnnops
 
@@ -28,3 +32,113 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     if dim == 3:
         return _ops.conv2d(input.unsqueeze(0), weight, bias, stride, padding, dilation, groups, padding_mode).squeeze(0)
     return _ops.conv2d(input, weight, bias, stride, padding, dilation, groups, padding_mode)
+
+
+# ---------------------------------------------------------------- pooling
+# Pooling runs in the input dtype under autocast (torch has no autocast policy for it).
+# Unbatched (C, H, W) input is pooled as a batch of one: made contiguous first so that
+# the output is contiguous, as torch's.
+
+_below_autograd = torch._C._AutoDispatchBelowAutograd
+_is_compiling = torch.compiler.is_compiling
+
+
+def _no_grad_call(input):
+    """True when the op can skip its (Python) autograd kernel: no gradient is wanted and
+    no compiler is tracing. Saves several microseconds per call on small tensors."""
+    return not (input.requires_grad and torch.is_grad_enabled()) and not _is_compiling()
+
+
+def _tangent(x):
+    """The forward-mode AD tangent of x, or None. Custom ops drop tangents silently, so the
+    pooling wrappers compute the output's tangent themselves (pooling is linear in the
+    input given the windows, or the indices for max)."""
+    if _fwad._current_level < 0:
+        return None
+    return _fwad.unpack_dual(x).tangent
+
+
+def _pool_input(op, input):
+    check_device(op, input)
+    dim = input.dim()
+    if dim == 4:
+        return input, False
+    if dim == 3:
+        return input.contiguous().unsqueeze(0), True
+    raise ValueError(f"{op}: expected input to be 3-D (C, H, W) or 4-D (N, C, H, W), got shape {tuple(input.shape)}")
+
+
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+    """torch.nn.functional.max_pool2d: indices (return_indices=True) are flat h * W + w
+    within each plane, as torch's; NaN propagates; ties keep the first maximum."""
+    op = "cnnops.max_pool2d"
+    x, unbatched = _pool_input(op, input)
+    kernel_size, stride, padding, dilation = normalize_pool_args(op, kernel_size, stride, padding, dilation)
+    tangent = _tangent(x)
+    # Indices are only computed when returned or needed for a derivative.
+    if _no_grad_call(input):
+        with _below_autograd():
+            output, indices = _ops.max_pool2d.default(x, kernel_size, stride, padding, dilation, ceil_mode,
+                                                      return_indices or tangent is not None)
+    else:
+        output, indices = _ops.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode, True)
+    if tangent is not None:
+        output = _fwad.make_dual(output, gather_at_indices(tangent, indices))
+    if unbatched:
+        output = output.squeeze(0)
+        indices = indices.squeeze(0) if return_indices else indices
+    return (output, indices) if return_indices else output
+
+
+def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               divisor_override=None):
+    """torch.nn.functional.avg_pool2d, with torch's divisor rule."""
+    op = "cnnops.avg_pool2d"
+    x, unbatched = _pool_input(op, input)
+    kernel_size, stride, padding, _ = normalize_pool_args(op, kernel_size, stride, padding)
+    if _no_grad_call(input):
+        with _below_autograd():
+            output = _ops.avg_pool2d.default(x, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                                             divisor_override)
+    else:
+        output = _ops.avg_pool2d(x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+    tangent = _tangent(x)
+    if tangent is not None:
+        output = _fwad.make_dual(output, _ops.avg_pool2d(tangent, kernel_size, stride, padding, ceil_mode,
+                                                         count_include_pad, divisor_override))
+    return output.squeeze(0) if unbatched else output
+
+
+def adaptive_avg_pool2d(input, output_size):
+    """torch.nn.functional.adaptive_avg_pool2d; None in output_size keeps that input size.
+    Output 1 x 1 (global average pooling) runs a reduction kernel."""
+    op = "cnnops.adaptive_avg_pool2d"
+    x, unbatched = _pool_input(op, input)
+    output_size = normalize_output_size(op, output_size, x.shape)
+    if _no_grad_call(input):
+        with _below_autograd():
+            output = _ops.adaptive_avg_pool2d.default(x, output_size)
+    else:
+        output = _ops.adaptive_avg_pool2d(x, output_size)
+    tangent = _tangent(x)
+    if tangent is not None:
+        output = _fwad.make_dual(output, _ops.adaptive_avg_pool2d(tangent, output_size))
+    return output.squeeze(0) if unbatched else output
+
+
+def adaptive_max_pool2d(input, output_size, return_indices=False):
+    """torch.nn.functional.adaptive_max_pool2d; None in output_size keeps that input size."""
+    op = "cnnops.adaptive_max_pool2d"
+    x, unbatched = _pool_input(op, input)
+    output_size = normalize_output_size(op, output_size, x.shape)
+    if _no_grad_call(input):
+        with _below_autograd():
+            output, indices = _ops.adaptive_max_pool2d.default(x, output_size)
+    else:
+        output, indices = _ops.adaptive_max_pool2d(x, output_size)
+    tangent = _tangent(x)
+    if tangent is not None:
+        output = _fwad.make_dual(output, gather_at_indices(tangent, indices))
+    if unbatched:
+        output, indices = output.squeeze(0), indices.squeeze(0)
+    return (output, indices) if return_indices else output

@@ -37,9 +37,63 @@ def check_conv2d():
     return bad
 
 
+def pool2d_cases():
+    """(name, cnnops call, torch reference) for every pooling kernel: max, average,
+    adaptive max/avg, and global (1 x 1) max/avg, which also run the opt-in warp kernel."""
+    F, T = cnnops.F, torch.nn.functional
+    return [
+        ("max_pool2d", lambda x: F.max_pool2d(x, 3, 2, 1, 2, True, True), lambda x: T.max_pool2d(x, 3, 2, 1, 2, True, True)),
+        ("avg_pool2d", lambda x: F.avg_pool2d(x, 3, 2, 1, True, False), lambda x: T.avg_pool2d(x, 3, 2, 1, True, False)),
+        ("avg_pool2d_div", lambda x: F.avg_pool2d(x, 2, 1, 1, False, True, 3), lambda x: T.avg_pool2d(x, 2, 1, 1, False, True, 3)),
+        ("adaptive_max", lambda x: F.adaptive_max_pool2d(x, (4, 3), True), lambda x: T.adaptive_max_pool2d(x, (4, 3), True)),
+        ("adaptive_avg", lambda x: F.adaptive_avg_pool2d(x, (4, 3)), lambda x: T.adaptive_avg_pool2d(x, (4, 3))),
+        ("global_max", lambda x: F.adaptive_max_pool2d(x, 1, True), lambda x: T.adaptive_max_pool2d(x, 1, True)),
+        ("global_avg", lambda x: F.adaptive_avg_pool2d(x, 1), lambda x: T.adaptive_avg_pool2d(x, 1)),
+    ]
+
+
+def check_pool2d():
+    """Forward and backward of every pooling kernel, each dtype, NCHW and channels_last,
+    against torch on the same values in float64 on the CPU (indices exactly)."""
+    import os
+    bad = 0
+    tol = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
+    for experimental in ("0", "1"):
+        os.environ["CNNOPS_EXPERIMENTAL"] = experimental
+        for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+            for channels_last in (False, True):
+                for name, ours, ref in pool2d_cases():
+                    if experimental == "1" and not name.startswith("global"):
+                        continue
+                    x = torch.randint(-3, 4, (2, 6, 11, 9)).to(dtype)  # ties on purpose
+                    x[0, 1, 2, 3] = float("nan")
+                    x = x.to("cuda")
+                    if channels_last:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    x.requires_grad_(True)
+                    out = ours(x)
+                    y = out[0] if isinstance(out, tuple) else out
+                    grad = torch.randn(y.shape, dtype=torch.float64).to(dtype)
+                    y.backward(grad.to("cuda"))
+                    xr = x.detach().double().cpu().requires_grad_(True)
+                    r = ref(xr)
+                    ry = r[0] if isinstance(r, tuple) else r
+                    ry.backward(grad.double())
+                    errs = [((y.double().cpu() - ry).nan_to_num().abs().max() / ry.nan_to_num().abs().max().clamp(min=1)).item(),
+                            ((x.grad.double().cpu() - xr.grad).abs().max() / xr.grad.abs().max().clamp(min=1)).item()]
+                    same_nan = torch.equal(y.isnan().cpu(), ry.isnan())
+                    same_idx = (not isinstance(out, tuple)) or torch.equal(out[1].cpu(), r[1])
+                    ok = max(errs) < tol[dtype] and same_nan and same_idx
+                    bad += not ok
+                    print(f"pool2d {name} {dtype} channels_last={channels_last} experimental={experimental}: "
+                          f"err out {errs[0]:.1e} grad {errs[1]:.1e} nan {same_nan} idx {same_idx} {'ok' if ok else 'WRONG'}")
+    os.environ.pop("CNNOPS_EXPERIMENTAL", None)
+    return bad
+
+
 if __name__ == "__main__":
     assert torch.cuda.is_available(), "no CUDA device"
-    failures = check_conv2d()
+    failures = check_conv2d() + check_pool2d()
     torch.cuda.synchronize()
     print(f"smoke: {failures} wrong")
     sys.exit(1 if failures else 0)

@@ -37,6 +37,7 @@ import torch
 
 FAMILIES = (
     "conv2d",
+    "pool2d",
 )
 
 DIRECTIONS = ("forward", "forward+backward")
