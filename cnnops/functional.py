@@ -4,8 +4,9 @@ import torch
 
 from cnnops.ops._common import autocast_cast, autocast_dtype, check_device
 from cnnops.ops.conv2d import Conv2dFunction, normalize_conv2d_args
+from cnnops.ops.layer_norm import LayerNorm2dFunction, LayerNormFunction, normalize_shape_arg
 
-__all__ = ["conv2d", "Conv2dFunction"]
+__all__ = ["conv2d", "Conv2dFunction", "layer_norm", "layer_norm2d", "LayerNormFunction", "LayerNorm2dFunction"]
 
 _ops = torch.ops.cnnops
 
@@ -28,3 +29,29 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     if dim == 3:
         return _ops.conv2d(input.unsqueeze(0), weight, bias, stride, padding, dilation, groups, padding_mode).squeeze(0)
     return _ops.conv2d(input, weight, bias, stride, padding, dilation, groups, padding_mode)
+
+
+def _layer_norm_autocast(input, weight, bias):
+    """Torch's autocast policy for layer_norm: float32 under CUDA autocast; CPU autocast
+    leaves layer_norm alone (it is on neither of torch's CPU lists)."""
+    if input.device.type == "cuda" and torch.is_autocast_enabled("cuda"):
+        f32 = torch.float32
+        return autocast_cast(input, f32), autocast_cast(weight, f32), autocast_cast(bias, f32)
+    return input, weight, bias
+
+
+def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """torch.nn.functional.layer_norm: normalizes over the trailing normalized_shape
+    dimensions; weight and bias optional and independent."""
+    check_device("cnnops.layer_norm", input)
+    input, weight, bias = _layer_norm_autocast(input, weight, bias)
+    return _ops.layer_norm(input, normalize_shape_arg(normalized_shape), weight, bias, eps)[0]
+
+
+def layer_norm2d(input, weight=None, bias=None, eps=1e-6):
+    """Channels-first LayerNorm (ConvNeXt): normalizes an (N, C, H, W) tensor over C for
+    every (n, h, w), on NCHW or channels_last memory directly; weight and bias of shape (C,).
+    The output has the input's memory format (NCHW for inputs that are neither)."""
+    check_device("cnnops.layer_norm2d", input)
+    input, weight, bias = _layer_norm_autocast(input, weight, bias)
+    return _ops.layer_norm2d(input, weight, bias, eps)[0]

@@ -1,5 +1,6 @@
 """Drop-in torch.nn modules: each subclasses the torch module it replaces (same
 constructor, parameters, state_dict keys) and overrides only the computation."""
 from cnnops.nn.conv import Conv2d
+from cnnops.nn.norm import LayerNorm, LayerNorm2d
 
-__all__ = ["Conv2d"]
+__all__ = ["Conv2d", "LayerNorm", "LayerNorm2d"]

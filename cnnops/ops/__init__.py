@@ -1,3 +1,4 @@
 """Python side of each op family: fake kernels, autograd registration and the family's
 torch.autograd.Function. Importing a module registers its ops."""
 from cnnops.ops import conv2d  # noqa: F401
+from cnnops.ops import layer_norm  # noqa: F401
