@@ -74,13 +74,16 @@ T reduce_sum(const Vectorized<T>& v) {
   return at::vec::vec_reduce_all<T>([](Vectorized<T>& a, Vectorized<T>& b) { return a + b; }, v);
 }
 
-// Mean and biased variance of x[0, n) in one pass.
+// Mean and biased variance of x[0, n) in one pass, on values shifted by x[0] (exact for
+// nearby floats), so that a large common offset does not cost the variance its precision.
 template <typename T>
 Welford<T> row_moments(const T* x, int64_t n) {
   using Vec = Vectorized<T>;
   constexpr int64_t kV = Vec::size();
   constexpr int64_t kAcc = 4;
   constexpr int64_t kBlock = kV * kAcc;
+  const T shift = x[0];
+  const Vec vshift(shift);
   const int64_t blocks = n / kBlock;
   Welford<T> total = welford_init<T>();
   if (blocks > 0) {
@@ -90,7 +93,7 @@ Welford<T> row_moments(const T* x, int64_t n) {
       const Vec rc(T(1) / static_cast<T>(b + 1));
       const T* p = x + b * kBlock;
       for (int64_t k = 0; k < kAcc; ++k) {
-        const Vec v = Vec::loadu(p + k * kV);
+        const Vec v = Vec::loadu(p + k * kV) - vshift;
         const Vec delta = v - mean[k];
         mean[k] = at::vec::fmadd(delta, rc, mean[k]);
         m2[k] = at::vec::fmadd(delta, v - mean[k], m2[k]);
@@ -120,20 +123,21 @@ Welford<T> row_moments(const T* x, int64_t n) {
     const T* p = x + done;
     Vec acc(T(0));
     int64_t i = 0;
-    for (; i + kV <= rest; i += kV) acc = acc + Vec::loadu(p + i);
+    for (; i + kV <= rest; i += kV) acc = acc + (Vec::loadu(p + i) - vshift);
     T sum = reduce_sum(acc);
-    for (; i < rest; ++i) sum += p[i];
+    for (; i < rest; ++i) sum += p[i] - shift;
     const T m = sum / static_cast<T>(rest);
     Vec sq(T(0));
     i = 0;
     for (; i + kV <= rest; i += kV) {
-      const Vec d = Vec::loadu(p + i) - Vec(m);
+      const Vec d = (Vec::loadu(p + i) - vshift) - Vec(m);
       sq = at::vec::fmadd(d, d, sq);
     }
     T m2 = reduce_sum(sq);
-    for (; i < rest; ++i) m2 += (p[i] - m) * (p[i] - m);
+    for (; i < rest; ++i) m2 += (p[i] - shift - m) * (p[i] - shift - m);
     total = welford_merge(total, Welford<T>{m, m2, static_cast<T>(rest)});
   }
+  total.mean += shift;
   return total;
 }
 
@@ -336,17 +340,21 @@ TileGeometry tile_geometry(int64_t N, int64_t C, int64_t S, int64_t elem_bytes, 
 }
 
 // Statistics and output of one tile (len <= L lanes). mean/rstd: the tile's entries of the
-// (N, S) statistics. state: 2 * Lpad scratch values.
+// (N, S) statistics. state: 3 * Lpad scratch values. Each lane's values are shifted by
+// their channel-0 value, as in row_moments.
 template <typename T>
 void cf_forward_tile(const T* x, int64_t xs, T* y, int64_t ys, int64_t C, int64_t len,
                      const T* w, const T* b, T eps, T* mean, T* rstd, T* state) {
   using Vec = Vectorized<T>;
   constexpr int64_t kV = Vec::size();
+  const int64_t lpad = ((len + kV - 1) / kV) * kV;
   T* m = state;
-  T* m2 = state + ((len + kV - 1) / kV) * kV;
+  T* m2 = state + lpad;
+  T* k = state + 2 * lpad;
   for (int64_t j = 0; j < len; j += kV) {
     Vec(T(0)).store(m + j);
     Vec(T(0)).store(m2 + j);
+    Vec::loadu(x + j, std::min<int64_t>(kV, len - j)).store(k + j);
   }
   // Welford over the channels, every lane with the same count c + 1. Loads past len read
   // zeros into lanes that are never stored.
@@ -355,7 +363,7 @@ void cf_forward_tile(const T* x, int64_t xs, T* y, int64_t ys, int64_t C, int64_
     const T* xc = x + c * xs;
     for (int64_t j = 0; j < len; j += kV) {
       const int64_t cnt = std::min<int64_t>(kV, len - j);
-      const Vec v = Vec::loadu(xc + j, cnt);
+      const Vec v = Vec::loadu(xc + j, cnt) - Vec::loadu(k + j);
       const Vec mj = Vec::loadu(m + j);
       const Vec delta = v - mj;
       const Vec mn = at::vec::fmadd(delta, rc, mj);
@@ -368,8 +376,10 @@ void cf_forward_tile(const T* x, int64_t xs, T* y, int64_t ys, int64_t C, int64_
     const int64_t cnt = std::min<int64_t>(kV, len - j);
     const Vec var = at::vec::maximum(Vec::loadu(m2 + j) * inv_c, zero);
     const Vec r = (var + veps).rsqrt();
-    r.store(m2 + j);  // m2 now holds rstd
-    Vec::loadu(m + j).store(mean + j, cnt);
+    r.store(m2 + j);  // m2 now holds rstd, m the unshifted mean
+    const Vec mu = Vec::loadu(m + j) + Vec::loadu(k + j);
+    mu.store(m + j);
+    mu.store(mean + j, cnt);
     r.store(rstd + j, cnt);
   }
   for (int64_t c = 0; c < C; ++c) {
@@ -461,7 +471,7 @@ void channels_first_forward(const scalar_t* X, scalar_t* Y, at::opmath_type<scal
   const TileGeometry t = tile_geometry(N, C, S, sizeof(T), kV);
   const T eps_t = static_cast<T>(eps);
   at::parallel_for(0, t.units(), 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> state(2 * (t.L + kV));
+    std::vector<T> state(3 * (t.L + kV));
     std::vector<T> xbuf(kSame ? 0 : C * t.L), ybuf(kSame ? 0 : C * t.L);
     for (int64_t u = begin; u < end; ++u) {
       const int64_t n = u / t.tiles_per_image, s0 = (u % t.tiles_per_image) * t.L;
