@@ -1,0 +1,171 @@
+"""The benchmark tool: runs in-process on tiny cases and checks its JSON. No timing assertions."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import cnnops  # noqa: F401  loads the extension
+from cnnops.bench import core
+from cnnops.bench import conv2d as bench_conv2d
+
+TOP_FIELDS = ("device", "device_type", "torch", "cnnops", "build", "commit", "date", "threads", "tf32",
+              "allocator", "roofline", "cases", "summary", "complete")
+ROW_FIELDS = ("op", "case", "shape", "dtype", "direction", "status", "correct", "cnnops_ms", "torch_ms",
+              "speedup", "flops", "bytes", "cnnops_GFLOPs", "cnnops_GBps", "pct_of_limit")
+
+
+def _tiny_cases():
+    c = bench_conv2d.conv_case
+    return [
+        c("tiny 3x3", 2, 4, 8, 10, 3, padding=1),
+        c("tiny 1x1", 1, 8, 4, 9, 1),
+        c("tiny strided stem", 1, 3, 8, 16, 7, stride=2, padding=3, input_grad=False),
+        c("tiny dilated", 1, 4, 4, 12, 3, padding=2, dilation=2),
+        c("tiny reflect", 1, 4, 4, 9, 3, padding=1, padding_mode="reflect", bias=True),
+    ]
+
+
+def _run(tmp_path, argv, cases=None):
+    path = tmp_path / "bench.json"
+    rc = core.main(["--json", str(path), "--threads", "1", "--no-mallopt", "--busy-retries", "0"] + argv, cases=cases)
+    with open(path) as f:
+        return rc, json.load(f)
+
+
+def _check_rows(data, expected_rows):
+    assert data["complete"] is True
+    for key in TOP_FIELDS:
+        assert key in data, key
+    assert data["device_type"] == "cpu" and data["threads"] == 1
+    assert data["torch"] == torch.__version__ and data["cnnops"] == cnnops.__version__
+    assert data["build"] == cnnops.build_info()
+    for key in ("copy_GBps", "matmul_GFLOPs"):
+        assert data["roofline"][key] > 0
+    assert len(data["cases"]) == expected_rows
+    for row in data["cases"]:
+        for key in ROW_FIELDS:
+            assert key in row, key
+        assert row["status"] == "ok", row.get("error")
+        assert row["correct"] is True, row
+        assert row["cnnops_ms"] > 0 and row["torch_ms"] > 0
+        assert row["speedup"] == pytest.approx(row["torch_ms"] / row["cnnops_ms"], rel=1e-12)
+        assert row["cnnops_GFLOPs"] == pytest.approx(row["flops"] / row["cnnops_ms"] / 1e6, rel=1e-9)
+        assert row["pct_of_limit"] == pytest.approx(
+            100 * row["cnnops_GFLOPs"] / data["roofline"]["matmul_GFLOPs"], rel=1e-9)
+    for direction, s in data["summary"].items():
+        assert s["cases"] == expected_rows // len(data["summary"])
+        assert s["median_speedup"] > 0
+
+
+def test_main_tiny_cases(tmp_path, capsys):
+    cases = _tiny_cases()
+    rc, data = _run(tmp_path, ["--quick", "--rounds", "1"], cases=cases)
+    assert rc == 0
+    _check_rows(data, 2 * len(cases))
+    assert {r["direction"] for r in data["cases"]} == set(core.DIRECTIONS)
+    out = capsys.readouterr().out
+    for col in core.COLUMNS:
+        assert col in out
+    assert "median speedup" in out
+
+    # FLOPs and bytes: 2*N*Cout*OH*OW*Cin/groups*kh*kw forward, 3x with both gradients,
+    # 2x when the input gradient is not computed (the stem).
+    rows = {(r["case"], r["direction"]): r for r in data["cases"]}
+    fwd = 2 * 2 * 8 * 10 * 10 * 4 * 3 * 3
+    assert rows[("tiny 3x3", "forward")]["flops"] == fwd
+    assert rows[("tiny 3x3", "forward+backward")]["flops"] == 3 * fwd
+    stem = rows[("tiny strided stem", "forward")]
+    assert stem["flops"] == 2 * 8 * 8 * 8 * 3 * 7 * 7
+    assert rows[("tiny strided stem", "forward+backward")]["flops"] == 2 * stem["flops"]
+    assert rows[("tiny 3x3", "forward")]["bytes"] == 4 * (2 * 4 * 100 + 8 * 4 * 9 + 2 * 8 * 100)
+    assert rows[("tiny reflect", "forward+backward")]["compared"] == [
+        "output", "grad_input", "grad_weight", "grad_bias"]
+
+
+def test_forward_only_and_rotation(tmp_path):
+    # The input-set rotation (used on CUDA for memory-bound cases) on CPU with a tiny budget.
+    assert core.rotation_count(1000, 0) == 1
+    assert core.rotation_count(1000, 4500) == 5
+    assert core.rotation_count(10, 1 << 30) == 64
+    case = bench_conv2d.conv_case("tiny rotated", 1, 4, 4, 8, 3, padding=1)
+    case.rotate = True
+    opts = core.Options(device="cpu", quick=True, directions=("forward",), rotate_bytes=10_000, rounds=1)
+    rows = core.run_cases([case], opts, roofline={"matmul_GFLOPs": 1.0, "copy_GBps": 1.0})
+    assert len(rows) == 1 and rows[0]["correct"] and rows[0]["input_sets"] > 1
+    assert rows[0]["speedup"] == rows[0]["torch_ms"] / rows[0]["cnnops_ms"]
+
+
+def test_incorrect_case_is_flagged(tmp_path):
+    case = bench_conv2d.conv_case("wrong on purpose", 1, 4, 4, 8, 3, padding=1)
+    good = case.cnnops_fn
+    case.cnnops_fn = lambda x, w, b: good(x, w, b) * 1.01
+    rc, data = _run(tmp_path, ["--quick", "--directions", "forward", "--no-roofline"], cases=[case])
+    assert rc == 1
+    assert data["cases"][0]["correct"] is False
+    assert data["summary"]["forward"]["cases"] == 0
+
+
+def test_unsupported_dtype_is_reported(tmp_path):
+    # cnnops has no CPU float16 kernels: rows say "unsupported", nothing crashes.
+    cases = _tiny_cases()[:1]
+    rc, data = _run(tmp_path, ["--quick", "--dtype", "float16", "--directions", "forward", "--no-roofline"],
+                    cases=cases)
+    assert rc == 0
+    assert data["cases"][0]["status"] == "unsupported"
+
+
+def test_registry_and_cli_errors(capsys):
+    assert "conv2d" in core.FAMILIES
+    for quick in (True, False):
+        cases = core.load_cases(core.FAMILIES, quick)
+        assert cases and all(c.family in core.FAMILIES for c in cases)
+    assert len(core.load_cases(["conv2d"], True)) <= 8
+    with pytest.raises(SystemExit) as e:
+        core.main(["--ops", "no_such_family"])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit):
+        core.main(["--directions", "sideways"])
+    assert core.main(["--list", "--quick"]) == 0
+    assert "r50 3x3 64" in capsys.readouterr().out
+    if not torch.cuda.is_available():
+        assert core.main(["--device", "cuda", "--quick"]) == 2
+
+
+def test_allocator_tuning_never_raises():
+    assert "not applied" in core.tune_allocator(False)
+    # The real call changes the malloc settings of its process: run it in a child.
+    code = "from cnnops.bench.core import tune_allocator; print(tune_allocator(True))"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(cnnops.__file__))))
+    assert res.returncode == 0, res.stderr
+    msg = res.stdout.strip()
+    assert msg
+    if sys.platform.startswith("linux") and "glibc" in msg and "failed" not in msg:
+        assert "M_MMAP_MAX=0" in msg
+
+
+@pytest.mark.slow
+def test_quick_conv2d_run(tmp_path):
+    """The real --quick conv2d case list, as shipped (about 10 s on the 2-core machine)."""
+    rc, data = _run(tmp_path, ["--ops", "conv2d", "--quick"])
+    assert rc == 0
+    _check_rows(data, 2 * len(bench_conv2d.cases(True)))
+
+
+def test_disturbed_case_is_run_again(monkeypatch):
+    loads = iter([0.9, 0.5, 0.7])  # every attempt disturbed: the least disturbed one is kept
+
+    class FakeMonitor:
+        def result(self):
+            return {"other_load": next(loads)}
+
+    monkeypatch.setattr(core, "CpuMonitor", FakeMonitor)
+    monkeypatch.setattr(core.time, "sleep", lambda s: None)
+    case = bench_conv2d.conv_case("tiny", 1, 4, 4, 8, 3, padding=1)
+    opts = core.Options(device="cpu", quick=True, directions=("forward",), rounds=1, busy_retries=2)
+    rows = core.run_cases([case], opts, roofline={})
+    assert rows[0]["attempts"] == 2 and rows[0]["other_cpu_load"] == 0.5
+    assert "busy" in core.format_table(rows)
