@@ -40,12 +40,32 @@ def _layer_norm_autocast(input, weight, bias):
     return input, weight, bias
 
 
+_below_autograd = torch._C._AutoDispatchBelowAutograd
+_compiling = torch.compiler.is_compiling
+
+
+def _skip_autograd(input, weight, bias):
+    """True when no gradient can flow (grad mode off, or nothing requires grad) in eager
+    mode: the op is then called below the Autograd key, which saves the ~10 us of the
+    Python autograd wrapper that register_autograd installs. Small tensors are common."""
+    if _compiling():
+        return False
+    if not torch.is_grad_enabled():
+        return True
+    return not (input.requires_grad or (weight is not None and weight.requires_grad)
+                or (bias is not None and bias.requires_grad))
+
+
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
     """torch.nn.functional.layer_norm: normalizes over the trailing normalized_shape
     dimensions; weight and bias optional and independent."""
     check_device("cnnops.layer_norm", input)
     input, weight, bias = _layer_norm_autocast(input, weight, bias)
-    return _ops.layer_norm(input, normalize_shape_arg(normalized_shape), weight, bias, eps)[0]
+    normalized_shape = normalize_shape_arg(normalized_shape)
+    if _skip_autograd(input, weight, bias):
+        with _below_autograd():
+            return _ops.layer_norm.default(input, normalized_shape, weight, bias, eps)[0]
+    return _ops.layer_norm.default(input, normalized_shape, weight, bias, eps)[0]
 
 
 def layer_norm2d(input, weight=None, bias=None, eps=1e-6):
@@ -54,4 +74,7 @@ def layer_norm2d(input, weight=None, bias=None, eps=1e-6):
     The output has the input's memory format (NCHW for inputs that are neither)."""
     check_device("cnnops.layer_norm2d", input)
     input, weight, bias = _layer_norm_autocast(input, weight, bias)
-    return _ops.layer_norm2d(input, weight, bias, eps)[0]
+    if _skip_autograd(input, weight, bias):
+        with _below_autograd():
+            return _ops.layer_norm2d.default(input, weight, bias, eps)[0]
+    return _ops.layer_norm2d.default(input, weight, bias, eps)[0]

@@ -542,3 +542,23 @@ def test_compile_inductor_layer_norm2d():
     torch.testing.assert_close(out, r, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(x.grad, xr.grad, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(mod.weight.grad, ref.weight.grad, atol=1e-4, rtol=1e-4)
+
+
+def test_bench_cases(tmp_path):
+    """The benchmark cases of the family run, and agree with torch, on tiny shapes."""
+    import json
+
+    from cnnops.bench import core
+    from cnnops.bench import layer_norm as bench_ln
+    cases = [bench_ln.layer_norm_case("tiny rows", 5, 33), bench_ln.layer_norm2d_case("tiny 2d", 2, 6, 5),
+             bench_ln.layer_norm2d_case("tiny 2d CL", 2, 6, 5, channels_last=True)]
+    path = tmp_path / "bench.json"
+    rc = core.main(["--json", str(path), "--threads", "1", "--no-mallopt", "--busy-retries", "0", "--quick",
+                    "--no-roofline", "--rounds", "1"], cases=cases)
+    assert rc == 0
+    rows = json.load(open(path))["cases"]
+    assert len(rows) == 6
+    for row in rows:
+        assert row["status"] == "ok" and row["correct"] is True, row
+        assert row["bytes"] > 0
+    assert {c.name for c in bench_ln.cases(True)} and len(bench_ln.cases(False)) >= 8

@@ -37,6 +37,7 @@ import torch
 
 FAMILIES = (
     "conv2d",
+    "layer_norm",
 )
 
 DIRECTIONS = ("forward", "forward+backward")
