@@ -191,6 +191,37 @@ def test_layer_norm_empty(device):
     assert out.shape == (3, 0) and mean.shape == (3, 1) and torch.isfinite(rstd).all()
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_long_and_many_rows(device):
+    """Rows past 65536 values, and more rows than one launch has blocks (grid-stride)."""
+    torch.manual_seed(16)
+    for shape in [(2, 70001), ((1 << 20) + 3, 3)]:
+        x = make(shape, torch.float32, device)
+        w, b = make(shape[1:], torch.float32, device), make(shape[1:], torch.float32, device)
+        got, ref, same = layer_norm_case(x, shape[1:], w, b)
+        assert_case(got, ref, torch.float32, same)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_backward_deterministic(device):
+    """Same inputs, same gradients, bit for bit (no atomics anywhere)."""
+    torch.manual_seed(17)
+    x, go = make((300, 129), torch.float32, device, False), make((300, 129), torch.float32, device, False)
+    x4 = make((4, 40, 9, 11), torch.float32, device, False)
+    go4 = make((4, 40, 9, 11), torch.float32, device, False)
+    w, w4 = make((129,), torch.float32, device, False), make((40,), torch.float32, device, False)
+    runs = []
+    for _ in range(2):
+        _, mean, rstd = ops.layer_norm(x, [129], w, None, 1e-5)
+        r = ops.layer_norm_backward(go, x, [129], mean, rstd, w, w, [True, True, True])
+        for t4, g4 in ((x4, go4), (x4.contiguous(memory_format=torch.channels_last), go4.contiguous(memory_format=torch.channels_last))):
+            _, mean4, rstd4 = ops.layer_norm2d(t4, w4, None, 1e-6)
+            r = r + ops.layer_norm2d_backward(g4, t4, mean4, rstd4, w4, w4, [True, True, True])
+        runs.append(r)
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
 @settings(max_examples=30, deadline=None)
 @given(lead=st.lists(st.integers(0, 4), min_size=0, max_size=2),
        norm=st.lists(st.integers(1, 40), min_size=1, max_size=3),
