@@ -42,6 +42,17 @@ def _layer_norm_autocast(input, weight, bias):
 
 _below_autograd = torch._C._AutoDispatchBelowAutograd
 _compiling = torch.compiler.is_compiling
+_peek_functorch = getattr(getattr(torch._C, "_functorch", None), "peek_interpreter_stack", lambda: None)
+
+
+def _transform_active():
+    """Forward-mode AD or a torch.func transform (grad, vjp, jacrev, vmap, ...) is active
+    in eager mode. The register_autograd machinery supports neither forward AD (it would
+    drop the tangent) nor torch.func's grad transforms, so the layer_norm wrappers run the
+    equivalent torch composite then (same results, torch's kernels)."""
+    if _compiling():
+        return False
+    return torch.autograd.forward_ad._current_level >= 0 or _peek_functorch() is not None
 
 
 def _skip_autograd(input, weight, bias):
@@ -62,6 +73,8 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
     check_device("cnnops.layer_norm", input)
     input, weight, bias = _layer_norm_autocast(input, weight, bias)
     normalized_shape = normalize_shape_arg(normalized_shape)
+    if _transform_active():
+        return torch.nn.functional.layer_norm(input, tuple(normalized_shape), weight, bias, eps)
     if _skip_autograd(input, weight, bias):
         with _below_autograd():
             return _ops.layer_norm.default(input, normalized_shape, weight, bias, eps)[0]
@@ -74,6 +87,12 @@ def layer_norm2d(input, weight=None, bias=None, eps=1e-6):
     The output has the input's memory format (NCHW for inputs that are neither)."""
     check_device("cnnops.layer_norm2d", input)
     input, weight, bias = _layer_norm_autocast(input, weight, bias)
+    if _transform_active():
+        if input.dim() != 4:
+            raise ValueError("cnnops.layer_norm2d: expected input to be a 4-D tensor (N, C, H, W), "
+                             f"got shape {tuple(input.shape)}")
+        out = torch.nn.functional.layer_norm(input.permute(0, 2, 3, 1), (input.shape[1],), weight, bias, eps)
+        return out.permute(0, 3, 1, 2)
     if _skip_autograd(input, weight, bias):
         with _below_autograd():
             return _ops.layer_norm2d.default(input, weight, bias, eps)[0]

@@ -371,6 +371,31 @@ def test_autograd_functions():
     torch.testing.assert_close(out, F.layer_norm(x, [10]))
 
 
+def test_forward_ad_and_func_transforms():
+    """Forward-mode AD and torch.func transforms run the torch composite (the
+    register_autograd machinery supports neither): same results as torch, not a dropped
+    tangent or an error."""
+    import torch.autograd.forward_ad as fwAD
+    torch.manual_seed(18)
+    x = torch.randn(3, 4, 8, dtype=torch.float64)
+    w, b = torch.randn(8, dtype=torch.float64), torch.randn(8, dtype=torch.float64)
+    x4 = torch.randn(2, 8, 3, 5, dtype=torch.float64)
+    tan = torch.randn_like(x)
+    for fn, ref, inp in ((lambda t: cnnops.F.layer_norm(t, (8,), w, b), lambda t: F.layer_norm(t, (8,), w, b), x),
+                         (lambda t: cnnops.F.layer_norm2d(t, w, b), lambda t: tv_layer_norm2d(t, w, b, 1e-6), x4)):
+        tan = torch.randn_like(inp)
+        with fwAD.dual_level():
+            got = fwAD.unpack_dual(fn(fwAD.make_dual(inp, tan))).tangent
+            want = fwAD.unpack_dual(ref(fwAD.make_dual(inp, tan))).tangent
+        assert got is not None
+        torch.testing.assert_close(got, want)
+        torch.testing.assert_close(torch.func.grad(lambda t: fn(t).square().sum())(inp),
+                                   torch.func.grad(lambda t: ref(t).square().sum())(inp))
+        torch.testing.assert_close(torch.vmap(fn)(inp.unsqueeze(1)).squeeze(1), ref(inp))
+    with pytest.raises(ValueError, match="4-D"):
+        torch.func.grad(lambda t: cnnops.F.layer_norm2d(t).sum())(x)
+
+
 # ---------------------------------------------------------------- gradcheck, opcheck, compile
 
 @pytest.mark.parametrize("device", DEVICES)
