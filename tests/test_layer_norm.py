@@ -293,6 +293,17 @@ def test_layer_norm2d(shape, device, dtype, fmt):
     assert got[1].is_contiguous(memory_format=fmt_out) or got[1].is_contiguous()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_layer_norm2d_many_tiles(dtype):
+    """NCHW images wider than one CPU tile (the tile width shrinks as C grows): several
+    tiles per image and a partial last tile, forward and backward."""
+    torch.manual_seed(19)
+    x = make((2, 512, 20, 23), dtype, "cpu")
+    w, b = make((512,), dtype, "cpu"), make((512,), dtype, "cpu")
+    got, ref, same = layer_norm2d_case(x, w, b)
+    assert_case(got, ref, dtype, same)
+
+
 @pytest.mark.parametrize("affine", list(AFFINE))
 @pytest.mark.parametrize("fmt", ["nchw", "channels_last"])
 def test_layer_norm2d_affine(affine, fmt):
