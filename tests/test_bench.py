@@ -62,8 +62,10 @@ def _check_rows(data, expected_rows):
 
 def test_main_tiny_cases(tmp_path, capsys):
     cases = _tiny_cases()
+    threads = torch.get_num_threads()
     rc, data = _run(tmp_path, ["--quick", "--rounds", "1"], cases=cases)
     assert rc == 0
+    assert torch.get_num_threads() == threads  # --threads 1 did not leak out of main()
     _check_rows(data, 2 * len(cases))
     assert {r["direction"] for r in data["cases"]} == set(core.DIRECTIONS)
     out = capsys.readouterr().out
@@ -163,9 +165,68 @@ def test_disturbed_case_is_run_again(monkeypatch):
             return {"other_load": next(loads)}
 
     monkeypatch.setattr(core, "CpuMonitor", FakeMonitor)
-    monkeypatch.setattr(core.time, "sleep", lambda s: None)
+    monkeypatch.setattr(core, "wait_for_quiet", lambda s: True)
     case = bench_conv2d.conv_case("tiny", 1, 4, 4, 8, 3, padding=1)
     opts = core.Options(device="cpu", quick=True, directions=("forward",), rounds=1, busy_retries=2)
     rows = core.run_cases([case], opts, roofline={})
     assert rows[0]["attempts"] == 2 and rows[0]["other_cpu_load"] == 0.5
     assert "busy" in core.format_table(rows)
+
+
+def test_cuda_timing_logic_with_a_fake_clock(monkeypatch):
+    """The CUDA branch of Timing (warm-up, calls per round, event arithmetic), run on the CPU
+    with fake events, since the development machine has no GPU."""
+    import time as _time
+
+    class FakeEvent:
+        def __init__(self, enable_timing=False):
+            self.t = None
+
+        def record(self):
+            self.t = _time.perf_counter()
+
+        def synchronize(self):
+            pass
+
+        def elapsed_time(self, end):
+            return (end.t - self.t) * 1e3
+
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    opts = core.Options(device="cuda", quick=True, rotate_bytes=0)
+    calls = []
+
+    def step():
+        calls.append(1)
+        _time.sleep(0.002)
+
+    t = core.Timing(opts)
+    t.warmup("s", step)
+    assert 1 <= t._n["s"] <= int(opts.cuda_round_time / 0.002) + 1
+    before = len(calls)
+    sec = t.measure("s", step)
+    assert len(calls) - before == t._n["s"]
+    assert 0.002 <= sec < 0.05
+
+
+def test_gpu_spec_and_limits():
+    spec = core.gpu_spec("NVIDIA H200")
+    assert spec["memory_TBps"] == 4.8
+    h100 = core.gpu_spec("NVIDIA H100 80GB HBM3")
+    assert h100["memory_TBps"] == 3.35 and "note" not in h100
+    assert "note" in core.gpu_spec("NVIDIA H100 PCIe")
+    assert core.gpu_spec("NVIDIA A100-SXM4-80GB") is None
+    assert core.spec_compute_peak(h100, torch.float32, True) == 495.0
+    assert core.spec_compute_peak(h100, torch.float32, False) == 67.0
+    assert core.spec_compute_peak(h100, torch.bfloat16, False) == 989.0
+    row = {"cnnops_ms": 1.0, "bound": "compute", "dtype": "float32", "cnnops_GFLOPs": 49500.0, "torch_GFLOPs": 99000.0}
+    core.apply_limits(row, {"matmul_GFLOPs": 99000.0}, h100, tf32_on=True)
+    assert row["pct_of_limit"] == pytest.approx(50.0) and row["torch_pct_of_limit"] == pytest.approx(100.0)
+    assert row["pct_of_spec"] == pytest.approx(10.0)
+    row = {"cnnops_ms": 1.0, "bound": "memory", "dtype": "float16", "cnnops_GBps": 2400.0, "torch_GBps": 1200.0}
+    core.apply_limits(row, {"copy_GBps": 3000.0}, spec)
+    assert row["pct_of_limit"] == pytest.approx(80.0) and row["pct_of_spec"] == pytest.approx(50.0)
+    assert not core.conv_uses_tf32("cpu", torch.float32, {"cudnn.allow_tf32": True})
+    assert core.conv_uses_tf32("cuda", torch.float32, {"cudnn.conv.fp32_precision": "tf32"})
+    assert not core.conv_uses_tf32("cuda", torch.float32, {"cudnn.conv.fp32_precision": "none", "cudnn.allow_tf32": False})
+    assert not core.conv_uses_tf32("cuda", torch.bfloat16, {"cudnn.allow_tf32": True})

@@ -115,6 +115,7 @@ class Options:
     warmup_time: Optional[float] = None  # CUDA, per side; None: 0.05 quick, 0.2 full
     slow_call_s: float = 0.05
     busy_retries: int = 2  # run a case again when other processes disturbed it
+    busy_wait_s: float = 30.0  # before such a rerun, wait up to this long for the CPUs to go quiet
     rotate_bytes: Optional[int] = None  # None: 2 x L2 on CUDA (>= 64 MiB), no rotation on CPU
     progress: Optional[object] = None  # a file, or None for silence
 
@@ -288,6 +289,23 @@ class CpuMonitor:
         else:
             out["other_load"] = None
         return out
+
+
+def wait_for_quiet(max_s, window_s=1.0, quiet_windows=3):
+    """Waits (at most max_s) until other processes used under BUSY_LOAD CPUs for
+    quiet_windows consecutive windows; returns whether that happened."""
+    deadline = time.perf_counter() + max_s
+    quiet = 0
+    while time.perf_counter() < deadline:
+        mon = CpuMonitor()
+        time.sleep(window_s)
+        other = mon.result().get("other_load")
+        if other is None:
+            return False
+        quiet = quiet + 1 if other <= BUSY_LOAD else 0
+        if quiet >= quiet_windows:
+            return True
+    return False
 
 
 def busy_warning(cpu):
@@ -708,7 +726,7 @@ def run_cases(cases, opts, roofline, tf32_on=False, spec=None, on_case=None):
             if opts.progress is not None:
                 print(f"[{i + 1}/{len(cases)}] {case.family} {case.name}: other processes used {other:.2f} CPUs "
                       f"meanwhile; running it again ({attempt + 1}/{opts.busy_retries})", file=opts.progress, flush=True)
-            time.sleep(2.0)
+            wait_for_quiet(opts.busy_wait_s)
         case_rows, other, attempts, secs = kept
         for r in case_rows:
             r["other_cpu_load"] = other
@@ -756,6 +774,8 @@ COLUMNS = ("op", "shape", "dtype", "direction", "cnnops ms", "torch ms", "speedu
 
 def _note(r):
     other = r.get("other_cpu_load")
+    if r.get("cnnops_ms") is None:
+        return ""
     return f"busy: other processes {other:.2f} CPUs" if (other is not None and other > BUSY_LOAD) else ""
 
 
@@ -878,7 +898,7 @@ def build_parser():
                         "cuBLAS's both on or off")
     p.add_argument("--busy-retries", type=int, metavar="N",
                    help="run a case again, up to N times, when other processes used the CPUs meanwhile "
-                        "(default 2 on cpu, 0 on cuda)")
+                        "(default 2 on cpu, 0 on cuda and with --quick)")
     p.add_argument("--no-mallopt", action="store_true", help="leave glibc malloc at its defaults")
     p.add_argument("--no-roofline", action="store_true",
                    help="skip the copy and matmul measurements (no %% of limit)")
@@ -914,8 +934,42 @@ def _parse(argv, have_cases):
 
 def main(argv=None, cases=None):
     """Entry point; `cases` replaces the registered families' cases (for tests).
-    Returns 0, 1 when a case was incorrect or failed, 2 for a usage error."""
+    Returns 0, 1 when a case was incorrect or failed, 2 for a usage error. The global
+    torch settings it changes (threads, cudnn.benchmark, TF32 flags) are restored on
+    return, so calling it in-process leaves the caller's torch as it was; the glibc
+    mallopt settings stay for the life of the process."""
     args, ops, directions = _parse(argv, cases is not None)
+    saved = _save_torch_state()
+    try:
+        return _main(args, ops, directions, cases)
+    finally:
+        _restore_torch_state(saved, args.tf32 != "default")
+
+
+def _save_torch_state():
+    return {"threads": torch.get_num_threads(), "cudnn_benchmark": torch.backends.cudnn.benchmark,
+            "cudnn_tf32": _quiet(lambda: torch.backends.cudnn.allow_tf32),
+            "matmul_tf32": _quiet(lambda: torch.backends.cuda.matmul.allow_tf32)}
+
+
+def _restore_torch_state(saved, tf32_changed):
+    if torch.get_num_threads() != saved["threads"]:
+        torch.set_num_threads(saved["threads"])
+    torch.backends.cudnn.benchmark = saved["cudnn_benchmark"]
+    if not tf32_changed:  # setting the flags back when untouched would still rewrite torch's state
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for value, obj in ((saved["cudnn_tf32"], torch.backends.cudnn),
+                           (saved["matmul_tf32"], torch.backends.cuda.matmul)):
+            if isinstance(value, bool):
+                try:
+                    obj.allow_tf32 = value
+                except Exception:
+                    pass
+
+
+def _main(args, ops, directions, cases):
     err = sys.stderr
     import cnnops
 
@@ -942,7 +996,7 @@ def main(argv=None, cases=None):
         return 2
 
     if args.busy_retries is None:
-        args.busy_retries = 2 if args.device == "cpu" else 0
+        args.busy_retries = 2 if (args.device == "cpu" and not args.quick) else 0
     allocator = tune_allocator(not args.no_mallopt)
     if args.threads is not None:
         torch.set_num_threads(args.threads)

@@ -1,4 +1,6 @@
 """Helpers shared by the op families' Python code."""
+import operator
+
 import torch
 from torch._prims_common import suggest_memory_format
 
@@ -66,14 +68,24 @@ def autocast_cast(t, dtype):
     return t
 
 
+def _int(v, name, op):
+    if isinstance(v, (int, torch.SymInt)) and not isinstance(v, bool):
+        return v
+    try:
+        return operator.index(v)
+    except TypeError:
+        raise TypeError(f"{op}: expected {name} to contain ints, got {v!r}") from None
+
+
 def pair(value, name, op):
     """An int or a sequence of 1 or 2 ints as a list of two ints."""
     if isinstance(value, (list, tuple)):
-        if len(value) == 1:
-            return [value[0], value[0]]
-        if len(value) == 2:
-            return [value[0], value[1]]
+        if len(value) in (1, 2):
+            return [_int(v, name, op) for v in (value[0], value[-1])]
         raise ValueError(f"{op}: expected {name} to be an int or a pair of ints, got {tuple(value)}")
     if isinstance(value, bool) or not isinstance(value, (int, torch.SymInt)):
-        raise TypeError(f"{op}: expected {name} to be an int or a pair of ints, got {value!r}")
+        try:  # numpy integers and integer 0-d tensors, which torch accepts too
+            value = operator.index(value)
+        except TypeError:
+            raise TypeError(f"{op}: expected {name} to be an int or a pair of ints, got {value!r}") from None
     return [value, value]

@@ -34,11 +34,11 @@ def normalize_conv2d_args(op, weight_shape, stride, padding, dilation):
 
 # ---------------------------------------------------------------- checks (fake kernels)
 
-def _check_same_dtype_device(op, input, other, name):
-    torch._check_type(other.dtype == input.dtype, lambda: (
-        f"{op}: expected {name} to have the same dtype as input ({dtype_name(input.dtype)}), got {dtype_name(other.dtype)}"))
-    torch._check(other.device == input.device, lambda: (
-        f"{op}: expected {name} to be on the same device as input ({input.device}), got {other.device}"))
+def _check_same_dtype_device(op, ref, ref_name, other, name):
+    torch._check_type(other.dtype == ref.dtype, lambda: (
+        f"{op}: expected {name} to have the same dtype as {ref_name} ({dtype_name(ref.dtype)}), got {dtype_name(other.dtype)}"))
+    torch._check(other.device == ref.device, lambda: (
+        f"{op}: expected {name} to be on the same device as {ref_name} ({ref.device}), got {other.device}"))
 
 
 def conv2d_geometry(op, input_size, weight_size, stride, padding, dilation, groups, padding_mode):
@@ -82,6 +82,10 @@ def _check_grad_output(op, grad_output, expected):
         f"{op}: expected grad_output to have shape {shape_str(expected)}, got {shape_str(grad_output.shape)}"))
 
 
+def _layout(channels_last):
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 def _empty(shape, like, memory_format):
     return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=memory_format)
 
@@ -89,10 +93,10 @@ def _empty(shape, like, memory_format):
 @torch.library.register_fake("cnnops::conv2d")
 def _conv2d_fake(input, weight, bias, stride, padding, dilation, groups, padding_mode):
     op = "cnnops.conv2d"
-    _check_same_dtype_device(op, input, weight, "weight")
+    _check_same_dtype_device(op, input, "input", weight, "weight")
     out_shape = conv2d_geometry(op, input.shape, weight.shape, stride, padding, dilation, groups, padding_mode)
     if bias is not None:
-        _check_same_dtype_device(op, input, bias, "bias")
+        _check_same_dtype_device(op, input, "input", bias, "bias")
         torch._check_value(bias.dim() == 1 and bias.shape[0] == out_shape[1], lambda: (
             f"{op}: expected bias to have shape ({out_shape[1]},) (out_channels), got shape {shape_str(bias.shape)}"))
     check_dtype(op, input)
@@ -100,24 +104,25 @@ def _conv2d_fake(input, weight, bias, stride, padding, dilation, groups, padding
 
 
 @torch.library.register_fake("cnnops::conv2d_grad_input")
-def _conv2d_grad_input_fake(grad_output, weight, input_size, stride, padding, dilation, groups, padding_mode):
+def _conv2d_grad_input_fake(grad_output, weight, input_size, stride, padding, dilation, groups, padding_mode,
+                            channels_last):
     op = "cnnops.conv2d_grad_input"
-    _check_same_dtype_device(op, grad_output, weight, "weight")
+    _check_same_dtype_device(op, grad_output, "grad_output", weight, "weight")
     out_shape = conv2d_geometry(op, input_size, weight.shape, stride, padding, dilation, groups, padding_mode)
     _check_grad_output(op, grad_output, out_shape)
     check_dtype(op, grad_output)
-    return _empty(input_size, grad_output, conv_memory_format(grad_output, weight))
+    return _empty(input_size, grad_output, _layout(channels_last))
 
 
 @torch.library.register_fake("cnnops::conv2d_grad_weight")
-def _conv2d_grad_weight_fake(grad_output, input, weight_size, stride, padding, dilation, groups, padding_mode):
+def _conv2d_grad_weight_fake(grad_output, input, weight_size, stride, padding, dilation, groups, padding_mode,
+                             channels_last):
     op = "cnnops.conv2d_grad_weight"
-    _check_same_dtype_device(op, grad_output, input, "input")
+    _check_same_dtype_device(op, grad_output, "grad_output", input, "input")
     out_shape = conv2d_geometry(op, input.shape, weight_size, stride, padding, dilation, groups, padding_mode)
     _check_grad_output(op, grad_output, out_shape)
     check_dtype(op, grad_output)
-    from torch._prims_common import suggest_memory_format
-    return _empty(weight_size, input, suggest_memory_format(input))
+    return _empty(weight_size, input, _layout(channels_last))
 
 
 @torch.library.register_fake("cnnops::conv2d_grad_bias")
@@ -134,6 +139,8 @@ def _conv2d_grad_bias_fake(grad_output):
 
 def conv2d_setup(ctx, input, weight, bias, stride, padding, dilation, groups, padding_mode):
     ctx.conv_args = (stride, padding, dilation, groups, padding_mode)
+    # Gradients take the forward's layout, as torch's do (and AccumulateGrad then needs no copy).
+    ctx.channels_last = conv_memory_format(input, weight) == torch.channels_last
     ctx.input_shape = tuple(input.shape)
     ctx.weight_shape = tuple(weight.shape)
     ctx.has_bias = bias is not None
@@ -147,9 +154,9 @@ def conv2d_backward(ctx, grad_output):
     args = ctx.conv_args
     grad_input = grad_weight = grad_bias = None
     if ctx.needs_input_grad[0]:
-        grad_input = ops.conv2d_grad_input(grad_output, weight, ctx.input_shape, *args)
+        grad_input = ops.conv2d_grad_input(grad_output, weight, ctx.input_shape, *args, ctx.channels_last)
     if ctx.needs_input_grad[1]:
-        grad_weight = ops.conv2d_grad_weight(grad_output, input, ctx.weight_shape, *args)
+        grad_weight = ops.conv2d_grad_weight(grad_output, input, ctx.weight_shape, *args, ctx.channels_last)
     if ctx.has_bias and ctx.needs_input_grad[2]:
         grad_bias = ops.conv2d_grad_bias(grad_output)
     return grad_input, grad_weight, grad_bias
@@ -166,29 +173,35 @@ def _backward_conv2d(ctx, grad_output):
 # grad_input(gO, W) and grad_weight(gO, X) are bilinear: their derivatives are the
 # convolution and its other gradient, which makes double backward exact for every padding mode.
 def _setup_grad_input(ctx, inputs, output):
-    grad_output, weight, input_size, *args = inputs
-    ctx.args, ctx.weight_shape = args, tuple(weight.shape)
+    grad_output, weight, input_size, *args, channels_last = inputs
+    ctx.args, ctx.channels_last, ctx.weight_shape = args, channels_last, tuple(weight.shape)
     ctx.save_for_backward(grad_output if ctx.needs_input_grad[1] else None, weight if ctx.needs_input_grad[0] else None)
 
 
 def _backward_grad_input(ctx, gg):
     grad_output, weight = ctx.saved_tensors
-    d_grad_output = ops.conv2d(gg, weight, None, *ctx.args) if ctx.needs_input_grad[0] else None
-    d_weight = ops.conv2d_grad_weight(grad_output, gg, ctx.weight_shape, *ctx.args) if ctx.needs_input_grad[1] else None
-    return d_grad_output, d_weight, None, None, None, None, None, None
+    d_grad_output = d_weight = None
+    if ctx.needs_input_grad[0]:
+        d_grad_output = ops.conv2d(gg, weight, None, *ctx.args)
+    if ctx.needs_input_grad[1]:
+        d_weight = ops.conv2d_grad_weight(grad_output, gg, ctx.weight_shape, *ctx.args, ctx.channels_last)
+    return d_grad_output, d_weight, None, None, None, None, None, None, None
 
 
 def _setup_grad_weight(ctx, inputs, output):
-    grad_output, input, weight_size, *args = inputs
-    ctx.args, ctx.input_shape = args, tuple(input.shape)
+    grad_output, input, weight_size, *args, channels_last = inputs
+    ctx.args, ctx.channels_last, ctx.input_shape = args, channels_last, tuple(input.shape)
     ctx.save_for_backward(grad_output if ctx.needs_input_grad[1] else None, input if ctx.needs_input_grad[0] else None)
 
 
 def _backward_grad_weight(ctx, gg):
     grad_output, input = ctx.saved_tensors
-    d_grad_output = ops.conv2d(input, gg, None, *ctx.args) if ctx.needs_input_grad[0] else None
-    d_input = ops.conv2d_grad_input(grad_output, gg, ctx.input_shape, *ctx.args) if ctx.needs_input_grad[1] else None
-    return d_grad_output, d_input, None, None, None, None, None, None
+    d_grad_output = d_input = None
+    if ctx.needs_input_grad[0]:
+        d_grad_output = ops.conv2d(input, gg, None, *ctx.args)
+    if ctx.needs_input_grad[1]:
+        d_input = ops.conv2d_grad_input(grad_output, gg, ctx.input_shape, *ctx.args, ctx.channels_last)
+    return d_grad_output, d_input, None, None, None, None, None, None, None
 
 
 def _setup_grad_bias(ctx, inputs, output):

@@ -61,13 +61,14 @@ inline Strides4d strides4d(const at::Tensor& t) {
   return Strides4d{t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
 }
 
-inline void check_same_dtype_device(const char* op, const at::Tensor& input,
+// `other` (called `name`) must match the dtype and device of `ref` (called `ref_name`).
+inline void check_same_dtype_device(const char* op, const at::Tensor& ref, const char* ref_name,
                                     const at::Tensor& other, const char* name) {
-  TORCH_CHECK_TYPE(other.scalar_type() == input.scalar_type(), op, ": expected ", name,
-                   " to have the same dtype as input (", dtype_name(input.scalar_type()),
+  TORCH_CHECK_TYPE(other.scalar_type() == ref.scalar_type(), op, ": expected ", name,
+                   " to have the same dtype as ", ref_name, " (", dtype_name(ref.scalar_type()),
                    "), got ", dtype_name(other.scalar_type()));
-  TORCH_CHECK(other.device() == input.device(), op, ": expected ", name,
-              " to be on the same device as input (", input.device(), "), got ",
+  TORCH_CHECK(other.device() == ref.device(), op, ": expected ", name,
+              " to be on the same device as ", ref_name, " (", ref.device(), "), got ",
               other.device());
 }
 
@@ -159,11 +160,11 @@ inline Conv2dGeometry check_conv2d_forward(const char* op, const at::Tensor& inp
                                            at::IntArrayRef stride, at::IntArrayRef padding,
                                            at::IntArrayRef dilation, int64_t groups,
                                            c10::string_view padding_mode) {
-  check_same_dtype_device(op, input, weight, "weight");
+  check_same_dtype_device(op, input, "input", weight, "weight");
   Conv2dGeometry g = conv2d_geometry(op, input.sizes(), weight.sizes(), stride, padding,
                                      dilation, groups, padding_mode);
   if (bias.has_value() && bias->defined()) {
-    check_same_dtype_device(op, input, *bias, "bias");
+    check_same_dtype_device(op, input, "input", *bias, "bias");
     TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == g.out_channels, op,
                       ": expected bias to have shape (", g.out_channels,
                       ",) (out_channels), got shape ", shape_str(bias->sizes()));
@@ -196,6 +197,38 @@ inline void check_dtype_supported(const char* op, const at::Tensor& t, bool half
                               " is not supported; supported: ",
                               half_ok ? "float32, float64, float16, bfloat16"
                                       : "float32, float64, bfloat16");
+}
+
+// The two gradient ops' checks, shared by both devices. Gradients are allocated in the
+// forward's layout (channels_last flag from the autograd formula), as torch does.
+inline Conv2dGeometry check_conv2d_grad_input(const char* op, const at::Tensor& grad_output,
+                                              const at::Tensor& weight, at::IntArrayRef input_size,
+                                              at::IntArrayRef stride, at::IntArrayRef padding,
+                                              at::IntArrayRef dilation, int64_t groups,
+                                              c10::string_view padding_mode, bool half_ok) {
+  check_same_dtype_device(op, grad_output, "grad_output", weight, "weight");
+  const Conv2dGeometry g = conv2d_geometry(op, input_size, weight.sizes(), stride, padding,
+                                           dilation, groups, padding_mode);
+  check_grad_output(op, grad_output, g);
+  check_dtype_supported(op, grad_output, half_ok);
+  return g;
+}
+
+inline Conv2dGeometry check_conv2d_grad_weight(const char* op, const at::Tensor& grad_output,
+                                               const at::Tensor& input, at::IntArrayRef weight_size,
+                                               at::IntArrayRef stride, at::IntArrayRef padding,
+                                               at::IntArrayRef dilation, int64_t groups,
+                                               c10::string_view padding_mode, bool half_ok) {
+  check_same_dtype_device(op, grad_output, "grad_output", input, "input");
+  const Conv2dGeometry g = conv2d_geometry(op, input.sizes(), weight_size, stride, padding,
+                                           dilation, groups, padding_mode);
+  check_grad_output(op, grad_output, g);
+  check_dtype_supported(op, grad_output, half_ok);
+  return g;
+}
+
+inline at::MemoryFormat layout_from_flag(bool channels_last) {
+  return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
 }
 
 }  // namespace cnnops

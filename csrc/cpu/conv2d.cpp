@@ -24,6 +24,12 @@ namespace cnnops {
 namespace {
 
 constexpr int64_t kTileBytes = 256 * 1024;  // im2col tile budget: about one L2 slice
+// Work smaller than this per task runs on the calling thread: waking the pool costs more.
+constexpr int64_t kMinFlopsPerTask = 1 << 20;
+
+int64_t grain_for(int64_t flops_per_item) {
+  return std::max<int64_t>(1, kMinFlopsPerTask / std::max<int64_t>(flops_per_item, 1));
+}
 
 int64_t pick_tile_pixels(const Conv2dGeometry& g, size_t elem_size) {
   const int64_t by_cache = kTileBytes / static_cast<int64_t>(g.gemm_k() * elem_size);
@@ -127,7 +133,8 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
     const int64_t tile = pick_tile_pixels(g, sizeof(opmath_t));
     const int64_t tiles = (g.out_pixels() + tile - 1) / tile;
 
-    at::parallel_for(0, g.batch * g.groups * tiles, 1, [&](int64_t begin, int64_t end) {
+    const int64_t tile_flops = 2 * ocg * K * tile;
+    at::parallel_for(0, g.batch * g.groups * tiles, grain_for(tile_flops), [&](int64_t begin, int64_t end) {
       std::vector<opmath_t> cols(K * tile), out_tile(ocg * tile);
       for (int64_t item = begin; item < end; ++item) {
         const int64_t n = item / (g.groups * tiles), grp = (item / tiles) % g.groups;
@@ -157,17 +164,14 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
 at::Tensor conv2d_grad_input_cpu(const at::Tensor& grad_output, const at::Tensor& weight,
                                  at::IntArrayRef input_size, at::IntArrayRef stride,
                                  at::IntArrayRef padding, at::IntArrayRef dilation,
-                                 int64_t groups, c10::string_view padding_mode) {
+                                 int64_t groups, c10::string_view padding_mode, bool channels_last) {
   // The GEMMs below are ATen calls on internal buffers: keep autograd out of them.
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
-  const char* op = "cnnops.conv2d_grad_input";
-  check_same_dtype_device(op, grad_output, weight, "weight");
   const Conv2dGeometry g =
-      conv2d_geometry(op, input_size, weight.sizes(), stride, padding, dilation, groups, padding_mode);
-  check_grad_output(op, grad_output, g);
-  check_dtype_supported(op, grad_output, /*half_ok=*/false);
-  at::Tensor grad_input = at::empty(
-      input_size, grad_output.options().memory_format(conv_memory_format(grad_output, weight)));
+      check_conv2d_grad_input("cnnops.conv2d_grad_input", grad_output, weight, input_size, stride,
+                              padding, dilation, groups, padding_mode, /*half_ok=*/false);
+  at::Tensor grad_input =
+      at::empty(input_size, grad_output.options().memory_format(layout_from_flag(channels_last)));
   if (grad_input.numel() == 0) return grad_input;
 
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, grad_output.scalar_type(), "cnnops_conv2d_grad_input_cpu", [&] {
@@ -183,7 +187,8 @@ at::Tensor conv2d_grad_input_cpu(const at::Tensor& grad_output, const at::Tensor
 
     // Tiles of one image overlap in the input they scatter to, so the parallel unit is
     // the (image, group) pair; each accumulates in its own buffer, in a fixed order.
-    at::parallel_for(0, g.batch * g.groups, 1, [&](int64_t begin, int64_t end) {
+    const int64_t image_flops = 2 * ocg * K * g.out_pixels();
+    at::parallel_for(0, g.batch * g.groups, grain_for(image_flops), [&](int64_t begin, int64_t end) {
       std::vector<opmath_t> cols(K * tile), go_tile(ocg * tile), acc(icg * g.in_h * g.in_w);
       for (int64_t item = begin; item < end; ++item) {
         const int64_t n = item / g.groups, grp = item % g.groups;
@@ -209,17 +214,14 @@ at::Tensor conv2d_grad_input_cpu(const at::Tensor& grad_output, const at::Tensor
 at::Tensor conv2d_grad_weight_cpu(const at::Tensor& grad_output, const at::Tensor& input,
                                   at::IntArrayRef weight_size, at::IntArrayRef stride,
                                   at::IntArrayRef padding, at::IntArrayRef dilation,
-                                  int64_t groups, c10::string_view padding_mode) {
+                                  int64_t groups, c10::string_view padding_mode, bool channels_last) {
   // The GEMMs below are ATen calls on internal buffers: keep autograd out of them.
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
-  const char* op = "cnnops.conv2d_grad_weight";
-  check_same_dtype_device(op, grad_output, input, "input");
   const Conv2dGeometry g =
-      conv2d_geometry(op, input.sizes(), weight_size, stride, padding, dilation, groups, padding_mode);
-  check_grad_output(op, grad_output, g);
-  check_dtype_supported(op, grad_output, /*half_ok=*/false);
-  const auto weight_format = input.suggest_memory_format();
-  at::Tensor grad_weight = at::empty(weight_size, input.options().memory_format(weight_format));
+      check_conv2d_grad_weight("cnnops.conv2d_grad_weight", grad_output, input, weight_size, stride,
+                               padding, dilation, groups, padding_mode, /*half_ok=*/false);
+  at::Tensor grad_weight =
+      at::empty(weight_size, input.options().memory_format(layout_from_flag(channels_last)));
 
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, input.scalar_type(), "cnnops_conv2d_grad_weight_cpu", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
@@ -228,8 +230,9 @@ at::Tensor conv2d_grad_weight_cpu(const at::Tensor& grad_output, const at::Tenso
     const int64_t tile = pick_tile_pixels(g, sizeof(opmath_t));
     const int64_t tiles = (g.out_pixels() + tile - 1) / tile;
     const int64_t items = g.batch * tiles;
-    // A fixed number of partial sums, independent of the thread count, added in order:
-    // the result is the same on every run and with any number of threads.
+    // A fixed number of partial sums (set by the shapes, not the thread count), added in
+    // order: no race decides the result, so runs repeat bit for bit. (The BLAS inside each
+    // GEMM may still pick a different kernel at another thread count.)
     const int64_t partial_bytes = g.out_channels * K * static_cast<int64_t>(sizeof(opmath_t));
     const int64_t chunks = std::max<int64_t>(
         1, std::min<int64_t>({items, 8, (64 << 20) / std::max<int64_t>(partial_bytes, 1)}));
@@ -238,7 +241,8 @@ at::Tensor conv2d_grad_weight_cpu(const at::Tensor& grad_output, const at::Tenso
     const scalar_t* go_ptr = grad_output.const_data_ptr<scalar_t>();
     const Strides4d in_s = strides4d(input), go_s = strides4d(grad_output);
 
-    at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    const int64_t chunk_flops = 2 * g.out_channels * K * g.out_pixels() * g.batch / chunks;
+    at::parallel_for(0, chunks, grain_for(chunk_flops), [&](int64_t begin, int64_t end) {
       std::vector<opmath_t> cols(K * tile), go_tile(ocg * tile);
       for (int64_t c = begin; c < end; ++c) {
         at::Tensor partial = partials[c];
@@ -273,7 +277,7 @@ at::Tensor conv2d_grad_bias_cpu(const at::Tensor& grad_output) {
     const scalar_t* ptr = go.const_data_ptr<scalar_t>();
     scalar_t* out = grad_bias.mutable_data_ptr<scalar_t>();
     const Strides4d s = strides4d(go);
-    at::parallel_for(0, channels, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, channels, grain_for(go.numel() / std::max<int64_t>(channels, 1)), [&](int64_t begin, int64_t end) {
       for (int64_t c = begin; c < end; ++c) {
         acc_t sum = 0;
         for (int64_t n = 0; n < go.size(0); ++n)

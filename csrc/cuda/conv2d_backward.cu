@@ -65,16 +65,14 @@ __global__ void __launch_bounds__(kThreads)
 at::Tensor conv2d_grad_input_cuda(const at::Tensor& grad_output, const at::Tensor& weight,
                                   at::IntArrayRef input_size, at::IntArrayRef stride,
                                   at::IntArrayRef padding, at::IntArrayRef dilation,
-                                  int64_t groups, c10::string_view padding_mode) {
+                                  int64_t groups, c10::string_view padding_mode, bool channels_last) {
   const char* op = "cnnops.conv2d_grad_input";
-  check_same_dtype_device(op, grad_output, weight, "weight");
-  const Conv2dGeometry g =
-      conv2d_geometry(op, input_size, weight.sizes(), stride, padding, dilation, groups, padding_mode);
-  check_grad_output(op, grad_output, g);
-  check_dtype_supported(op, grad_output, /*half_ok=*/true);
+  const Conv2dGeometry g = check_conv2d_grad_input(op, grad_output, weight, input_size, stride,
+                                                   padding, dilation, groups, padding_mode,
+                                                   /*half_ok=*/true);
   const c10::cuda::CUDAGuard guard(grad_output.device());
-  at::Tensor grad_input = at::empty(
-      input_size, grad_output.options().memory_format(conv_memory_format(grad_output, weight)));
+  at::Tensor grad_input =
+      at::empty(input_size, grad_output.options().memory_format(layout_from_flag(channels_last)));
   const int64_t total = grad_input.numel();
   if (total == 0) return grad_input;
   const int64_t blocks = (total + kThreads - 1) / kThreads;
@@ -143,16 +141,14 @@ __global__ void __launch_bounds__(kThreads)
 at::Tensor conv2d_grad_weight_cuda(const at::Tensor& grad_output, const at::Tensor& input,
                                    at::IntArrayRef weight_size, at::IntArrayRef stride,
                                    at::IntArrayRef padding, at::IntArrayRef dilation,
-                                   int64_t groups, c10::string_view padding_mode) {
+                                   int64_t groups, c10::string_view padding_mode, bool channels_last) {
   const char* op = "cnnops.conv2d_grad_weight";
-  check_same_dtype_device(op, grad_output, input, "input");
-  const Conv2dGeometry g =
-      conv2d_geometry(op, input.sizes(), weight_size, stride, padding, dilation, groups, padding_mode);
-  check_grad_output(op, grad_output, g);
-  check_dtype_supported(op, grad_output, /*half_ok=*/true);
+  const Conv2dGeometry g = check_conv2d_grad_weight(op, grad_output, input, weight_size, stride,
+                                                    padding, dilation, groups, padding_mode,
+                                                    /*half_ok=*/true);
   const c10::cuda::CUDAGuard guard(input.device());
   at::Tensor grad_weight =
-      at::empty(weight_size, input.options().memory_format(input.suggest_memory_format()));
+      at::empty(weight_size, input.options().memory_format(layout_from_flag(channels_last)));
 
   // Enough slices of the pixel reduction to fill the GPU, within the workspace and grid.z
   // limits; the slice count depends only on the shapes, so results are reproducible.

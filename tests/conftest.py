@@ -1,0 +1,120 @@
+"""Shared test configuration: hypothesis profiles, the device list and dtype tolerances."""
+import os
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+import cnnops  # noqa: F401  loads the extension and registers the ops
+
+# ---------------------------------------------------------------- hypothesis profiles
+# CI: derandomized (reproducible), no per-example deadline (2 slow cores), bounded examples.
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    deadline=None,
+    max_examples=25,
+    suppress_health_check=[HealthCheck.too_slow],
+    print_blob=True,
+)
+settings.register_profile(
+    "dev",
+    deadline=None,
+    max_examples=40,
+    suppress_health_check=[HealthCheck.too_slow],
+    print_blob=True,
+)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+# ---------------------------------------------------------------- devices
+CUDA_AVAILABLE = torch.cuda.is_available()
+
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=[pytest.mark.cuda, pytest.mark.skipif(not CUDA_AVAILABLE, reason="no CUDA device visible")],
+    ),
+]
+
+# The dtypes each device's kernels support (DESIGN.md section 1: CPU has no float16).
+DEVICE_DTYPES = {
+    "cpu": (torch.float64, torch.float32, torch.bfloat16),
+    "cuda": (torch.float32, torch.float16, torch.bfloat16, torch.float64),
+}
+
+
+def device_dtype_params():
+    """pytest params (device, dtype) for every supported pair; CUDA ones skip without a GPU."""
+    params = []
+    for device in ("cpu", "cuda"):
+        for dtype in DEVICE_DTYPES[device]:
+            name = f"{device}-{str(dtype).replace('torch.', '')}"
+            if device == "cuda":
+                params.append(pytest.param(device, dtype, id=name, marks=[
+                    pytest.mark.cuda,
+                    pytest.mark.skipif(not CUDA_AVAILABLE, reason="no CUDA device visible")]))
+            else:
+                params.append(pytest.param(device, dtype, id=name))
+    return params
+
+
+# ---------------------------------------------------------------- tolerances
+# rtol, and atol relative to the magnitude of the reference (see assert_close).
+_TOLERANCES = {
+    torch.float64: (1e-10, 1e-10),
+    torch.float32: (1e-4, 1e-5),
+    torch.bfloat16: (2e-2, 1e-2),
+    torch.float16: (2e-3, 1e-3),
+}
+# float32 convolutions on CUDA may use TF32 (torch's conv TF32 flag is on by default, and
+# both torch and cnnops follow it): 10 mantissa bits.
+_CUDA_FLOAT32 = (5e-3, 5e-3)
+
+
+def tolerances(dtype, device="cpu"):
+    """(rtol, atol_scale) for comparing results computed in dtype on device."""
+    if dtype == torch.float32 and str(device).startswith("cuda"):
+        return _CUDA_FLOAT32
+    return _TOLERANCES[dtype]
+
+
+def assert_close(actual, expected, dtype=None, device=None, equal_nan=False, msg=""):
+    """torch.testing.assert_close with dtype-aware tolerances. atol scales with the largest
+    finite magnitude of the reference, because reduced-precision rounding is relative to
+    the size of the summands, not to the (possibly cancelled) result."""
+    dtype = dtype or expected.dtype
+    device = device or expected.device
+    assert actual.shape == expected.shape, f"{msg}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    assert actual.dtype == expected.dtype, f"{msg}: dtype {actual.dtype} != {expected.dtype}"
+    rtol, atol_scale = tolerances(dtype, device)
+    finite = expected.detach().double()
+    finite = finite[torch.isfinite(finite)]
+    scale = max(1.0, finite.abs().max().item()) if finite.numel() else 1.0
+    torch.testing.assert_close(
+        actual.detach().cpu().double(), expected.detach().cpu().double(),
+        rtol=rtol, atol=atol_scale * scale, equal_nan=equal_nan,
+        msg=lambda m: f"{msg}\n{m}" if msg else m)
+
+
+def significant_strides(t):
+    """Strides of the dims of size > 1 (those of size 0 or 1 are arbitrary)."""
+    return tuple(s for s, d in zip(t.stride(), t.shape) if d > 1)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    """Every test starts from the same RNG state, so failures reproduce."""
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture
+def single_thread():
+    """One intra-op thread, for tests that make thousands of tiny calls (gradcheck, opcheck):
+    the threaded paths are covered elsewhere, and on a busy 2-core machine every tiny call
+    through a 2-thread OpenMP region can wait milliseconds for the second core."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
