@@ -629,3 +629,50 @@ def test_bench_cases(tmp_path):
         assert row["status"] == "ok" and row["correct"] is True, row
         assert row["bytes"] > 0
     assert {c.name for c in bench_ln.cases(True)} and len(bench_ln.cases(False)) >= 8
+
+
+def _thread_cpu_ticks():
+    """{thread id: utime + stime in clock ticks} for every thread of this process (Linux)."""
+    import os
+    ticks = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        ticks[tid] = int(fields[11]) + int(fields[12])
+    return ticks
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self/task") or (__import__("os").cpu_count() or 1) < 2,
+                    reason="needs Linux /proc and 2 CPUs")
+@pytest.mark.parametrize("case", ["rows_forward", "rows_backward", "nchw_forward", "nchw_backward"])
+def test_large_cpu_call_uses_several_threads(case):
+    """Not a timing test: per-thread CPU time from /proc shows at least two threads at work."""
+    x, go = torch.randn(4096, 1024), torch.randn(4096, 1024)
+    w = torch.randn(1024)
+    x4, go4, w4 = torch.randn(8, 96, 56, 56), torch.randn(8, 96, 56, 56), torch.randn(96)
+    _, m, r = ops.layer_norm(x, [1024], w, w, 1e-5)
+    _, m4, r4 = ops.layer_norm2d(x4, w4, w4, 1e-6)
+    call = {"rows_forward": lambda: ops.layer_norm(x, [1024], w, w, 1e-5),
+            "rows_backward": lambda: ops.layer_norm_backward(go, x, [1024], m, r, w, w, [True, True, True]),
+            "nchw_forward": lambda: ops.layer_norm2d(x4, w4, w4, 1e-6),
+            "nchw_backward": lambda: ops.layer_norm2d_backward(go4, x4, m4, r4, w4, w4, [True, True, True])}[case]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        call()
+        before = after = _thread_cpu_ticks()
+        for _ in range(60):
+            call()
+            after = _thread_cpu_ticks()
+            if sum(after.values()) - sum(before.values()) >= 40:
+                break
+    finally:
+        torch.set_num_threads(previous)
+    delta = {tid: after[tid] - before.get(tid, 0) for tid in after}
+    total = sum(delta.values())
+    busy = [d for d in delta.values() if d >= max(2, 0.1 * total)]
+    assert len(busy) >= 2, f"{case}: CPU ticks per thread {delta}"

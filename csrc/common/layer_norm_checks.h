@@ -92,7 +92,7 @@ inline void check_layer_norm_stat(const char* op, const at::Tensor& input, const
 
 inline void check_layer_norm_grad_out(const char* op, const at::Tensor& input,
                                       const at::Tensor& grad_out) {
-  check_same_dtype_device(op, input, grad_out, "grad_out");
+  check_same_dtype_device(op, input, "input", grad_out, "grad_out");
   TORCH_CHECK_VALUE(grad_out.sizes() == input.sizes(), op,
                     ": expected grad_out to have the same shape as input ",
                     shape_str(input.sizes()), ", got ", shape_str(grad_out.sizes()));

@@ -207,6 +207,13 @@ void backward_row(const T* x, const T* dy, T* dx, int64_t n, T mean, T rstd, con
   if (j < n) pass2(j, n - j);
 }
 
+// at::parallel_for grain for work items of `work` values each: calls of fewer than
+// kSerialWork values stay on the calling thread (a parallel region costs more).
+constexpr int64_t kSerialWork = 32768;
+int64_t unit_grain(int64_t work) {
+  return std::max<int64_t>(1, kSerialWork / std::max<int64_t>(work, 1));
+}
+
 // How many dgamma/dbeta partial buffers of `width` values for `units` work items:
 // a function of the shapes only.
 int64_t partial_count(int64_t units, int64_t width) {
@@ -250,8 +257,7 @@ void rows_forward(const scalar_t* X, scalar_t* Y, at::opmath_type<scalar_t>* mea
   using T = at::opmath_type<scalar_t>;
   constexpr bool kSame = std::is_same<scalar_t, T>::value;
   const T eps_t = static_cast<T>(eps);
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(N, 1));
-  at::parallel_for(0, M, grain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, M, unit_grain(N), [&](int64_t begin, int64_t end) {
     std::vector<T> xbuf(kSame ? 0 : N), ybuf(kSame ? 0 : N);
     for (int64_t r = begin; r < end; ++r) {
       const T* x;
@@ -309,14 +315,13 @@ void rows_backward(const scalar_t* dY, const scalar_t* X, const at::opmath_type<
   };
   const int64_t buf = kSame ? 0 : N;
   if (!partials) {
-    const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(N, 1));
-    at::parallel_for(0, M, grain, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, M, unit_grain(N), [&](int64_t begin, int64_t end) {
       std::vector<T> xbuf(buf), dybuf(buf), dxbuf(buf);
       do_rows(begin, end, nullptr, nullptr, xbuf, dybuf, dxbuf);
     });
     return;
   }
-  at::parallel_for(0, P, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, P, unit_grain(M * N / P), [&](int64_t begin, int64_t end) {
     std::vector<T> xbuf(buf), dybuf(buf), dxbuf(buf);
     for (int64_t p = begin; p < end; ++p) {
       do_rows(p * M / P, (p + 1) * M / P, pw != nullptr ? pw + p * N : nullptr,
@@ -502,7 +507,7 @@ void channels_first_forward(const scalar_t* X, scalar_t* Y, at::opmath_type<scal
   constexpr int64_t kV = Vectorized<T>::size();
   const TileGeometry t = tile_geometry(N, C, S, sizeof(T), kV, kForwardTileBytes);
   const T eps_t = static_cast<T>(eps);
-  at::parallel_for(0, t.units(), 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, t.units(), unit_grain(C * t.L), [&](int64_t begin, int64_t end) {
     std::vector<T> state(2 * (t.L + kGroup * kV));
     std::vector<T> xbuf(kSame ? 0 : C * t.L), ybuf(kSame ? 0 : C * t.L);
     for (int64_t u = begin; u < end; ++u) {
@@ -559,7 +564,8 @@ void channels_first_backward(const scalar_t* dY, const scalar_t* X,
   const int64_t buf = kSame ? 0 : C * L;
   const bool partials = pw != nullptr || pb != nullptr;
   const int64_t chunks = partials ? P : t.units();
-  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+  const int64_t grain = unit_grain(t.units() * C * L / std::max<int64_t>(chunks, 1));
+  at::parallel_for(0, chunks, grain, [&](int64_t begin, int64_t end) {
     std::vector<T> state(4 * (L + kV)), xbuf(buf), dybuf(buf), dxbuf(buf);
     for (int64_t p = begin; p < end; ++p) {
       if (partials) {
