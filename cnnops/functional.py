@@ -7,9 +7,11 @@ from cnnops.ops._common import autocast_cast, autocast_dtype, check_device
 from cnnops.ops.conv2d import Conv2dFunction, normalize_conv2d_args
 from cnnops.ops.pool2d import (AdaptiveAvgPool2dFunction, AdaptiveMaxPool2dFunction, AvgPool2dFunction,
                                MaxPool2dFunction, gather_at_indices, normalize_output_size, normalize_pool_args)
+from cnnops.ops.layer_norm import LayerNorm2dFunction, LayerNormFunction, normalize_shape_arg
 
 __all__ = ["conv2d", "Conv2dFunction", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d",
-           "MaxPool2dFunction", "AvgPool2dFunction", "AdaptiveAvgPool2dFunction", "AdaptiveMaxPool2dFunction"]
+           "MaxPool2dFunction", "AvgPool2dFunction", "AdaptiveAvgPool2dFunction", "AdaptiveMaxPool2dFunction",
+           "layer_norm", "layer_norm2d", "LayerNormFunction", "LayerNorm2dFunction"]
 
 _ops = torch.ops.cnnops
 
@@ -46,7 +48,7 @@ _is_compiling = torch.compiler.is_compiling
 def _no_grad_call(input):
     """True when the op can skip its (Python) autograd kernel: no gradient is wanted and
     no compiler is tracing. Saves several microseconds per call on small tensors."""
-    return not (input.requires_grad and torch.is_grad_enabled()) and not _is_compiling()
+    return not (input.requires_grad and torch.is_grad_enabled()) and not _is_is_compiling()
 
 
 def _tangent(x):
@@ -142,3 +144,71 @@ def adaptive_max_pool2d(input, output_size, return_indices=False):
     if unbatched:
         output, indices = output.squeeze(0), indices.squeeze(0)
     return (output, indices) if return_indices else output
+
+
+# ---------------------------------------------------------------- layer norm
+
+def _layer_norm_autocast(input, weight, bias):
+    """Torch's autocast policy for layer_norm: float32 under CUDA autocast; CPU autocast
+    leaves layer_norm alone (it is on neither of torch's CPU lists)."""
+    if input.device.type == "cuda" and torch.is_autocast_enabled("cuda"):
+        f32 = torch.float32
+        return autocast_cast(input, f32), autocast_cast(weight, f32), autocast_cast(bias, f32)
+    return input, weight, bias
+
+
+_peek_functorch = getattr(getattr(torch._C, "_functorch", None), "peek_interpreter_stack", lambda: None)
+
+
+def _transform_active():
+    """Forward-mode AD or a torch.func transform (grad, vjp, jacrev, vmap, ...) is active
+    in eager mode. The register_autograd machinery supports neither forward AD (it would
+    drop the tangent) nor torch.func's grad transforms, so the layer_norm wrappers run the
+    equivalent torch composite then (same results, torch's kernels)."""
+    if _is_compiling():
+        return False
+    return torch.autograd.forward_ad._current_level >= 0 or _peek_functorch() is not None
+
+
+def _skip_autograd(input, weight, bias):
+    """True when no gradient can flow (grad mode off, or nothing requires grad) in eager
+    mode: the op is then called below the Autograd key, which saves the ~10 us of the
+    Python autograd wrapper that register_autograd installs. Small tensors are common."""
+    if _is_compiling():
+        return False
+    if not torch.is_grad_enabled():
+        return True
+    return not (input.requires_grad or (weight is not None and weight.requires_grad)
+                or (bias is not None and bias.requires_grad))
+
+
+def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """torch.nn.functional.layer_norm: normalizes over the trailing normalized_shape
+    dimensions; weight and bias optional and independent."""
+    check_device("cnnops.layer_norm", input)
+    input, weight, bias = _layer_norm_autocast(input, weight, bias)
+    normalized_shape = normalize_shape_arg(normalized_shape)
+    if _transform_active():
+        return torch.nn.functional.layer_norm(input, tuple(normalized_shape), weight, bias, eps)
+    if _skip_autograd(input, weight, bias):
+        with _below_autograd():
+            return _ops.layer_norm.default(input, normalized_shape, weight, bias, eps)[0]
+    return _ops.layer_norm.default(input, normalized_shape, weight, bias, eps)[0]
+
+
+def layer_norm2d(input, weight=None, bias=None, eps=1e-6):
+    """Channels-first LayerNorm (ConvNeXt): normalizes an (N, C, H, W) tensor over C for
+    every (n, h, w), on NCHW or channels_last memory directly; weight and bias of shape (C,).
+    The output has the input's memory format (NCHW for inputs that are neither)."""
+    check_device("cnnops.layer_norm2d", input)
+    input, weight, bias = _layer_norm_autocast(input, weight, bias)
+    if _transform_active():
+        if input.dim() != 4:
+            raise ValueError("cnnops.layer_norm2d: expected input to be a 4-D tensor (N, C, H, W), "
+                             f"got shape {tuple(input.shape)}")
+        out = torch.nn.functional.layer_norm(input.permute(0, 2, 3, 1), (input.shape[1],), weight, bias, eps)
+        return out.permute(0, 3, 1, 2)
+    if _skip_autograd(input, weight, bias):
+        with _below_autograd():
+            return _ops.layer_norm2d.default(input, weight, bias, eps)[0]
+    return _ops.layer_norm2d.default(input, weight, bias, eps)[0]

@@ -1,5 +1,5 @@
 """A small run of every cnnops CUDA kernel (forward and backward, every dtype, padding
-mode and memory format), for compute-sanitizer. Exits non-zero on a wrong result."""
+mode and memory format; conv2d and layer_norm), for compute-sanitizer. Exits non-zero on a wrong result."""
 import sys
 
 import torch
@@ -88,12 +88,52 @@ def check_pool2d():
                     print(f"pool2d {name} {dtype} channels_last={channels_last} experimental={experimental}: "
                           f"err out {errs[0]:.1e} grad {errs[1]:.1e} nan {same_nan} idx {same_idx} {'ok' if ok else 'WRONG'}")
     os.environ.pop("CNNOPS_EXPERIMENTAL", None)
+def _rel(a, ref):
+    return ((a.double() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def check_layer_norm():
+    """layer_norm and layer_norm2d, forward and backward, every dtype (float16/bfloat16 also
+    with float32 parameters), NCHW and channels_last, against float64 torch."""
+    bad = 0
+    tol = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
+    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        for pdtype in {dtype, torch.float32} if dtype in (torch.float16, torch.bfloat16) else {dtype}:
+            cases = [("layer_norm", None, (37, 1000)), ("layer_norm", None, (3, 5, 64)),
+                     ("layer_norm2d", False, (2, 24, 7, 9)), ("layer_norm2d", True, (2, 24, 7, 9))]
+            for name, channels_last, shape in cases:
+                x = (torch.randn(shape, device="cuda", dtype=torch.float64) * 2 + 1).to(dtype)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                feat = shape[-1] if name == "layer_norm" else shape[1]
+                w = torch.randn(feat, device="cuda", dtype=pdtype, requires_grad=True)
+                b = torch.randn(feat, device="cuda", dtype=pdtype, requires_grad=True)
+                x.requires_grad_(True)
+                if name == "layer_norm":
+                    y = cnnops.F.layer_norm(x, (feat,), w, b)
+                else:
+                    y = cnnops.F.layer_norm2d(x, w, b)
+                go = torch.randn(y.shape, device="cuda", dtype=torch.float64)
+                gx, gw, gb = torch.autograd.grad(y, (x, w, b), go.to(dtype))
+                xd, wd, bd = (t.detach().double().requires_grad_() for t in (x, w, b))
+                if name == "layer_norm":
+                    r = torch.nn.functional.layer_norm(xd, (feat,), wd, bd, 1e-5)
+                else:
+                    r = torch.nn.functional.layer_norm(xd.permute(0, 2, 3, 1), (feat,), wd, bd, 1e-6).permute(0, 3, 1, 2)
+                rx, rw, rb = torch.autograd.grad(r, (xd, wd, bd), go)
+                errs = [_rel(y, r), _rel(gx, rx), _rel(gw, rw), _rel(gb, rb)]
+                fmt_ok = channels_last is None or y.is_contiguous(
+                    memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+                ok = max(errs) < tol[dtype] and fmt_ok and gw.dtype == pdtype
+                bad += not ok
+                print(f"{name} {dtype} params={pdtype} channels_last={channels_last} {shape}: "
+                      f"rel err out/dx/dw/db {' '.join(f'{e:.1e}' for e in errs)} {'ok' if ok else 'WRONG'}")
     return bad
 
 
 if __name__ == "__main__":
     assert torch.cuda.is_available(), "no CUDA device"
-    failures = check_conv2d() + check_pool2d()
+    failures = check_conv2d() + check_pool2d() + check_layer_norm()
     torch.cuda.synchronize()
     print(f"smoke: {failures} wrong")
     sys.exit(1 if failures else 0)

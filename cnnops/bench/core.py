@@ -38,6 +38,7 @@ import torch
 FAMILIES = (
     "conv2d",
     "pool2d",
+    "layer_norm",
 )
 
 DIRECTIONS = ("forward", "forward+backward")
