@@ -48,7 +48,7 @@ _is_compiling = torch.compiler.is_compiling
 def _no_grad_call(input):
     """True when the op can skip its (Python) autograd kernel: no gradient is wanted and
     no compiler is tracing. Saves several microseconds per call on small tensors."""
-    return not (input.requires_grad and torch.is_grad_enabled()) and not _is_is_compiling()
+    return not (input.requires_grad and torch.is_grad_enabled()) and not _is_compiling()
 
 
 def _tangent(x):
