@@ -5,6 +5,8 @@
 #include <ATen/ATen.h>
 
 #include <array>
+#include <cmath>
+#include <tuple>
 #include <vector>
 
 #include "common/conv_checks.h"  // shape_str, dtype_name, check_same_dtype_device, check_dtype_supported
@@ -114,6 +116,28 @@ inline at::MemoryFormat layer_norm2d_format(const at::Tensor& input) {
 inline at::ScalarType layer_norm_param_dtype(const at::Tensor& input,
                                              const c10::optional<at::Tensor>& p) {
   return (p.has_value() && p->defined()) ? p->scalar_type() : input.scalar_type();
+}
+
+// The forward's outputs: out (the input's shape, in `format`), then mean and rstd
+// (stat_shape, in the stat dtype). Callers name them with std::get references, not a
+// structured binding, which C++17 lambdas (torch 2.11 builds) cannot capture.
+using LayerNormOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
+inline LayerNormOutputs layer_norm_outputs(const at::Tensor& input, at::IntArrayRef stat_shape,
+                                           at::MemoryFormat format) {
+  const auto stat_options = input.options().dtype(layer_norm_stat_dtype(input.scalar_type()));
+  return {at::empty(input.sizes(), input.options().memory_format(format)),
+          at::empty(stat_shape, stat_options), at::empty(stat_shape, stat_options)};
+}
+
+// True when no kernel is needed: no rows, or rows of length 0 (mean 0, rstd 1/sqrt(eps)).
+inline bool layer_norm_outputs_trivial(const LayerNormOutputs& outputs, int64_t rows,
+                                       int64_t row_length, double eps) {
+  if (rows == 0) return true;
+  if (row_length != 0) return false;
+  std::get<1>(outputs).zero_();
+  std::get<2>(outputs).fill_(1.0 / std::sqrt(eps));
+  return true;
 }
 
 }  // namespace cnnops

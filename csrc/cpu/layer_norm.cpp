@@ -591,17 +591,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_cpu(
   const auto [M, N] = check_layer_norm_shape(op, input, normalized_shape);
   check_layer_norm_params(op, input, weight, bias, normalized_shape, "normalized_shape");
   const auto stat_dtype = layer_norm_stat_dtype(input.scalar_type());
-  const auto stat_shape = layer_norm_stat_shape(input, normalized_shape.size());
   const at::Tensor x = input.contiguous();
-  at::Tensor out = at::empty(input.sizes(), input.options());
-  at::Tensor mean = at::empty(stat_shape, input.options().dtype(stat_dtype));
-  at::Tensor rstd = at::empty(stat_shape, input.options().dtype(stat_dtype));
-  if (M == 0) return {out, mean, rstd};
-  if (N == 0) {
-    mean.zero_();
-    rstd.fill_(1.0 / std::sqrt(eps));
-    return {out, mean, rstd};
-  }
+  LayerNormOutputs outputs = layer_norm_outputs(
+      input, layer_norm_stat_shape(input, normalized_shape.size()), at::MemoryFormat::Contiguous);
+  if (layer_norm_outputs_trivial(outputs, M, N, eps)) return outputs;
+  at::Tensor& out = std::get<0>(outputs);
+  at::Tensor& mean = std::get<1>(outputs);
+  at::Tensor& rstd = std::get<2>(outputs);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, input.scalar_type(), "cnnops_layer_norm_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
     const at::Tensor w = param_as(weight, stat_dtype), b = param_as(bias, stat_dtype);
@@ -609,7 +605,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_cpu(
                            mean.mutable_data_ptr<T>(), rstd.mutable_data_ptr<T>(), M, N,
                            ptr_or_null<T>(w), ptr_or_null<T>(b), eps);
   });
-  return {out, mean, rstd};
+  return outputs;
 }
 
 at::Tensor empty_grad(const at::Tensor& input) { return at::empty({0}, input.options()); }
@@ -672,15 +668,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm2d_cpu(
   const auto stat_dtype = layer_norm_stat_dtype(input.scalar_type());
   const auto format = layer_norm2d_format(input);
   const at::Tensor x = input.contiguous(format);
-  at::Tensor out = at::empty(input.sizes(), input.options().memory_format(format));
-  at::Tensor mean = at::empty({N, 1, H, W}, input.options().dtype(stat_dtype));
-  at::Tensor rstd = at::empty({N, 1, H, W}, input.options().dtype(stat_dtype));
-  if (mean.numel() == 0) return {out, mean, rstd};
-  if (C == 0) {
-    mean.zero_();
-    rstd.fill_(1.0 / std::sqrt(eps));
-    return {out, mean, rstd};
-  }
+  LayerNormOutputs outputs = layer_norm_outputs(input, {N, 1, H, W}, format);
+  if (layer_norm_outputs_trivial(outputs, N * H * W, C, eps)) return outputs;
+  at::Tensor& out = std::get<0>(outputs);
+  at::Tensor& mean = std::get<1>(outputs);
+  at::Tensor& rstd = std::get<2>(outputs);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, input.scalar_type(), "cnnops_layer_norm2d_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
     const at::Tensor w = param_as(weight, stat_dtype), b = param_as(bias, stat_dtype);
@@ -694,7 +686,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm2d_cpu(
                                        C, H * W, ptr_or_null<T>(w), ptr_or_null<T>(b), eps);
     }
   });
-  return {out, mean, rstd};
+  return outputs;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm2d_backward_cpu(

@@ -453,20 +453,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_cuda(
   const int64_t M = rows_cols.first, N = rows_cols.second;
   check_layer_norm_params(op, input, weight, bias, normalized_shape, "normalized_shape");
   const c10::cuda::CUDAGuard guard(input.device());
-  const auto stat_dtype = layer_norm_stat_dtype(input.scalar_type());
-  const auto stat_shape = layer_norm_stat_shape(input, normalized_shape.size());
   const at::Tensor x = input.contiguous();
-  at::Tensor out = at::empty(input.sizes(), input.options());
-  at::Tensor mean = at::empty(stat_shape, input.options().dtype(stat_dtype));
-  at::Tensor rstd = at::empty(stat_shape, input.options().dtype(stat_dtype));
-  if (M == 0) return {out, mean, rstd};
-  if (N == 0) {
-    mean.zero_();
-    rstd.fill_(1.0 / std::sqrt(eps));
-    return {out, mean, rstd};
-  }
+  LayerNormOutputs outputs = layer_norm_outputs(
+      input, layer_norm_stat_shape(input, normalized_shape.size()), at::MemoryFormat::Contiguous);
+  if (layer_norm_outputs_trivial(outputs, M, N, eps)) return outputs;
+  at::Tensor& out = std::get<0>(outputs);
+  at::Tensor& mean = std::get<1>(outputs);
+  at::Tensor& rstd = std::get<2>(outputs);
   rows_forward(x, out, mean, rstd, weight, bias, M, N, eps);
-  return {out, mean, rstd};
+  return outputs;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_backward_cuda(
@@ -514,22 +509,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm2d_cuda(
   const int64_t channels[1] = {C};
   check_layer_norm_params(op, input, weight, bias, at::IntArrayRef(channels, 1), "num_channels");
   const c10::cuda::CUDAGuard guard(input.device());
-  const auto stat_dtype = layer_norm_stat_dtype(input.scalar_type());
   const auto format = layer_norm2d_format(input);
   const at::Tensor x = input.contiguous(format);
-  at::Tensor out = at::empty(input.sizes(), input.options().memory_format(format));
-  at::Tensor mean = at::empty({N, 1, H, W}, input.options().dtype(stat_dtype));
-  at::Tensor rstd = at::empty({N, 1, H, W}, input.options().dtype(stat_dtype));
   const int64_t S = H * W;
-  if (N * S == 0) return {out, mean, rstd};
-  if (C == 0) {
-    mean.zero_();
-    rstd.fill_(1.0 / std::sqrt(eps));
-    return {out, mean, rstd};
-  }
+  LayerNormOutputs outputs = layer_norm_outputs(input, {N, 1, H, W}, format);
+  if (layer_norm_outputs_trivial(outputs, N * S, C, eps)) return outputs;
+  at::Tensor& out = std::get<0>(outputs);
+  at::Tensor& mean = std::get<1>(outputs);
+  at::Tensor& rstd = std::get<2>(outputs);
   if (format == at::MemoryFormat::ChannelsLast) {
     rows_forward(x, out, mean, rstd, weight, bias, N * S, C, eps);
-    return {out, mean, rstd};
+    return outputs;
   }
   const at::Tensor w = contiguous_or_undefined(weight), b = contiguous_or_undefined(bias);
   const bool pf = params_are_float(input, weight, bias);
@@ -545,7 +535,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm2d_cuda(
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
-  return {out, mean, rstd};
+  return outputs;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm2d_backward_cuda(
