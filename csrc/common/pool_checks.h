@@ -5,7 +5,7 @@
 
 #include <string>
 
-#include "common/conv_checks.h"  // shape_str, dtype_name, check_dtype_supported
+#include "common/conv_checks.h"  // shape_str, dtype_name, check_dtype_supported, layout_from_flag
 #include "common/pool_index.h"
 
 namespace cnnops {
@@ -88,6 +88,15 @@ inline Pool2dGeometry adaptive_pool2d_geometry(const char* op, at::IntArrayRef i
   return g;
 }
 
+// The backward ops' geometry, from the input size and grad_output's spatial size (a
+// grad_output that is not 4-D is reported by the backward's own shape check).
+inline Pool2dGeometry adaptive_pool2d_backward_geometry(const char* op, const at::Tensor& grad_output,
+                                                        at::IntArrayRef input_size) {
+  const int64_t out[2] = {grad_output.dim() == 4 ? grad_output.size(2) : 0,
+                          grad_output.dim() == 4 ? grad_output.size(3) : 0};
+  return adaptive_pool2d_geometry(op, input_size, at::IntArrayRef(out, 2));
+}
+
 // Pooling keeps the input's memory format (torch's rule).
 inline at::MemoryFormat pool_memory_format(const at::Tensor& input) {
   return input.suggest_memory_format() == at::MemoryFormat::ChannelsLast
@@ -95,9 +104,6 @@ inline at::MemoryFormat pool_memory_format(const at::Tensor& input) {
              : at::MemoryFormat::Contiguous;
 }
 
-inline at::MemoryFormat format_of(bool channels_last) {
-  return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-}
 
 // grad_output (and indices) of a backward op must have the forward's output shape.
 inline void check_pool_grad_output(const char* op, const at::Tensor& grad_output,

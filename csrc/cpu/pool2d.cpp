@@ -1132,7 +1132,7 @@ at::Tensor pool_backward_cpu(const char* op, const at::Tensor& grad_output,
   check_pool_grad_output(op, grad_output, g);
   if (K == Kind::Max || K == Kind::AdaptiveMax) check_pool_indices(op, grad_output, indices);
   check_dtype_supported(op, grad_output, /*half_ok=*/false);
-  const auto fmt = format_of(channels_last);
+  const auto fmt = layout_from_flag(channels_last);
   at::Tensor grad_input = at::empty(input_size, grad_output.options().memory_format(fmt));
   if (grad_input.numel() == 0) return grad_input;
   if (grad_output.numel() == 0) {  // adaptive pooling to an empty output
@@ -1182,9 +1182,7 @@ at::Tensor adaptive_avg_pool2d_backward_cpu(const at::Tensor& grad_output,
                                             at::IntArrayRef input_size, bool channels_last) {
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
   const char* op = "cnnops.adaptive_avg_pool2d_backward";
-  const int64_t out[2] = {grad_output.dim() == 4 ? grad_output.size(2) : 0,
-                          grad_output.dim() == 4 ? grad_output.size(3) : 0};
-  const Pool2dGeometry g = adaptive_pool2d_geometry(op, input_size, at::IntArrayRef(out, 2));
+  const Pool2dGeometry g = adaptive_pool2d_backward_geometry(op, grad_output, input_size);
   return pool_backward_cpu<Kind::AdaptiveAvg>(op, grad_output, at::Tensor(), g, input_size, channels_last);
 }
 
@@ -1192,9 +1190,7 @@ at::Tensor adaptive_max_pool2d_backward_cpu(const at::Tensor& grad_output, const
                                             at::IntArrayRef input_size, bool channels_last) {
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
   const char* op = "cnnops.adaptive_max_pool2d_backward";
-  const int64_t out[2] = {grad_output.dim() == 4 ? grad_output.size(2) : 0,
-                          grad_output.dim() == 4 ? grad_output.size(3) : 0};
-  const Pool2dGeometry g = adaptive_pool2d_geometry(op, input_size, at::IntArrayRef(out, 2));
+  const Pool2dGeometry g = adaptive_pool2d_backward_geometry(op, grad_output, input_size);
   return pool_backward_cpu<Kind::AdaptiveMax>(op, grad_output, indices, g, input_size, channels_last);
 }
 

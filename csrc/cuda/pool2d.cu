@@ -405,7 +405,7 @@ at::Tensor pool_backward_cuda(const char* op, const at::Tensor& grad_output, con
   if (kMax) check_pool_indices(op, grad_output, indices);
   check_dtype_supported(op, grad_output, /*half_ok=*/true);
   const c10::cuda::CUDAGuard guard(grad_output.device());
-  at::Tensor grad_input = at::empty(input_size, grad_output.options().memory_format(format_of(channels_last)));
+  at::Tensor grad_input = at::empty(input_size, grad_output.options().memory_format(layout_from_flag(channels_last)));
   const int64_t total = grad_input.numel();
   if (total == 0) return grad_input;
   // (an empty grad_output, adaptive pooling to size 0, gives empty ranges: zeros)
@@ -450,18 +450,14 @@ at::Tensor avg_pool2d_backward_cuda(const at::Tensor& grad_output, at::IntArrayR
 at::Tensor adaptive_avg_pool2d_backward_cuda(const at::Tensor& grad_output, at::IntArrayRef input_size,
                                              bool channels_last) {
   const char* op = "cnnops.adaptive_avg_pool2d_backward";
-  const int64_t out[2] = {grad_output.dim() == 4 ? grad_output.size(2) : 0,
-                          grad_output.dim() == 4 ? grad_output.size(3) : 0};
-  const Pool2dGeometry g = adaptive_pool2d_geometry(op, input_size, at::IntArrayRef(out, 2));
+  const Pool2dGeometry g = adaptive_pool2d_backward_geometry(op, grad_output, input_size);
   return pool_backward_cuda<Kind::AdaptiveAvg>(op, grad_output, at::Tensor(), g, input_size, channels_last);
 }
 
 at::Tensor adaptive_max_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& indices,
                                              at::IntArrayRef input_size, bool channels_last) {
   const char* op = "cnnops.adaptive_max_pool2d_backward";
-  const int64_t out[2] = {grad_output.dim() == 4 ? grad_output.size(2) : 0,
-                          grad_output.dim() == 4 ? grad_output.size(3) : 0};
-  const Pool2dGeometry g = adaptive_pool2d_geometry(op, input_size, at::IntArrayRef(out, 2));
+  const Pool2dGeometry g = adaptive_pool2d_backward_geometry(op, grad_output, input_size);
   return pool_backward_cuda<Kind::AdaptiveMax>(op, grad_output, indices, g, input_size, channels_last);
 }
 
