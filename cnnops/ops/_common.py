@@ -54,6 +54,16 @@ def conv_memory_format(input, weight):
     return torch.contiguous_format
 
 
+def layout_from_flag(channels_last):
+    """The memory format a backward op's channels_last flag asks for."""
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def empty_like_shape(shape, like, memory_format, dtype=None):
+    """An empty tensor of `shape` on like's device, in like's dtype unless given (fake kernels)."""
+    return torch.empty(shape, dtype=dtype or like.dtype, device=like.device, memory_format=memory_format)
+
+
 def autocast_dtype(device_type):
     """The autocast dtype for device_type, or None when autocast is off there."""
     if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):

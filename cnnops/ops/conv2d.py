@@ -3,7 +3,8 @@ messages as csrc/common/conv_checks.h), autograd for all four ops (so double bac
 works), and Conv2dFunction for .apply users. Op schemas are in csrc/conv2d.cpp."""
 import torch
 
-from cnnops.ops._common import check_dtype, conv_memory_format, dtype_name, pair, shape_str
+from cnnops.ops._common import (check_dtype, conv_memory_format, dtype_name, empty_like_shape, layout_from_flag,
+                                pair, shape_str)
 
 ops = torch.ops.cnnops
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
@@ -82,14 +83,6 @@ def _check_grad_output(op, grad_output, expected):
         f"{op}: expected grad_output to have shape {shape_str(expected)}, got {shape_str(grad_output.shape)}"))
 
 
-def _layout(channels_last):
-    return torch.channels_last if channels_last else torch.contiguous_format
-
-
-def _empty(shape, like, memory_format):
-    return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=memory_format)
-
-
 @torch.library.register_fake("cnnops::conv2d")
 def _conv2d_fake(input, weight, bias, stride, padding, dilation, groups, padding_mode):
     op = "cnnops.conv2d"
@@ -100,7 +93,7 @@ def _conv2d_fake(input, weight, bias, stride, padding, dilation, groups, padding
         torch._check_value(bias.dim() == 1 and bias.shape[0] == out_shape[1], lambda: (
             f"{op}: expected bias to have shape ({out_shape[1]},) (out_channels), got shape {shape_str(bias.shape)}"))
     check_dtype(op, input)
-    return _empty(out_shape, input, conv_memory_format(input, weight))
+    return empty_like_shape(out_shape, input, conv_memory_format(input, weight))
 
 
 @torch.library.register_fake("cnnops::_conv2d_grad_input_gather")
@@ -112,7 +105,7 @@ def _conv2d_grad_input_fake(grad_output, weight, input_size, stride, padding, di
     out_shape = conv2d_geometry(op, input_size, weight.shape, stride, padding, dilation, groups, padding_mode)
     _check_grad_output(op, grad_output, out_shape)
     check_dtype(op, grad_output)
-    return _empty(input_size, grad_output, _layout(channels_last))
+    return empty_like_shape(input_size, grad_output, layout_from_flag(channels_last))
 
 
 @torch.library.register_fake("cnnops::conv2d_grad_weight")
@@ -123,7 +116,7 @@ def _conv2d_grad_weight_fake(grad_output, input, weight_size, stride, padding, d
     out_shape = conv2d_geometry(op, input.shape, weight_size, stride, padding, dilation, groups, padding_mode)
     _check_grad_output(op, grad_output, out_shape)
     check_dtype(op, grad_output)
-    return _empty(weight_size, input, _layout(channels_last))
+    return empty_like_shape(weight_size, input, layout_from_flag(channels_last))
 
 
 @torch.library.register_fake("cnnops::conv2d_grad_bias")

@@ -5,7 +5,7 @@ in csrc/pool2d.cpp."""
 import torch
 from torch._prims_common import suggest_memory_format
 
-from cnnops.ops._common import check_dtype, dtype_name, pair, shape_str
+from cnnops.ops._common import check_dtype, dtype_name, empty_like_shape, layout_from_flag, pair, shape_str
 
 ops = torch.ops.cnnops
 
@@ -110,16 +110,8 @@ def _check_indices(op, grad_output, indices):
         f"{op}: expected indices to be on the same device as grad_output ({grad_output.device}), got {indices.device}"))
 
 
-def _format(channels_last):
-    return torch.channels_last if channels_last else torch.contiguous_format
-
-
 def _pool_format(input):
     return torch.channels_last if suggest_memory_format(input) == torch.channels_last else torch.contiguous_format
-
-
-def _empty(shape, like, memory_format, dtype=None):
-    return torch.empty(shape, dtype=dtype or like.dtype, device=like.device, memory_format=memory_format)
 
 
 _ONES = [1, 1]
@@ -131,8 +123,8 @@ def _max_pool2d_fake(input, kernel_size, stride, padding, dilation, ceil_mode, r
     shape = pool2d_geometry(op, input.shape, kernel_size, stride, padding, dilation, ceil_mode)
     check_dtype(op, input)
     fmt = _pool_format(input)
-    indices = _empty(shape, input, fmt, torch.int64) if return_indices else input.new_empty((0,), dtype=torch.int64)
-    return _empty(shape, input, fmt), indices
+    indices = empty_like_shape(shape, input, fmt, torch.int64) if return_indices else input.new_empty((0,), dtype=torch.int64)
+    return empty_like_shape(shape, input, fmt), indices
 
 
 @torch.library.register_fake("cnnops::max_pool2d_backward")
@@ -143,7 +135,7 @@ def _max_pool2d_backward_fake(grad_output, indices, input_size, kernel_size, str
     _check_grad_output(op, grad_output, shape)
     _check_indices(op, grad_output, indices)
     check_dtype(op, grad_output)
-    return _empty(input_size, grad_output, _format(channels_last))
+    return empty_like_shape(input_size, grad_output, layout_from_flag(channels_last))
 
 
 @torch.library.register_fake("cnnops::avg_pool2d")
@@ -152,7 +144,7 @@ def _avg_pool2d_fake(input, kernel_size, stride, padding, ceil_mode, count_inclu
     shape = pool2d_geometry(op, input.shape, kernel_size, stride, padding, _ONES, ceil_mode)
     _check_divisor_override(op, divisor_override)
     check_dtype(op, input)
-    return _empty(shape, input, _pool_format(input))
+    return empty_like_shape(shape, input, _pool_format(input))
 
 
 @torch.library.register_fake("cnnops::avg_pool2d_backward")
@@ -163,7 +155,7 @@ def _avg_pool2d_backward_fake(grad_output, input_size, kernel_size, stride, padd
     _check_divisor_override(op, divisor_override)
     _check_grad_output(op, grad_output, shape)
     check_dtype(op, grad_output)
-    return _empty(input_size, grad_output, _format(channels_last))
+    return empty_like_shape(input_size, grad_output, layout_from_flag(channels_last))
 
 
 @torch.library.register_fake("cnnops::adaptive_avg_pool2d")
@@ -171,7 +163,7 @@ def _adaptive_avg_pool2d_fake(input, output_size):
     op = "cnnops.adaptive_avg_pool2d"
     shape = adaptive_pool2d_geometry(op, input.shape, output_size)
     check_dtype(op, input)
-    return _empty(shape, input, _pool_format(input))
+    return empty_like_shape(shape, input, _pool_format(input))
 
 
 @torch.library.register_fake("cnnops::adaptive_max_pool2d")
@@ -180,7 +172,7 @@ def _adaptive_max_pool2d_fake(input, output_size):
     shape = adaptive_pool2d_geometry(op, input.shape, output_size)
     check_dtype(op, input)
     fmt = _pool_format(input)
-    return _empty(shape, input, fmt), _empty(shape, input, fmt, torch.int64)
+    return empty_like_shape(shape, input, fmt), empty_like_shape(shape, input, fmt, torch.int64)
 
 
 def _grad_output_hw(grad_output):
@@ -193,7 +185,7 @@ def _adaptive_avg_pool2d_backward_fake(grad_output, input_size, channels_last):
     shape = adaptive_pool2d_geometry(op, input_size, _grad_output_hw(grad_output))
     _check_grad_output(op, grad_output, shape)
     check_dtype(op, grad_output)
-    return _empty(input_size, grad_output, _format(channels_last))
+    return empty_like_shape(input_size, grad_output, layout_from_flag(channels_last))
 
 
 @torch.library.register_fake("cnnops::adaptive_max_pool2d_backward")
@@ -203,7 +195,7 @@ def _adaptive_max_pool2d_backward_fake(grad_output, indices, input_size, channel
     _check_grad_output(op, grad_output, shape)
     _check_indices(op, grad_output, indices)
     check_dtype(op, grad_output)
-    return _empty(input_size, grad_output, _format(channels_last))
+    return empty_like_shape(input_size, grad_output, layout_from_flag(channels_last))
 
 
 # ---------------------------------------------------------------- autograd
