@@ -5,6 +5,8 @@ import torch
 from torch import nn
 from torch.nn import functional as TF
 
+from cnnops.bench.core import Case
+
 
 def conv_bn_act(cin, cout, k, stride=1, groups=1, dilation=1, act=nn.ReLU):
     padding = dilation * (k - 1) // 2
@@ -171,3 +173,55 @@ MODELS = {
     "unet": (UNet, (2, 3, 16, 16)),
     "aspp": (ASPP, (2, 3, 24, 24)),
 }
+
+
+# ---------------------------------------------------------------- end-to-end benchmark rows
+FAMILY = "models"
+
+
+def model_case(name, builder, shape, **kwargs):
+    """A whole network, converted with cnnops.convert against the unconverted original.
+    The inputs are the image batch and every parameter (so forward+backward computes all
+    parameter gradients: a training step without the optimizer). The forward direction
+    runs in eval mode, forward+backward in training mode (batch statistics)."""
+    from torch.func import functional_call
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import cnnops
+
+    reference = builder(**kwargs)
+    converted = cnnops.convert(reference)
+    names = [n for n, _ in reference.named_parameters()]
+
+    def make_inputs(device, dtype):
+        reference.to(device=device, dtype=dtype), converted.to(device=device, dtype=dtype)
+        x = torch.randn(shape, device=device, dtype=torch.float32).to(dtype)
+        return (x,) + tuple(p.detach().clone() for p in reference.parameters())
+
+    def runner(model):
+        def run(x, *params):
+            model.train(torch.is_grad_enabled())
+            return functional_call(model, dict(zip(names, params)), (x,))
+        return run
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        reference.eval()(torch.randn(shape))
+    forward_flops = counter.get_total_flops()
+    return Case(family=FAMILY, name=name, shape="x".join(map(str, shape)), make_inputs=make_inputs,
+                cnnops_fn=runner(converted), torch_fn=runner(reference),
+                flops=lambda direction: forward_flops * (1 if direction == "forward" else 3),
+                nbytes=lambda direction, dtype: 0, grad_inputs=tuple(range(len(names) + 1)), bound="compute", joint_scale=True,
+                params=dict(model=builder.__name__, batch=shape[0], height=shape[2], width=shape[3], **kwargs),
+                torch_impl=f"the unconverted torch.nn model ({builder.__name__})",
+                input_names=("input",) + tuple(names))
+
+
+def cases(quick):
+    if quick:
+        return [model_case("resnet-style e2e", resnet, (2, 3, 32, 32)),
+                model_case("mobilenet_v2-style e2e", mobilenet_v2, (2, 3, 32, 32))]
+    return [model_case("resnet-style e2e", resnet, (8, 3, 96, 96), width=32),
+            model_case("mobilenet_v2-style e2e", mobilenet_v2, (8, 3, 96, 96)),
+            model_case("unet-style e2e", UNet, (8, 3, 64, 64), width=16),
+            model_case("convnext-style e2e", convnext, (8, 3, 64, 64), dim=32)]
