@@ -211,8 +211,9 @@ def model_case(name, builder, shape, **kwargs):
     return Case(family=FAMILY, name=name, shape="x".join(map(str, shape)), make_inputs=make_inputs,
                 cnnops_fn=runner(converted), torch_fn=runner(reference),
                 flops=lambda direction: forward_flops * (1 if direction == "forward" else 3),
-                nbytes=lambda direction, dtype: 0, grad_inputs=tuple(range(len(names) + 1)), bound="compute", joint_scale=True,
-                params=dict(model=builder.__name__, batch=shape[0], height=shape[2], width=shape[3], **kwargs),
+                nbytes=lambda direction, dtype: 0, grad_inputs=tuple(range(len(names) + 1)), bound="compute",
+                joint_scale=True,
+                params=dict(model=builder.__name__, input_shape=list(shape), options=kwargs),
                 torch_impl=f"the unconverted torch.nn model ({builder.__name__})",
                 input_names=("input",) + tuple(names))
 
