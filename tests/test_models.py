@@ -8,7 +8,7 @@ import torch
 
 import cnnops
 from cnnops.bench.models import MODELS, ChannelsFirstLayerNorm
-from cnnops.convert import TWINS
+from cnnops.conversion import TWINS
 from conftest import DEVICES, assert_close
 
 MODEL_NAMES = list(MODELS)
