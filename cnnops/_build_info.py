@@ -1,6 +1,0 @@
-# Written by setup.py; records what the extension was built against.
-TORCH_VERSION = '2.14.1+cu130'
-WITH_CUDA = False
-CUDA_VERSION = None
-CPU_CAPABILITY = 'avx512'
-CUDA_ARCH_LIST = None
