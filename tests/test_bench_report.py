@@ -39,7 +39,7 @@ def test_markdown_table_content():
     assert lines[0].startswith("**Test CPU (CPU), 2 threads, torch 9.9.9, float32, 2026-11-26, commit 0123456789")
     header = "| op | shape | dtype | direction | torch ms | cnnops ms | speedup |"
     assert header in lines
-    body = [ln for ln in lines if ln.startswith("| ") and ln != header]
+    body = [ln for ln in lines if ln.startswith("| ") and ln != header and "---" not in ln]
     assert len(body) == 7
     assert "| conv2d | 8x4x8x8 (a) | float32 | forward | 1.000 | 2.000 | 0.50x |" in body
     assert "| conv2d | 8x4x8x8 (b\\|c) | float32 | forward | 3.000 | 1.000 | 3.00x |" in body  # "|" escaped

@@ -5,7 +5,7 @@ The network is written once, in :func:`build_model`, against a ``layers`` namesp
 same code builds the cnnops network (:data:`CNNOPS_LAYERS`) and the plain torch.nn one
 (:data:`TORCH_LAYERS`) that ``--compare`` trains beside it.
 """
-from cnnops.demo.train import (CNNOPS_LAYERS, TORCH_LAYERS, History, MissingDependency, build_model,
+from cnnops.demo.digits import (CNNOPS_LAYERS, TORCH_LAYERS, History, MissingDependency, build_model,
                                load_digits_split, main, run, train)
 
 __all__ = ["CNNOPS_LAYERS", "TORCH_LAYERS", "History", "MissingDependency", "build_model", "load_digits_split",

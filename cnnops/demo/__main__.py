@@ -1,4 +1,4 @@
 """python -m cnnops.demo --help"""
-from cnnops.demo.train import main
+from cnnops.demo.digits import main
 
 raise SystemExit(main())
