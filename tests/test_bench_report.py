@@ -3,6 +3,7 @@ and from a run just measured."""
 import glob
 import json
 import os
+import re
 
 import pytest
 
@@ -84,6 +85,12 @@ def test_plot_groups():
     assert conv["labels"] == ["a\n8x4x8x8", "b|c\n8x4x8x8"]
     assert conv["speedups"] == {"forward": [0.5, 3.0], "forward+backward": [0.5, None]}  # the wrong row left out
     assert pool["speedups"] == {"forward": [10.0, None]}
+    assert pool["busy"] == {"forward": [False, False]}
+    busy = _payload()
+    busy["cases"][0]["other_cpu_load"] = 0.5
+    assert report.plot_groups([busy])[0]["busy"]["forward"] == [True, False]
+    md = report.markdown([busy])
+    assert "| 1.000 | 2.000 | 0.50x * |" in md and "1 of 7 rows were timed while other processes used" in md
 
 
 def test_cli_from_json_markdown(tmp_path, capsys):
@@ -103,7 +110,7 @@ def test_measured_run_prints_markdown(tmp_path, capsys):
     assert rc == 0
     out = capsys.readouterr().out
     line = [ln for ln in out.splitlines() if ln.startswith("| conv2d | ")]
-    assert len(line) == 1 and "tiny md" in line[0] and line[0].endswith("x |")
+    assert len(line) == 1 and "tiny md" in line[0] and re.search(r"\| \d+\.\d\dx( \*)? \|$", line[0]), line
 
 
 def test_plot_png(tmp_path, capsys):

@@ -9,6 +9,12 @@ import os
 import statistics
 
 DIRECTION_ORDER = ("forward", "forward+backward")
+BUSY_LOAD = 0.2  # as in core: other processes' CPUs above which a row counts as disturbed
+
+
+def _busy(row):
+    load = row.get("other_cpu_load")
+    return load is not None and load > BUSY_LOAD
 
 
 def load_results(paths):
@@ -48,7 +54,7 @@ def _speedup(row):
     s = row.get("speedup")
     if s is None:
         return "-"
-    return f"{s:.2f}x" + ("" if row.get("correct") else " (WRONG)")
+    return f"{s:.2f}x" + ("" if row.get("correct") else " (WRONG)") + (" *" if _busy(row) else "")
 
 
 def _cell(text):
@@ -74,8 +80,6 @@ def describe(meta):
         parts.insert(3, "TF32 convolutions " + ("on" if meta["conv_tf32"] else "off"))
     if meta.get("commit"):
         parts.append(f"commit {meta['commit'][:10]}" + (" (dirty)" if meta.get("dirty") else ""))
-    if meta.get("busy_warning"):
-        parts.append("machine was busy during the run")
     return ", ".join(parts)
 
 
@@ -116,13 +120,19 @@ def markdown(results, title=None):
                                                                           and not r.get("correct"))]
         if bad:
             lines.append(f"{len(bad)} row(s) failed or did not match torch; left out of the medians.")
+        busy = [r for r in meta["cases"] if _busy(r)]
+        if busy:
+            worst = max(r["other_cpu_load"] for r in busy)
+            lines.append(f"\\* {len(busy)} of {len(meta['cases'])} rows were timed while other processes used "
+                         f"more than {BUSY_LOAD} CPUs (up to {worst:.2f}): noisier than the rest.")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
 
 def plot_groups(results):
     """The panels of the plot: one per (result, op family), in order, each a dict with the
-    title and, per direction, the case labels and speedups of its correct rows."""
+    title, the case labels and, per direction, the speedups of its correct rows (None where
+    a row is missing, failed or wrong) and whether each was timed on a busy machine."""
     panels = []
     for meta in results:
         families = []
@@ -131,72 +141,83 @@ def plot_groups(results):
                 families.append(r.get("op"))
         for fam in families:
             rows = [r for r in meta["cases"] if r.get("op") == fam]
-            cases = []
-            for r in rows:
-                key = (r.get("case") or r.get("shape"), r.get("shape"))
-                if key not in cases:
-                    cases.append(key)
-            by_dir = {}
+            key = lambda r: (r.get("case") or r.get("shape"), r.get("shape"))  # noqa: E731
+            cases = list(dict.fromkeys(key(r) for r in rows))
+            speedups, busy = {}, {}
             for d in DIRECTION_ORDER:
-                vals = {}
-                for r in rows:
-                    if r.get("direction") == d and _ok(r):
-                        vals[(r.get("case") or r.get("shape"), r.get("shape"))] = r["speedup"]
-                if vals:
-                    by_dir[d] = [vals.get(c) for c in cases]
-            if by_dir:
+                ok = {key(r): r for r in rows if r.get("direction") == d and _ok(r)}
+                if ok:
+                    speedups[d] = [ok[c]["speedup"] if c in ok else None for c in cases]
+                    busy[d] = [c in ok and _busy(ok[c]) for c in cases]
+            if speedups:
                 panels.append({"title": f"{fam} - {device_label(meta)}, torch {meta.get('torch', '?')}, "
                                         f"{meta.get('dtype') or '?'}, {_date(meta)}",
                                "labels": [f"{c}\n{s}" if s and s != c else str(c) for c, s in cases],
-                               "speedups": by_dir})
+                               "speedups": speedups, "busy": busy})
     return panels
+
+
+def _times(y, _pos=None):
+    return f"{y:g}x"
 
 
 def plot(results, path):
     """Writes a PNG: one panel per op family (and result file), a bar per case and
-    direction, speedup on a log scale with the 1x line marked. Returns the path."""
+    direction drawn from the 1x line (up: cnnops faster, down: slower), speedup on a log
+    scale. Returns the path."""
     try:
         import matplotlib
     except ImportError as e:
         raise ImportError(f"--plot needs matplotlib, which is not installed ({e}): pip install matplotlib") from e
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     panels = plot_groups(results)
     if not panels:
         raise ValueError("--plot: no correct benchmark rows to plot")
     colors = {"forward": "tab:blue", "forward+backward": "tab:orange"}
     widest = max(len(p["labels"]) for p in panels)
-    fig, axes = plt.subplots(len(panels), 1, figsize=(max(8.0, 0.9 * widest + 2), 3.6 * len(panels)), squeeze=False)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(max(8.0, 0.9 * widest + 2), 3.6 * len(panels) + 0.6),
+                             squeeze=False)
+    any_busy = False
     for ax, p in zip(axes[:, 0], panels):
-        dirs = [d for d in DIRECTION_ORDER if d in p["speedups"]]
+        dirs = list(p["speedups"])
         n = len(p["labels"])
         width = 0.8 / len(dirs)
         values = [v for d in dirs for v in p["speedups"][d] if v is not None]
         for j, d in enumerate(dirs):
-            xs = [i - 0.4 + width * (j + 0.5) for i in range(n)]
-            ys = p["speedups"][d]
-            pts = [(x, y) for x, y in zip(xs, ys) if y is not None]
-            if not pts:
-                continue
-            bars = ax.bar([x for x, _ in pts], [y for _, y in pts], width, color=colors.get(d), label=d)
-            for bar, (_, y) in zip(bars, pts):
-                ax.annotate(f"{y:.2g}x", (bar.get_x() + bar.get_width() / 2, y), ha="center",
-                            va="bottom" if y >= 1 else "top", fontsize=7,
+            for i, (y, busy) in enumerate(zip(p["speedups"][d], p["busy"][d])):
+                if y is None:
+                    continue
+                x = i - 0.4 + width * (j + 0.5)
+                ax.bar(x, y - 1.0, width, bottom=1.0, color=colors.get(d), hatch="///" if busy else None,
+                       edgecolor="white" if busy else None, linewidth=0)
+                any_busy |= busy
+                ax.annotate(f"{y:.2g}x", (x, y), ha="center", va="bottom" if y >= 1 else "top", fontsize=7,
                             xytext=(0, 2 if y >= 1 else -2), textcoords="offset points")
         ax.set_yscale("log")
         lo, hi = min(values + [1.0]), max(values + [1.0])
-        ax.set_ylim(lo / 2.2, hi * 2.2)  # room for the labels, the 1x line always inside
+        ax.set_ylim(lo / 1.8, hi * 1.8)  # room for the labels; the 1x line always inside
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(_times))
+        ax.yaxis.set_minor_formatter(NullFormatter())
         ax.axhline(1.0, color="black", linewidth=1.2, linestyle="--")
-        ax.text(1.0, 1.0, " 1x: as fast as torch", transform=ax.get_yaxis_transform(), va="bottom", ha="right",
-                fontsize=8)
+        ax.set_xlim(-0.6, n - 0.4)
         ax.set_xticks(range(n))
         ax.set_xticklabels(p["labels"], fontsize=7, rotation=30, ha="right")
-        ax.set_ylabel("speedup (torch ms / cnnops ms)")
+        ax.set_ylabel("speedup (torch / cnnops)")
         ax.set_title(p["title"], fontsize=9)
-        ax.grid(True, axis="y", which="both", alpha=0.25)
-        ax.legend(fontsize=8, loc="upper left")
-    fig.tight_layout()
+        ax.grid(True, axis="y", which="major", alpha=0.3)
+    handles = [Patch(color=colors[d], label=d) for d in DIRECTION_ORDER]
+    handles.append(Line2D([], [], color="black", linestyle="--", label="1x: as fast as torch (above: cnnops faster)"))
+    if any_busy:
+        handles.append(Patch(facecolor="grey", hatch="///", edgecolor="white",
+                             label=f"timed while other processes used > {BUSY_LOAD} CPUs"))
+    fig.legend(handles=handles, loc="upper center", ncol=len(handles), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     fig.savefig(path, dpi=100)
