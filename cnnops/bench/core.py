@@ -20,6 +20,7 @@ import argparse
 import ctypes
 import datetime
 import importlib
+import importlib.util
 import itertools
 import json
 import math
@@ -910,6 +911,10 @@ def build_parser():
     p.add_argument("--no-mallopt", action="store_true", help="leave glibc malloc at its defaults")
     p.add_argument("--no-roofline", action="store_true",
                    help="skip the copy and matmul measurements (no %% of limit)")
+    p.add_argument("--markdown", action="store_true", help="also print the results as a markdown table")
+    p.add_argument("--plot", metavar="PATH", help="write a PNG of the speedups (needs matplotlib)")
+    p.add_argument("--from-json", nargs="+", metavar="FILE",
+                   help="render --markdown (the default) and/or --plot from result files; measures nothing")
     return p
 
 
@@ -937,6 +942,8 @@ def _parse(argv, have_cases):
         parser.error(f"--threads must be >= 1, got {args.threads}")
     if args.rounds is not None and args.rounds < 1:
         parser.error(f"--rounds must be >= 1, got {args.rounds}")
+    if args.plot and importlib.util.find_spec("matplotlib") is None:  # say so before measuring
+        parser.error("--plot needs matplotlib, which is not installed: pip install matplotlib")
     return args, ops, dirs
 
 
@@ -947,11 +954,26 @@ def main(argv=None, cases=None):
     return, so calling it in-process leaves the caller's torch as it was; the glibc
     mallopt settings stay for the life of the process."""
     args, ops, directions = _parse(argv, cases is not None)
+    if args.from_json:
+        return _render_files(args)
     saved = _save_torch_state()
     try:
         return _main(args, ops, directions, cases)
     finally:
         _restore_torch_state(saved, args.tf32 != "default")
+
+
+def _render_files(args):
+    from cnnops.bench import report
+    try:
+        results = report.load_results(args.from_json)
+        report.render(results, sys.stdout if (args.markdown or not args.plot) else None, args.plot)
+    except ValueError as e:
+        print(f"cnnops.bench: {e}", file=sys.stderr)
+        return 2
+    if args.plot:
+        print(f"plot written to {args.plot}", file=sys.stderr)
+    return 0
 
 
 def _save_torch_state():
@@ -1077,6 +1099,12 @@ def _main(args, ops, directions, cases):
         print(meta["busy_warning"], file=out)
     if args.json:
         print(f"results written to {args.json}", file=out)
+    if args.markdown or args.plot:
+        from cnnops.bench import report
+        print(file=out)
+        report.render([payload(rows, True)], out if args.markdown else None, args.plot)
+        if args.plot:
+            print(f"plot written to {args.plot}", file=out)
     out.flush()
     failed = any(r["status"] == "error" or (r["status"] == "ok" and not r["correct"]) for r in rows)
     return 1 if failed else 0

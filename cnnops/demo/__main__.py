@@ -1,0 +1,4 @@
+"""python -m cnnops.demo --help"""
+from cnnops.demo.digits import main
+
+raise SystemExit(main())
