@@ -165,10 +165,15 @@ def conv_gemm(p, act, wpack, bias, out, dtype, dgrad):
     tid = np.arange(THREADS)
     ld_row, ld_chunk = tid >> 2, tid & 3
     k_tiles = (p["K"] + BK - 1) // BK
+    bn = 64 if p["N"] <= 64 else 128  # launch_conv_gemm's choice of the N tile
+    warps_n = bn // 32
+    warps_m = 8 // warps_n
+    warp_rows = BM // warps_m
+    tiles_m = warp_rows // 16
     for grp in range(p["groups"]):
-        for by in range((p["N"] + BN - 1) // BN):
+        for by in range((p["N"] + bn - 1) // bn):
             for bx in range((p["M"] + BM - 1) // BM):
-                m0, n0 = bx * BM, by * BN
+                m0, n0 = bx * BM, by * bn
                 a_ok, a_img, a_y, a_x = [], [], [], []
                 for r in range(2):
                     m = m0 + ld_row + 64 * r
@@ -202,13 +207,16 @@ def conv_gemm(p, act, wpack, bias, out, dtype, dgrad):
                         ok = a_ok[r] & k_ok & (iy >= 0) & (ix >= 0)
                         src = a_img[r] + iy * p["act_sh"] + ix * p["act_sw"] + grp * p["C"] + c
                         cp_async(at, swz64(row, ld_chunk), act_b, src, ok, es, act_b, act.size)
+                    for r in range(bn // 64):
+                        row = ld_row + 64 * r
                         n = n0 + row
                         b_ok = k_ok & (n < p["N"])
                         bsrc = (grp * p["N"] + n) * p["K"] + k
                         cp_async(bt, swz64(row, ld_chunk), w_b, bsrc, b_ok, es, w_b, wpack.size)
-                    assert np.all(at.written == 1) and np.all(bt.written == 1)
+                    assert np.all(at.written == 1) and np.all(bt.written[:bn * 64] == 1)
+                    assert not bt.written[bn * 64:].any()
 
-                acc = np.zeros((8, 4, 4, 4, 32))
+                acc = np.zeros((8, tiles_m, 4, 4, 32))
                 for s in range(STAGES - 1):
                     if s < k_tiles:
                         load_stage(s, s)
@@ -220,23 +228,23 @@ def conv_gemm(p, act, wpack, bias, out, dtype, dgrad):
                     at, bt = tiles[kt % STAGES]
                     for ks in range(2):
                         for warp in range(8):
-                            wm, wn = warp & 1, warp >> 1
-                            a = [ldmatrix_x4(at, swz64(wm * 64 + i * 16 + (LANES & 15), 2 * ks + (LANES >> 4)), False)
-                                 for i in range(4)]
+                            wm, wn = warp % warps_m, warp // warps_m
+                            a = [ldmatrix_x4(at, swz64(wm * warp_rows + i * 16 + (LANES & 15), 2 * ks + (LANES >> 4)), False)
+                                 for i in range(tiles_m)]
                             b = [None] * 4
                             for j in range(2):
                                 row = wn * 32 + j * 16 + (LANES & 7) + ((LANES >> 4) << 3)
                                 r4 = ldmatrix_x4(bt, swz64(row, 2 * ks + ((LANES >> 3) & 1)), False)
                                 b[2 * j], b[2 * j + 1] = r4[0:2], r4[2:4]
-                            for i in range(4):
+                            for i in range(tiles_m):
                                 for j in range(4):
                                     mma(acc[warp, i, j], a[i], b[j], dtype)
                 # epilogue
                 for warp in range(8):
-                    wm, wn = warp & 1, warp >> 1
-                    for i in range(4):
+                    wm, wn = warp % warps_m, warp // warps_m
+                    for i in range(tiles_m):
                         for h in range(2):
-                            m = m0 + wm * 64 + i * 16 + (LANES >> 2) + 8 * h
+                            m = m0 + wm * warp_rows + i * 16 + (LANES >> 2) + 8 * h
                             for j in range(4):
                                 for e in range(2):
                                     n = n0 + wn * 32 + j * 8 + (LANES & 3) * 2 + e

@@ -70,11 +70,13 @@ def model_case(dtype, n, cin, h, w, cout, k, stride, pad, dil, groups, mode, see
 
 
 MODEL_FWD = [  # dtype, n, cin, h, w, cout, k, stride, pad, dil, groups, mode
-    ("float16", 2, 16, 9, 9, 24, 3, 1, 1, 1, 1, "zeros"),        # M tail, K tail (144 = 4.5 tiles)
+    ("float16", 2, 16, 9, 9, 24, 3, 1, 1, 1, 1, "zeros"),        # M tail, K tail (144 = 4.5 tiles), 64-col tile
     ("bfloat16", 2, 16, 11, 10, 12, 3, 2, 2, 2, 2, "reflect"),   # stride, dilation, groups
     ("float32", 1, 8, 7, 9, 5, 3, 1, 1, 1, 1, "circular"),       # TF32, odd cout
     ("float16", 1, 8, 6, 5, 136, 1, 1, 0, 1, 1, "zeros"),        # two column blocks (N > 128)
     ("bfloat16", 1, 24, 6, 7, 9, 3, 1, 1, 1, 3, "replicate"),    # cin/groups = 8, 3 groups
+    ("float16", 1, 16, 5, 6, 72, 3, 1, 1, 1, 1, "reflect"),      # 128-column tile with a tail
+    ("bfloat16", 1, 8, 4, 4, 64, 3, 2, 1, 1, 1, "zeros"),        # 64-column tile, exactly full
 ]
 
 
@@ -100,6 +102,7 @@ MODEL_DGRAD = [  # dtype, n, cin, h, w, cout, k, stride, pad, dil, groups
     ("float16", 2, 16, 9, 8, 16, 3, 2, 1, 1, 2),
     ("float32", 1, 12, 7, 7, 8, 3, 1, 2, 2, 1),
     ("bfloat16", 2, 5, 10, 9, 8, 3, 2, 0, 1, 1),  # cin odd: N tail; stride 2, no padding
+    ("float16", 1, 80, 5, 5, 8, 3, 1, 1, 1, 1),   # N = 80: the 128-column tile
 ]
 
 

@@ -206,19 +206,27 @@ struct ConvGemmParams {
 // kDgrad == true: it reads act (= grad_output) at
 //   output_index_for_tap(y, kh, stride, pad, dilation)          (the input gradient),
 // and the B operand is the weight packed [group][ic][kh][kw][oc].
-template <typename T, bool kDgrad>
+// kBN, the block's column count, is 128 (warps 2 x 4, each 64 x 32) or 64 for narrow
+// results such as 64-channel layers (warps 4 x 2, each 32 x 32), so no half-empty tiles.
+template <typename T, bool kDgrad, int kBN>
 __global__ void __launch_bounds__(kThreads, 2) cnnops_conv2d_mma_kernel(const ConvGemmParams p) {
+  static_assert(kBN == 128 || kBN == 64, "block N tile");
   constexpr int kElems = 16 / static_cast<int>(sizeof(T));  // channels per 16-byte chunk
   constexpr int kBlockK = 4 * kElems;                         // 64 bytes of K per stage
+  constexpr int kWarpsN = kBN / 32, kWarpsM = 8 / kWarpsN;
+  constexpr int kWarpRows = kBlockM / kWarpsM;  // 64 or 32
+  constexpr int kTilesM = kWarpRows / 16;       // 4 or 2
+  constexpr int kBRows = kBN / 64;              // B rows each thread copies: 2 or 1
   __shared__ __align__(128) uint8_t smem[kStages][2][kStageBytes];
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int warp_m = warp & 1, warp_n = warp >> 1;
-  const int m0 = blockIdx.x * kBlockM, n0 = blockIdx.y * kBlockN, grp = blockIdx.z;
+  const int warp_m = warp % kWarpsM, warp_n = warp / kWarpsM;
+  const int m0 = blockIdx.x * kBlockM, n0 = blockIdx.y * kBN, grp = blockIdx.z;
   const T* act = static_cast<const T*>(p.act);
   const T* wpack = static_cast<const T*>(p.wpack);
 
-  // Copy slots of this thread: rows ld_row and ld_row + 64 of both tiles, chunk ld_chunk.
+  // Copy slots of this thread: rows ld_row and ld_row + 64 of A (and of B when kBN = 128),
+  // chunk ld_chunk.
   const int ld_row = tid >> 2, ld_chunk = tid & 3;
   bool a_ok[2];
   int64_t a_img[2];
@@ -261,7 +269,10 @@ __global__ void __launch_bounds__(kThreads, 2) cnnops_conv2d_mma_kernel(const Co
       const bool ok = a_ok[r] && k_ok && iy >= 0 && ix >= 0;
       const T* src = ok ? act + (a_img[r] + iy * p.act_sh + ix * p.act_sw + act_c0 + c) : act;
       cp_async_16(smem_u32(a_tile + swz64(row, ld_chunk)), src, ok);
-
+    }
+#pragma unroll
+    for (int r = 0; r < kBRows; ++r) {
+      const int row = ld_row + 64 * r;
       const int n = n0 + row;
       const bool b_ok = k_ok && n < p.N;
       const T* bsrc = b_ok ? wpack + ((b_row0 + n) * p.K + k) : wpack;
@@ -269,9 +280,9 @@ __global__ void __launch_bounds__(kThreads, 2) cnnops_conv2d_mma_kernel(const Co
     }
   };
 
-  float acc[kWarpTilesM][kWarpTilesN][4];
+  float acc[kTilesM][kWarpTilesN][4];
 #pragma unroll
-  for (int i = 0; i < kWarpTilesM; ++i)
+  for (int i = 0; i < kTilesM; ++i)
 #pragma unroll
     for (int j = 0; j < kWarpTilesN; ++j)
 #pragma unroll
@@ -294,12 +305,12 @@ __global__ void __launch_bounds__(kThreads, 2) cnnops_conv2d_mma_kernel(const Co
     const uint8_t* b_tile = smem[kt % kStages][1];
 #pragma unroll
     for (int ks = 0; ks < 2; ++ks) {  // two mma K-steps of 32 bytes (chunks 2 ks, 2 ks + 1)
-      uint32_t a[kWarpTilesM][4], b[kWarpTilesN][2];
+      uint32_t a[kTilesM][4], b[kWarpTilesN][2];
 #pragma unroll
-      for (int i = 0; i < kWarpTilesM; ++i) {
+      for (int i = 0; i < kTilesM; ++i) {
         // matrices: (rows 0-7, chunk 0), (rows 8-15, chunk 0), (rows 0-7, chunk 1),
         // (rows 8-15, chunk 1) = a0, a1, a2, a3 of the m16 tile.
-        const int row = warp_m * 64 + i * 16 + (lane & 15);
+        const int row = warp_m * kWarpRows + i * 16 + (lane & 15);
         const int chunk = 2 * ks + (lane >> 4);
         ldmatrix_x4(a[i], smem_u32(a_tile + swz64(row, chunk)));
       }
@@ -317,7 +328,7 @@ __global__ void __launch_bounds__(kThreads, 2) cnnops_conv2d_mma_kernel(const Co
         b[2 * j + 1][1] = r[3];
       }
 #pragma unroll
-      for (int i = 0; i < kWarpTilesM; ++i)
+      for (int i = 0; i < kTilesM; ++i)
 #pragma unroll
         for (int j = 0; j < kWarpTilesN; ++j) Mma<T>::run(acc[i][j], a[i], b[j]);
     }
@@ -328,10 +339,10 @@ __global__ void __launch_bounds__(kThreads, 2) cnnops_conv2d_mma_kernel(const Co
   const T* bias = static_cast<const T*>(p.bias);
   T* out = static_cast<T*>(p.out);
 #pragma unroll
-  for (int i = 0; i < kWarpTilesM; ++i) {
+  for (int i = 0; i < kTilesM; ++i) {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const int m = m0 + warp_m * 64 + i * 16 + (lane >> 2) + 8 * h;
+      const int m = m0 + warp_m * kWarpRows + i * 16 + (lane >> 2) + 8 * h;
       if (m >= p.M) continue;
       const int t = m / p.rows_w;
       const int x = m - t * p.rows_w;
@@ -544,11 +555,19 @@ __global__ void __launch_bounds__(kThreads)
 
 // ------------------------------------------------------------------------ launch helpers
 
+// N <= 64 (64-channel layers, and every narrower one) takes the 64-column tile.
 template <typename T, bool kDgrad>
 void launch_conv_gemm(const ConvGemmParams& p, int64_t groups) {
+  const bool narrow = p.N <= 64;
+  const int bn = narrow ? 64 : 128;
   const dim3 grid(static_cast<unsigned>((p.M + kBlockM - 1) / kBlockM),
-                  static_cast<unsigned>((p.N + kBlockN - 1) / kBlockN), static_cast<unsigned>(groups));
-  cnnops_conv2d_mma_kernel<T, kDgrad><<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(p);
+                  static_cast<unsigned>((p.N + bn - 1) / bn), static_cast<unsigned>(groups));
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  if (narrow) {
+    cnnops_conv2d_mma_kernel<T, kDgrad, 64><<<grid, kThreads, 0, stream>>>(p);
+  } else {
+    cnnops_conv2d_mma_kernel<T, kDgrad, 128><<<grid, kThreads, 0, stream>>>(p);
+  }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
