@@ -288,11 +288,19 @@ def wgrad(p, dy, x, dtype):
     ws = np.full((p["slices"], p["groups"], p["Mo"], p["Kf"]), np.nan)
     tid = np.arange(THREADS)
     ld_row, ld_chunk = tid >> 4, tid & 15
+    bm = 64 if p["Mo"] <= 64 else 128  # the host's choice of the out-channel tile
+    a_chunks, warp_rows = bm // 8, bm // 2
+    tiles_m = warp_rows // 16
+    a_copy = ld_chunk < a_chunks
+
+    def swz_a(r, c):
+        return r * (a_chunks * 16) + ((c ^ (r & 7)) << 4)
+
     for z in range(p["groups"] * p["slices"]):
         grp, slice_ = z // p["slices"], z % p["slices"]
         for by in range((p["Kf"] + BN - 1) // BN):
-            for bx in range((p["Mo"] + BM - 1) // BM):
-                m0, n0 = bx * BM, by * BN
+            for bx in range((p["Mo"] + bm - 1) // bm):
+                m0, n0 = bx * bm, by * BN
                 oc = m0 + ld_chunk * 8
                 oc_ok = oc < p["Mo"]
                 kf = n0 + ld_chunk * 8
@@ -322,15 +330,17 @@ def wgrad(p, dy, x, dtype):
                         oy, img = t % p["out_h"], t // p["out_h"]
                         a_ok = p_ok & oc_ok
                         asrc = img * p["dy_sn"] + oy * p["dy_sh"] + ox * p["dy_sw"] + dy_c
-                        cp_async(at, swz256(row, ld_chunk), dy_b, asrc, a_ok, es, dy_b, dy.size)
+                        c = a_copy  # only these threads copy A
+                        cp_async(at, swz_a(row[c], ld_chunk[c]), dy_b, asrc[c], a_ok[c], es, dy_b, dy.size)
                         iy = source_index(oy * p["stride_h"] - p["pad_h"] + kh * p["dil_h"], p["in_h"], p["mode"])
                         ix = source_index(ox * p["stride_w"] - p["pad_w"] + kw * p["dil_w"], p["in_w"], p["mode"])
                         b_ok = p_ok & kf_ok & (iy >= 0) & (ix >= 0)
                         bsrc = img * p["x_sn"] + iy * p["x_sh"] + ix * p["x_sw"] + x_c
                         cp_async(bt, swz256(row, ld_chunk), x_b, bsrc, b_ok, es, x_b, x.size)
-                    assert np.all(at.written == 1) and np.all(bt.written == 1)
+                    assert np.all(at.written[:32 * bm * 2] == 1) and not at.written[32 * bm * 2:].any()
+                    assert np.all(bt.written == 1)
 
-                acc = np.zeros((8, 4, 4, 4, 32))
+                acc = np.zeros((8, tiles_m, 4, 4, 32))
                 for s in range(STAGES - 1):
                     if s < k_tiles:
                         load_stage(s, s)
@@ -344,24 +354,24 @@ def wgrad(p, dy, x, dtype):
                         for warp in range(8):
                             wm, wn = warp & 1, warp >> 1
                             a = []
-                            for i in range(4):
+                            for i in range(tiles_m):
                                 krow = ks * 16 + r8 + ((mat >> 1) << 3)
-                                chunk = wm * 8 + i * 2 + (mat & 1)
-                                a.append(ldmatrix_x4(at, swz256(krow, chunk), True))
+                                chunk = wm * (warp_rows // 8) + i * 2 + (mat & 1)
+                                a.append(ldmatrix_x4(at, swz_a(krow, chunk), True))
                             b = [None] * 4
                             for j in range(2):
                                 krow = ks * 16 + r8 + ((mat & 1) << 3)
                                 chunk = wn * 4 + j * 2 + (mat >> 1)
                                 r4 = ldmatrix_x4(bt, swz256(krow, chunk), True)
                                 b[2 * j], b[2 * j + 1] = r4[0:2], r4[2:4]
-                            for i in range(4):
+                            for i in range(tiles_m):
                                 for j in range(4):
                                     mma(acc[warp, i, j], a[i], b[j], dtype)
                 for warp in range(8):
                     wm, wn = warp & 1, warp >> 1
-                    for i in range(4):
+                    for i in range(tiles_m):
                         for h in range(2):
-                            m = m0 + wm * 64 + i * 16 + (LANES >> 2) + 8 * h
+                            m = m0 + wm * warp_rows + i * 16 + (LANES >> 2) + 8 * h
                             for j in range(4):
                                 for e in range(2):
                                     n = n0 + wn * 32 + j * 8 + (LANES & 3) * 2 + e
@@ -376,7 +386,8 @@ def wgrad(p, dy, x, dtype):
 
 def wgrad_slices(P, Mo, Kf, groups, out_channels, sms=132):
     """The host's slice choice in conv2d_mma_wgrad.cu."""
-    tiles = ((Mo + BM - 1) // BM) * ((Kf + BN - 1) // BN) * groups
+    bm = 64 if Mo <= 64 else 128
+    tiles = ((Mo + bm - 1) // bm) * ((Kf + BN - 1) // BN) * groups
     slices = max(1, (2 * sms + tiles - 1) // tiles)
     slices = min(slices, max(1, P // (16 * 32)))
     slices = min(slices, max(1, (16 << 20) // (out_channels * Kf)))

@@ -129,9 +129,11 @@ def test_model_grad_input_matches_torch(case):
 
 MODEL_WGRAD = [  # dtype, n, cin, h, w, cout, k, stride, pad, dil, groups, mode, slices
     ("float16", 2, 16, 9, 7, 16, 3, 2, 1, 1, 2, "reflect", 3),
-    ("bfloat16", 1, 16, 8, 8, 8, 3, 1, 1, 1, 1, "zeros", 1),      # Kf = 144: two column blocks
-    ("float16", 1, 8, 11, 6, 136, 1, 1, 0, 1, 1, "circular", 2),  # Mo = 136: two row blocks
+    ("bfloat16", 1, 16, 8, 8, 8, 3, 1, 1, 1, 1, "zeros", 1),      # Kf = 144: two column blocks, 64-row tile
+    ("float16", 1, 8, 11, 6, 136, 1, 1, 0, 1, 1, "circular", 2),  # Mo = 136: two 128-row blocks
     ("bfloat16", 2, 8, 7, 9, 8, 3, 1, 2, 2, 1, "replicate", 0),   # the host's slice choice
+    ("float16", 1, 8, 6, 7, 72, 3, 1, 1, 1, 1, "zeros", 2),       # Mo = 72: the 128-row tile, tail
+    ("bfloat16", 1, 8, 5, 5, 64, 1, 1, 0, 1, 1, "reflect", 1),    # Mo = 64: the 64-row tile, full
 ]
 
 

@@ -2,8 +2,9 @@
 // Tensor-core implicit GEMM for conv2d (opt-in, CNNOPS_EXPERIMENTAL=1: not yet run on a GPU).
 //
 // Two kernels, each a 128 x 128 block tile computed by 8 warps (2 along M x 4 along N, each
-// warp 64 x 32 = 4 x 4 mma tiles), fed by a 3-stage cp.async pipeline through XOR-swizzled
-// shared memory read with ldmatrix, accumulating in float:
+// warp 64 x 32 = 4 x 4 mma tiles; a 128 x 64 or 64 x 128 variant, warps 32 x 32, when the
+// channel side has <= 64 channels per group), fed by a 3-stage cp.async pipeline through
+// XOR-swizzled shared memory read with ldmatrix, accumulating in float:
 //  - cnnops_conv2d_mma_kernel: C[m, n] = sum_k A(m, k) B(n, k), rows m = pixels of the
 //    result, K = (kh, kw, c) with c innermost, so every 16-byte chunk of K is 8 (fp16/bf16)
 //    or 4 (fp32/TF32) consecutive channels of one tap: one cp.async from a C-innermost
@@ -403,23 +404,33 @@ struct WgradParams {
   int groups, slices, slice_len;  // slice_len: a multiple of 32 pixels
 };
 
-template <typename T>
+// kBM, the block's out-channel count, is 128 (warps 2 x 4, each 64 x 32) or 64 for layers
+// with <= 64 out channels per group (each warp 32 x 32); the A tile then has 128-byte rows.
+template <typename T, int kBM>
 __global__ void __launch_bounds__(kThreads, 2)
     cnnops_conv2d_mma_wgrad_kernel(const WgradParams p) {
   static_assert(sizeof(T) == 2, "ldmatrix.trans is b16 only");
+  static_assert(kBM == 128 || kBM == 64, "block M tile");
   constexpr int kPix = 32;  // pixels (K) per stage: 32 rows of 256 bytes per operand
+  constexpr int kAChunks = kBM / 8;       // 16-byte chunks per A row: 16 or 8
+  constexpr int kWarpRows = kBM / 2;      // 64 or 32
+  constexpr int kTilesM = kWarpRows / 16;  // 4 or 2
   __shared__ __align__(128) uint8_t smem[kStages][2][kStageBytes];
+  // A tile: rows of kAChunks chunks, chunk XOR the row's low 3 bits (as swz256).
+  auto swz_a = [](int r, int c) { return r * (kAChunks * 16) + ((c ^ (r & 7)) << 4); };
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int warp_m = warp & 1, warp_n = warp >> 1;
-  const int m0 = blockIdx.x * kBlockM, n0 = blockIdx.y * kBlockN;
+  const int m0 = blockIdx.x * kBM, n0 = blockIdx.y * kBlockN;
   const int grp = blockIdx.z / p.slices, slice = blockIdx.z % p.slices;
   const T* dy = static_cast<const T*>(p.dy);
   const T* x = static_cast<const T*>(p.x);
 
   // Copy slots: pixel rows ld_row and ld_row + 16 of both tiles, column chunk ld_chunk
   // (8 output channels for A, 8 (kh, kw, ic) columns of one tap for B) for the whole loop.
+  // With kBM = 64 only the threads with ld_chunk < 8 copy A.
   const int ld_row = tid >> 4, ld_chunk = tid & 15;
+  const bool a_copy = ld_chunk < kAChunks;
   const int oc = m0 + ld_chunk * 8;
   const bool oc_ok = oc < p.Mo;
   const int kf = n0 + ld_chunk * 8;
@@ -447,9 +458,11 @@ __global__ void __launch_bounds__(kThreads, 2)
       const int ox = pp - t * p.out_w;
       const int oy = t % p.out_h, img = t / p.out_h;
 
-      const bool a_ok = p_ok && oc_ok;
-      const T* asrc = a_ok ? dy + (img * p.dy_sn + oy * p.dy_sh + ox * p.dy_sw + dy_c) : dy;
-      cp_async_16(smem_u32(a_tile + swz256(row, ld_chunk)), asrc, a_ok);
+      if (a_copy) {
+        const bool a_ok = p_ok && oc_ok;
+        const T* asrc = a_ok ? dy + (img * p.dy_sn + oy * p.dy_sh + ox * p.dy_sw + dy_c) : dy;
+        cp_async_16(smem_u32(a_tile + swz_a(row, ld_chunk)), asrc, a_ok);
+      }
 
       const int64_t iy = source_index(static_cast<int64_t>(oy) * p.stride_h - p.pad_h + kh * p.dil_h,
                                       p.in_h, p.mode);
@@ -461,9 +474,9 @@ __global__ void __launch_bounds__(kThreads, 2)
     }
   };
 
-  float acc[kWarpTilesM][kWarpTilesN][4];
+  float acc[kTilesM][kWarpTilesN][4];
 #pragma unroll
-  for (int i = 0; i < kWarpTilesM; ++i)
+  for (int i = 0; i < kTilesM; ++i)
 #pragma unroll
     for (int j = 0; j < kWarpTilesN; ++j)
 #pragma unroll
@@ -487,14 +500,14 @@ __global__ void __launch_bounds__(kThreads, 2)
     const uint8_t* b_tile = smem[kt % kStages][1];
 #pragma unroll
     for (int ks = 0; ks < 2; ++ks) {  // two K-steps of 16 pixels
-      uint32_t a[kWarpTilesM][4], b[kWarpTilesN][2];
+      uint32_t a[kTilesM][4], b[kWarpTilesN][2];
 #pragma unroll
-      for (int i = 0; i < kWarpTilesM; ++i) {
+      for (int i = 0; i < kTilesM; ++i) {
         // stored [pixel][oc]; matrices (px 0-7, oc 0-7), (px 0-7, oc 8-15), (px 8-15, oc 0-7),
         // (px 8-15, oc 8-15), transposed = a0, a1, a2, a3.
         const int krow = ks * 16 + r8 + ((mat >> 1) << 3);
-        const int chunk = warp_m * 8 + i * 2 + (mat & 1);
-        ldmatrix_x4_trans(a[i], smem_u32(a_tile + swz256(krow, chunk)));
+        const int chunk = warp_m * (kWarpRows / 8) + i * 2 + (mat & 1);
+        ldmatrix_x4_trans(a[i], smem_u32(a_tile + swz_a(krow, chunk)));
       }
 #pragma unroll
       for (int j = 0; j < kWarpTilesN / 2; ++j) {
@@ -510,7 +523,7 @@ __global__ void __launch_bounds__(kThreads, 2)
         b[2 * j + 1][1] = r[3];
       }
 #pragma unroll
-      for (int i = 0; i < kWarpTilesM; ++i)
+      for (int i = 0; i < kTilesM; ++i)
 #pragma unroll
         for (int j = 0; j < kWarpTilesN; ++j) Mma<T>::run(acc[i][j], a[i], b[j]);
     }
@@ -520,10 +533,10 @@ __global__ void __launch_bounds__(kThreads, 2)
   // Every (oc, kf) of the slice is written, zero when the slice is empty: no memset needed.
   float* ws = p.ws + (static_cast<int64_t>(slice) * p.groups + grp) * p.Mo * p.Kf;
 #pragma unroll
-  for (int i = 0; i < kWarpTilesM; ++i) {
+  for (int i = 0; i < kTilesM; ++i) {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const int m = m0 + warp_m * 64 + i * 16 + (lane >> 2) + 8 * h;
+      const int m = m0 + warp_m * kWarpRows + i * 16 + (lane >> 2) + 8 * h;
       if (m >= p.Mo) continue;
 #pragma unroll
       for (int j = 0; j < kWarpTilesN; ++j) {

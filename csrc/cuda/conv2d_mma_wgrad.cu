@@ -20,7 +20,8 @@ void run_grad_weight(const at::Tensor& grad_output, const at::Tensor& input,
   const int64_t P = g.batch * g.out_pixels();
   const int64_t Mo = g.out_channels_per_group(), Cin = g.in_channels_per_group();
   const int64_t Kf = g.gemm_k();
-  const int64_t tiles = ((Mo + kBlockM - 1) / kBlockM) * ((Kf + kBlockN - 1) / kBlockN) * g.groups;
+  const int64_t bm = Mo <= 64 ? 64 : 128;  // the kernel's out-channel tile (kBM)
+  const int64_t tiles = ((Mo + bm - 1) / bm) * ((Kf + kBlockN - 1) / kBlockN) * g.groups;
   const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   // About two waves of blocks, at least 16 pipeline stages (512 pixels) per slice, a
   // workspace of at most 64 MiB, and grid.z within its limit.
@@ -62,10 +63,14 @@ void run_grad_weight(const at::Tensor& grad_output, const at::Tensor& input,
   p.slices = static_cast<int>(slices);
   p.slice_len = static_cast<int>(slice_len);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const dim3 grid(static_cast<unsigned>((Mo + kBlockM - 1) / kBlockM),
+  const dim3 grid(static_cast<unsigned>((Mo + bm - 1) / bm),
                   static_cast<unsigned>((Kf + kBlockN - 1) / kBlockN),
                   static_cast<unsigned>(g.groups * slices));
-  cnnops_conv2d_mma_wgrad_kernel<T><<<grid, kThreads, 0, stream>>>(p);
+  if (bm == 64) {
+    cnnops_conv2d_mma_wgrad_kernel<T, 64><<<grid, kThreads, 0, stream>>>(p);
+  } else {
+    cnnops_conv2d_mma_wgrad_kernel<T, 128><<<grid, kThreads, 0, stream>>>(p);
+  }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
   const int64_t total = g.out_channels * Kf;
