@@ -442,7 +442,8 @@ __global__ void __launch_bounds__(kThreads, 2)
   const int64_t x_c = static_cast<int64_t>(grp) * p.Cin + ic;
 
   const int p_begin = slice * p.slice_len;
-  const int p_end = min(p.P, p_begin + p.slice_len);
+  const int p_end = static_cast<int>(min(static_cast<int64_t>(p.P),
+                                         static_cast<int64_t>(p_begin) + p.slice_len));
   const int k_tiles = p_end > p_begin ? (p_end - p_begin + kPix - 1) / kPix : 0;
 
   auto load_stage = [&](int kt, int stage) {
