@@ -88,6 +88,9 @@ def check_pool2d():
                     print(f"pool2d {name} {dtype} channels_last={channels_last} experimental={experimental}: "
                           f"err out {errs[0]:.1e} grad {errs[1]:.1e} nan {same_nan} idx {same_idx} {'ok' if ok else 'WRONG'}")
     os.environ.pop("CNNOPS_EXPERIMENTAL", None)
+    return bad
+
+
 def _rel(a, ref):
     return ((a.double() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
@@ -131,9 +134,54 @@ def check_layer_norm():
     return bad
 
 
+def check_conv2d_mma():
+    """Every tensor-core conv2d kernel (opt-in, csrc/cuda/conv2d_mma*.cu), forced on with
+    CNNOPS_MMA_REQUIRE=1: forward fp16/bf16/TF32 in every padding mode, the input gradient
+    (zeros padding) and the fp16/bf16 weight gradient, with tile tails in M, N and K."""
+    import os
+    bad = 0
+    tol = {torch.float32: 3e-3, torch.float16: 3e-3, torch.bfloat16: 2e-2}
+    saved = {k: os.environ.get(k) for k in ("CNNOPS_EXPERIMENTAL", "CNNOPS_MMA_REQUIRE")}
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = True
+    os.environ.update(CNNOPS_EXPERIMENTAL="1", CNNOPS_MMA_REQUIRE="1")
+    ops = torch.ops.cnnops
+    try:
+        for dtype in (torch.float16, torch.bfloat16, torch.float32):
+            for mode in ("zeros", "reflect", "replicate", "circular"):
+                # 2 x 16 x 11 x 13, groups 2, 3x3 stride (2, 1), dilation (1, 2): M = 2*6*9 = 108,
+                # N = 24 per group, K = 9 * 8 = 72 (tails in all three)
+                x = torch.randn(2, 16, 11, 13, device="cuda").to(dtype).contiguous(memory_format=torch.channels_last)
+                w = (torch.randn(48, 8, 3, 3, device="cuda") / 8).to(dtype)
+                b = torch.randn(48, device="cuda").to(dtype)
+                args = ([2, 1], [1, 1, 2, 2], [1, 2], 2, mode)
+                xd, wd, bd = (t.detach().double().requires_grad_() for t in (x, w, b))
+                xp = torch.nn.functional.pad(xd, (2, 2, 1, 1), mode=mode) if mode != "zeros" else xd
+                r = torch.nn.functional.conv2d(xp, wd, bd, (2, 1), 0 if mode != "zeros" else (1, 2), (1, 2), 2)
+                gy = torch.randn(r.shape, device="cuda").to(dtype).contiguous(memory_format=torch.channels_last)
+                rgx, rgw = torch.autograd.grad(r, (xd, wd), gy.double())
+                errs = {"out": _rel(ops.conv2d(x, w, b, *args), r)}
+                if mode == "zeros":
+                    errs["dx"] = _rel(ops.conv2d_grad_input(gy, w, list(x.shape), *args, True), rgx)
+                if dtype != torch.float32:
+                    errs["dw"] = _rel(ops.conv2d_grad_weight(gy, x, list(w.shape), *args, False), rgw)
+                ok = max(errs.values()) < tol[dtype]
+                bad += not ok
+                print(f"conv2d_mma {dtype} {mode}: rel err {' '.join(f'{k} {v:.1e}' for k, v in errs.items())} "
+                      f"{'ok' if ok else 'WRONG'}")
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return bad
+
+
 if __name__ == "__main__":
     assert torch.cuda.is_available(), "no CUDA device"
-    failures = check_conv2d() + check_pool2d() + check_layer_norm()
+    failures = check_conv2d() + check_pool2d() + check_layer_norm() + check_conv2d_mma()
     torch.cuda.synchronize()
     print(f"smoke: {failures} wrong")
     sys.exit(1 if failures else 0)

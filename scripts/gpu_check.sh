@@ -8,6 +8,11 @@
 #   4 compute-sanitizer memcheck + racecheck over scripts/cuda_smoke.py, cnnops_ kernels only
 #   5 the benchmark, JSON to $OUT/bench_cuda.json
 # Later op families only add tests, smoke cases and bench cases; this script stays.
+# Tensor-core conv2d (opt-in kernels, csrc/cuda/conv2d_mma*.cu): `bash scripts/gpu_check.sh conv2d_mma`
+# runs tests/test_conv2d_mma.py in stage 2, the foundation's conv2d CUDA tests with the switch
+# on in stage 3, and in stage 5 the channels_last bench cases (fp16, bf16 on the tensor-core
+# path, fp16 on the default path, TF32 dilated) instead of the full bench. Each of those four
+# bench stages has its own T_BENCH limit: lower the T_* limits to fit one 10-minute command.
 set -u
 OUT=${OUT:-$PWD/gpu_out}
 FAMILY=${1:-conv2d}
@@ -68,5 +73,16 @@ else
   stage smoke 60 "$OUT/sanitizer.log" python3 scripts/cuda_smoke.py
 fi
 
-stage bench "$T_BENCH" "$OUT/bench.log" python3 -m cnnops.bench --device cuda --json "$OUT/bench_cuda.json"
+if [ "$FAMILY" = conv2d_mma ]; then
+  for dt in float16 bfloat16; do
+    CNNOPS_EXPERIMENTAL=1 stage "bench-mma-$dt" "$T_BENCH" "$OUT/bench_mma_$dt.log" python3 -m cnnops.bench \
+      --device cuda --ops conv2d --dtype $dt --filter nhwc --json "$OUT/bench_cuda_mma_$dt.json"
+  done
+  stage bench-default-float16 "$T_BENCH" "$OUT/bench_default_float16.log" python3 -m cnnops.bench \
+    --device cuda --ops conv2d --dtype float16 --filter nhwc --no-roofline --json "$OUT/bench_cuda_default_float16.json"
+  CNNOPS_EXPERIMENTAL=1 stage bench-mma-tf32 "$T_BENCH" "$OUT/bench_mma_tf32.log" python3 -m cnnops.bench \
+    --device cuda --ops conv2d --dtype float32 --tf32 on --filter "nhwc deeplab" --no-roofline --json "$OUT/bench_cuda_mma_tf32.json"
+else
+  stage bench "$T_BENCH" "$OUT/bench.log" python3 -m cnnops.bench --device cuda --json "$OUT/bench_cuda.json"
+fi
 note "done"

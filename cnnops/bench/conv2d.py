@@ -5,6 +5,8 @@ torch side: torch.nn.functional.conv2d for zero padding; for other padding modes
 torch.nn.Conv2d(padding_mode=...) forward itself (it pads a copy with F.pad, then
 convolves), called with the same weight and bias tensors.
 """
+import dataclasses
+
 import torch
 
 import cnnops
@@ -109,5 +111,31 @@ def _quick():
     ]
 
 
+# ---- channels_last (NHWC) cases, for the tensor-core path (CNNOPS_EXPERIMENTAL=1 on CUDA,
+# fp16/bf16, or fp32 with TF32). Full list only; select them with --filter nhwc.
+def _nhwc(case):
+    make = case.make_inputs
+
+    def make_inputs(device, dtype):
+        x, wt, b = make(device, dtype)
+        cl = torch.channels_last
+        return x.contiguous(memory_format=cl), wt.contiguous(memory_format=cl), b
+
+    return dataclasses.replace(case, name="nhwc " + case.name, shape=case.shape + " nhwc",
+                               make_inputs=make_inputs, params={**case.params, "channels_last": True})
+
+
+def _channels_last_cases(n=8):
+    return [_nhwc(c) for c in (
+        conv_case("r50 3x3 64", n, 64, 64, 56, 3, padding=1),
+        conv_case("r50 3x3 256", n, 256, 256, 14, 3, padding=1),
+        conv_case("r50 3x3 128 s2", n, 128, 128, 56, 3, stride=2, padding=1),
+        conv_case("r50 1x1 256->64", n, 256, 64, 56, 1),
+        conv_case("r50 1x1 1024->256", n, 1024, 256, 14, 1),
+        conv_case("deeplab 3x3 d2", n, 256, 256, 33, 3, padding=2, dilation=2),
+        conv_case("style 3x3 reflect", n, 128, 128, 64, 3, padding=1, padding_mode="reflect", bias=True),
+    )]
+
+
 def cases(quick):
-    return _quick() if quick else _full()
+    return _quick() if quick else _full() + _channels_last_cases()

@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include "cuda/conv2d_gemm.cuh"
+#include "cuda/conv2d_mma.cuh"
 
 namespace cnnops {
 namespace cuda {
@@ -51,6 +52,11 @@ at::Tensor conv2d_cuda(const at::Tensor& input, const at::Tensor& weight,
   at::Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w},
                                 input.options().memory_format(conv_memory_format(input, weight)));
   if (output.numel() == 0) return output;
+  if (tc::experimental_enabled()) {  // tensor cores, opt-in until run on a GPU
+    const char* why = tc::conv2d_forward(input, weight, bias, g, output);
+    if (why == nullptr) return output;
+    tc::declined("cnnops.conv2d", why);
+  }
   const bool has_bias = bias.has_value() && bias->defined();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "cnnops_conv2d_cuda", [&] {
     ForwardProblem<scalar_t> p{};

@@ -12,6 +12,7 @@
 #include <algorithm>
 
 #include "cuda/conv2d_gemm.cuh"
+#include "cuda/conv2d_mma.cuh"
 
 namespace cnnops {
 namespace cuda {
@@ -48,6 +49,11 @@ at::Tensor conv2d_grad_input_cuda(const at::Tensor& grad_output, const at::Tenso
       at::empty(input_size, grad_output.options().memory_format(layout_from_flag(channels_last)));
   const int64_t total = grad_input.numel();
   if (total == 0) return grad_input;
+  if (tc::experimental_enabled()) {  // tensor cores, opt-in until run on a GPU
+    const char* why = tc::conv2d_grad_input(grad_output, weight, g, grad_input);
+    if (why == nullptr) return grad_input;
+    tc::declined(op, why);
+  }
   const int64_t blocks = (total + kThreads - 1) / kThreads;
   TORCH_CHECK(blocks <= INT32_MAX, op, ": input too large (", total, " elements)");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_output.scalar_type(), "cnnops_conv2d_grad_input_cuda", [&] {
@@ -122,6 +128,12 @@ at::Tensor conv2d_grad_weight_cuda(const at::Tensor& grad_output, const at::Tens
   const c10::cuda::CUDAGuard guard(input.device());
   at::Tensor grad_weight =
       at::empty(weight_size, input.options().memory_format(layout_from_flag(channels_last)));
+
+  if (grad_weight.numel() > 0 && tc::experimental_enabled()) {  // opt-in until run on a GPU
+    const char* why = tc::conv2d_grad_weight(grad_output, input, g, grad_weight);
+    if (why == nullptr) return grad_weight;
+    tc::declined(op, why);
+  }
 
   // Enough slices of the pixel reduction to fill the GPU, within the workspace and grid.z
   // limits; the slice count depends only on the shapes, so results are reproducible.
