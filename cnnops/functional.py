@@ -245,9 +245,25 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     if cast is not None:  # custom ops ignore autocast: apply torch's conv policy here
         input, weight, bias = autocast_cast(input, cast), autocast_cast(weight, cast), autocast_cast(bias, cast)
     x = input.unsqueeze(0) if dim == 3 else input
+    args = (stride, padding, output_padding, groups, dilation)
     if _skip_autograd(input, weight, bias):
         with _below_autograd():
-            out = _ops.conv_transpose2d.default(x, weight, bias, stride, padding, output_padding, groups, dilation)
+            out = _ops.conv_transpose2d.default(x, weight, bias, *args)
     else:
-        out = _ops.conv_transpose2d(x, weight, bias, stride, padding, output_padding, groups, dilation)
+        out = _ops.conv_transpose2d(x, weight, bias, *args)
+    tangents = (_tangent(x), _tangent(weight), None if bias is None else _tangent(bias))
+    if any(t is not None for t in tangents):  # forward-mode AD: custom ops drop tangents
+        out = _fwad.make_dual(out, _conv_transpose2d_tangent(x, weight, tangents, out, args))
     return out.squeeze(0) if dim == 3 else out
+
+
+def _conv_transpose2d_tangent(x, weight, tangents, out, args):
+    """The output's tangent: the op is bilinear in (input, weight), plus the bias."""
+    tx, tw, tb = tangents
+    primal = lambda t: _fwad.unpack_dual(t).primal  # noqa: E731
+    total = torch.zeros_like(out) if tb is None else tb.reshape(1, -1, 1, 1).expand(out.shape)
+    if tx is not None:
+        total = total + conv_transpose2d(tx, primal(weight), None, *args)
+    if tw is not None:
+        total = total + conv_transpose2d(primal(x), tw, None, *args)
+    return total

@@ -639,3 +639,23 @@ def test_larger_problem_many_threads(device, dtype):
 
 def test_dtypes_listed_for_cpu():
     assert set(DEVICE_DTYPES["cpu"]) == {torch.float64, torch.float32, torch.bfloat16}
+
+
+def test_forward_mode_ad_matches_torch():
+    """Custom ops drop forward-mode tangents; the functional wrapper computes the output's own."""
+    import torch.autograd.forward_ad as fwAD
+    x, w, b = rand(2, 4, 3, 5), rand(4, 3, 3, 3), rand(6)
+    tx, tw, tb = rand(2, 4, 3, 5), rand(4, 3, 3, 3), rand(6)
+    for with_b, with_tw in [(True, True), (False, False), (True, False)]:
+        results = []
+        for fn in (F.conv_transpose2d, TF.conv_transpose2d):
+            with fwAD.dual_level():
+                xd = fwAD.make_dual(x, tx)
+                wd = fwAD.make_dual(w, tw) if with_tw else w
+                bd = (fwAD.make_dual(b, tb) if with_tw else b) if with_b else None
+                y = fn(xd, wd, bd, 2, 1, 1, 2)
+                results.append(fwAD.unpack_dual(y))
+        (p, t), (p_ref, t_ref) = results
+        assert_close(p, p_ref)
+        assert t is not None
+        assert_close(t, t_ref)

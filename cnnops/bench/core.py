@@ -39,6 +39,7 @@ FAMILIES = (
     "conv2d",
     "pool2d",
     "layer_norm",
+    "conv_transpose2d",
 )
 
 DIRECTIONS = ("forward", "forward+backward")
