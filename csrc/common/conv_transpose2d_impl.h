@@ -72,7 +72,7 @@ inline at::Tensor conv_transpose2d_grad_input_impl(const ConvTransposeBackend& b
   at::Tensor grad_input =
       conv2d_kernels::conv2d(be.keys, go, weight, stride, g.conv_padding(), dilation, groups);
   // conv2d picks its layout from grad_output and weight; gradients take the forward's.
-  if (grad_input.numel() == 0 || conv_memory_format(go, weight) == layout) return grad_input;
+  if (grad_input.numel() == 0 || grad_input.is_contiguous(layout)) return grad_input;
   at::Tensor relaid = at::empty(input_size, grad_output.options().memory_format(layout));
   be.finish(grad_input, at::Tensor(), relaid);
   return relaid;
