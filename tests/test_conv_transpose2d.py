@@ -179,23 +179,34 @@ def _hypothesis_tensors(cfg):
     return x, w, b, (cfg["stride"], cfg["padding"], cfg["output_padding"], cfg["groups"], cfg["dilation"])
 
 
+class _one_thread:
+    """One intra-op thread inside a hypothesis example (many tiny calls), restored after."""
+
+    def __enter__(self):
+        self.previous = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.previous)
+
+
 @given(configs())
 def test_conv_transpose2d_hypothesis(cfg):
-    torch.set_num_threads(1)
-    x, w, b, args = _hypothesis_tensors(cfg)
-    compare_with_torch(x, w, b, *args, msg=str(cfg))
+    with _one_thread():
+        x, w, b, args = _hypothesis_tensors(cfg)
+        compare_with_torch(x, w, b, *args, msg=str(cfg))
 
 
 @given(configs())
 def test_gather_forward_matches_torch(cfg):
     """The forward through conv2d's gather-style grad_input (the CUDA kernel's formulation,
     run on the CPU): checks the composition and index math the GPU runs."""
-    torch.set_num_threads(1)
     x, w, b, args = _hypothesis_tensors(cfg)
     stride, padding, output_padding, groups, dilation = args
-    ref = TF.conv_transpose2d(x, w, b, *args)
-    out = ops._conv_transpose2d_gather(x.detach(), w.detach(), None if b is None else b.detach(), list(stride),
-                                       list(padding), list(output_padding), groups, list(dilation))
+    with _one_thread():
+        ref = TF.conv_transpose2d(x, w, b, *args)
+        out = ops._conv_transpose2d_gather(x.detach(), w.detach(), None if b is None else b.detach(), list(stride),
+                                           list(padding), list(output_padding), groups, list(dilation))
     assert_close(out, ref, msg=str(cfg))
     if out.numel():
         assert significant_strides(out) == significant_strides(ref)
