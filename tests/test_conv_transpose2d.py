@@ -611,6 +611,10 @@ def test_device_mismatch_cuda():
     x = _x(2, 4, 5, 5).cuda()
     with pytest.raises(RuntimeError, match=r"expected weight to be on the same device as input \(cuda:0\), got cpu"):
         F.conv_transpose2d(x, _x(4, 3, 3, 3))
+    with pytest.raises(RuntimeError, match=r"expected weight to be on the same device as input \(cpu\), got cuda:0"):
+        F.conv_transpose2d(x.cpu(), _x(4, 3, 3, 3).cuda())
+    with pytest.raises(NotImplementedError, match=r"dtype int64 on device cuda:0 is not supported"):
+        F.conv_transpose2d(x.long(), _x(4, 3, 3, 3).long().cuda())
 
 
 # ---------------------------------------------------------------- 8. meta, determinism, threads

@@ -82,6 +82,8 @@ at::Tensor conv_transpose2d_cuda(const at::Tensor& input, const at::Tensor& weig
                                  const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
                                  at::IntArrayRef padding, at::IntArrayRef output_padding, int64_t groups,
                                  at::IntArrayRef dilation) {
+  // The device check first: a CPU tensor beside a CUDA one also dispatches here.
+  check_same_dtype_device("cnnops.conv_transpose2d", input, "input", weight, "weight");
   const c10::cuda::CUDAGuard guard(input.device());
   return conv_transpose2d_forward_impl(cuda_backend(), "cnnops.conv_transpose2d", input, weight, bias, stride,
                                        padding, output_padding, groups, dilation);
@@ -91,6 +93,7 @@ at::Tensor conv_transpose2d_grad_input_cuda(const at::Tensor& grad_output, const
                                             at::IntArrayRef input_size, at::IntArrayRef stride,
                                             at::IntArrayRef padding, at::IntArrayRef output_padding,
                                             int64_t groups, at::IntArrayRef dilation, bool channels_last) {
+  check_same_dtype_device("cnnops.conv_transpose2d_grad_input", grad_output, "grad_output", weight, "weight");
   const c10::cuda::CUDAGuard guard(grad_output.device());
   return conv_transpose2d_grad_input_impl(cuda_backend(), grad_output, weight, input_size, stride, padding,
                                           output_padding, groups, dilation, channels_last);
@@ -100,6 +103,7 @@ at::Tensor conv_transpose2d_grad_weight_cuda(const at::Tensor& grad_output, cons
                                              at::IntArrayRef weight_size, at::IntArrayRef stride,
                                              at::IntArrayRef padding, at::IntArrayRef output_padding,
                                              int64_t groups, at::IntArrayRef dilation, bool channels_last) {
+  check_same_dtype_device("cnnops.conv_transpose2d_grad_weight", grad_output, "grad_output", input, "input");
   const c10::cuda::CUDAGuard guard(input.device());
   return conv_transpose2d_grad_weight_impl(cuda_backend(), grad_output, input, weight_size, stride, padding,
                                            output_padding, groups, dilation, channels_last);
