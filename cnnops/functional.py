@@ -212,3 +212,58 @@ def layer_norm2d(input, weight=None, bias=None, eps=1e-6):
         with _below_autograd():
             return _ops.layer_norm2d.default(input, weight, bias, eps)[0]
     return _ops.layer_norm2d.default(input, weight, bias, eps)[0]
+
+
+# ---------------------------------------------------------------- transposed convolution
+
+from cnnops.ops.conv_transpose2d import (ConvTranspose2dFunction, normalize_conv_transpose2d_args,  # noqa: E402
+                                         output_padding_for_size)
+
+__all__ += ["conv_transpose2d", "ConvTranspose2dFunction"]
+
+
+def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1,
+                     output_size=None):
+    """torch.nn.functional.conv_transpose2d, plus output_size as nn.ConvTranspose2d.forward
+    takes it: the output size to produce, which picks output_padding (it must lie between
+    the smallest output size and that + stride - 1). weight is (in_channels,
+    out_channels / groups, kH, kW). Accepts unbatched (C, H, W) input."""
+    op = "cnnops.conv_transpose2d"
+    check_device(op, input)
+    dim = input.dim()
+    if dim not in (3, 4):
+        raise ValueError(f"{op}: expected input to be 3-D (C, H, W) or 4-D (N, C, H, W), got shape {tuple(input.shape)}")
+    if weight.dim() != 4:
+        raise ValueError(f"{op}: expected weight to be a 4-D tensor (in_channels, out_channels / groups, kH, kW), "
+                         f"got shape {tuple(weight.shape)}")
+    stride, padding, output_padding, dilation = normalize_conv_transpose2d_args(op, stride, padding, output_padding,
+                                                                                dilation)
+    if output_size is not None:
+        output_padding = output_padding_for_size(op, input.shape, weight.shape, stride, padding, dilation,
+                                                 output_size)
+    cast = autocast_dtype(input.device.type)
+    if cast is not None:  # custom ops ignore autocast: apply torch's conv policy here
+        input, weight, bias = autocast_cast(input, cast), autocast_cast(weight, cast), autocast_cast(bias, cast)
+    x = input.unsqueeze(0) if dim == 3 else input
+    args = (stride, padding, output_padding, groups, dilation)
+    if _skip_autograd(input, weight, bias):
+        with _below_autograd():
+            out = _ops.conv_transpose2d.default(x, weight, bias, *args)
+    else:
+        out = _ops.conv_transpose2d(x, weight, bias, *args)
+    tangents = (_tangent(x), _tangent(weight), None if bias is None else _tangent(bias))
+    if any(t is not None for t in tangents):  # forward-mode AD: custom ops drop tangents
+        out = _fwad.make_dual(out, _conv_transpose2d_tangent(x, weight, tangents, out, args))
+    return out.squeeze(0) if dim == 3 else out
+
+
+def _conv_transpose2d_tangent(x, weight, tangents, out, args):
+    """The output's tangent: the op is bilinear in (input, weight), plus the bias."""
+    tx, tw, tb = tangents
+    primal = lambda t: _fwad.unpack_dual(t).primal  # noqa: E731
+    total = torch.zeros_like(out) if tb is None else tb.reshape(1, -1, 1, 1).expand(out.shape)
+    if tx is not None:
+        total = total + conv_transpose2d(tx, primal(weight), None, *args)
+    if tw is not None:
+        total = total + conv_transpose2d(primal(x), tw, None, *args)
+    return total

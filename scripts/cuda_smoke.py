@@ -1,5 +1,5 @@
 """A small run of every cnnops CUDA kernel (forward and backward, every dtype, padding
-mode and memory format; conv2d and layer_norm), for compute-sanitizer. Exits non-zero on a wrong result."""
+mode and memory format; conv2d, pool2d, layer_norm, conv_transpose2d), for compute-sanitizer. Exits non-zero on a wrong result."""
 import sys
 
 import torch
@@ -179,9 +179,43 @@ def check_conv2d_mma():
     return bad
 
 
+def check_conv_transpose2d():
+    """conv_transpose2d forward and backward (the conv2d kernels run the other way, plus the
+    finish kernel: bias, rows out of reach, layout change), every dtype, NCHW/channels_last,
+    against float64 torch on the CPU."""
+    bad = 0
+    tol = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
+    # (x shape, weight shape, stride, padding, output_padding, groups, dilation)
+    cases = [((2, 6, 5, 7), (6, 4, 4, 4), 2, 1, 0, 1, 1),  # DCGAN-like
+             ((2, 4, 5, 5), (4, 3, 3, 3), 2, 1, 1, 2, 1),  # FCN-like, grouped
+             ((1, 3, 4, 5), (3, 2, 2, 3), 1, (0, 1), (2, 1), 1, (3, 2))]  # rows out of every tap's reach
+    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        for channels_last in (False, True):
+            for xs, ws, *args in cases:
+                x = torch.randn(xs, dtype=torch.float64)
+                w = torch.randn(ws, dtype=torch.float64) / ws[0] ** 0.5
+                b = torch.randn(ws[1] * args[3], dtype=torch.float64)
+                xc, wc, bc = (t.to("cuda", dtype).requires_grad_() for t in (x, w, b))
+                if channels_last:
+                    xc = xc.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+                y = cnnops.F.conv_transpose2d(xc, wc, bc, *args)
+                go = torch.randn(y.shape, dtype=torch.float64)
+                gx, gw, gb = torch.autograd.grad(y, (xc, wc, bc), go.to("cuda", dtype))
+                xr, wr, br = (t.clone().requires_grad_() for t in (x, w, b))
+                r = torch.nn.functional.conv_transpose2d(xr, wr, br, *args)
+                rx, rw, rb = torch.autograd.grad(r, (xr, wr, br), go)
+                errs = [_rel(y.cpu(), r), _rel(gx.cpu(), rx), _rel(gw.cpu(), rw), _rel(gb.cpu(), rb)]
+                ok = max(errs) < tol[dtype] and y.is_contiguous(
+                    memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+                bad += not ok
+                print(f"conv_transpose2d {dtype} channels_last={channels_last} {xs} w{ws} {args}: rel err "
+                      f"out/dx/dw/db {' '.join(f'{e:.1e}' for e in errs)} {'ok' if ok else 'WRONG'}")
+    return bad
+
+
 if __name__ == "__main__":
     assert torch.cuda.is_available(), "no CUDA device"
-    failures = check_conv2d() + check_pool2d() + check_layer_norm() + check_conv2d_mma()
+    failures = check_conv2d() + check_pool2d() + check_layer_norm() + check_conv2d_mma() + check_conv_transpose2d()
     torch.cuda.synchronize()
     print(f"smoke: {failures} wrong")
     sys.exit(1 if failures else 0)

@@ -40,6 +40,7 @@ FAMILIES = (
     "conv2d",
     "pool2d",
     "layer_norm",
+    "conv_transpose2d",
     "models",  # end-to-end rows: whole converted networks
 )
 

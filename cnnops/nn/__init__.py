@@ -7,3 +7,7 @@ from cnnops.nn.norm import LayerNorm, LayerNorm2d
 
 __all__ = ["Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "GlobalAvgPool2d",
            "GlobalMaxPool2d", "LayerNorm", "LayerNorm2d"]
+
+from cnnops.nn.conv import ConvTranspose2d  # noqa: E402
+
+__all__ += ["ConvTranspose2d"]

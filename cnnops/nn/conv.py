@@ -13,3 +13,14 @@ class Conv2d(torch.nn.Conv2d):
 
     def forward(self, input):
         return self._conv_forward(input, self.weight, self.bias)
+
+
+class ConvTranspose2d(torch.nn.ConvTranspose2d):
+    """torch.nn.ConvTranspose2d computed by cnnops kernels (the convolution kernels run
+    backwards); forward(input, output_size=None) as torch's."""
+
+    def forward(self, input, output_size=None):
+        if self.padding_mode != "zeros":
+            raise ValueError("Only `zeros` padding mode is supported for ConvTranspose2d")
+        return F.conv_transpose2d(input, self.weight, self.bias, self.stride, self.padding, self.output_padding,
+                                  self.groups, self.dilation, output_size=output_size)
