@@ -15,6 +15,7 @@ from cnnops import nn as cnn
 # torch.nn class -> its cnnops twin (a subclass that only overrides the computation).
 TWINS = {
     torch.nn.Conv2d: cnn.Conv2d,
+    torch.nn.ConvTranspose2d: cnn.ConvTranspose2d,
     torch.nn.MaxPool2d: cnn.MaxPool2d,
     torch.nn.AvgPool2d: cnn.AvgPool2d,
     torch.nn.AdaptiveAvgPool2d: cnn.AdaptiveAvgPool2d,

@@ -44,6 +44,15 @@ def conv2d(a, dtype, gen):
     return (lambda: cnnops.F.conv2d(*args, padding_mode=mode)), (lambda: _torch_conv2d(*args, mode)), (x, w, b)
 
 
+def conv_transpose2d(a, dtype, gen):
+    x = _tensor(a["input"], dtype, gen, a["channels_last"], a["nan"])
+    w = _tensor(a["weight"], dtype, gen)
+    b = _tensor(a["bias"], dtype, gen) if a["bias"] is not None else None
+    args = (x, w, b, tuple(a["stride"]), tuple(a["padding"]), tuple(a["output_padding"]), a["groups"],
+            tuple(a["dilation"]))
+    return (lambda: cnnops.F.conv_transpose2d(*args)), (lambda: TF.conv_transpose2d(*args)), (x, w, b)
+
+
 def max_pool2d(a, dtype, gen):
     x = _tensor(a["input"], dtype, gen, a["channels_last"], a["nan"])
     kw = dict(kernel_size=a["kernel"], stride=a["stride"], padding=a["padding"], dilation=a["dilation"],
@@ -80,7 +89,7 @@ def layer_norm(a, dtype, gen):
             (lambda: TF.layer_norm(x, shape, w, b, a["eps"])), (x, w, b))
 
 
-OPS = {f.__name__: f for f in (conv2d, max_pool2d, avg_pool2d, adaptive_avg_pool2d, adaptive_max_pool2d, layer_norm)}
+OPS = {f.__name__: f for f in (conv2d, conv_transpose2d, max_pool2d, avg_pool2d, adaptive_avg_pool2d, adaptive_max_pool2d, layer_norm)}
 
 
 def _outputs(result):

@@ -521,8 +521,8 @@ ERROR_CASES = [
      ValueError, r"expected output_size to have 2 or 4 elements for a 4-D input, got \(1, 7, 7\)", False),
     ("output_size_module", lambda: cnnops.nn.ConvTranspose2d(4, 3, 3, stride=3)(_x(4, 5, 5), output_size=(3, 14, 18)),
      ValueError, r"output_size \(14, 18\) cannot be reached .* heights are 15 to 17, widths 15 to 17", False),
-    ("output_not_positive", lambda: F.conv_transpose2d(_x(2, 4, 2, 5), _x(4, 3, 3, 3), padding=(2, 0)), ValueError,
-     r"expected a positive output size, got 0 x 7 = \(input - 1\) \* stride - 2 \* padding \+ dilation \* "
+    ("output_negative", lambda: F.conv_transpose2d(_x(2, 4, 2, 5), _x(4, 3, 3, 3), padding=(3, 0)), ValueError,
+     r"expected a non-negative output size, got -2 x 7 = \(input - 1\) \* stride - 2 \* padding \+ dilation \* "
      r"\(kernel - 1\) \+ output_padding \+ 1 for input 2 x 5", True),
     ("stride_0", lambda: F.conv_transpose2d(_x(2, 4, 5, 5), _x(4, 3, 3, 3), stride=(1, 0)), ValueError,
      r"expected stride to be two integers >= 1, got \(1, 0\)", True),
@@ -674,3 +674,16 @@ def test_forward_mode_ad_matches_torch():
         assert_close(p, p_ref)
         assert t is not None
         assert_close(t, t_ref)
+
+
+def test_zero_output_size_gives_an_empty_result_as_torch():
+    # torch accepts a transposed convolution whose output has 0 rows (found by the fuzz test)
+    x = torch.randn(2, 4, 2, 5, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, requires_grad=True)
+    b = torch.randn(3, requires_grad=True)
+    got = F.conv_transpose2d(x, w, b, padding=(2, 0))
+    want = torch.nn.functional.conv_transpose2d(x, w, b, padding=(2, 0))
+    assert got.shape == want.shape == (2, 3, 0, 7)
+    grads = torch.autograd.grad(got.sum(), (x, w, b))
+    for g, r in zip(grads, torch.autograd.grad(want.sum(), (x, w, b))):
+        assert torch.equal(g, r)

@@ -92,6 +92,22 @@ def conv2d_args(draw):
 
 
 @st.composite
+def conv_transpose2d_args(draw):
+    groups = draw(mostly(st.sampled_from([1, 2]), st.integers(0, 3)))
+    cin = draw(mostly(st.integers(1, 3).map(lambda m: m * max(groups, 1)), st.integers(1, 6)))
+    shape = draw(input_shape(st.just(cin)))
+    wcin = draw(mostly(st.just(cin), st.integers(0, 6)))
+    cout_per_group = draw(st.integers(0, 3))
+    stride, dilation = draw(positive_pair), draw(positive_pair)
+    output_padding = draw(mostly(st.tuples(*[st.integers(0, max(0, max(s, d) - 1)) for s, d in zip(stride, dilation)]),
+                                 st.tuples(st.integers(-1, 3), st.integers(0, 3))))
+    return dict(input=shape, weight=(wcin, cout_per_group) + draw(st.tuples(st.integers(1, 4), st.integers(1, 4))),
+                bias=draw(mostly(st.sampled_from([None, (cout_per_group * max(groups, 1),)]), st.just((7,)))),
+                stride=stride, padding=draw(pair), output_padding=output_padding, groups=groups, dilation=dilation,
+                channels_last=draw(st.booleans()), nan=draw(st.booleans()))
+
+
+@st.composite
 def layer_norm_args(draw):
     shape = draw(input_shape())
     trailing = list(shape[len(shape) - draw(st.integers(1, min(3, len(shape)))):])
@@ -119,6 +135,7 @@ adaptive_size = mostly(st.tuples(st.one_of(st.none(), st.integers(1, 5)), st.int
                        st.tuples(st.integers(-1, 5), st.integers(0, 5)))
 OP_ARGS = {
     "conv2d": conv2d_args(),
+    "conv_transpose2d": conv_transpose2d_args(),
     "max_pool2d": st.tuples(st.fixed_dictionaries(pool_common), pool_window(True)).map(lambda t: {**t[0], **t[1]}),
     "avg_pool2d": st.tuples(st.fixed_dictionaries(dict(
         pool_common, count_include_pad=st.booleans(), divisor_override=mostly(st.none(), st.integers(-1, 3)))),
@@ -155,6 +172,8 @@ def _unary_cases():
     F = torch.nn.functional
     return [
         ("conv2d", lambda t: cnnops.F.conv2d(t, w, padding=1), lambda t: F.conv2d(t, w, padding=1), x),
+        ("conv_transpose2d", lambda t: cnnops.F.conv_transpose2d(t, w.transpose(0, 1), stride=2, padding=1),
+         lambda t: F.conv_transpose2d(t, w.transpose(0, 1), stride=2, padding=1), x),
         ("max_pool2d", lambda t: cnnops.F.max_pool2d(t, 2), lambda t: F.max_pool2d(t, 2), x),
         ("avg_pool2d", lambda t: cnnops.F.avg_pool2d(t, 3, 2, 1), lambda t: F.avg_pool2d(t, 3, 2, 1), x),
         ("adaptive_avg_pool2d", lambda t: cnnops.F.adaptive_avg_pool2d(t, 3), lambda t: F.adaptive_avg_pool2d(t, 3),
@@ -220,6 +239,7 @@ def _modules():
     torch.manual_seed(0)
     return [
         torch.nn.Conv2d(8, 8, 3, padding=1, padding_mode="reflect"),
+        torch.nn.ConvTranspose2d(8, 4, 4, 2, 1),
         torch.nn.MaxPool2d(3, 2, 1),
         torch.nn.AvgPool2d(3, 2, 1),
         torch.nn.AdaptiveAvgPool2d(5),

@@ -76,8 +76,8 @@ def conv_transpose2d_geometry(op, input_size, weight_size, stride, padding, outp
         f"{shape_str(output_padding)} with stride {shape_str(stride)} and dilation {shape_str(dilation)}"))
     out = [(size - 1) * stride[d] - 2 * padding[d] + dilation[d] * (k - 1) + output_padding[d] + 1
            for d, (size, k) in enumerate(((h, kh), (w, kw)))]
-    check(out[0] >= 1 and out[1] >= 1, lambda: (
-        f"{op}: expected a positive output size, got {out[0]} x {out[1]} = (input - 1) * stride - 2 * padding + "
+    check(out[0] >= 0 and out[1] >= 0, lambda: (
+        f"{op}: expected a non-negative output size, got {out[0]} x {out[1]} = (input - 1) * stride - 2 * padding + "
         f"dilation * (kernel - 1) + output_padding + 1 for input {h} x {w}"))
     return (n, ocg * groups, out[0], out[1])
 

@@ -77,7 +77,7 @@ inline ConvTranspose2dGeometry conv_transpose2d_geometry(
                     " and dilation ", shape_str(dilation));
   g.h = transposed_conv_dim(g.in_h, g.kernel_h, stride[0], padding[0], output_padding[0], dilation[0]);
   g.w = transposed_conv_dim(g.in_w, g.kernel_w, stride[1], padding[1], output_padding[1], dilation[1]);
-  TORCH_CHECK_VALUE(g.h.out >= 1 && g.w.out >= 1, op, ": expected a positive output size, got ",
+  TORCH_CHECK_VALUE(g.h.out >= 0 && g.w.out >= 0, op, ": expected a non-negative output size, got ",
                     g.h.out, " x ", g.w.out,
                     " = (input - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1"
                     " for input ", g.in_h, " x ", g.in_w);
