@@ -14,6 +14,7 @@ from cnnops import functional  # noqa: E402
 from cnnops import functional as F  # noqa: E402
 from cnnops import nn  # noqa: E402
 from cnnops._loader import build_info  # noqa: E402
+from cnnops.fuse import fuse_conv_bn  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["functional", "F", "nn", "ops", "build_info", "__version__"]
+__all__ = ["functional", "F", "nn", "ops", "build_info", "__version__", "fuse_conv_bn"]

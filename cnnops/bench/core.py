@@ -39,6 +39,7 @@ FAMILIES = (
     "conv2d",
     "pool2d",
     "layer_norm",
+    "batch_norm",
 )
 
 DIRECTIONS = ("forward", "forward+backward")
