@@ -152,8 +152,9 @@ inline at::Tensor bn_optional(const c10::optional<at::Tensor>& t) {
 
 // Number of fixed row chunks of the rows layout (statistics and backward sums): from the
 // shape only, never from the thread count, so results are bitwise reproducible.
-inline int64_t bn_row_chunks(int64_t rows, int64_t c, int64_t max_chunks) {
-  const int64_t min_rows = std::max<int64_t>(1, (1 << 14) / std::max<int64_t>(c, 1));
+// Each chunk holds at least min_elems values (except when there are fewer in all).
+inline int64_t bn_row_chunks(int64_t rows, int64_t c, int64_t max_chunks, int64_t min_elems) {
+  const int64_t min_rows = std::max<int64_t>(1, min_elems / std::max<int64_t>(c, 1));
   int64_t chunks = (rows + min_rows - 1) / min_rows;
   if (chunks > max_chunks) chunks = max_chunks;
   return std::max<int64_t>(chunks, 1);

@@ -37,7 +37,8 @@ namespace {
 using at::vec::Vectorized;
 
 constexpr int64_t kBlock = 2048;     // values per L1 block (conversions, block moments)
-constexpr int64_t kMaxChunks = 64;   // row chunks of the rows layout, at most
+constexpr int64_t kMaxChunks = 32;   // row chunks of the rows layout, at most
+constexpr int64_t kChunkElems = 1 << 16;  // and at least this many values per chunk
 constexpr int64_t kElemGrain = 1 << 15;  // values per parallel task, elementwise passes
 
 // ------------------------------------------------------------------ conversions
@@ -182,15 +183,31 @@ at::Tensor partials_impl(const at::Tensor& x, const BnShape& s) {
     at::Tensor out = at::empty({1, 3, c}, x.options().dtype(bn_stat_dtype(x.scalar_type())));
     T* o = out.mutable_data_ptr<T>();
     const int64_t per_channel = std::max<int64_t>(s.count(), 1);
+    // Short planes (ResNet's 7x7) are packed, several per L1 block, so that every block
+    // holds about kBlock values: one Chan merge per block, not per plane.
+    const int64_t planes_per_block = s.l >= kBlock ? 1 : kBlock / std::max<int64_t>(s.l, 1);
     at::parallel_for(0, c, std::max<int64_t>(1, kElemGrain / per_channel), [&](int64_t c0, int64_t c1) {
-      std::vector<T> buf(static_cast<size_t>(std::min(kBlock, std::max<int64_t>(s.l, 1))));
+      std::vector<T> buf(static_cast<size_t>(kBlock));
       for (int64_t ch = c0; ch < c1; ++ch) {
         Welford<T> tot = welford_init<T>();
-        for (int64_t n = 0; n < s.n; ++n) {
-          const S* p = xp + (n * c + ch) * s.l;
-          for (int64_t j = 0; j < s.l; j += kBlock) {
-            const int64_t cnt = std::min(kBlock, s.l - j);
-            tot = welford_merge(tot, block_moments(to_acc(p + j, buf.data(), cnt), cnt));
+        if (planes_per_block == 1) {
+          for (int64_t n = 0; n < s.n; ++n) {
+            const S* p = xp + (n * c + ch) * s.l;
+            for (int64_t j = 0; j < s.l; j += kBlock) {
+              const int64_t cnt = std::min(kBlock, s.l - j);
+              tot = welford_merge(tot, block_moments(to_acc(p + j, buf.data(), cnt), cnt));
+            }
+          }
+        } else {
+          for (int64_t n0 = 0; n0 < s.n; n0 += planes_per_block) {
+            const int64_t n1 = std::min(s.n, n0 + planes_per_block);
+            for (int64_t n = n0; n < n1; ++n) {
+              const S* p = xp + (n * c + ch) * s.l;
+              T* dst = buf.data() + (n - n0) * s.l;
+              const T* src = to_acc(p, dst, s.l);  // bfloat16: converted into dst
+              if (src != dst) std::copy(src, src + s.l, dst);
+            }
+            if (s.l > 0) tot = welford_merge(tot, block_moments(buf.data(), (n1 - n0) * s.l));
           }
         }
         o[ch] = tot.count;
@@ -200,7 +217,7 @@ at::Tensor partials_impl(const at::Tensor& x, const BnShape& s) {
     });
     return out;
   }
-  const int64_t chunks = bn_row_chunks(rows, c, kMaxChunks);
+  const int64_t chunks = bn_row_chunks(rows, c, kMaxChunks, kChunkElems);
   const int64_t per = (rows + chunks - 1) / chunks;
   at::Tensor out = at::zeros({chunks, 3, c}, x.options().dtype(bn_stat_dtype(x.scalar_type())));
   T* o = out.mutable_data_ptr<T>();
@@ -386,7 +403,7 @@ void reduce_impl(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& y,
     });
     return;
   }
-  const int64_t chunks = bn_row_chunks(rows, c, kMaxChunks);
+  const int64_t chunks = bn_row_chunks(rows, c, kMaxChunks, kChunkElems);
   const int64_t per = (rows + chunks - 1) / chunks;
   std::vector<T> part(static_cast<size_t>(chunks * 2 * c), T(0));
   at::parallel_for(0, chunks, 1, [&](int64_t p0, int64_t p1) {

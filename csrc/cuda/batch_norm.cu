@@ -37,6 +37,7 @@ constexpr int kWarp = 32;
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / kWarp;
 constexpr int64_t kMaxChunks = 512;       // rows-layout chunks, at most
+constexpr int64_t kChunkElems = 1 << 14;  // and at least this many values per chunk
 constexpr int64_t kMaxGrid = 1 << 20;     // grid-stride loops beyond this many blocks
 
 template <typename T>
@@ -323,7 +324,7 @@ struct CudaKernels {
         C10_CUDA_KERNEL_LAUNCH_CHECK();
         return;
       }
-      const int64_t chunks = bn_row_chunks(rows, s.c, kMaxChunks);
+      const int64_t chunks = bn_row_chunks(rows, s.c, kMaxChunks, kChunkElems);
       const int64_t per = (rows + chunks - 1) / chunks;
       out = at::empty({chunks, 3, s.c}, opts);
       if (s.c == 0) return;
@@ -400,7 +401,7 @@ struct CudaKernels {
         C10_CUDA_KERNEL_LAUNCH_CHECK();
         return;
       }
-      const int64_t chunks = bn_row_chunks(rows, s.c, kMaxChunks);
+      const int64_t chunks = bn_row_chunks(rows, s.c, kMaxChunks, kChunkElems);
       const int64_t per = (rows + chunks - 1) / chunks;
       at::Tensor part = at::empty({chunks, 2, s.c}, mean.options());  // held until the finish kernel ran
       const dim3 grid(static_cast<unsigned int>((s.c + kThreads - 1) / kThreads), static_cast<unsigned int>(chunks));
