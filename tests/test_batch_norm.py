@@ -3,6 +3,8 @@ ranks 2-5, layouts, dtypes, fused activation and residual; modules (BatchNorm2d,
 BatchNormReLU2d, BatchNormAddReLU2d) over several training steps then eval; momentum=None
 under torch.compile(fullgraph=True); gradcheck; opcheck; bad input (eager and fake);
 fuse_conv_bn. CUDA cases carry "cuda" in their ids and skip without a GPU."""
+import inspect
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -246,7 +248,9 @@ def test_deterministic_any_thread_count():
 # ---------------------------------------------------------------- modules
 
 MODULE_OPTIONS = [dict(), dict(momentum=None), dict(affine=False), dict(track_running_stats=False),
-                  dict(eps=1e-3, momentum=0.3), dict(bias=False)]
+                  dict(eps=1e-3, momentum=0.3)]
+if "bias" in inspect.signature(torch.nn.BatchNorm2d.__init__).parameters:  # torch >= 2.14's option
+    MODULE_OPTIONS.append(dict(bias=False))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -570,3 +574,21 @@ def test_fuse_conv_bn_training_mode_rejected():
     bn.eval()
     with pytest.raises(ValueError, match="num_features"):
         cnnops.fuse_conv_bn(conv, torch.nn.BatchNorm2d(5).eval())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_reduced_precision_params_in_input_dtype(device):
+    """bfloat16 input with bfloat16 weight, bias and running statistics (model.bfloat16())."""
+    m = cnnops.nn.BatchNormReLU2d(5).to(device).bfloat16()
+    ref = torch.nn.BatchNorm2d(5).to(device).bfloat16()
+    x = torch.randn(4, 5, 6, 6, device=device).bfloat16().requires_grad_()
+    y = m(x)
+    z = torch.relu(ref(x))
+    assert y.dtype == torch.bfloat16 and m.running_var.dtype == torch.bfloat16
+    torch.testing.assert_close(y, z, atol=0.05, rtol=0.02)
+    gx, gw = torch.autograd.grad(y.float().sum(), (x, m.weight))
+    rx, rw = torch.autograd.grad(z.float().sum(), (x, ref.weight))
+    assert gw.dtype == torch.bfloat16
+    torch.testing.assert_close(gx.float(), rx.float(), atol=0.05, rtol=0.05)
+    torch.testing.assert_close(gw.float(), rw.float(), atol=0.1, rtol=0.05)
+    torch.testing.assert_close(m.running_mean.float(), ref.running_mean.float(), atol=0.01, rtol=0.01)

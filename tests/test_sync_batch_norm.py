@@ -36,7 +36,7 @@ def _data(layout):
     return x, r, gy, w, b
 
 
-def _worker(rank, world, port, outdir, layout, activation, momentum):
+def _worker(rank, world, port, outdir, layout, activation, momentum, device):
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(1)
@@ -45,7 +45,8 @@ def _worker(rank, world, port, outdir, layout, activation, momentum):
         x, r, gy, w, b = _data(layout)
         lo = sum(BATCHES[:rank])
         sl = slice(lo, lo + BATCHES[rank])
-        m = cnnops.nn.SyncBatchNorm(C, momentum=momentum, activation=activation).double()
+        x, r, gy = x.to(device), r.to(device), gy.to(device)
+        m = cnnops.nn.SyncBatchNorm(C, momentum=momentum, activation=activation).double().to(device)
         with torch.no_grad():
             m.weight.copy_(w)
             m.bias.copy_(b)
@@ -55,28 +56,35 @@ def _worker(rank, world, port, outdir, layout, activation, momentum):
             ri = r[sl].clone().requires_grad_(True)
             y = m(xi, ri)
             y.backward(gy[sl])
-            out[f"y{step}"] = y.detach()
-            out[f"gx{step}"] = xi.grad
-            out[f"gr{step}"] = ri.grad
-            out[f"gw{step}"] = m.weight.grad.clone()
-            out[f"gb{step}"] = m.bias.grad.clone()
+            out[f"y{step}"] = y.detach().cpu()
+            out[f"gx{step}"] = xi.grad.cpu()
+            out[f"gr{step}"] = ri.grad.cpu()
+            out[f"gw{step}"] = m.weight.grad.cpu()
+            out[f"gb{step}"] = m.bias.grad.cpu()
             m.weight.grad = None
             m.bias.grad = None
-        out["running_mean"] = m.running_mean.clone()
-        out["running_var"] = m.running_var.clone()
-        out["nbt"] = m.num_batches_tracked.clone()
+        out["running_mean"] = m.running_mean.cpu()
+        out["running_var"] = m.running_var.cpu()
+        out["nbt"] = m.num_batches_tracked.cpu()
         torch.save(out, os.path.join(outdir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
+HAS_CUDA = torch.cuda.is_available() and cnnops.build_info()["cuda"]
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device or CPU-only build"))]
+
+
 @pytest.mark.timeout(180)
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout,activation,momentum", [("contiguous", "relu", 0.1),
                                                         ("channels_last", None, None)])
-def test_sync_batch_norm_two_processes_gloo(layout, activation, momentum):
+def test_sync_batch_norm_two_processes_gloo(layout, activation, momentum, device):
+    """Both ranks on one device (CUDA tensors go through gloo too; NCCL would need two GPUs)."""
     world = 2
     with tempfile.TemporaryDirectory() as outdir:
-        mp.spawn(_worker, args=(world, _free_port(), outdir, layout, activation, momentum), nprocs=world, join=True)
+        mp.spawn(_worker, args=(world, _free_port(), outdir, layout, activation, momentum, device), nprocs=world,
+                 join=True)
         res = [torch.load(os.path.join(outdir, f"rank{i}.pt")) for i in range(world)]
 
     x, r, gy, w, b = _data(layout)
