@@ -9,7 +9,9 @@
 //    for float64 input), not differentiable.
 //  - batch_norm_backward: gradients selected by output_mask (input, weight, bias,
 //    residual); an unselected one is an empty (0,) tensor. output (the forward's) gives the
-//    activation's mask; bias only gives the dtype of its gradient.
+//    activation's mask; when it is None the mask is recomputed from input, weight, bias and
+//    the saved statistics with the forward's arithmetic (exact when the forward had no
+//    residual; with a residual, pass output).
 //  - SyncBatchNorm stages (the all-reduces happen in Python, through torch.distributed):
 //    batch_norm_stats -> (3, C) local (count, mean, M2); batch_norm_gather_stats merges the
 //    (world, 3, C) gathered triples in rank order (Chan), updates the running statistics

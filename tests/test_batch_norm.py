@@ -427,6 +427,25 @@ def test_opcheck_sync_stages(single_thread, device):
     _opcheck(ops.batch_norm_backward_elemt.default, (gy, x, out, w, mean, invstd, s1, s2, count, "relu", [True, True]))
 
 
+@pytest.mark.parametrize("activation", ["relu", "relu6"])
+@pytest.mark.parametrize("kind", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_backward_mask_recomputed_equals_output_mask(activation, kind, dtype):
+    """Without output, the backward recomputes the activation's input from x: bitwise the
+    same gradients as with the forward's output (values at the kinks included)."""
+    x = layout(torch.randn(4, 6, 5, 7, dtype=dtype), kind)
+    x[:, :, 0] = 0.0  # repeated inputs: many equal z values, some at the kink
+    w, b = torch.rand(6, dtype=dtype) + 0.5, torch.randn(6, dtype=dtype)
+    out, mean, invstd = ops.batch_norm(x, w, b, None, None, None, None, True, 0.1, 1e-5, activation)
+    assert (out == 0).any()
+    gy = layout(torch.randn(4, 6, 5, 7, dtype=dtype), kind)
+    mask = [True, True, True, False]
+    a = ops.batch_norm_backward(gy, x, out, w, b, mean, invstd, True, activation, mask)
+    r = ops.batch_norm_backward(gy, x, None, w, b, mean, invstd, True, activation, mask)
+    for t, u in zip(a[:3], r[:3]):
+        assert torch.equal(t, u)
+
+
 def test_double_backward_clear_error():
     x = torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)
     y = cnnops.F.batch_norm(x, None, None, training=True)
@@ -520,8 +539,10 @@ def test_bad_input_running_stats_other_device_meta():
 def test_backward_bad_input():
     x = torch.randn(2, 3, 4)
     m, s = torch.zeros(3), torch.ones(3)
+    with pytest.raises(ValueError, match="expected output to have the same shape"):
+        ops.batch_norm_backward(x, x, x[:1], None, None, m, s, True, "relu", [True, False, False, False])
     with pytest.raises(ValueError, match="expected output"):
-        ops.batch_norm_backward(x, x, None, None, None, m, s, True, "relu", [True, False, False, False])
+        ops.batch_norm_backward_reduce(x, x, None, m, s, None, None, "relu", [False, False])
     with pytest.raises(TypeError, match="expected save_mean to have dtype float32"):
         ops.batch_norm_backward(x, x, None, None, None, m.double(), s, True, None, [True, False, False, False])
     with pytest.raises(ValueError, match="expected grad_out to have the same shape"):

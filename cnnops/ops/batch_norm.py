@@ -11,6 +11,7 @@ from cnnops.ops._common import check_dtype, dtype_name, shape_str
 ops = torch.ops.cnnops
 _REDUCED = (torch.float16, torch.bfloat16)
 ACTIVATIONS = (None, "relu", "relu6")
+_EXACT_RECOMPUTE = (torch.float32, torch.float64)
 
 
 # ---------------------------------------------------------------- checks (fake kernels)
@@ -147,7 +148,8 @@ def _batch_norm_backward_fake(grad_out, input, output, weight, bias, save_mean, 
     c = _check_input(op, input)
     _check_activation(op, activation)
     _check_like_input(op, input, grad_out, "grad_out")
-    _check_output_for_activation(op, input, output, activation)
+    if activation is not None and output is not None:  # else the mask is recomputed from input
+        _check_like_input(op, input, output, "output")
     _check_channel(op, input, weight, "weight")
     _check_channel(op, input, bias, "bias")
     _check_stat(op, input, save_mean, "save_mean")
@@ -259,8 +261,14 @@ def batch_norm_setup(ctx, input, weight, bias, residual, training, activation, o
     ctx.training = bool(training)
     ctx.activation = activation
     if any(ctx.mask):
-        ctx.save_for_backward(input, out if activation is not None else None, weight,
-                              bias if ctx.mask[2] else None, save_mean, save_invstd)
+        # The activation's mask: from the output where a residual was added or the dtype
+        # is reduced (the output's rounding decides there); otherwise recomputed in the
+        # backward from input, weight, bias and the statistics (exact), so the backward
+        # reads one tensor less and the output need not be kept.
+        keep_out = activation is not None and (residual is not None or input.dtype not in _EXACT_RECOMPUTE)
+        ctx.save_for_backward(input, out if keep_out else None, weight,
+                              bias if (ctx.mask[2] or (activation is not None and not keep_out)) else None,
+                              save_mean, save_invstd)
 
 
 def batch_norm_backward(ctx, grad_out):

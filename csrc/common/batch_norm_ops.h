@@ -10,9 +10,12 @@
 //                                        stats updated when defined
 //   void eval_stats(running_mean, running_var, mean, invstd, eps)
 //   void elemt(x, shape, w, b, mean, invstd, residual, act, out)
-//   void reduce(dy, x, y, shape, mean, invstd, act, sum_dy, sum_dy_xmu, grad_weight)
-//   void grad_elemt(dy, x, y, shape, w, mean, invstd, sum_dy, sum_dy_xmu, count_tensor,
+//   void reduce(dy, x, y, shape, w, b, mean, invstd, act, sum_dy, sum_dy_xmu, grad_weight)
+//   void grad_elemt(dy, x, y, shape, w, b, mean, invstd, sum_dy, sum_dy_xmu, count_tensor,
 //                   count, training, act, grad_input, grad_residual)
+// y (the forward's output) gives the activation's mask; when y is undefined (and there is
+// an activation) the mask is recomputed from z = x * scale + shift (w, b, mean, invstd),
+// with the forward's arithmetic, which is exact when the forward had no residual.
 //
 // Per-channel tensors reach the kernels contiguous in the stat dtype (float32, float64 for
 // float64 input); x, dy, y, residual and the outputs in the layout of BnShape.
@@ -119,10 +122,9 @@ BnBackwardResult bn_backward(const at::Tensor& grad_out, const at::Tensor& input
   const int64_t c = bn_check_input(op, input, K::kHalfOk);
   const BnActivation act = bn_parse_activation(op, activation);
   bn_check_like_input(op, input, grad_out, "grad_out");
-  TORCH_CHECK_VALUE(act == BnActivation::kNone || bn_defined(output), op,
-                    ": expected output (the forward's result) when activation is '",
-                    act == BnActivation::kRelu ? "relu" : "relu6", "', got None");
-  if (act != BnActivation::kNone) bn_check_like_input(op, input, *output, "output");
+  // Without output, the mask is recomputed from input, weight, bias and the statistics.
+  const bool has_y = act != BnActivation::kNone && bn_defined(output);
+  if (has_y) bn_check_like_input(op, input, *output, "output");
   bn_check_optional_channel(op, input, weight, "weight");
   bn_check_optional_channel(op, input, bias, "bias");
   bn_check_stat(op, input, save_mean, "save_mean");
@@ -131,17 +133,17 @@ BnBackwardResult bn_backward(const at::Tensor& grad_out, const at::Tensor& input
   const BnShape s = bn_shape(input);
   const auto sd = bn_stat_dtype(input.scalar_type());
   const at::Tensor x = bn_in_layout(input, s), dy = bn_in_layout(grad_out, s);
-  const at::Tensor y = act != BnActivation::kNone ? bn_in_layout(*output, s) : at::Tensor();
-  const at::Tensor w = bn_channel_as(weight, sd);
+  const at::Tensor y = has_y ? bn_in_layout(*output, s) : at::Tensor();
+  const at::Tensor w = bn_channel_as(weight, sd), b = bn_channel_as(bias, sd);
   const at::Tensor mean = save_mean.contiguous(), invstd = save_invstd.contiguous();
   const bool need_sums = (training && mask[0]) || mask[1] || mask[2];
   at::Tensor sum_dy = bn_stat_empty(input, c), sum_dy_xmu = bn_stat_empty(input, c);
   at::Tensor gw_stat = bn_stat_empty(input, c);
-  if (need_sums) K::reduce(dy, x, y, s, mean, invstd, act, sum_dy, sum_dy_xmu, gw_stat);
+  if (need_sums) K::reduce(dy, x, y, s, w, b, mean, invstd, act, sum_dy, sum_dy_xmu, gw_stat);
   at::Tensor gi = mask[0] ? bn_empty_like_layout(input, s) : input.new_empty({0});
   at::Tensor gr = mask[3] ? bn_empty_like_layout(input, s) : input.new_empty({0});
   if ((mask[0] || mask[3]) && input.numel() > 0) {
-    K::grad_elemt(dy, x, y, s, w, mean, invstd, sum_dy, sum_dy_xmu, at::Tensor(),
+    K::grad_elemt(dy, x, y, s, w, b, mean, invstd, sum_dy, sum_dy_xmu, at::Tensor(),
                   static_cast<double>(s.count()), training, act, mask[0] ? gi : at::Tensor(),
                   mask[3] ? gr : at::Tensor());
   }
@@ -265,7 +267,8 @@ BnBackwardResult bn_backward_reduce(const at::Tensor& grad_out, const at::Tensor
   const at::Tensor y = act != BnActivation::kNone ? bn_in_layout(*output, s) : at::Tensor();
   at::Tensor sum_dy = bn_stat_empty(input, c), sum_dy_xmu = bn_stat_empty(input, c);
   at::Tensor gw_stat = bn_stat_empty(input, c);
-  K::reduce(dy, x, y, s, mean.contiguous(), invstd.contiguous(), act, sum_dy, sum_dy_xmu, gw_stat);
+  K::reduce(dy, x, y, s, at::Tensor(), at::Tensor(), mean.contiguous(), invstd.contiguous(), act, sum_dy,
+            sum_dy_xmu, gw_stat);
   at::Tensor gw = param_mask[0] ? gw_stat.to(bn_param_grad_dtype(input, weight, bias)) : input.new_empty({0});
   // A fresh tensor: an op's outputs must not alias each other.
   at::Tensor gb = param_mask[1] ? sum_dy.to(bn_param_grad_dtype(input, bias, weight), false, true)
@@ -306,7 +309,7 @@ std::tuple<at::Tensor, at::Tensor> bn_backward_elemt(
   at::Tensor gi = mask[0] ? bn_empty_like_layout(input, s) : input.new_empty({0});
   at::Tensor gr = mask[1] ? bn_empty_like_layout(input, s) : input.new_empty({0});
   if ((mask[0] || mask[1]) && input.numel() > 0) {
-    K::grad_elemt(dy, x, y, s, bn_channel_as(weight, sd), mean.contiguous(), invstd.contiguous(),
+    K::grad_elemt(dy, x, y, s, bn_channel_as(weight, sd), at::Tensor(), mean.contiguous(), invstd.contiguous(),
                   sum_dy.contiguous(), sum_dy_xmu.contiguous(), count.contiguous(), 0.0, true, act,
                   mask[0] ? gi : at::Tensor(), mask[1] ? gr : at::Tensor());
   }

@@ -112,13 +112,13 @@ inline Vectorized<T> activate(Vectorized<T> v, BnActivation act) {
   return v;
 }
 
-// dy where the gradient passes the activation (bn_grad_passes on lanes), else 0.
+// dy where the gradient passes the activation (bn_grad_passes on lanes), else 0. The
+// activation's input is judged from the forward output y or, when y is null, from
+// z = x * scale + shift recomputed with the forward's exact arithmetic (apply_span's fmadd):
+// the backward then reads one tensor less.
 template <typename T>
-inline Vectorized<T> mask_grad(const Vectorized<T>& dy, const T* y, int64_t j, int64_t cnt,
-                               BnActivation act) {
-  if (act == BnActivation::kNone) return dy;
+inline Vectorized<T> mask_grad(const Vectorized<T>& dy, const Vectorized<T>& yv, BnActivation act) {
   using Vec = Vectorized<T>;
-  const Vec yv = Vec::loadu(y + j, cnt);
   Vec pass = yv > Vec(T(0));
   if (act == BnActivation::kRelu6) pass = pass & (yv < Vec(T(6)));
   return Vec::blendv(Vec(T(0)), dy, pass);
@@ -136,6 +136,18 @@ struct PerChannelArray {
   Vectorized<T> at(int64_t j, int64_t cnt) const { return Vectorized<T>::loadu(p + j, cnt); }
 };
 
+// g for lanes [j, j + cnt): dy through the activation's mask (see mask_grad).
+template <typename T, typename P>
+inline Vectorized<T> masked_grad(const T* dy, const T* x, const T* y, int64_t j, int64_t cnt, const P& scale,
+                                 const P& shift, BnActivation act) {
+  using Vec = Vectorized<T>;
+  const Vec d = Vec::loadu(dy + j, cnt);
+  if (act == BnActivation::kNone) return d;
+  const Vec yv = y != nullptr ? Vec::loadu(y + j, cnt)
+                              : at::vec::fmadd(Vec::loadu(x + j, cnt), scale.at(j, cnt), shift.at(j, cnt));
+  return mask_grad(d, yv, act);
+}
+
 // y = act(x * scale + shift (+ r)) over a span.
 template <typename T, typename P>
 inline void apply_span(const T* x, const T* r, T* y, int64_t n, const P& scale, const P& shift,
@@ -151,10 +163,10 @@ inline void apply_span(const T* x, const T* r, T* y, int64_t n, const P& scale, 
 // dx = g * a - x * b + d and dres = g over a span (either output may be null).
 template <typename T, typename P>
 inline void grad_span(const T* dy, const T* x, const T* y, T* dx, T* dr, int64_t n, const P& a,
-                      const P& b, const P& d, BnActivation act) {
+                      const P& b, const P& d, const P& scale, const P& shift, BnActivation act) {
   using Vec = Vectorized<T>;
   for_vectors<T>(n, [&](int64_t j, int64_t cnt) {
-    const Vec g = mask_grad(Vec::loadu(dy + j, cnt), y, j, cnt, act);
+    const Vec g = masked_grad(dy, x, y, j, cnt, scale, shift, act);
     if (dx != nullptr) {
       const Vec v = at::vec::fmadd(g, a.at(j, cnt), d.at(j, cnt) - Vec::loadu(x + j, cnt) * b.at(j, cnt));
       v.store(dx + j, cnt);
@@ -294,13 +306,13 @@ void finalize_impl(const at::Tensor& partials, at::Tensor& merged, const at::Ten
 
 // ------------------------------------------------------------------ elementwise forward
 
-template <typename S>
-void elemt_impl(const at::Tensor& x, const BnShape& s, const at::Tensor& w, const at::Tensor& b,
-                const at::Tensor& mean, const at::Tensor& invstd, const at::Tensor& res,
-                BnActivation act, at::Tensor& out) {
-  using T = at::opmath_type<S>;
-  const int64_t c = s.c;
-  std::vector<T> scale(c), shift(c);
+// Per-channel scale and shift of z = x * scale + shift (bn_affine), for the forward and
+// for the backward's recomputed activation mask: the same values, so the same z.
+template <typename T>
+void affine_arrays(const at::Tensor& w, const at::Tensor& b, const at::Tensor& mean, const at::Tensor& invstd,
+                   int64_t c, std::vector<T>& scale, std::vector<T>& shift) {
+  scale.resize(c);
+  shift.resize(c);
   const T* wp = ptr_or_null<T>(w);
   const T* bp = ptr_or_null<T>(b);
   const T* mp = mean.const_data_ptr<T>();
@@ -310,6 +322,16 @@ void elemt_impl(const at::Tensor& x, const BnShape& s, const at::Tensor& w, cons
     scale[ch] = af.scale;
     shift[ch] = af.shift;
   }
+}
+
+template <typename S>
+void elemt_impl(const at::Tensor& x, const BnShape& s, const at::Tensor& w, const at::Tensor& b,
+                const at::Tensor& mean, const at::Tensor& invstd, const at::Tensor& res,
+                BnActivation act, at::Tensor& out) {
+  using T = at::opmath_type<S>;
+  const int64_t c = s.c;
+  std::vector<T> scale, shift;
+  affine_arrays(w, b, mean, invstd, c, scale, shift);
   const S* xp = x.const_data_ptr<S>();
   const S* rp = ptr_or_null<S>(res);
   S* op = out.mutable_data_ptr<S>();
@@ -343,23 +365,25 @@ void elemt_impl(const at::Tensor& x, const BnShape& s, const at::Tensor& w, cons
 
 // Sums of g and g * (x - mean) over a span into the accumulators (vectors or arrays).
 template <typename T>
-inline void reduce_span_scalar(const T* dy, const T* x, const T* y, int64_t n, T mean,
+inline void reduce_span_scalar(const T* dy, const T* x, const T* y, int64_t n, T mean, T scale, T shift,
                                BnActivation act, Vectorized<T>& sg, Vectorized<T>& sgx) {
   using Vec = Vectorized<T>;
   const Vec vm(mean);
+  const PerChannelScalar<T> sc{scale}, sh{shift};
   for_vectors<T>(n, [&](int64_t j, int64_t cnt) {
-    const Vec g = mask_grad(Vec::loadu(dy + j, cnt), y, j, cnt, act);
+    const Vec g = masked_grad(dy, x, y, j, cnt, sc, sh, act);
     sg = sg + g;  // lanes past cnt load as zero and add nothing
     sgx = at::vec::fmadd(g, Vec::loadu(x + j, cnt) - vm, sgx);
   });
 }
 
 template <typename T>
-inline void reduce_span_array(const T* dy, const T* x, const T* y, int64_t n, const T* mean,
-                              BnActivation act, T* sg, T* sgx) {
+inline void reduce_span_array(const T* dy, const T* x, const T* y, int64_t n, const T* mean, const T* scale,
+                              const T* shift, BnActivation act, T* sg, T* sgx) {
   using Vec = Vectorized<T>;
+  const PerChannelArray<T> sc{scale}, sh{shift};
   for_vectors<T>(n, [&](int64_t j, int64_t cnt) {
-    const Vec g = mask_grad(Vec::loadu(dy + j, cnt), y, j, cnt, act);
+    const Vec g = masked_grad(dy, x, y, j, cnt, sc, sh, act);
     (Vec::loadu(sg + j, cnt) + g).store(sg + j, cnt);
     at::vec::fmadd(g, Vec::loadu(x + j, cnt) - Vec::loadu(mean + j, cnt), Vec::loadu(sgx + j, cnt))
         .store(sgx + j, cnt);
@@ -368,10 +392,12 @@ inline void reduce_span_array(const T* dy, const T* x, const T* y, int64_t n, co
 
 template <typename S>
 void reduce_impl(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& y, const BnShape& s,
-                 const at::Tensor& mean, const at::Tensor& invstd, BnActivation act,
-                 at::Tensor& sum_dy, at::Tensor& sum_dy_xmu, at::Tensor& grad_weight) {
+                 const at::Tensor& w, const at::Tensor& b, const at::Tensor& mean, const at::Tensor& invstd,
+                 BnActivation act, at::Tensor& sum_dy, at::Tensor& sum_dy_xmu, at::Tensor& grad_weight) {
   using T = at::opmath_type<S>;
   const int64_t c = s.c, rows = s.n * s.l;
+  std::vector<T> scale, shift;
+  affine_arrays(w, b, mean, invstd, c, scale, shift);
   const S* dyp = dy.const_data_ptr<S>();
   const S* xp = x.const_data_ptr<S>();
   const S* yp = ptr_or_null<S>(y);
@@ -393,7 +419,7 @@ void reduce_impl(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& y,
             const int64_t cnt = std::min(kBlock, s.l - j);
             reduce_span_scalar(to_acc(dyp + base + j, db.data(), cnt), to_acc(xp + base + j, xb.data(), cnt),
                                yp != nullptr ? to_acc(yp + base + j, yb.data(), cnt) : nullptr, cnt, mp[ch],
-                               act, sg, sgx);
+                               scale[ch], shift[ch], act, sg, sgx);
           }
         }
         sgo[ch] = reduce_sum(sg);
@@ -416,8 +442,8 @@ void reduce_impl(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& y,
         for (int64_t j0 = 0; j0 < c; j0 += kBlock) {
           const int64_t cnt = std::min(kBlock, c - j0), base = r * c + j0;
           reduce_span_array(to_acc(dyp + base, db.data(), cnt), to_acc(xp + base, xb.data(), cnt),
-                            yp != nullptr ? to_acc(yp + base, yb.data(), cnt) : nullptr, cnt, mp + j0, act,
-                            sg + j0, sgx + j0);
+                            yp != nullptr ? to_acc(yp + base, yb.data(), cnt) : nullptr, cnt, mp + j0,
+                            scale.data() + j0, shift.data() + j0, act, sg + j0, sgx + j0);
         }
       }
     }
@@ -436,14 +462,15 @@ void reduce_impl(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& y,
 
 template <typename S>
 void grad_elemt_impl(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& y, const BnShape& s,
-                     const at::Tensor& w, const at::Tensor& mean, const at::Tensor& invstd,
+                     const at::Tensor& w, const at::Tensor& b, const at::Tensor& mean, const at::Tensor& invstd,
                      const at::Tensor& sum_dy, const at::Tensor& sum_dy_xmu, const at::Tensor& count_t,
                      double count, bool training, BnActivation act, const at::Tensor& gi,
                      const at::Tensor& gr) {
   using T = at::opmath_type<S>;
   const int64_t c = s.c;
   const T cnt_total = count_t.defined() ? count_t.const_data_ptr<T>()[0] : static_cast<T>(count);
-  std::vector<T> ca(c), cb(c), cd(c);
+  std::vector<T> ca(c), cb(c), cd(c), scale, shift;
+  affine_arrays(w, b, mean, invstd, c, scale, shift);
   const T* wp = ptr_or_null<T>(w);
   const T* mp = mean.const_data_ptr<T>();
   const T* ip = invstd.const_data_ptr<T>();
@@ -479,10 +506,11 @@ void grad_elemt_impl(const at::Tensor& dy, const at::Tensor& x, const at::Tensor
         if (!s.rows) {
           const int64_t ch = u % c;
           grad_span(da, xa, ya, oa, ra, cnt, PerChannelScalar<T>{ca[ch]}, PerChannelScalar<T>{cb[ch]},
-                    PerChannelScalar<T>{cd[ch]}, act);
+                    PerChannelScalar<T>{cd[ch]}, PerChannelScalar<T>{scale[ch]}, PerChannelScalar<T>{shift[ch]}, act);
         } else {
           grad_span(da, xa, ya, oa, ra, cnt, PerChannelArray<T>{ca.data() + j0},
-                    PerChannelArray<T>{cb.data() + j0}, PerChannelArray<T>{cd.data() + j0}, act);
+                    PerChannelArray<T>{cb.data() + j0}, PerChannelArray<T>{cd.data() + j0},
+                    PerChannelArray<T>{scale.data() + j0}, PerChannelArray<T>{shift.data() + j0}, act);
         }
         if (oa != nullptr) from_acc(oa, dxp + at_, cnt);
         if (ra != nullptr) from_acc(ra, drp + at_, cnt);
@@ -538,20 +566,20 @@ struct CpuKernels {
   }
 
   static void reduce(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& y, const BnShape& s,
-                     const at::Tensor& mean, const at::Tensor& invstd, BnActivation act,
-                     at::Tensor& sum_dy, at::Tensor& sum_dy_xmu, at::Tensor& grad_weight) {
+                     const at::Tensor& w, const at::Tensor& b, const at::Tensor& mean, const at::Tensor& invstd,
+                     BnActivation act, at::Tensor& sum_dy, at::Tensor& sum_dy_xmu, at::Tensor& grad_weight) {
     CNNOPS_BN_DISPATCH(x, "cnnops_batch_norm_reduce", [&] {
-      reduce_impl<scalar_t>(dy, x, y, s, mean, invstd, act, sum_dy, sum_dy_xmu, grad_weight);
+      reduce_impl<scalar_t>(dy, x, y, s, w, b, mean, invstd, act, sum_dy, sum_dy_xmu, grad_weight);
     });
   }
 
   static void grad_elemt(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& y, const BnShape& s,
-                         const at::Tensor& w, const at::Tensor& mean, const at::Tensor& invstd,
+                         const at::Tensor& w, const at::Tensor& b, const at::Tensor& mean, const at::Tensor& invstd,
                          const at::Tensor& sum_dy, const at::Tensor& sum_dy_xmu, const at::Tensor& count_t,
                          double count, bool training, BnActivation act, const at::Tensor& gi,
                          const at::Tensor& gr) {
     CNNOPS_BN_DISPATCH(x, "cnnops_batch_norm_grad_elemt", [&] {
-      grad_elemt_impl<scalar_t>(dy, x, y, s, w, mean, invstd, sum_dy, sum_dy_xmu, count_t, count, training,
+      grad_elemt_impl<scalar_t>(dy, x, y, s, w, b, mean, invstd, sum_dy, sum_dy_xmu, count_t, count, training,
                                 act, gi, gr);
     });
   }

@@ -98,6 +98,23 @@ __device__ __forceinline__ T channel_or(const T* p, int64_t c, T fallback) {
   return p != nullptr ? p[c] : fallback;
 }
 
+// z = x * scale + shift as one fma: the forward and the backward's recomputed activation
+// mask (when the output is not passed) must round identically.
+template <typename T>
+__device__ __forceinline__ T affine_at(T x, const BnAffine<T>& af) {
+  return fma(x, af.scale, af.shift);
+}
+
+// Whether the gradient passes the activation at element idx: judged from the forward
+// output y, or from z recomputed from x when y is null.
+template <typename S, typename T>
+__device__ __forceinline__ bool passes_at(const S* y, const S* x, int64_t idx, const BnAffine<T>& af,
+                                          BnActivation act) {
+  if (act == BnActivation::kNone) return true;
+  const T ref = y != nullptr ? static_cast<T>(y[idx]) : affine_at(static_cast<T>(x[idx]), af);
+  return bn_grad_passes(ref, act);
+}
+
 // The channel of element i: planes (N, C, L) or rows (N * L, C).
 __device__ __forceinline__ int64_t channel_of(int64_t i, int64_t c, int64_t l, bool rows) {
   return rows ? i % c : (i / l) % c;
@@ -192,7 +209,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < numel; i += stride) {
     const int64_t ch = channel_of(i, c, l, rows);
     const BnAffine<T> af = bn_affine(mean[ch], invstd[ch], channel_or(w, ch, T(1)), channel_or(b, ch, T(0)));
-    T z = static_cast<T>(x[i]) * af.scale + af.shift;
+    T z = affine_at(static_cast<T>(x[i]), af);
     if (res != nullptr) z += static_cast<T>(res[i]);
     y[i] = static_cast<S>(bn_activate(z, act));
   }
@@ -202,7 +219,7 @@ template <typename S, typename T>
 __global__ void __launch_bounds__(kThreads)
     cnnops_bn_grad_elemt_kernel(const S* __restrict__ dy, const S* __restrict__ x, const S* __restrict__ y,
                                 S* __restrict__ dx, S* __restrict__ dres, const T* __restrict__ w,
-                                const T* __restrict__ mean, const T* __restrict__ invstd,
+                                const T* __restrict__ b, const T* __restrict__ mean, const T* __restrict__ invstd,
                                 const T* __restrict__ sum_dy, const T* __restrict__ sum_dy_xmu,
                                 const T* __restrict__ count_ptr, T count, bool training, int64_t numel,
                                 int64_t c, int64_t l, bool rows, BnActivation act) {
@@ -210,8 +227,8 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < numel; i += stride) {
     const int64_t ch = channel_of(i, c, l, rows);
-    const bool pass = y == nullptr || bn_grad_passes(static_cast<T>(y[i]), act);
-    const T g = pass ? static_cast<T>(dy[i]) : T(0);
+    const BnAffine<T> af = bn_affine(mean[ch], invstd[ch], channel_or(w, ch, T(1)), channel_or(b, ch, T(0)));
+    const T g = passes_at(y, x, i, af, act) ? static_cast<T>(dy[i]) : T(0);
     if (dx != nullptr) {
       const BnGradCoeffs<T> k = bn_grad_coeffs(mean[ch], invstd[ch], channel_or(w, ch, T(1)), sum_dy[ch],
                                                sum_dy_xmu[ch], total, training);
@@ -226,16 +243,18 @@ __global__ void __launch_bounds__(kThreads)
 template <typename S, typename T>
 __global__ void __launch_bounds__(kThreads)
     cnnops_bn_reduce_planes_kernel(const S* __restrict__ dy, const S* __restrict__ x, const S* __restrict__ y,
+                                   const T* __restrict__ w, const T* __restrict__ b,
                                    const T* __restrict__ mean, const T* __restrict__ invstd,
                                    T* __restrict__ sum_dy, T* __restrict__ sum_dy_xmu, T* __restrict__ gw,
                                    int64_t n, int64_t c, int64_t l, BnActivation act) {
   const int64_t ch = blockIdx.x;
   const T m = mean[ch];
+  const BnAffine<T> af = bn_affine(m, invstd[ch], channel_or(w, ch, T(1)), channel_or(b, ch, T(0)));
   T sg = T(0), sgx = T(0);
   const int64_t total = n * l;
   for (int64_t i = threadIdx.x; i < total; i += blockDim.x) {
     const int64_t idx = (i / l * c + ch) * l + i % l;
-    if (y != nullptr && !bn_grad_passes(static_cast<T>(y[idx]), act)) continue;
+    if (!passes_at(y, x, idx, af, act)) continue;
     const T g = static_cast<T>(dy[idx]);
     sg += g;
     sgx += g * (static_cast<T>(x[idx]) - m);
@@ -251,17 +270,19 @@ __global__ void __launch_bounds__(kThreads)
 template <typename S, typename T>
 __global__ void __launch_bounds__(kThreads)
     cnnops_bn_reduce_rows_kernel(const S* __restrict__ dy, const S* __restrict__ x, const S* __restrict__ y,
-                                 const T* __restrict__ mean, T* __restrict__ part, int64_t rows, int64_t c,
+                                 const T* __restrict__ w, const T* __restrict__ b, const T* __restrict__ mean,
+                                 const T* __restrict__ invstd, T* __restrict__ part, int64_t rows, int64_t c,
                                  int64_t per, BnActivation act) {
   const int64_t ch = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   const int64_t p = blockIdx.y;
   if (ch >= c) return;
   const T m = mean[ch];
+  const BnAffine<T> af = bn_affine(m, invstd[ch], channel_or(w, ch, T(1)), channel_or(b, ch, T(0)));
   T sg = T(0), sgx = T(0);
   const int64_t r0 = p * per, r1 = min(rows, r0 + per);
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t idx = r * c + ch;
-    if (y != nullptr && !bn_grad_passes(static_cast<T>(y[idx]), act)) continue;
+    if (!passes_at(y, x, idx, af, act)) continue;
     const T g = static_cast<T>(dy[idx]);
     sg += g;
     sgx += g * (static_cast<T>(x[idx]) - m);
@@ -385,8 +406,8 @@ struct CudaKernels {
   }
 
   static void reduce(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& y, const BnShape& s,
-                     const at::Tensor& mean, const at::Tensor& invstd, BnActivation act, at::Tensor& sum_dy,
-                     at::Tensor& sum_dy_xmu, at::Tensor& grad_weight) {
+                     const at::Tensor& w, const at::Tensor& b, const at::Tensor& mean, const at::Tensor& invstd,
+                     BnActivation act, at::Tensor& sum_dy, at::Tensor& sum_dy_xmu, at::Tensor& grad_weight) {
     const c10::cuda::CUDAGuard guard(x.device());
     const auto stream = at::cuda::getCurrentCUDAStream();
     if (s.c == 0) return;
@@ -395,8 +416,9 @@ struct CudaKernels {
       using T = at::opmath_type<scalar_t>;
       if (!s.rows) {
         cnnops_bn_reduce_planes_kernel<scalar_t, T><<<static_cast<unsigned int>(s.c), kThreads, 0, stream>>>(
-            dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), cptr<scalar_t>(y), mean.const_data_ptr<T>(),
-            invstd.const_data_ptr<T>(), sum_dy.mutable_data_ptr<T>(), sum_dy_xmu.mutable_data_ptr<T>(),
+            dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), cptr<scalar_t>(y), cptr<T>(w), cptr<T>(b),
+            mean.const_data_ptr<T>(), invstd.const_data_ptr<T>(), sum_dy.mutable_data_ptr<T>(),
+            sum_dy_xmu.mutable_data_ptr<T>(),
             grad_weight.mutable_data_ptr<T>(), s.n, s.c, s.l, act);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
         return;
@@ -406,8 +428,8 @@ struct CudaKernels {
       at::Tensor part = at::empty({chunks, 2, s.c}, mean.options());  // held until the finish kernel ran
       const dim3 grid(static_cast<unsigned int>((s.c + kThreads - 1) / kThreads), static_cast<unsigned int>(chunks));
       cnnops_bn_reduce_rows_kernel<scalar_t, T><<<grid, kThreads, 0, stream>>>(
-          dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), cptr<scalar_t>(y), mean.const_data_ptr<T>(),
-          part.mutable_data_ptr<T>(), rows, s.c, per, act);
+          dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), cptr<scalar_t>(y), cptr<T>(w), cptr<T>(b),
+          mean.const_data_ptr<T>(), invstd.const_data_ptr<T>(), part.mutable_data_ptr<T>(), rows, s.c, per, act);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       cnnops_bn_reduce_finish_kernel<T><<<blocks_for(s.c), kThreads, 0, stream>>>(
           part.const_data_ptr<T>(), chunks, s.c, invstd.const_data_ptr<T>(), sum_dy.mutable_data_ptr<T>(),
@@ -417,7 +439,7 @@ struct CudaKernels {
   }
 
   static void grad_elemt(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& y, const BnShape& s,
-                         const at::Tensor& w, const at::Tensor& mean, const at::Tensor& invstd,
+                         const at::Tensor& w, const at::Tensor& b, const at::Tensor& mean, const at::Tensor& invstd,
                          const at::Tensor& sum_dy, const at::Tensor& sum_dy_xmu, const at::Tensor& count_t,
                          double count, bool training, BnActivation act, const at::Tensor& gi,
                          const at::Tensor& gr) {
@@ -427,7 +449,7 @@ struct CudaKernels {
       using T = at::opmath_type<scalar_t>;
       cnnops_bn_grad_elemt_kernel<scalar_t, T><<<blocks_for(numel), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
           dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), cptr<scalar_t>(y), mptr<scalar_t>(gi),
-          mptr<scalar_t>(gr), cptr<T>(w), mean.const_data_ptr<T>(), invstd.const_data_ptr<T>(),
+          mptr<scalar_t>(gr), cptr<T>(w), cptr<T>(b), mean.const_data_ptr<T>(), invstd.const_data_ptr<T>(),
           sum_dy.const_data_ptr<T>(), sum_dy_xmu.const_data_ptr<T>(), cptr<T>(count_t), static_cast<T>(count),
           training, numel, s.c, std::max<int64_t>(s.l, 1), s.rows, act);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
