@@ -613,3 +613,22 @@ def test_reduced_precision_params_in_input_dtype(device):
     torch.testing.assert_close(gx.float(), rx.float(), atol=0.05, rtol=0.05)
     torch.testing.assert_close(gw.float(), rw.float(), atol=0.1, rtol=0.05)
     torch.testing.assert_close(m.running_mean.float(), ref.running_mean.float(), atol=0.01, rtol=0.01)
+
+
+def test_forward_ad_and_functorch_use_torch_composite():
+    """Forward-mode AD and torch.func transforms (which the custom op's autograd does not
+    support) fall back to the equivalent torch composite."""
+    import torch.autograd.forward_ad as fwad
+    x = torch.randn(3, 4, 5, dtype=torch.float64)
+    t = torch.randn_like(x)
+    w = torch.rand(4, dtype=torch.float64) + 0.5
+    with fwad.dual_level():
+        y = cnnops.F.batch_norm(fwad.make_dual(x, t), None, None, w, None, True, activation="relu")
+        jvp = fwad.unpack_dual(y).tangent
+    with fwad.dual_level():
+        z = torch.relu(F.batch_norm(fwad.make_dual(x, t), None, None, w, None, True))
+        ref = fwad.unpack_dual(z).tangent
+    torch.testing.assert_close(jvp, ref)
+    g = torch.func.grad(lambda a: cnnops.F.batch_norm(a, None, None, w, None, True, activation="relu6").sum())(x)
+    r = torch.func.grad(lambda a: F.relu6(F.batch_norm(a, None, None, w, None, True)).sum())(x)
+    torch.testing.assert_close(g, r)
