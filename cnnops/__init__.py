@@ -15,6 +15,8 @@ from cnnops import functional as F  # noqa: E402
 from cnnops import nn  # noqa: E402
 from cnnops._loader import build_info  # noqa: E402
 from cnnops.conversion import ConvertReport, convert, revert  # noqa: E402
+from cnnops.fuse import fuse_conv_bn  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["functional", "F", "nn", "ops", "build_info", "convert", "revert", "ConvertReport", "__version__"]
+__all__ = ["functional", "F", "nn", "ops", "build_info", "convert", "revert", "ConvertReport", "fuse_conv_bn",
+           "__version__"]

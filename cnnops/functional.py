@@ -8,10 +8,12 @@ from cnnops.ops.conv2d import Conv2dFunction, normalize_conv2d_args
 from cnnops.ops.pool2d import (AdaptiveAvgPool2dFunction, AdaptiveMaxPool2dFunction, AvgPool2dFunction,
                                MaxPool2dFunction, gather_at_indices, normalize_output_size, normalize_pool_args)
 from cnnops.ops.layer_norm import LayerNorm2dFunction, LayerNormFunction, normalize_shape_arg
+from cnnops.ops.batch_norm import BatchNormFunction
 
 __all__ = ["conv2d", "Conv2dFunction", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d",
            "MaxPool2dFunction", "AvgPool2dFunction", "AdaptiveAvgPool2dFunction", "AdaptiveMaxPool2dFunction",
-           "layer_norm", "layer_norm2d", "LayerNormFunction", "LayerNorm2dFunction"]
+           "layer_norm", "layer_norm2d", "LayerNormFunction", "LayerNorm2dFunction",
+           "batch_norm", "BatchNormFunction"]
 
 _ops = torch.ops.cnnops
 
@@ -267,3 +269,59 @@ def _conv_transpose2d_tangent(x, weight, tangents, out, args):
     if tw is not None:
         total = total + conv_transpose2d(primal(x), tw, None, *args)
     return total
+
+# ---------------------------------------------------------------- batch norm
+
+def _batch_norm_reference(input, running_mean, running_var, weight, bias, training, momentum, eps, activation,
+                          residual):
+    """The torch composite (for forward-mode AD and torch.func transforms, which the
+    register_autograd machinery does not support)."""
+    out = torch.nn.functional.batch_norm(input, running_mean, running_var, weight, bias, training,
+                                         0.0 if momentum is None else momentum, eps)
+    if residual is not None:
+        out = out + residual
+    if activation == "relu":
+        out = torch.relu(out)
+    elif activation == "relu6":
+        out = torch.nn.functional.relu6(out)
+    return out
+
+
+def _batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps, activation, residual,
+                num_batches_tracked):
+    """batch_norm with num_batches_tracked, which the op reads (on the device) for the
+    cumulative average factor when momentum is None: the modules' entry point."""
+    op = "cnnops.batch_norm"
+    check_device(op, input)
+    if training:  # torch's check and message (torch.nn.functional._verify_batch_size)
+        size = input.size()
+        count = size[0]
+        for s in size[2:]:
+            count = count * s
+        if count == 1:
+            raise ValueError(f"Expected more than 1 value per channel when training, got input size {size}")
+    if residual is not None and residual.dtype != input.dtype and torch.is_autocast_enabled(input.device.type):
+        # Autocast: batch_norm keeps the input dtype (float32 parameters and statistics);
+        # a residual from another autocast region follows the input.
+        residual = residual.to(input.dtype)
+    if _transform_active():
+        if momentum is None and training and running_mean is not None and num_batches_tracked is not None:
+            momentum = 1.0 / float(num_batches_tracked)
+        return _batch_norm_reference(input, running_mean, running_var, weight, bias, training, momentum, eps,
+                                     activation, residual)
+    args = (input, weight, bias, running_mean, running_var, num_batches_tracked, residual, bool(training),
+            momentum, eps, activation)
+    if _skip_autograd(input, weight, bias) and (residual is None or not residual.requires_grad):
+        with _below_autograd():
+            return _ops.batch_norm.default(*args)[0]
+    return _ops.batch_norm.default(*args)[0]
+
+
+def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5,
+               activation=None, residual=None):
+    """torch.nn.functional.batch_norm on (N, C, *) input, with a fused residual (added after
+    the affine transform) and activation (None, 'relu' or 'relu6'). In training the batch
+    statistics normalize and running_mean / running_var (when given) are updated in place
+    with the unbiased variance; in evaluation the running statistics normalize."""
+    return _batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps, activation,
+                       residual, None)

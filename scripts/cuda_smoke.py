@@ -1,5 +1,5 @@
 """A small run of every cnnops CUDA kernel (forward and backward, every dtype, padding
-mode and memory format; conv2d, pool2d, layer_norm, conv_transpose2d), for compute-sanitizer. Exits non-zero on a wrong result."""
+mode and memory format; conv2d, pool2d, layer_norm, conv_transpose2d, batch_norm), for compute-sanitizer. Exits non-zero on a wrong result."""
 import sys
 
 import torch
@@ -213,9 +213,69 @@ def check_conv_transpose2d():
     return bad
 
 
+def check_batch_norm():
+    """batch_norm training and eval, forward and backward, every dtype (float16/bfloat16 also
+    with float32 parameters and statistics), NCHW and channels_last (both statistics kernels:
+    block per channel and chunk partials), fused relu6 + residual; and the SyncBatchNorm stages
+    over a batch split in two. Against float64 torch."""
+    bad = 0
+    tol = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
+    T = torch.nn.functional
+    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        for pdtype in {dtype, torch.float32} if dtype in (torch.float16, torch.bfloat16) else {dtype}:
+            for channels_last in (False, True):
+                for training in (True, False):
+                    shape = (3, 20, 7, 9)
+                    x = (torch.randn(shape, device="cuda", dtype=torch.float64) * 2 + 1).to(dtype)
+                    r = torch.randn(shape, device="cuda", dtype=torch.float64).to(dtype)
+                    if channels_last:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                        r = r.contiguous(memory_format=torch.channels_last)
+                    w = torch.rand(20, device="cuda", dtype=pdtype).add_(0.5).requires_grad_()
+                    b = torch.randn(20, device="cuda", dtype=pdtype, requires_grad=True)
+                    rm = torch.randn(20, device="cuda", dtype=pdtype) * 0.1
+                    rv = torch.rand(20, device="cuda", dtype=pdtype) + 0.5
+                    rm_ref, rv_ref = rm.double(), rv.double()
+                    x.requires_grad_(True), r.requires_grad_(True)
+                    y = cnnops.F.batch_norm(x, rm, rv, w, b, training, 0.1, 1e-5, "relu6", r)
+                    go = torch.randn(shape, device="cuda", dtype=torch.float64)
+                    gx, gw, gb, gr = torch.autograd.grad(y, (x, w, b, r), go.to(dtype))
+                    xd, wd, bd, rd = (t.detach().double().requires_grad_() for t in (x, w, b, r))
+                    ref = T.relu6(T.batch_norm(xd, rm_ref, rv_ref, wd, bd, training, 0.1, 1e-5) + rd)
+                    rx, rw, rb, rr = torch.autograd.grad(ref, (xd, wd, bd, rd), go)
+                    errs = [_rel(y, ref), _rel(gx, rx), _rel(gw, rw), _rel(gb, rb), _rel(gr, rr),
+                            _rel(rm, rm_ref), _rel(rv, rv_ref)]
+                    fmt = torch.channels_last if channels_last else torch.contiguous_format
+                    ok = max(errs) < max(tol[dtype], tol[pdtype]) and y.is_contiguous(memory_format=fmt)
+                    bad += not ok
+                    print(f"batch_norm {dtype} params={pdtype} channels_last={channels_last} training={training}: "
+                          f"rel err out/dx/dw/db/dres/rm/rv {' '.join(f'{e:.1e}' for e in errs)} {'ok' if ok else 'WRONG'}")
+    ops = torch.ops.cnnops
+    for channels_last in (False, True):
+        x = torch.randn(8, 5, 6, 6, device="cuda", dtype=torch.float64)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        stats = torch.stack([ops.batch_norm_stats(x[:3]), ops.batch_norm_stats(x[3:])])
+        mean, invstd, count = ops.batch_norm_gather_stats(stats, None, None, None, 0.1, 1e-5)
+        y = ops.batch_norm_elemt(x, None, None, mean, invstd, None, None)
+        go = torch.randn_like(x)
+        s1, s2, _, _ = ops.batch_norm_backward_reduce(go, x, None, mean, invstd, None, None, None, [False, False])
+        gx, _ = ops.batch_norm_backward_elemt(go, x, None, None, mean, invstd, s1, s2, count, None, [True, False])
+        xd = x.detach().cpu().requires_grad_()
+        ref = T.batch_norm(xd, None, None, training=True)
+        rx, = torch.autograd.grad(ref, xd, go.cpu())
+        errs = [_rel(y.cpu(), ref), _rel(gx.cpu(), rx)]
+        ok = max(errs) < 1e-10 and count.item() == 8 * 36
+        bad += not ok
+        print(f"batch_norm sync stages channels_last={channels_last}: rel err out/dx {errs[0]:.1e} {errs[1]:.1e} "
+              f"{'ok' if ok else 'WRONG'}")
+    return bad
+
+
 if __name__ == "__main__":
     assert torch.cuda.is_available(), "no CUDA device"
-    failures = check_conv2d() + check_pool2d() + check_layer_norm() + check_conv2d_mma() + check_conv_transpose2d()
+    failures = (check_conv2d() + check_pool2d() + check_layer_norm() + check_conv2d_mma() + check_conv_transpose2d()
+                + check_batch_norm())
     torch.cuda.synchronize()
     print(f"smoke: {failures} wrong")
     sys.exit(1 if failures else 0)

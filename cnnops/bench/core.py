@@ -41,6 +41,7 @@ FAMILIES = (
     "pool2d",
     "layer_norm",
     "conv_transpose2d",
+    "batch_norm",
     "models",  # end-to-end rows: whole converted networks
 )
 
