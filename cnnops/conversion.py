@@ -21,11 +21,13 @@ TWINS = {
     torch.nn.AdaptiveAvgPool2d: cnn.AdaptiveAvgPool2d,
     torch.nn.AdaptiveMaxPool2d: cnn.AdaptiveMaxPool2d,
     torch.nn.LayerNorm: cnn.LayerNorm,
+    torch.nn.BatchNorm2d: cnn.BatchNorm2d,
+    torch.nn.SyncBatchNorm: cnn.SyncBatchNorm,
 }
 
 # Fusions of a BatchNorm2d followed by an activation inside an nn.Sequential:
 # activation class -> fused module class. Filled where the fused modules exist.
-BN_ACTIVATION_FUSIONS = {}
+BN_ACTIVATION_FUSIONS = {torch.nn.ReLU: cnn.BatchNormReLU2d, torch.nn.ReLU6: cnn.BatchNormReLU6_2d}
 
 
 @dataclass

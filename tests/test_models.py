@@ -238,3 +238,33 @@ def test_cuda_float32_autocast_stream_and_graph(device, name):
         graph.replay()
         torch.cuda.synchronize()
         assert_close(static_out, reference(x * 2), dtype=torch.bfloat16)
+
+
+# ---------------------------------------------------------------- fusions
+@pytest.mark.parametrize("name", ["resnet", "mobilenet_v2"])
+def test_fuse_bn_relu_matches_and_reverts(name):
+    reference, x = build(name)
+    converted, report = cnnops.convert(reference, fuse_bn_relu=True, return_report=True)
+    fused = [type(m) for m in converted.modules() if type(m) in (cnnops.nn.BatchNormReLU2d, cnnops.nn.BatchNormReLU6_2d)]
+    assert fused and len(report.fused) == len(fused)
+    assert converted.state_dict().keys() == reference.state_dict().keys()
+    assert_records_equal(train_steps(converted, x, sgd(converted)), train_steps(reference, x, sgd(reference)))
+    cnnops.revert(converted)
+    assert [type(m) for m in converted.modules()] == [type(m) for m in reference.modules()]
+    converted.eval(), reference.eval()
+    assert_close(converted(x), reference(x))
+
+
+@pytest.mark.parametrize("name", ["resnet", "mobilenet_v2", "aspp"])
+def test_fuse_bn_folds_in_eval_mode_only(name):
+    reference, x = build(name)
+    train_steps(reference, x, sgd(reference), steps=2)  # running stats away from their defaults
+    _, report = cnnops.convert(reference, fuse_bn=True, return_report=True)
+    assert not report.fused and any("training mode" in why for _, why in report.left)
+    reference.eval()
+    folded, report = cnnops.convert(reference, fuse_bn=True, return_report=True)
+    assert report.fused
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert n_bn == sum(isinstance(m, torch.nn.BatchNorm2d) for m in reference.modules()) - len(report.fused)
+    with torch.no_grad():
+        assert_close(folded(x), reference(x))

@@ -42,6 +42,13 @@ class BatchNormReLU2d(BatchNorm2d):
     _activation = "relu"
 
 
+class BatchNormReLU6_2d(BatchNorm2d):
+    """clamp(BatchNorm2d(x), 0, 6) in the same kernels (MobileNetV2's BN + ReLU6), forward
+    and backward; what cnnops.convert(fuse_bn_relu=True) makes of BatchNorm2d -> ReLU6."""
+
+    _activation = "relu6"
+
+
 class BatchNormAddReLU2d(BatchNorm2d):
     """relu(BatchNorm2d(x) + residual) in the same kernels (the end of a ResNet block):
     forward(x, residual); dresidual comes out of the same backward pass."""
@@ -53,7 +60,6 @@ class BatchNormAddReLU2d(BatchNorm2d):
         return _bn_forward(self, input, self._activation, residual)
 
 
-_FUSED_ACTIVATION = {BatchNormReLU2d: "relu", BatchNormAddReLU2d: "relu"}
 
 
 class SyncBatchNorm(torch.nn.SyncBatchNorm):
