@@ -39,6 +39,7 @@ FAMILIES = (
     "conv2d",
     "pool2d",
     "layer_norm",
+    "depthwise_conv2d",
 )
 
 DIRECTIONS = ("forward", "forward+backward")

@@ -3,3 +3,4 @@ torch.autograd.Function. Importing a module registers its ops."""
 from cnnops.ops import conv2d  # noqa: F401
 from cnnops.ops import pool2d  # noqa: F401
 from cnnops.ops import layer_norm  # noqa: F401
+from cnnops.ops import depthwise_conv2d  # noqa: F401
