@@ -17,7 +17,10 @@ import cnnops
 from conftest import assert_close, device_dtype_params, significant_strides
 
 ops = torch.ops.cnnops
-pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths:UserWarning")
+# One intra-op thread by default (many small calls on a busy 2-core machine); the threaded
+# split is tested explicitly below.
+pytestmark = [pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths:UserWarning"),
+              pytest.mark.usefixtures("single_thread")]
 MODES = ("zeros", "reflect", "replicate", "circular")
 CL = torch.channels_last
 
@@ -233,6 +236,20 @@ def test_grad_strides_match_torch(layout, go_layout):
     for a, e in zip(torch.autograd.grad(out, (x, w), go), torch.autograd.grad(ref, (x, w), go)):
         assert_close(a, e)
         assert significant_strides(a) == significant_strides(e), f"{a.stride()} vs torch {e.stride()}"
+
+
+@pytest.mark.parametrize("shape,kernel", [((4, 32, 40, 41), 5), ((2, 48, 9, 9), 7), ((2, 16, 30, 30), 13)])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_threaded_matches_torch(shape, kernel, layout):
+    """Large enough for at::parallel_for to split the work over 2 threads (every kernel shape)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x = make_input(shape, layout, torch.float32)
+        w = make_weight((shape[1], 1, kernel, kernel), "contiguous", torch.float32)
+        compare(x, w, leaf(rand(shape[1], dtype=torch.float32)), 1, kernel // 2, 1, "reflect", msg=f"{shape} {layout}")
+    finally:
+        torch.set_num_threads(previous)
 
 
 def test_grad_weight_is_reproducible_across_thread_counts():

@@ -116,6 +116,54 @@ void taps_row(const Tap<T>* taps, int64_t nt, int64_t len, T init, T* out) {
   }
 }
 
+// Two output rows with the same weight sequence at once (t0[t].w == t1[t].w for every t):
+// twice the independent accumulators per weight broadcast, which hides the FMA latency.
+template <typename T, int B, int NT>
+inline void taps_chunk2(const Tap<T>* t0, const Tap<T>* t1, int64_t nt_dyn, int64_t x, T init, T* out0, T* out1) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  const int64_t nt = NT > 0 ? NT : nt_dyn;
+  Vec a0[B], a1[B];
+  for (int b = 0; b < B; ++b) a0[b] = a1[b] = Vec(init);
+#pragma GCC unroll 16
+  for (int64_t t = 0; t < nt; ++t) {
+    const Vec wv(t0[t].w);
+    const T* p0 = t0[t].ptr + x;
+    const T* p1 = t1[t].ptr + x;
+    for (int b = 0; b < B; ++b) {
+      a0[b] = at::vec::fmadd(wv, Vec::loadu(p0 + b * V), a0[b]);
+      a1[b] = at::vec::fmadd(wv, Vec::loadu(p1 + b * V), a1[b]);
+    }
+  }
+  for (int b = 0; b < B; ++b) {
+    a0[b].store(out0 + x + b * V);
+    a1[b].store(out1 + x + b * V);
+  }
+}
+
+template <typename T, int NT>
+void taps_row2_n(const Tap<T>* t0, const Tap<T>* t1, int64_t nt, int64_t len, T init, T* out0, T* out1) {
+  constexpr int64_t V = at::vec::Vectorized<T>::size();
+  int64_t x = 0;
+  for (; x + 3 * V < len; x += 4 * V) taps_chunk2<T, 4, NT>(t0, t1, nt, x, init, out0, out1);
+  switch ((len - x + V - 1) / V) {
+    case 3: taps_chunk2<T, 3, NT>(t0, t1, nt, x, init, out0, out1); break;
+    case 2: taps_chunk2<T, 2, NT>(t0, t1, nt, x, init, out0, out1); break;
+    case 1: taps_chunk2<T, 1, NT>(t0, t1, nt, x, init, out0, out1); break;
+    default: break;
+  }
+}
+
+template <typename T>
+void taps_row2(const Tap<T>* t0, const Tap<T>* t1, int64_t nt, int64_t len, T init, T* out0, T* out1) {
+  switch (nt) {
+    case 9: return taps_row2_n<T, 9>(t0, t1, nt, len, init, out0, out1);
+    case 25: return taps_row2_n<T, 25>(t0, t1, nt, len, init, out0, out1);
+    case 49: return taps_row2_n<T, 49>(t0, t1, nt, len, init, out0, out1);
+    default: return taps_row2_n<T, 0>(t0, t1, nt, len, init, out0, out1);
+  }
+}
+
 // sum over i < len of a[i] * b[i], in a fixed order (4 vector accumulators, lanes summed
 // in order). Reads exactly len values of each (masked loads for the tail).
 template <typename T>
@@ -276,8 +324,8 @@ void forward_planes(const at::Tensor& input, const at::Tensor& weight, const at:
   const int64_t kk = g.kernel_h * g.kernel_w, mult = multiplier(g);
   const int64_t work = g.out_h * g.out_w * kk + g.in_h * g.in_w;
   at::parallel_for(0, g.batch * g.out_channels, grain_for(work), [&](int64_t begin, int64_t end) {
-    std::vector<T> staged(sp.size, T(0)), row(round_up(g.out_w, V) + V);
-    std::vector<Tap<T>> taps(kk);
+    std::vector<T> staged(sp.size, T(0)), row(round_up(g.out_w, V) + V), row1(row.size());
+    std::vector<Tap<T>> taps(kk), taps1(kk);
     int64_t staged_plane = -1;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / g.out_channels, oc = item % g.out_channels;
@@ -287,14 +335,35 @@ void forward_planes(const at::Tensor& input, const at::Tensor& weight, const at:
         staged_plane = plane;
       }
       scalar_t* out_plane = out + n * out_s.n + oc * out_s.c;
-      for (int64_t oh = 0; oh < g.out_h; ++oh) {
-        const int64_t nt = forward_row_taps(g, sp, col_offs.data(), staged.data(), w.data() + oc * kk, oh, taps.data());
-        taps_row(taps.data(), nt, g.out_w, b[oc], row.data());
+      auto write_row = [&](int64_t oh, const T* src) {
         scalar_t* dst = out_plane + oh * out_s.h;
         if (out_s.w == 1) {
-          for (int64_t x = 0; x < g.out_w; ++x) dst[x] = static_cast<scalar_t>(row[x]);
+          for (int64_t x = 0; x < g.out_w; ++x) dst[x] = static_cast<scalar_t>(src[x]);
         } else {
-          for (int64_t x = 0; x < g.out_w; ++x) dst[x * out_s.w] = static_cast<scalar_t>(row[x]);
+          for (int64_t x = 0; x < g.out_w; ++x) dst[x * out_s.w] = static_cast<scalar_t>(src[x]);
+        }
+      };
+      const T* wo = w.data() + oc * kk;
+      for (int64_t oh = 0; oh < g.out_h; oh += 2) {
+        const int64_t nt = forward_row_taps(g, sp, col_offs.data(), staged.data(), wo, oh, taps.data());
+        int64_t nt1 = -1;
+        if (oh + 1 < g.out_h) {
+          nt1 = forward_row_taps(g, sp, col_offs.data(), staged.data(), wo, oh + 1, taps1.data());
+          for (int64_t t = 0; nt1 == nt && t < nt; ++t)
+            if (taps[t].w != taps1[t].w) nt1 = -1;  // another weight sequence (a border row)
+        }
+        if (nt1 == nt) {
+          taps_row2(taps.data(), taps1.data(), nt, g.out_w, b[oc], row.data(), row1.data());
+          write_row(oh, row.data());
+          write_row(oh + 1, row1.data());
+          continue;
+        }
+        taps_row(taps.data(), nt, g.out_w, b[oc], row.data());
+        write_row(oh, row.data());
+        if (oh + 1 < g.out_h) {
+          const int64_t n1 = forward_row_taps(g, sp, col_offs.data(), staged.data(), wo, oh + 1, taps1.data());
+          taps_row(taps1.data(), n1, g.out_w, b[oc], row1.data());
+          write_row(oh + 1, row1.data());
         }
       }
     }
