@@ -116,10 +116,12 @@ void taps_row(const Tap<T>* taps, int64_t nt, int64_t len, T init, T* out) {
   }
 }
 
-// Two output rows with the same weight sequence at once (t0[t].w == t1[t].w for every t):
-// twice the independent accumulators per weight broadcast, which hides the FMA latency.
-template <typename T, int B, int NT>
-inline void taps_chunk2(const Tap<T>* t0, const Tap<T>* t1, int64_t nt_dyn, int64_t x, T init, T* out0, T* out1) {
+// One or two output rows of the forward: tap t reads base + off[t] (+ x) with weight ws[t]
+// (the weights of consecutive kernel rows are contiguous). Two rows with the same weights
+// share each broadcast and double the independent accumulators (hides the FMA latency).
+template <typename T, int B, int NT, int R>
+inline void rows_chunk(const T* base, const int64_t* off0, const int64_t* off1, const T* ws, int64_t nt_dyn,
+                       int64_t x, T init, T* out0, T* out1) {
   using Vec = at::vec::Vectorized<T>;
   constexpr int64_t V = Vec::size();
   const int64_t nt = NT > 0 ? NT : nt_dyn;
@@ -127,40 +129,51 @@ inline void taps_chunk2(const Tap<T>* t0, const Tap<T>* t1, int64_t nt_dyn, int6
   for (int b = 0; b < B; ++b) a0[b] = a1[b] = Vec(init);
 #pragma GCC unroll 16
   for (int64_t t = 0; t < nt; ++t) {
-    const Vec wv(t0[t].w);
-    const T* p0 = t0[t].ptr + x;
-    const T* p1 = t1[t].ptr + x;
-    for (int b = 0; b < B; ++b) {
-      a0[b] = at::vec::fmadd(wv, Vec::loadu(p0 + b * V), a0[b]);
-      a1[b] = at::vec::fmadd(wv, Vec::loadu(p1 + b * V), a1[b]);
+    const Vec wv(ws[t]);
+    const T* p0 = base + off0[t] + x;
+    for (int b = 0; b < B; ++b) a0[b] = at::vec::fmadd(wv, Vec::loadu(p0 + b * V), a0[b]);
+    if (R == 2) {
+      const T* p1 = base + off1[t] + x;
+      for (int b = 0; b < B; ++b) a1[b] = at::vec::fmadd(wv, Vec::loadu(p1 + b * V), a1[b]);
     }
   }
   for (int b = 0; b < B; ++b) {
     a0[b].store(out0 + x + b * V);
-    a1[b].store(out1 + x + b * V);
+    if (R == 2) a1[b].store(out1 + x + b * V);
   }
 }
 
-template <typename T, int NT>
-void taps_row2_n(const Tap<T>* t0, const Tap<T>* t1, int64_t nt, int64_t len, T init, T* out0, T* out1) {
+template <typename T, int NT, int R>
+void rows_n(const T* base, const int64_t* off0, const int64_t* off1, const T* ws, int64_t nt, int64_t len, T init,
+            T* out0, T* out1) {
   constexpr int64_t V = at::vec::Vectorized<T>::size();
   int64_t x = 0;
-  for (; x + 3 * V < len; x += 4 * V) taps_chunk2<T, 4, NT>(t0, t1, nt, x, init, out0, out1);
+  for (; x + 3 * V < len; x += 4 * V) rows_chunk<T, 4, NT, R>(base, off0, off1, ws, nt, x, init, out0, out1);
   switch ((len - x + V - 1) / V) {
-    case 3: taps_chunk2<T, 3, NT>(t0, t1, nt, x, init, out0, out1); break;
-    case 2: taps_chunk2<T, 2, NT>(t0, t1, nt, x, init, out0, out1); break;
-    case 1: taps_chunk2<T, 1, NT>(t0, t1, nt, x, init, out0, out1); break;
+    case 3: rows_chunk<T, 3, NT, R>(base, off0, off1, ws, nt, x, init, out0, out1); break;
+    case 2: rows_chunk<T, 2, NT, R>(base, off0, off1, ws, nt, x, init, out0, out1); break;
+    case 1: rows_chunk<T, 1, NT, R>(base, off0, off1, ws, nt, x, init, out0, out1); break;
     default: break;
   }
 }
 
+// out0 (and out1 when off1 is given) = init + the taps, rows of len (written up to round_up(len, V)).
 template <typename T>
-void taps_row2(const Tap<T>* t0, const Tap<T>* t1, int64_t nt, int64_t len, T init, T* out0, T* out1) {
+void forward_rows(const T* base, const int64_t* off0, const int64_t* off1, const T* ws, int64_t nt, int64_t len,
+                  T init, T* out0, T* out1) {
+  if (off1 != nullptr) {
+    switch (nt) {  // the full rows of 3x3, 5x5 and 7x7 kernels, fully unrolled
+      case 9: return rows_n<T, 9, 2>(base, off0, off1, ws, nt, len, init, out0, out1);
+      case 25: return rows_n<T, 25, 2>(base, off0, off1, ws, nt, len, init, out0, out1);
+      case 49: return rows_n<T, 49, 2>(base, off0, off1, ws, nt, len, init, out0, out1);
+      default: return rows_n<T, 0, 2>(base, off0, off1, ws, nt, len, init, out0, out1);
+    }
+  }
   switch (nt) {
-    case 9: return taps_row2_n<T, 9>(t0, t1, nt, len, init, out0, out1);
-    case 25: return taps_row2_n<T, 25>(t0, t1, nt, len, init, out0, out1);
-    case 49: return taps_row2_n<T, 49>(t0, t1, nt, len, init, out0, out1);
-    default: return taps_row2_n<T, 0>(t0, t1, nt, len, init, out0, out1);
+    case 9: return rows_n<T, 9, 1>(base, off0, off0, ws, nt, len, init, out0, out0);
+    case 25: return rows_n<T, 25, 1>(base, off0, off0, ws, nt, len, init, out0, out0);
+    case 49: return rows_n<T, 49, 1>(base, off0, off0, ws, nt, len, init, out0, out0);
+    default: return rows_n<T, 0, 1>(base, off0, off0, ws, nt, len, init, out0, out0);
   }
 }
 
@@ -225,7 +238,9 @@ struct StagedPlane {
   int64_t pitch, row_pitch, size;
   StagedPlane(const Conv2dGeometry& g, int64_t vec) {
     const int64_t padded = g.pad_left + g.in_w + g.pad_right;
-    pitch = round_up(padded / g.stride_w + 1 + g.out_w + 4 * vec, vec);
+    // Taps read up to (kw * dw) / s + round_up(out_w, vec) <= padded / s + 1 + vec values of a
+    // phase; no more, so that a plane stays in L1 as long as possible.
+    pitch = round_up(padded / g.stride_w + 1 + vec, vec);
     row_pitch = g.stride_w * pitch;
     size = g.in_h * row_pitch;
   }
@@ -250,20 +265,30 @@ std::vector<int64_t> tap_column_offsets(const Conv2dGeometry& g, const StagedPla
   return offs;
 }
 
-// The taps of output row oh, reading the staged plane; weights w[kh * kW + kw].
-template <typename T>
-int64_t forward_row_taps(const Conv2dGeometry& g, const StagedPlane& sp, const int64_t* col_offs,
-                         const T* staged, const T* w, int64_t oh, Tap<T>* taps) {
-  int64_t nt = 0;
-  for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
-    const int64_t ih = source_index(oh * g.stride_h - g.pad_top + kh * g.dilation_h, g.in_h, g.mode);
-    if (ih < 0) continue;
-    const T* row = staged + ih * sp.row_pitch;
-    const T* wk = w + kh * g.kernel_w;
-    for (int64_t kw = 0; kw < g.kernel_w; ++kw) taps[nt++] = Tap<T>{row + col_offs[kw], wk[kw]};
+// The taps of every output row, once per call: the valid kernel rows of output row oh are
+// a contiguous range [kh0, kh0 + count) (zero padding clips it; the other modes never do),
+// so its weights are w[kh0 * kW ...] in order; offs holds each tap's offset into the
+// staged plane. Building taps per row and channel cost as much as the FMAs of a 7x7 row.
+struct RowTapTable {
+  std::vector<int64_t> kh0, count, first, offs;
+  RowTapTable(const Conv2dGeometry& g, const StagedPlane& sp, const int64_t* col_offs)
+      : kh0(g.out_h), count(g.out_h), first(g.out_h) {
+    for (int64_t oh = 0; oh < g.out_h; ++oh) {
+      first[oh] = static_cast<int64_t>(offs.size());
+      kh0[oh] = -1;
+      int64_t rows = 0;
+      for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+        const int64_t ih = source_index(oh * g.stride_h - g.pad_top + kh * g.dilation_h, g.in_h, g.mode);
+        if (ih < 0) continue;
+        if (kh0[oh] < 0) kh0[oh] = kh;
+        ++rows;
+        for (int64_t kw = 0; kw < g.kernel_w; ++kw) offs.push_back(ih * sp.row_pitch + col_offs[kw]);
+      }
+      if (kh0[oh] < 0) kh0[oh] = 0;
+      count[oh] = rows * g.kernel_w;
+    }
   }
-  return nt;
-}
+};
 
 // The weight (OC, 1, kH, kW) as a contiguous (OC, kH * kW) buffer in T.
 template <typename scalar_t, typename T>
@@ -318,6 +343,7 @@ void forward_planes(const at::Tensor& input, const at::Tensor& weight, const at:
   }
   const StagedPlane sp(g, V);
   const std::vector<int64_t> col_offs = tap_column_offsets(g, sp);
+  const RowTapTable rt(g, sp, col_offs.data());
   const Strides4d in_s = strides4d(input), out_s = strides4d(output);
   const scalar_t* in = input.const_data_ptr<scalar_t>();
   scalar_t* out = output.mutable_data_ptr<scalar_t>();
@@ -325,7 +351,6 @@ void forward_planes(const at::Tensor& input, const at::Tensor& weight, const at:
   const int64_t work = g.out_h * g.out_w * kk + g.in_h * g.in_w;
   at::parallel_for(0, g.batch * g.out_channels, grain_for(work), [&](int64_t begin, int64_t end) {
     std::vector<T> staged(sp.size, T(0)), row(round_up(g.out_w, V) + V), row1(row.size());
-    std::vector<Tap<T>> taps(kk), taps1(kk);
     int64_t staged_plane = -1;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / g.out_channels, oc = item % g.out_channels;
@@ -344,25 +369,23 @@ void forward_planes(const at::Tensor& input, const at::Tensor& weight, const at:
         }
       };
       const T* wo = w.data() + oc * kk;
+      const T* base = staged.data();
       for (int64_t oh = 0; oh < g.out_h; oh += 2) {
-        const int64_t nt = forward_row_taps(g, sp, col_offs.data(), staged.data(), wo, oh, taps.data());
-        int64_t nt1 = -1;
-        if (oh + 1 < g.out_h) {
-          nt1 = forward_row_taps(g, sp, col_offs.data(), staged.data(), wo, oh + 1, taps1.data());
-          for (int64_t t = 0; nt1 == nt && t < nt; ++t)
-            if (taps[t].w != taps1[t].w) nt1 = -1;  // another weight sequence (a border row)
-        }
-        if (nt1 == nt) {
-          taps_row2(taps.data(), taps1.data(), nt, g.out_w, b[oc], row.data(), row1.data());
+        const int64_t* o0 = rt.offs.data() + rt.first[oh];
+        const T* ws = wo + rt.kh0[oh] * g.kernel_w;
+        if (oh + 1 < g.out_h && rt.kh0[oh + 1] == rt.kh0[oh] && rt.count[oh + 1] == rt.count[oh]) {
+          forward_rows(base, o0, rt.offs.data() + rt.first[oh + 1], ws, rt.count[oh], g.out_w, b[oc], row.data(),
+                       row1.data());
           write_row(oh, row.data());
           write_row(oh + 1, row1.data());
           continue;
         }
-        taps_row(taps.data(), nt, g.out_w, b[oc], row.data());
+        forward_rows(base, o0, static_cast<const int64_t*>(nullptr), ws, rt.count[oh], g.out_w, b[oc], row.data(),
+                     row.data());
         write_row(oh, row.data());
         if (oh + 1 < g.out_h) {
-          const int64_t n1 = forward_row_taps(g, sp, col_offs.data(), staged.data(), wo, oh + 1, taps1.data());
-          taps_row(taps1.data(), n1, g.out_w, b[oc], row1.data());
+          forward_rows(base, rt.offs.data() + rt.first[oh + 1], static_cast<const int64_t*>(nullptr),
+                       wo + rt.kh0[oh + 1] * g.kernel_w, rt.count[oh + 1], g.out_w, b[oc], row1.data(), row1.data());
           write_row(oh + 1, row1.data());
         }
       }
@@ -704,7 +727,7 @@ void grad_input_planes(const at::Tensor& grad_output, const at::Tensor& weight, 
   // Staged grad_output rows: `lead` zeros, the out_w values, zeros to the end, so that a tap
   // reaching left of column 0 or right of the last column reads zeros.
   const int64_t lead = (g.kernel_w - 1) * g.dilation_w / sw + 1;
-  const int64_t go_pitch = round_up(lead + g.out_w + padded_w / sw + 2 + 4 * V, V);
+  const int64_t go_pitch = round_up(lead + std::max(g.out_w, padded_w / sw + 2) + V, V);
   const int64_t go_plane = g.out_h * go_pitch;
   const Strides4d go_s = strides4d(grad_output), gi_s = strides4d(grad_input);
   const scalar_t* go = grad_output.const_data_ptr<scalar_t>();
