@@ -513,6 +513,23 @@ void stage_blocked(const scalar_t* in, const Strides4d& s, const Conv2dGeometry&
                    const int64_t* row_src, const int64_t* col_src, int64_t n, int64_t oc0, int64_t lanes,
                    int64_t vec, T* dst) {
   const int64_t mult = multiplier(g);
+  if (mult == 1 && lanes == vec) {  // pixel by pixel: one contiguous vector per pixel
+    const scalar_t* base = in + n * s.n + oc0 * s.c;
+    for (int64_t r = 0; r < bg.padded_h; ++r) {
+      T* d = dst + r * bg.padded_w * vec;
+      const int64_t ih = row_src[r];
+      for (int64_t j = 0; j < bg.padded_w; ++j, d += vec) {
+        const int64_t iw = col_src[j];
+        if (ih < 0 || iw < 0) {
+          for (int64_t l = 0; l < vec; ++l) d[l] = T(0);
+          continue;
+        }
+        const scalar_t* src = base + ih * s.h + iw * s.w;
+        for (int64_t l = 0; l < vec; ++l) d[l] = static_cast<T>(src[l * s.c]);
+      }
+    }
+    return;
+  }
   for (int64_t l = 0; l < vec; ++l) {
     if (l >= lanes) {  // lanes past the last channel: zeros (their products are dropped)
       for (int64_t i = 0; i < bg.plane; ++i) dst[i * vec + l] = T(0);
@@ -597,10 +614,19 @@ void forward_blocked(const at::Tensor& input, const at::Tensor& weight, const at
         int64_t ow = 0;
         for (; ow + 8 <= g.out_w; ow += 8)
           blocked_pixels<T, 8>(staged.data(), wt.data(), g, bg, oh, ow, b.data() + oc0, orow + ow * V);
-        for (; ow + 4 <= g.out_w; ow += 4)
-          blocked_pixels<T, 4>(staged.data(), wt.data(), g, bg, oh, ow, b.data() + oc0, orow + ow * V);
-        for (; ow < g.out_w; ++ow)
-          blocked_pixels<T, 1>(staged.data(), wt.data(), g, bg, oh, ow, b.data() + oc0, orow + ow * V);
+        // The rest of the row in one call: as many independent accumulators as pixels (a
+        // 7-wide row one pixel at a time would wait on the FMA latency).
+        const T* bo = b.data() + oc0;
+        switch (g.out_w - ow) {
+          case 7: blocked_pixels<T, 7>(staged.data(), wt.data(), g, bg, oh, ow, bo, orow + ow * V); break;
+          case 6: blocked_pixels<T, 6>(staged.data(), wt.data(), g, bg, oh, ow, bo, orow + ow * V); break;
+          case 5: blocked_pixels<T, 5>(staged.data(), wt.data(), g, bg, oh, ow, bo, orow + ow * V); break;
+          case 4: blocked_pixels<T, 4>(staged.data(), wt.data(), g, bg, oh, ow, bo, orow + ow * V); break;
+          case 3: blocked_pixels<T, 3>(staged.data(), wt.data(), g, bg, oh, ow, bo, orow + ow * V); break;
+          case 2: blocked_pixels<T, 2>(staged.data(), wt.data(), g, bg, oh, ow, bo, orow + ow * V); break;
+          case 1: blocked_pixels<T, 1>(staged.data(), wt.data(), g, bg, oh, ow, bo, orow + ow * V); break;
+          default: break;
+        }
       }
       for (int64_t l = 0; l < lanes; ++l) {  // transpose back: one output plane per lane
         scalar_t* plane = out + n * out_s.n + (oc0 + l) * out_s.c;
