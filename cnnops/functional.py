@@ -9,11 +9,13 @@ from cnnops.ops.pool2d import (AdaptiveAvgPool2dFunction, AdaptiveMaxPool2dFunct
                                MaxPool2dFunction, gather_at_indices, normalize_output_size, normalize_pool_args)
 from cnnops.ops.layer_norm import LayerNorm2dFunction, LayerNormFunction, normalize_shape_arg
 from cnnops.ops.batch_norm import BatchNormFunction
+from cnnops.ops.depthwise_conv2d import DepthwiseConv2dFunction
 
 __all__ = ["conv2d", "Conv2dFunction", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d",
            "MaxPool2dFunction", "AvgPool2dFunction", "AdaptiveAvgPool2dFunction", "AdaptiveMaxPool2dFunction",
            "layer_norm", "layer_norm2d", "LayerNormFunction", "LayerNorm2dFunction",
-           "batch_norm", "BatchNormFunction"]
+           "batch_norm", "BatchNormFunction",
+           "depthwise_conv2d", "DepthwiseConv2dFunction"]
 
 _ops = torch.ops.cnnops
 
@@ -33,9 +35,15 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     cast = autocast_dtype(input.device.type)
     if cast is not None:  # custom ops ignore autocast: apply torch's conv policy here
         input, weight, bias = autocast_cast(input, cast), autocast_cast(weight, cast), autocast_cast(bias, cast)
+    # Depthwise (torch's definition: groups == in_channels) runs the dedicated kernels; a
+    # weight that does not fit goes to conv2d, which reports it with conv2d's message.
+    depthwise = (groups == input.shape[-3] and weight.shape[1] == 1 and weight.shape[0] >= 1
+                 and weight.shape[0] % groups == 0)
+    op_fn = _ops.depthwise_conv2d if depthwise else _ops.conv2d
+    extra = () if depthwise else (groups,)
     if dim == 3:
-        return _ops.conv2d(input.unsqueeze(0), weight, bias, stride, padding, dilation, groups, padding_mode).squeeze(0)
-    return _ops.conv2d(input, weight, bias, stride, padding, dilation, groups, padding_mode)
+        return op_fn(input.unsqueeze(0), weight, bias, stride, padding, dilation, *extra, padding_mode).squeeze(0)
+    return op_fn(input, weight, bias, stride, padding, dilation, *extra, padding_mode)
 
 
 # ---------------------------------------------------------------- pooling
@@ -325,3 +333,28 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     with the unbiased variance; in evaluation the running statistics normalize."""
     return _batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps, activation,
                        residual, None)
+
+
+# ---------------------------------------------------------------- depthwise convolution
+
+def depthwise_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, padding_mode="zeros"):
+    """Depthwise convolution: torch.nn.functional.conv2d(input, weight, bias, stride, padding,
+    dilation, groups=C) with weight (C * multiplier, 1, kH, kW), on dedicated kernels, with
+    padding done inside the kernel for every padding_mode. Accepts unbatched (C, H, W) input,
+    ints, pairs, 'same' and 'valid'."""
+    op = "cnnops.depthwise_conv2d"
+    check_device(op, input)
+    dim = input.dim()
+    if dim not in (3, 4):
+        raise ValueError(f"{op}: expected input to be 3-D (C, H, W) or 4-D (N, C, H, W), got shape {tuple(input.shape)}")
+    if weight.dim() != 4:
+        raise ValueError(
+            f"{op}: expected weight to be a 4-D tensor (C * multiplier, 1, kH, kW), got shape {tuple(weight.shape)}")
+    stride, padding, dilation = normalize_conv2d_args(op, weight.shape, stride, padding, dilation)
+    cast = autocast_dtype(input.device.type)
+    if cast is not None:  # torch's conv autocast policy
+        input, weight, bias = autocast_cast(input, cast), autocast_cast(weight, cast), autocast_cast(bias, cast)
+    if dim == 3:
+        return _ops.depthwise_conv2d(input.unsqueeze(0), weight, bias, stride, padding, dilation,
+                                     padding_mode).squeeze(0)
+    return _ops.depthwise_conv2d(input, weight, bias, stride, padding, dilation, padding_mode)

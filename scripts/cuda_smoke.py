@@ -1,5 +1,6 @@
 """A small run of every cnnops CUDA kernel (forward and backward, every dtype, padding
-mode and memory format; conv2d, pool2d, layer_norm, conv_transpose2d, batch_norm), for compute-sanitizer. Exits non-zero on a wrong result."""
+mode and memory format; conv2d, pool2d, layer_norm, conv_transpose2d, batch_norm, depthwise_conv2d), for
+compute-sanitizer. Exits non-zero on a wrong result."""
 import sys
 
 import torch
@@ -272,10 +273,50 @@ def check_batch_norm():
     return bad
 
 
+def check_depthwise_conv2d():
+    """depthwise_conv2d forward and all gradients, every dtype, padding mode and layout,
+    small and large kernels (the tiled forward, its per-output fallback for channels_last,
+    the gather grad_input and the two-pass grad_weight), against float64 torch on the CPU."""
+    bad = 0
+    tol = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
+    configs = [  # (C, multiplier, H, W, kernel, stride, padding, dilation)
+        (6, 1, 11, 9, (3, 3), (1, 1), (1, 1), (1, 1)),
+        (4, 2, 13, 10, (5, 4), (2, 1), (2, 2), (1, 2)),
+        (3, 1, 20, 21, (13, 13), (1, 1), (6, 6), (1, 1)),
+        (8, 1, 34, 35, (3, 3), (3, 2), (1, 1), (2, 2)),
+    ]
+    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        for mode in ("zeros", "reflect", "replicate", "circular"):
+            for channels_last in (False, True):
+                for c, m, h, w, k, s, p, d in configs:
+                    x = torch.randn(2, c, h, w, dtype=torch.float64)
+                    wt = torch.randn(c * m, 1, *k, dtype=torch.float64) / (k[0] * k[1]) ** 0.5
+                    b = torch.randn(c * m, dtype=torch.float64)
+                    xc = x.to("cuda", dtype)
+                    if channels_last:
+                        xc = xc.contiguous(memory_format=torch.channels_last)
+                    xc, wc, bc = (t.requires_grad_(True) for t in (xc, wt.to("cuda", dtype), b.to("cuda", dtype)))
+                    y = cnnops.F.depthwise_conv2d(xc, wc, bc, s, p, d, mode)
+                    go = torch.randn(y.shape, dtype=torch.float64)
+                    g = torch.autograd.grad(y, (xc, wc, bc), go.to("cuda", dtype))
+                    ref = torch.nn.Conv2d(c, c * m, k, s, p, d, c, padding_mode=mode, dtype=torch.float64)
+                    with torch.no_grad():
+                        ref.weight.copy_(wt), ref.bias.copy_(b)
+                    xr = x.clone().requires_grad_(True)
+                    r = ref(xr)
+                    rg = torch.autograd.grad(r, (xr, ref.weight, ref.bias), go)
+                    errs = [_rel(y.cpu(), r)] + [_rel(a.cpu(), e) for a, e in zip(g, rg)]
+                    ok = max(errs) < tol[dtype]
+                    bad += not ok
+                    print(f"depthwise_conv2d {dtype} {mode} channels_last={channels_last} C={c} m={m} k={k} s={s}: "
+                          f"rel err out/dx/dw/db {' '.join(f'{e:.1e}' for e in errs)} {'ok' if ok else 'WRONG'}")
+    return bad
+
+
 if __name__ == "__main__":
     assert torch.cuda.is_available(), "no CUDA device"
     failures = (check_conv2d() + check_pool2d() + check_layer_norm() + check_conv2d_mma() + check_conv_transpose2d()
-                + check_batch_norm())
+                + check_batch_norm() + check_depthwise_conv2d())
     torch.cuda.synchronize()
     print(f"smoke: {failures} wrong")
     sys.exit(1 if failures else 0)

@@ -40,6 +40,7 @@ FAMILIES = (
     "conv2d",
     "pool2d",
     "layer_norm",
+    "depthwise_conv2d",
     "conv_transpose2d",
     "batch_norm",
     "models",  # end-to-end rows: whole converted networks

@@ -5,10 +5,12 @@ from cnnops.nn.pool import (AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, Glo
                             MaxPool2d)
 from cnnops.nn.norm import LayerNorm, LayerNorm2d
 from cnnops.nn.batchnorm import BatchNorm2d, BatchNormAddReLU2d, BatchNormReLU2d, BatchNormReLU6_2d, SyncBatchNorm
+from cnnops.nn.separable import DepthwiseSeparableConv2d, SpatiallySeparableConv2d
 
 __all__ = ["Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "GlobalAvgPool2d",
            "GlobalMaxPool2d", "LayerNorm", "LayerNorm2d",
-           "BatchNorm2d", "BatchNormReLU2d", "BatchNormReLU6_2d", "BatchNormAddReLU2d", "SyncBatchNorm"]
+           "BatchNorm2d", "BatchNormReLU2d", "BatchNormReLU6_2d", "BatchNormAddReLU2d", "SyncBatchNorm",
+           "DepthwiseSeparableConv2d", "SpatiallySeparableConv2d"]
 
 from cnnops.nn.conv import ConvTranspose2d  # noqa: E402
 

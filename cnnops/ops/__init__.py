@@ -5,3 +5,4 @@ from cnnops.ops import pool2d  # noqa: F401
 from cnnops.ops import layer_norm  # noqa: F401
 from cnnops.ops import conv_transpose2d  # noqa: F401
 from cnnops.ops import batch_norm  # noqa: F401
+from cnnops.ops import depthwise_conv2d  # noqa: F401

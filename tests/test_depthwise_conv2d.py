@@ -1,0 +1,509 @@
+"""depthwise_conv2d: cnnops.functional.depthwise_conv2d, the torch.ops.cnnops.depthwise_conv2d*
+ops, DepthwiseConv2dFunction, the routing of conv2d / cnnops.nn.Conv2d with groups == C, and
+the separable modules, checked against torch (F.conv2d with groups = C, torch.nn.Conv2d
+for the padding modes) on the same inputs: outputs, all gradients, strides; plus
+gradcheck, opcheck, torch.compile and the error messages of bad input."""
+from collections import OrderedDict
+
+import pytest
+import torch
+import torch.nn.functional as TF
+from hypothesis import given
+from hypothesis import strategies as st
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.fx.experimental.proxy_tensor import make_fx
+
+import cnnops
+from conftest import assert_close, device_dtype_params, significant_strides
+
+ops = torch.ops.cnnops
+# One intra-op thread by default (many small calls on a busy 2-core machine); the threaded
+# split is tested explicitly below.
+pytestmark = [pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths:UserWarning"),
+              pytest.mark.usefixtures("single_thread")]
+MODES = ("zeros", "reflect", "replicate", "circular")
+CL = torch.channels_last
+
+
+def torch_depthwise(x, w, b, stride=1, padding=0, dilation=1, padding_mode="zeros"):
+    """torch's own depthwise conv for every padding_mode (nn.Conv2d._conv_forward with groups = C)."""
+    c = x.shape[-3]
+    m = torch.nn.Conv2d(c, w.shape[0], tuple(w.shape[2:]), stride, padding, dilation, c,
+                        bias=b is not None, padding_mode=padding_mode, device="meta")
+    return m._conv_forward(x, w, b)
+
+
+def leaf(t):
+    return t.detach().requires_grad_()
+
+
+def rand(*shape, dtype=torch.float64, device="cpu"):
+    return torch.randn(*shape, dtype=torch.float64).to(device=device, dtype=dtype)
+
+
+LAYOUTS = ("contiguous", "channels_last", "sliced", "channels_last_weight")
+
+
+def make_input(shape, layout, dtype=torch.float64, device="cpu"):
+    n, c, h, w = shape
+    if layout == "channels_last":
+        t = rand(n, c, h, w, dtype=dtype, device=device).contiguous(memory_format=CL)
+    elif layout == "sliced":  # every other channel and column: no unit stride anywhere
+        t = rand(n, 2 * c, h, 2 * w, dtype=dtype, device=device)[:, ::2, :, 1::2]
+    else:
+        t = rand(n, c, h, w, dtype=dtype, device=device)
+    return leaf(t)
+
+
+def make_weight(shape, layout, dtype=torch.float64, device="cpu"):
+    t = rand(*shape, dtype=dtype, device=device)
+    if layout == "channels_last_weight":
+        t = t.contiguous(memory_format=CL)
+    return leaf(t)
+
+
+def compare(x, w, b, stride, padding, dilation, mode, fn=None, msg=""):
+    """Forward and all gradients of cnnops against torch (computed in float64 on the CPU
+    for reduced precision, the same values), and torch's output strides for zeros padding."""
+    dtype, device = x.dtype, x.device
+    fn = fn or (lambda x, w, b: cnnops.F.depthwise_conv2d(x, w, b, stride, padding, dilation, mode))
+    out = fn(x, w, b)
+    ref_inputs = [None if t is None else leaf(t.detach().cpu().double()) for t in (x, w, b)]
+    ref = torch_depthwise(*ref_inputs, stride, padding, dilation, mode)
+    assert out.dtype == dtype and out.device == x.device, msg
+    assert_close(out, ref.to(dtype) if dtype != torch.float64 else ref, dtype, device, msg=f"{msg} forward")
+    if out.numel() > 0 and mode == "zeros":
+        with torch.no_grad():
+            expected = TF.conv2d(x.detach(), w.detach(), None, stride, padding, dilation, x.shape[1])
+        assert significant_strides(out) == significant_strides(expected), f"{msg}: {out.stride()} vs {expected.stride()}"
+    go = rand(*ref.shape)
+    inputs = [t for t in (x, w, b) if t is not None]
+    refs = [t for t in ref_inputs if t is not None]
+    got = torch.autograd.grad(out, inputs, go.to(device=device, dtype=dtype))
+    exp = torch.autograd.grad(ref, refs, go)
+    for name, a, e, t in zip(("input", "weight", "bias"), got, exp, inputs):
+        assert a.dtype == dtype and a.shape == t.shape, f"{msg} grad_{name}"
+        assert_close(a, e.to(dtype), dtype, device, msg=f"{msg} grad_{name}")
+    return out
+
+
+# ---------------------------------------------------------------- 1. parametrized correctness
+
+class Case:
+    def __init__(self, name, n, c, mult, h, w, kernel, stride=1, padding=0, dilation=1, bias=True):
+        self.name, self.n, self.c, self.mult, self.h, self.w = name, n, c, mult, h, w
+        self.kernel, self.stride, self.padding, self.dilation, self.bias = kernel, stride, padding, dilation, bias
+
+    def __repr__(self):
+        return self.name
+
+
+# Every case is legal for every padding mode. C >= 8 reaches the channels_last kernels (C = 20:
+# a partial vector; C = 72: several register blocks); C < 8 and multipliers > 1 the plane kernels.
+CASES = [
+    Case("3x3_s1", 2, 20, 1, 13, 19, (3, 3), padding=1),
+    Case("3x3_s2_odd", 2, 72, 1, 15, 17, (3, 3), stride=2, padding=1),
+    Case("5x5_d2", 1, 9, 1, 14, 12, (5, 5), padding=4, dilation=2, bias=False),
+    Case("7x7_mult2", 2, 3, 2, 12, 37, (7, 7), padding=3),
+    Case("even_nonsquare_s3", 1, 4, 3, 11, 16, (2, 4), stride=(3, 2), padding=(1, 2), dilation=(2, 1)),
+    Case("13x13", 1, 16, 1, 16, 18, (13, 13), padding=6),
+    Case("batch0", 0, 8, 1, 6, 6, (3, 3), padding=1),
+    Case("1x1_batch1", 1, 10, 1, 5, 4, (1, 1)),
+]
+
+
+def _params():
+    params = []
+    for i, case in enumerate(CASES):
+        for j, layout in enumerate(LAYOUTS):
+            mode = MODES[(i + j) % len(MODES)]
+            params.append(pytest.param(case, layout, mode, id=f"{case.name}-{layout}-{mode}"))
+    return params
+
+
+@pytest.mark.parametrize("case,layout,mode", _params())
+@pytest.mark.parametrize("device,dtype", device_dtype_params())
+def test_depthwise_matches_torch(device, dtype, case, layout, mode):
+    c = case
+    x = make_input((c.n, c.c, c.h, c.w), layout, dtype, device)
+    w = make_weight((c.c * c.mult, 1, *c.kernel), layout, dtype, device)
+    b = leaf(rand(c.c * c.mult, dtype=dtype, device=device)) if c.bias else None
+    compare(x, w, b, c.stride, c.padding, c.dilation, mode, msg=f"{c} {layout} {mode}")
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_large_kernel_31(mode, layout):
+    """31 x 31 (RepLKNet), padding 15 on a 16 x 17 input: most taps fall in the padding."""
+    x = make_input((1, 8, 16, 17), layout)
+    w = make_weight((8, 1, 31, 31), "contiguous")
+    compare(x, w, leaf(rand(8)), 1, 15, 1, mode, msg=f"31x31 {layout} {mode}")
+
+
+@pytest.mark.parametrize("device,dtype", device_dtype_params())
+def test_conv2d_routes_depthwise(device, dtype):
+    """cnnops.F.conv2d and cnnops.nn.Conv2d with groups == in_channels run the depthwise op."""
+    x = make_input((2, 6, 9, 8), "contiguous", dtype, device)
+    w = make_weight((12, 1, 3, 3), "contiguous", dtype, device)
+    b = leaf(rand(12, dtype=dtype, device=device))
+    compare(x, w, b, 2, 1, 1, "reflect", fn=lambda x, w, b: cnnops.F.conv2d(x, w, b, 2, 1, 1, 6, "reflect"))
+    graph = make_fx(lambda x, w: cnnops.F.conv2d(x, w, None, 1, 1, 1, 6))(x.detach(), w.detach())
+    targets = {str(n.target) for n in graph.graph.nodes if n.op == "call_function"}
+    assert "cnnops.depthwise_conv2d.default" in targets, targets
+    graph = make_fx(lambda x, w: cnnops.F.conv2d(x, w, None, 1, 1, 1, 3))(x.detach(), rand(12, 2, 3, 3).to(x))
+    assert "cnnops.conv2d.default" in {str(n.target) for n in graph.graph.nodes}
+    m = cnnops.nn.Conv2d(6, 12, 3, padding=1, groups=6, padding_mode="circular", dtype=dtype, device=device)
+    r = torch.nn.Conv2d(6, 12, 3, padding=1, groups=6, padding_mode="circular", dtype=torch.float64)
+    r.load_state_dict({k: v.double().cpu() for k, v in m.state_dict().items()})
+    assert_close(m(x), r(x.detach().double().cpu()).to(dtype), dtype, device)
+
+
+# ---------------------------------------------------------------- 2. hypothesis configurations
+
+@st.composite
+def dw_configs(draw):
+    big = draw(st.booleans())
+    kh = draw(st.integers(1, 31 if big else 5))
+    kw = draw(st.integers(1, 31 if big else 5))
+    dh, dw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    if big:  # keep large kernels cheap: no dilation
+        dh = dw = 1
+    mode = draw(st.sampled_from(MODES))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    if draw(st.booleans()):
+        padding = (draw(st.integers(0, dh * (kh - 1))), draw(st.integers(0, dw * (kw - 1))))
+    else:
+        padding = "valid"
+    pads = (0, 0) if padding == "valid" else padding
+
+    def min_size(pad, dilated):
+        need = max(1, dilated - 2 * pad)
+        if mode == "reflect":
+            need = max(need, pad + 1)
+        elif mode == "circular":
+            need = max(need, pad)
+        return need
+
+    h = draw(st.integers(min_size(pads[0], dh * (kh - 1) + 1), min_size(pads[0], dh * (kh - 1) + 1) + 6))
+    w = draw(st.integers(min_size(pads[1], dw * (kw - 1) + 1), min_size(pads[1], dw * (kw - 1) + 1) + 8))
+    c = draw(st.sampled_from([1, 3, 8, 19]))
+    return dict(n=draw(st.integers(0, 2)), c=c, mult=draw(st.integers(1, 3)), h=h, w=w, kernel=(kh, kw),
+                stride=stride, padding=padding, dilation=(dh, dw), mode=mode, bias=draw(st.booleans()),
+                layout=draw(st.sampled_from(LAYOUTS)), dtype=draw(st.sampled_from([torch.float64, torch.float32])))
+
+
+@given(cfg=dw_configs())
+def test_depthwise_hypothesis(cfg):
+    x = make_input((cfg["n"], cfg["c"], cfg["h"], cfg["w"]), cfg["layout"], cfg["dtype"])
+    w = make_weight((cfg["c"] * cfg["mult"], 1, *cfg["kernel"]), cfg["layout"], cfg["dtype"])
+    b = leaf(rand(cfg["c"] * cfg["mult"], dtype=cfg["dtype"])) if cfg["bias"] else None
+    compare(x, w, b, cfg["stride"], cfg["padding"], cfg["dilation"], cfg["mode"], msg=str(cfg))
+
+
+# ---------------------------------------------------------------- 3. padding forms, unbatched, grad strides
+
+@pytest.mark.parametrize("padding", [0, 2, (1, 3), "valid", "same"])
+@pytest.mark.parametrize("mode", MODES)
+def test_padding_forms(padding, mode):
+    x = make_input((2, 3, 8, 9), "contiguous")
+    w = make_weight((6, 1, 3, 4), "contiguous")
+    compare(x, w, leaf(rand(6)), 1, padding, (2, 1), mode, msg=f"{padding!r} {mode}")
+
+
+def test_unbatched_input():
+    x = leaf(rand(4, 7, 6))
+    w = make_weight((8, 1, 3, 3), "contiguous")
+    out = cnnops.F.depthwise_conv2d(x, w, None, 1, "same", 1, "reflect")
+    ref = torch_depthwise(x, w, None, 1, "same", 1, "reflect")
+    assert out.shape == ref.shape == (8, 7, 6)
+    assert_close(out, ref)
+    go = rand(*ref.shape)
+    for a, e in zip(torch.autograd.grad(out, (x, w), go), torch.autograd.grad(ref, (x, w), go)):
+        assert_close(a, e)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "channels_last_weight"])
+@pytest.mark.parametrize("go_layout", ["contiguous", "channels_last", "expanded"])
+def test_grad_strides_match_torch(layout, go_layout):
+    x = make_input((2, 16, 7, 8), layout)
+    w = make_weight((16, 1, 3, 3), layout)
+    out, ref = cnnops.F.depthwise_conv2d(x, w, None, 1, 1), TF.conv2d(x, w, None, 1, 1, 1, 16)
+    go = rand(*out.shape)
+    if go_layout == "channels_last":
+        go = go.contiguous(memory_format=CL)
+    elif go_layout == "expanded":
+        go = rand(1, 1, 1, 1).expand(out.shape)
+    for a, e in zip(torch.autograd.grad(out, (x, w), go), torch.autograd.grad(ref, (x, w), go)):
+        assert_close(a, e)
+        assert significant_strides(a) == significant_strides(e), f"{a.stride()} vs torch {e.stride()}"
+
+
+@pytest.mark.parametrize("shape,kernel", [((4, 32, 40, 41), 5), ((2, 48, 9, 9), 7), ((2, 16, 30, 30), 13)])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_threaded_matches_torch(shape, kernel, layout):
+    """Large enough for at::parallel_for to split the work over 2 threads (every kernel shape)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x = make_input(shape, layout, torch.float32)
+        w = make_weight((shape[1], 1, kernel, kernel), "contiguous", torch.float32)
+        compare(x, w, leaf(rand(shape[1], dtype=torch.float32)), 1, kernel // 2, 1, "reflect", msg=f"{shape} {layout}")
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_grad_weight_is_reproducible_across_thread_counts():
+    x = make_input((4, 24, 20, 21), "contiguous", torch.float32)
+    x_cl = leaf(x.detach().contiguous(memory_format=CL))
+    w = make_weight((24, 1, 5, 5), "contiguous", torch.float32)
+    results = []
+    previous = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            for inp in (x, x_cl):
+                out = cnnops.F.depthwise_conv2d(inp, w, None, 1, 2)
+                results.append(torch.autograd.grad(out, w, torch.ones_like(out))[0])
+    finally:
+        torch.set_num_threads(previous)
+    assert torch.equal(results[0], results[2]) and torch.equal(results[1], results[3])
+
+
+# ---------------------------------------------------------------- 4. gradcheck / gradgradcheck
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mult,layout", [(1, "contiguous"), (2, "contiguous"), (1, "channels_last")])
+def test_gradcheck(mode, mult, layout, single_thread):
+    c = 8 if layout == "channels_last" else 2
+    x = make_input((2, c, 5, 6), layout)
+    w = leaf(rand(c * mult, 1, 3, 2))
+    b = leaf(rand(c * mult))
+
+    def f(x, w, b):
+        return cnnops.F.depthwise_conv2d(x, w, b, (2, 1), (2, 1), (1, 2), mode)
+
+    assert torch.autograd.gradcheck(f, (x, w, b))
+    assert torch.autograd.gradgradcheck(f, (x, w, b))
+
+
+def test_gradcheck_function(single_thread):
+    x, w, b = leaf(rand(1, 3, 5, 5)), leaf(rand(6, 1, 3, 3)), leaf(rand(6))
+
+    def f(x, w, b):
+        return cnnops.functional.DepthwiseConv2dFunction.apply(x, w, b, 1, "same", 1, "replicate")
+
+    assert torch.autograd.gradcheck(f, (x, w, b))
+
+
+# ---------------------------------------------------------------- 5. opcheck
+
+OPCHECK = {
+    "reflect_mult2": ((2, 3, 7, 6), False, (6, 1, 3, 2), [1, 2], [1, 0, 2, 1], [1, 1], "reflect"),
+    "zeros_channels_last": ((2, 8, 6, 7), True, (8, 1, 3, 3), [2, 1], [1, 1, 1, 1], [2, 1], "zeros"),
+    "circular_even": ((1, 4, 5, 5), False, (4, 1, 2, 3), [1, 1], [1, 0, 1, 1], [1, 1], "circular"),
+}
+
+
+@pytest.mark.parametrize("name", list(OPCHECK))
+@pytest.mark.parametrize("op", ["forward", "grad_input", "grad_weight"])
+def test_opcheck(op, name, single_thread):
+    xs, xcl, ws, stride, padding, dilation, mode = OPCHECK[name]
+    x = make_input(xs, "channels_last" if xcl else "contiguous")
+    w, b = leaf(rand(*ws)), leaf(rand(ws[0]))
+    args = (stride, padding, dilation, mode)
+    out = ops.depthwise_conv2d(x.detach(), w.detach(), b.detach(), *args)
+    go = leaf(rand(*out.shape))
+    if op == "forward":
+        call = (ops.depthwise_conv2d, (x, w, b, *args))
+    elif op == "grad_input":
+        call = (ops.depthwise_conv2d_grad_input, (go, w, list(xs), *args, xcl))
+    else:
+        call = (ops.depthwise_conv2d_grad_weight, (go, x, list(ws), *args, xcl))
+    result = torch.library.opcheck(*call)
+    assert result and all(v == "SUCCESS" for v in result.values()), result
+
+
+# ---------------------------------------------------------------- 6. torch.compile
+
+@pytest.fixture
+def dynamo_reset():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("module", ["conv2d_groups", "separable", "spatial"])
+def test_compile_aot_eager(module, dynamo_reset):
+    if module == "conv2d_groups":
+        kwargs = dict(in_channels=8, out_channels=16, kernel_size=5, padding=2, groups=8, padding_mode="reflect")
+        m, r = cnnops.nn.Conv2d(**kwargs, dtype=torch.float64), torch.nn.Conv2d(**kwargs, dtype=torch.float64)
+    elif module == "separable":
+        m = cnnops.nn.DepthwiseSeparableConv2d(8, 5, 3, padding=1, depth_multiplier=2, dtype=torch.float64)
+        r = _torch_separable(8, 5, 3, padding=1, depth_multiplier=2)
+    else:
+        m = cnnops.nn.SpatiallySeparableConv2d(8, 5, 3, padding=1, padding_mode="circular", dtype=torch.float64)
+        r = _torch_spatial(8, 5, 3, padding=1, padding_mode="circular")
+    r.load_state_dict(m.state_dict())
+    x = leaf(rand(2, 8, 9, 9).contiguous(memory_format=CL))
+    compiled = torch.compile(m, backend="aot_eager", fullgraph=True)
+    y, y_ref = compiled(x), r(x)
+    assert_close(y, y_ref)
+    go = rand(*y.shape)
+    for a, e in zip(torch.autograd.grad(y, [x, *m.parameters()], go), torch.autograd.grad(y_ref, [x, *r.parameters()], go)):
+        assert_close(a, e)
+
+
+def test_compile_function_aot_eager(dynamo_reset):
+    x, w, b = leaf(rand(2, 3, 6, 6)), leaf(rand(3, 1, 3, 3)), leaf(rand(3))
+
+    def f(x, w, b):
+        return cnnops.F.depthwise_conv2d(x, w, b, 1, "same", 1, "reflect")
+
+    y = torch.compile(f, backend="aot_eager", fullgraph=True)(x, w, b)
+    ref = torch_depthwise(x, w, b, 1, "same", 1, "reflect")
+    assert_close(y, ref)
+    go = rand(*y.shape)
+    for a, e in zip(torch.autograd.grad(y, (x, w, b), go), torch.autograd.grad(ref, (x, w, b), go)):
+        assert_close(a, e)
+
+
+# ---------------------------------------------------------------- 7. separable modules
+
+def _torch_separable(cin, cout, k, stride=1, padding=0, dilation=1, bias=True, padding_mode="zeros", depth_multiplier=1):
+    return torch.nn.Sequential(OrderedDict(
+        depthwise=torch.nn.Conv2d(cin, cin * depth_multiplier, k, stride, padding, dilation, groups=cin, bias=bias,
+                                  padding_mode=padding_mode, dtype=torch.float64),
+        pointwise=torch.nn.Conv2d(cin * depth_multiplier, cout, 1, bias=bias, dtype=torch.float64)))
+
+
+def _torch_spatial(cin, cout, k, stride=1, padding=0, dilation=1, bias=True, padding_mode="zeros"):
+    return torch.nn.Sequential(OrderedDict(
+        vertical=torch.nn.Conv2d(cin, cout, (k, 1), (stride, 1), (padding, 0), (dilation, 1), bias=bias,
+                                 padding_mode=padding_mode, dtype=torch.float64),
+        horizontal=torch.nn.Conv2d(cout, cout, (1, k), (1, stride), (0, padding), (1, dilation), bias=bias,
+                                   padding_mode=padding_mode, dtype=torch.float64)))
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(cin=3, cout=64, k=3, padding=1, bias=False),
+    dict(cin=8, cout=5, k=5, stride=2, padding=2, dilation=1, padding_mode="reflect", depth_multiplier=2),
+    dict(cin=16, cout=16, k=3, padding=2, dilation=2, padding_mode="replicate"),
+], ids=["3to64", "mult2_reflect_s2", "dilated_replicate"])
+def test_depthwise_separable_module(kwargs):
+    kw = dict(kwargs)
+    cin, cout, k = kw.pop("cin"), kw.pop("cout"), kw.pop("k")
+    m = cnnops.nn.DepthwiseSeparableConv2d(cin, cout, k, **kw, dtype=torch.float64)
+    r = _torch_separable(cin, cout, k, **kw)
+    assert isinstance(m.depthwise, cnnops.nn.Conv2d) and isinstance(m.pointwise, cnnops.nn.Conv2d)
+    assert m.depthwise.groups == cin and m.pointwise.kernel_size == (1, 1)
+    assert list(m.state_dict()) == list(r.state_dict())
+    r.load_state_dict(m.state_dict())
+    mult, bias = kw.get("depth_multiplier", 1), kw.get("bias", True)
+    expected = k * k * cin * mult + cin * mult * cout + ((cin * mult + cout) if bias else 0)
+    assert sum(p.numel() for p in m.parameters()) == expected
+    x = make_input((2, cin, 11, 10), "contiguous")
+    y, y_ref = m(x), r(x)
+    assert_close(y, y_ref)
+    go = rand(*y.shape)
+    for a, e in zip(torch.autograd.grad(y, [x, *m.parameters()], go), torch.autograd.grad(y_ref, [x, *r.parameters()], go)):
+        assert_close(a, e)
+
+
+def test_separable_parameter_counts_textbook():
+    m = cnnops.nn.DepthwiseSeparableConv2d(3, 64, 3, bias=False)
+    assert m.depthwise.weight.numel() == 27 and m.pointwise.weight.numel() == 192
+    m = cnnops.nn.DepthwiseSeparableConv2d(32, 64, 3)
+    assert sum(p.numel() for p in m.parameters()) == 9 * 32 + 32 + 32 * 64 + 64
+    s = cnnops.nn.SpatiallySeparableConv2d(64, 64, 7, bias=False)
+    assert sum(p.numel() for p in s.parameters()) == 7 * 64 * 64 * 2
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(cin=4, cout=6, k=3, padding=1),
+    dict(cin=3, cout=5, k=5, stride=2, padding=2, dilation=1, bias=False, padding_mode="reflect"),
+    dict(cin=2, cout=3, k=3, padding=2, dilation=2, padding_mode="circular"),
+], ids=["basic", "s2_reflect_nobias", "dilated_circular"])
+def test_spatially_separable_module(kwargs):
+    kw = dict(kwargs)
+    cin, cout, k = kw.pop("cin"), kw.pop("cout"), kw.pop("k")
+    m = cnnops.nn.SpatiallySeparableConv2d(cin, cout, k, **kw, dtype=torch.float64)
+    r = _torch_spatial(cin, cout, k, **kw)
+    s, p, d = kw.get("stride", 1), kw.get("padding", 0), kw.get("dilation", 1)
+    assert m.vertical.kernel_size == (k, 1) and m.vertical.stride == (s, 1) and m.vertical.padding == (p, 0)
+    assert m.horizontal.kernel_size == (1, k) and m.horizontal.stride == (1, s) and m.horizontal.dilation == (1, d)
+    r.load_state_dict(m.state_dict())
+    bias = kw.get("bias", True)
+    assert sum(q.numel() for q in m.parameters()) == k * cin * cout + k * cout * cout + (2 * cout if bias else 0)
+    x = make_input((2, cin, 12, 11), "contiguous")
+    y, y_ref = m(x), r(x)
+    assert_close(y, y_ref)
+    go = rand(*y.shape)
+    for a, e in zip(torch.autograd.grad(y, [x, *m.parameters()], go), torch.autograd.grad(y_ref, [x, *r.parameters()], go)):
+        assert_close(a, e)
+
+
+def test_separable_bad_arguments():
+    with pytest.raises(ValueError, match="depth_multiplier >= 1, got 0"):
+        cnnops.nn.DepthwiseSeparableConv2d(3, 4, 3, depth_multiplier=0)
+    with pytest.raises(TypeError, match="kernel_size to be an int"):
+        cnnops.nn.SpatiallySeparableConv2d(3, 4, (3, 3))
+
+
+# ---------------------------------------------------------------- 8. bad input
+
+BAD = [
+    # (description, input shape, weight shape, bias shape, kwargs, exception, message regex)
+    ("weight dim1 not 1", (2, 4, 8, 8), (4, 2, 3, 3), None, {}, ValueError,
+     r"cnnops.depthwise_conv2d: expected weight to have shape \(C \* multiplier, 1, kH, kW\), got shape \(4, 2, 3, 3\)"),
+    ("multiplier not an integer", (2, 4, 8, 8), (6, 1, 3, 3), None, {}, ValueError,
+     r"expected weight.size\(0\) to be a positive multiple of the input channels C = 4 .*got 6"),
+    ("weight 3-D", (2, 4, 8, 8), (4, 3, 3), None, {}, ValueError, r"expected weight to be a 4-D tensor"),
+    ("input 5-D", (1, 2, 4, 8, 8), (4, 1, 3, 3), None, {}, ValueError, r"expected input to be 3-D \(C, H, W\) or 4-D"),
+    ("bias shape", (2, 4, 8, 8), (8, 1, 3, 3), (4,), {}, ValueError,
+     r"expected bias to have shape \(8,\) \(C \* multiplier\), got shape \(4,\)"),
+    ("kernel too large", (2, 4, 3, 3), (4, 1, 5, 5), None, {}, ValueError,
+     r"expected the padded input \(3 x 3\) to be at least as large as the dilated kernel \(5 x 5\)"),
+    ("reflect padding", (2, 4, 3, 3), (4, 1, 3, 3), None, dict(padding=3, padding_mode="reflect"), ValueError,
+     r"reflect padding must be smaller than the input size"),
+    ("bad stride", (2, 4, 8, 8), (4, 1, 3, 3), None, dict(stride=0), ValueError, r"expected stride to be two integers >= 1"),
+    ("bad padding mode", (2, 4, 8, 8), (4, 1, 3, 3), None, dict(padding_mode="mirror"), ValueError,
+     r"expected padding_mode to be one of"),
+    ("zero channels", (2, 0, 8, 8), (4, 1, 3, 3), None, {}, ValueError, r"non-zero channels"),
+]
+
+
+@pytest.mark.parametrize("fake", [False, True], ids=["eager", "fake"])
+@pytest.mark.parametrize("desc,xs,ws,bs,kwargs,exc,pattern", BAD, ids=[b[0] for b in BAD])
+def test_bad_input(desc, xs, ws, bs, kwargs, exc, pattern, fake):
+    def run():
+        x, w = torch.randn(xs), torch.randn(ws)
+        b = torch.randn(bs) if bs else None
+        return cnnops.F.depthwise_conv2d(x, w, b, **kwargs)
+
+    if fake:
+        with FakeTensorMode(), pytest.raises(exc, match=pattern):
+            run()
+    else:
+        with pytest.raises(exc, match=pattern):
+            run()
+
+
+def test_bad_dtypes_and_devices():
+    x, w = torch.randn(1, 4, 6, 6), torch.randn(4, 1, 3, 3)
+    with pytest.raises(TypeError, match=r"expected weight to have the same dtype as input \(float32\), got float64"):
+        cnnops.F.depthwise_conv2d(x, w.double())
+    with pytest.raises(NotImplementedError, match=r"cnnops.depthwise_conv2d: dtype float16 on device cpu is not supported"):
+        cnnops.F.depthwise_conv2d(x.half(), w.half())
+    out = ops.depthwise_conv2d(x, w, None, [1, 1], [0, 0, 0, 0], [1, 1], "zeros")
+    with pytest.raises(ValueError, match=r"depthwise_conv2d_grad_input: expected grad_output to have shape \(1, 4, 4, 4\)"):
+        ops.depthwise_conv2d_grad_input(torch.randn(1, 4, 5, 4), w, [1, 4, 6, 6], [1, 1], [0, 0, 0, 0], [1, 1],
+                                        "zeros", False)
+    with pytest.raises(TypeError, match=r"grad_weight: expected input to have the same dtype as grad_output"):
+        ops.depthwise_conv2d_grad_weight(out, x.double(), [4, 1, 3, 3], [1, 1], [0, 0, 0, 0], [1, 1], "zeros", False)
+
+
+def test_meta_shapes_match_eager():
+    x, w = torch.randn(2, 6, 9, 7).contiguous(memory_format=CL), torch.randn(12, 1, 3, 2)
+    eager = cnnops.F.depthwise_conv2d(x, w, None, (2, 1), "valid", (1, 2), "reflect")
+    meta = cnnops.F.depthwise_conv2d(x.to("meta"), w.to("meta"), None, (2, 1), "valid", (1, 2), "reflect")
+    assert meta.shape == eager.shape and meta.stride() == eager.stride()
