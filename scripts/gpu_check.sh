@@ -20,6 +20,8 @@ mkdir -p "$OUT"
 SUMMARY="$OUT/summary.txt"
 : > "$SUMMARY"
 export PYTHONUNBUFFERED=1 CI=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # scripts/*.py import cnnops
+# SKIP_BENCH=1 leaves out the benchmark; ALL_EXPERIMENTAL=0 runs stage 3 on the default paths;
+# CUDA_TESTS="tests/test_a.py tests/test_b.py ..." sets which files stage 3 runs, in that order.
 T_BUILD=${T_BUILD:-300} T_FAMILY=${T_FAMILY:-180} T_ALL=${T_ALL:-180} T_SAN=${T_SAN:-150} T_BENCH=${T_BENCH:-200}
 
 note() { echo "$*" | tee -a "$SUMMARY"; }
@@ -48,10 +50,13 @@ if ! stage build "$T_BUILD" "$OUT/build.log" python3 setup.py build_ext --inplac
   note "build failed: stopping"; exit 1
 fi
 
-stage "tests-$FAMILY" "$T_FAMILY" "$OUT/pytest_family.log" \
-  python3 -m pytest -q --timeout=120 -k cuda "tests/test_$FAMILY.py" -p no:cacheprovider
-CNNOPS_EXPERIMENTAL=1 stage tests-all-cuda "$T_ALL" "$OUT/pytest_cuda.log" \
-  python3 -m pytest -q --timeout=120 -k cuda tests --ignore "tests/test_$FAMILY.py" -p no:cacheprovider
+# -v: one line per test as it ends, so a stage cut by its timeout still shows what passed
+# and failed; --tb=short -rf: the reasons at the end.
+PYTEST="python3 -m pytest -v --tb=short -rf --timeout=120 -p no:cacheprovider"
+stage "tests-$FAMILY" "$T_FAMILY" "$OUT/pytest_family.log" $PYTEST -k cuda "tests/test_$FAMILY.py"
+# EXPERIMENTAL=1 (default): the opt-in fast paths forced on; 0: the default paths users get.
+CNNOPS_EXPERIMENTAL=${ALL_EXPERIMENTAL:-1} stage tests-all-cuda "$T_ALL" "$OUT/pytest_cuda.log" \
+  $PYTEST -k cuda ${CUDA_TESTS:-tests} --ignore "tests/test_$FAMILY.py"
 
 if command -v compute-sanitizer > /dev/null; then
   {
@@ -73,7 +78,9 @@ else
   stage smoke 60 "$OUT/sanitizer.log" python3 scripts/cuda_smoke.py
 fi
 
-if [ "$FAMILY" = conv2d_mma ]; then
+if [ "${SKIP_BENCH:-0}" = 1 ]; then
+  note "stage bench: skipped (SKIP_BENCH=1)"
+elif [ "$FAMILY" = conv2d_mma ]; then
   for dt in float16 bfloat16; do
     CNNOPS_EXPERIMENTAL=1 stage "bench-mma-$dt" "$T_BENCH" "$OUT/bench_mma_$dt.log" python3 -m cnnops.bench \
       --device cuda --ops conv2d --dtype $dt --filter nhwc --json "$OUT/bench_cuda_mma_$dt.json"

@@ -14,4 +14,6 @@ __all__ = ["Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMax
 
 from cnnops.nn.conv import ConvTranspose2d  # noqa: E402
 
-__all__ += ["ConvTranspose2d"]
+from cnnops.nn.parallel import DistributedDataParallel  # noqa: E402
+
+__all__ += ["ConvTranspose2d", "DistributedDataParallel"]
