@@ -118,3 +118,18 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+def torch_rule_strides(fn, *tensors):
+    """Significant strides of fn(*tensors) run by torch on the CPU, on copies that keep each
+    tensor's memory format. torch's CPU convolutions follow the memory-format rule (channels_last
+    when the input or the weight is); on CUDA some of torch's backends (float64, its slow
+    transposed kernel for output_padding >= stride) return NCHW whatever the inputs, and cnnops
+    keeps the rule there. Reduced precision runs in float32 (the layout does not depend on it)."""
+    def cpu(t):
+        if t is None:
+            return None
+        t = t.detach()
+        return t.to("cpu", torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else t.dtype)
+    with torch.no_grad():
+        return significant_strides(fn(*[cpu(t) for t in tensors]))

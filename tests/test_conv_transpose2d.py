@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import cnnops
-from conftest import CUDA_AVAILABLE, DEVICE_DTYPES, assert_close, device_dtype_params, significant_strides
+from conftest import (CUDA_AVAILABLE, DEVICE_DTYPES, assert_close, device_dtype_params, significant_strides,
+                      torch_rule_strides)
 
 ops = torch.ops.cnnops
 F = cnnops.F
@@ -52,6 +53,11 @@ def make_weight(shape, layout, dtype=torch.float64, device="cpu"):
     return leaf(t)
 
 
+def _format_of(t):
+    return torch.channels_last if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) \
+        and not t.is_contiguous() else torch.contiguous_format
+
+
 def grads(out, inputs, grad_out):
     return torch.autograd.grad(out, [t for t in inputs if t is not None], grad_out)
 
@@ -66,15 +72,24 @@ def compare_with_torch(x, w, b, stride, padding, output_padding, groups, dilatio
     assert out.device == x.device, msg
     assert_close(out, ref, dtype, device, msg=f"{msg} forward")
     if out.numel() > 0:
-        assert significant_strides(out) == significant_strides(ref), f"{msg}: {out.stride()} vs torch {ref.stride()}"
+        expected = torch_rule_strides(lambda *t: TF.conv_transpose2d(*t, stride, padding, output_padding, groups,
+                                                                     dilation), x, w, b)
+        assert significant_strides(out) == expected, f"{msg}: {out.stride()} vs torch's rule {expected}"
     grad_out = rand(*ref.shape, dtype=dtype, device=device)
     g_ref = grads(ref, (x, w, b), grad_out)
     g_out = grads(out, (x, w, b), grad_out)
-    for name, a, e in zip(("input", "weight", "bias"), g_out, g_ref):
+    if device.type != "cpu":  # torch's CPU gradients give the layout rule (see torch_rule_strides)
+        cpu = [None if t is None else t.detach().cpu().float().requires_grad_() for t in (x, w, b)]
+        ref_cpu = TF.conv_transpose2d(*cpu, stride, padding, output_padding, groups, dilation)
+        g_ref_layout = grads(ref_cpu, cpu, grad_out.cpu().float().contiguous(memory_format=_format_of(grad_out)))
+    else:
+        g_ref_layout = g_ref
+    for name, a, e, layout in zip(("input", "weight", "bias"), g_out, g_ref, g_ref_layout):
         assert a.dtype == e.dtype, f"{msg} grad {name}"
         assert_close(a, e, dtype, device, msg=f"{msg} grad_{name}")
         if a.numel() > 0:
-            assert significant_strides(a) == significant_strides(e), f"{msg} grad_{name}: {a.stride()} vs {e.stride()}"
+            assert significant_strides(a) == significant_strides(layout), (
+                f"{msg} grad_{name}: {a.stride()} vs torch's rule {layout.stride()}")
     return out
 
 

@@ -209,12 +209,15 @@ def test_export_eval_matches(name):
 # ---------------------------------------------------------------- CUDA
 @pytest.mark.parametrize("device", [d for d in DEVICES if getattr(d, "values", [d])[0] == "cuda"])
 @pytest.mark.parametrize("name", MODEL_NAMES)
-def test_cuda_float32_autocast_stream_and_graph(device, name):
+def test_cuda_training_autocast_stream_and_graph(device, name):
+    # Training steps in float64: in float32, torch's convolutions use TF32 (its default) and
+    # two steps of SGD amplify that rounding past any fixed tolerance (seen on an H100: ASPP's
+    # BatchNorm over 2 values per channel; float64 agreed to 1e-13).
+    reference, x = build(name, dtype=torch.float64, device=device)
+    converted = cnnops.convert(reference)
+    assert_records_equal(train_steps(converted, x, sgd(converted)), train_steps(reference, x, sgd(reference)))
     reference, x = build(name, dtype=torch.float32, device=device)
     converted = cnnops.convert(reference)
-    want = train_steps(reference, x, sgd(reference), steps=2)
-    got = train_steps(converted, x, sgd(converted), steps=2)
-    assert_records_equal(got, want, dtype=torch.bfloat16)  # TF32 on both sides' convs
     reference.eval(), converted.eval()
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
         assert_close(converted(x).float(), reference(x).float(), dtype=torch.bfloat16)
