@@ -19,6 +19,7 @@
 
 #include "common/conv_checks.h"
 #include "common/conv_index.h"
+#include "cpu/conv2d_panel.h"
 
 namespace cnnops {
 namespace {
@@ -115,9 +116,16 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
   const Conv2dGeometry g = check_conv2d_forward("cnnops.conv2d", input, weight, bias, stride,
                                                 padding, dilation, groups, padding_mode);
   check_dtype_supported("cnnops.conv2d", input, /*half_ok=*/false);
+  const at::MemoryFormat format = conv_memory_format(input, weight);
   at::Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w},
-                                input.options().memory_format(conv_memory_format(input, weight)));
+                                input.options().memory_format(format));
   if (output.numel() == 0) return output;
+  const CpuConvPath path = cpu_conv_path(input.scalar_type());
+  if (path != CpuConvPath::Im2col) {
+    conv2d_forward_panel(input, weight, bias.has_value() ? *bias : at::Tensor(), g, output,
+                         format == at::MemoryFormat::ChannelsLast, path == CpuConvPath::Panel);
+    return output;
+  }
 
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, input.scalar_type(), "cnnops_conv2d_cpu", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
@@ -173,6 +181,12 @@ at::Tensor conv2d_grad_input_cpu(const at::Tensor& grad_output, const at::Tensor
   at::Tensor grad_input =
       at::empty(input_size, grad_output.options().memory_format(layout_from_flag(channels_last)));
   if (grad_input.numel() == 0) return grad_input;
+  const CpuConvPath path = cpu_conv_path(grad_output.scalar_type());
+  if (path != CpuConvPath::Im2col) {
+    conv2d_grad_input_panel(grad_output, weight, g, grad_input, channels_last,
+                            path == CpuConvPath::Panel);
+    return grad_input;
+  }
 
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, grad_output.scalar_type(), "cnnops_conv2d_grad_input_cpu", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
@@ -252,6 +266,12 @@ at::Tensor conv2d_grad_weight_cpu(const at::Tensor& grad_output, const at::Tenso
                                padding, dilation, groups, padding_mode, /*half_ok=*/false);
   at::Tensor grad_weight =
       at::empty(weight_size, input.options().memory_format(layout_from_flag(channels_last)));
+  const CpuConvPath path = cpu_conv_path(input.scalar_type());
+  if (path != CpuConvPath::Im2col) {
+    conv2d_grad_weight_panel(grad_output, input, g, grad_weight, channels_last,
+                             path == CpuConvPath::Panel);
+    return grad_weight;
+  }
 
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, input.scalar_type(), "cnnops_conv2d_grad_weight_cpu", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
