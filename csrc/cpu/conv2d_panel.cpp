@@ -76,10 +76,14 @@ struct Tile {
 Tiling make_tiling(const Conv2dGeometry& g, int64_t k_per_pixel, size_t elem, bool allow_images) {
   const int64_t threads = at::get_num_threads();
   const int64_t P = g.out_pixels();
+  const char* e1 = std::getenv("TUNE_PANEL_KB");
+  const char* e2 = std::getenv("TUNE_MIN_PIX");
+  const int64_t budget = e1 ? std::atoll(e1) * 1024 : kPanelBytes;
+  const int64_t minpix = e2 ? std::atoll(e2) : kMinTilePixels;
   int64_t target = k_per_pixel > 0
-                       ? kPanelBytes / (k_per_pixel * static_cast<int64_t>(elem))
+                       ? budget / (k_per_pixel * static_cast<int64_t>(elem))
                        : P;
-  target = std::max(target, kMinTilePixels);
+  target = std::max(target, minpix);
   Tiling t{};
   if (allow_images && P < target && g.batch > 1) {
     // enough tiles (times groups) to give every thread one
@@ -92,8 +96,9 @@ Tiling make_tiling(const Conv2dGeometry& g, int64_t k_per_pixel, size_t elem, bo
     t.rows = g.out_h;
   } else {
     t.rows = std::clamp<int64_t>((target + g.out_w - 1) / g.out_w, 1, g.out_h);
-    if (g.batch * g.groups * ((g.out_h + t.rows - 1) / t.rows) < threads) {
-      const int64_t want = (threads + g.batch * g.groups - 1) / (g.batch * g.groups);
+    const int64_t planes = g.batch * g.groups;  // 0 for an empty batch (grad_weight)
+    if (planes > 0 && planes * ((g.out_h + t.rows - 1) / t.rows) < threads) {
+      const int64_t want = (threads + planes - 1) / planes;
       t.rows = std::max<int64_t>(1, g.out_h / want);
     }
   }
