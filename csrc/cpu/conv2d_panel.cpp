@@ -76,14 +76,10 @@ struct Tile {
 Tiling make_tiling(const Conv2dGeometry& g, int64_t k_per_pixel, size_t elem, bool allow_images) {
   const int64_t threads = at::get_num_threads();
   const int64_t P = g.out_pixels();
-  const char* e1 = std::getenv("TUNE_PANEL_KB");
-  const char* e2 = std::getenv("TUNE_MIN_PIX");
-  const int64_t budget = e1 ? std::atoll(e1) * 1024 : kPanelBytes;
-  const int64_t minpix = e2 ? std::atoll(e2) : kMinTilePixels;
   int64_t target = k_per_pixel > 0
-                       ? budget / (k_per_pixel * static_cast<int64_t>(elem))
+                       ? kPanelBytes / (k_per_pixel * static_cast<int64_t>(elem))
                        : P;
-  target = std::max(target, minpix);
+  target = std::max(target, kMinTilePixels);
   Tiling t{};
   if (allow_images && P < target && g.batch > 1) {
     // enough tiles (times groups) to give every thread one
