@@ -179,3 +179,23 @@ def test_bad_path_value(monkeypatch):
     with pytest.raises(ValueError, match=r"CNNOPS_CONV2D_CPU_PATH to be one of 'auto', 'panel', "
                                          r"'im2col', got 'direct'"):
         ops.conv2d(x, w, None, [1, 1], [0, 0, 0, 0], [1, 1], 1, "zeros")
+
+
+# ---------------------------------------------------------------- 5. conv2d_grad_bias layouts
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced", "2d", "3d", "5d"])
+def test_grad_bias_layouts(layout, dtype, threads):
+    """The contiguous (interleaved accumulators, plane sizes around the 16 lanes), the
+    channels_last (per-pixel channel rows) and the strided kernels of conv2d_grad_bias."""
+    shapes = {"2d": (5, 7), "3d": (3, 6, 17), "5d": (2, 3, 4, 5, 3)}
+    if layout in shapes:
+        go = rand(*shapes[layout], dtype=dtype)
+    elif layout == "sliced":
+        go = rand(3, 10, 7, 9, dtype=dtype)[:, ::2, :, 1::2]
+    else:
+        go = rand(3, 37, 5, 7, dtype=dtype)
+        if layout == "channels_last":
+            go = go.contiguous(memory_format=CL)
+    expected = go.double().sum(dim=[d for d in range(go.dim()) if d != 1]).to(dtype)
+    assert_close(ops.conv2d_grad_bias(go), expected, msg=layout)

@@ -323,15 +323,49 @@ at::Tensor conv2d_grad_bias_cpu(const at::Tensor& grad_output) {
     const scalar_t* ptr = go.const_data_ptr<scalar_t>();
     scalar_t* out = grad_bias.mutable_data_ptr<scalar_t>();
     const Strides4d s = strides4d(go);
-    at::parallel_for(0, channels, grain_for(go.numel() / std::max<int64_t>(channels, 1)), [&](int64_t begin, int64_t end) {
-      for (int64_t c = begin; c < end; ++c) {
-        acc_t sum = 0;
-        for (int64_t n = 0; n < go.size(0); ++n)
-          for (int64_t h = 0; h < go.size(2); ++h)
-            for (int64_t w = 0; w < go.size(3); ++w) sum += static_cast<acc_t>(ptr[s.offset(n, c, h, w)]);
-        out[c] = static_cast<scalar_t>(sum);
-      }
-    });
+    const int64_t N = go.size(0), H = go.size(2), W = go.size(3), HW = H * W;
+    const int64_t grain = grain_for(go.numel() / std::max<int64_t>(channels, 1));
+    if (go.is_contiguous() && HW > 0) {
+      // Per channel, contiguous planes summed with kLanes interleaved accumulators (a fixed
+      // order, independent of the thread count), so the adds pipeline and vectorise.
+      constexpr int64_t kLanes = 16;
+      at::parallel_for(0, channels, grain, [&](int64_t begin, int64_t end) {
+        for (int64_t c = begin; c < end; ++c) {
+          acc_t lanes[kLanes] = {};
+          acc_t tail = 0;
+          for (int64_t n = 0; n < N; ++n) {
+            const scalar_t* p = ptr + (n * channels + c) * HW;
+            int64_t i = 0;
+            for (; i + kLanes <= HW; i += kLanes)
+              for (int64_t l = 0; l < kLanes; ++l) lanes[l] += static_cast<acc_t>(p[i + l]);
+            for (; i < HW; ++i) tail += static_cast<acc_t>(p[i]);
+          }
+          acc_t sum = tail;
+          for (int64_t l = 0; l < kLanes; ++l) sum += lanes[l];
+          out[c] = static_cast<scalar_t>(sum);
+        }
+      });
+    } else if (go.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+      // Channels are contiguous: each task sums its channel range pixel by pixel.
+      at::parallel_for(0, channels, std::max<int64_t>(grain, 16), [&](int64_t begin, int64_t end) {
+        std::vector<acc_t> sums(end - begin, acc_t(0));
+        for (int64_t p = 0; p < N * HW; ++p) {
+          const scalar_t* row = ptr + p * channels + begin;
+          for (int64_t c = 0; c < end - begin; ++c) sums[c] += static_cast<acc_t>(row[c]);
+        }
+        for (int64_t c = begin; c < end; ++c) out[c] = static_cast<scalar_t>(sums[c - begin]);
+      });
+    } else {
+      at::parallel_for(0, channels, grain, [&](int64_t begin, int64_t end) {
+        for (int64_t c = begin; c < end; ++c) {
+          acc_t sum = 0;
+          for (int64_t n = 0; n < N; ++n)
+            for (int64_t h = 0; h < H; ++h)
+              for (int64_t w = 0; w < W; ++w) sum += static_cast<acc_t>(ptr[s.offset(n, c, h, w)]);
+          out[c] = static_cast<scalar_t>(sum);
+        }
+      });
+    }
   });
   return grad_bias;
 }

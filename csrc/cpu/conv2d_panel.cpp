@@ -24,7 +24,7 @@ CpuConvPath cpu_conv_path(at::ScalarType dtype) {
   const std::string name = env ? env : "";
   const bool panel_dtype = dtype == at::kFloat || dtype == at::kDouble;
   if (name.empty() || name == "auto") return panel_dtype ? CpuConvPath::Panel : CpuConvPath::Im2col;
-  if (name == "panel") return panel_dtype ? CpuConvPath::PanelNo1x1 : CpuConvPath::Im2col;
+  if (name == "panel") return panel_dtype ? CpuConvPath::PanelNoShortcut : CpuConvPath::Im2col;
   if (name == "im2col") return CpuConvPath::Im2col;
   TORCH_CHECK_VALUE(false, "cnnops.conv2d: expected the environment variable "
                     "CNNOPS_CONV2D_CPU_PATH to be one of 'auto', 'panel', 'im2col', got '",

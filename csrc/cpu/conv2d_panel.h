@@ -18,7 +18,7 @@ namespace cnnops {
 //   auto   (default) panel for float32/float64 with the 1x1 GEMM shortcut, im2col otherwise
 //   panel  panel for float32/float64 on every shape, 1x1 included (no shortcut)
 //   im2col the foundation's tiled per-element im2col + GEMM, every dtype
-enum class CpuConvPath { Im2col, Panel, PanelNo1x1 };
+enum class CpuConvPath { Im2col, Panel, PanelNoShortcut };
 
 CpuConvPath cpu_conv_path(at::ScalarType dtype);
 
