@@ -99,6 +99,8 @@ Tiling make_tiling(const Conv2dGeometry& g, int64_t k_per_pixel, size_t elem, bo
     }
   }
   t.per_block = (g.out_h + t.rows - 1) / t.rows;
+  t.rows = (g.out_h + t.per_block - 1) / t.per_block;  // even tiles, no short last one
+  t.per_block = (g.out_h + t.rows - 1) / t.rows;
   t.blocks = (g.batch + t.images - 1) / t.images;
   return t;
 }
