@@ -93,6 +93,24 @@ CNNOPS_HOST_DEVICE int64_t output_index_for_tap(int64_t v, int64_t k, int64_t st
   return o < out_size ? o : -1;
 }
 
+// The output positions [lo, hi) whose tap reads an in-range input coordinate, i.e.
+// 0 <= o * stride + offset < size with offset = k * dilation - pad_before; outside it,
+// source_index() applies the padding. Between lo and hi the input index is
+// o * stride + offset, so row-wise kernels copy that run without per-element checks.
+struct InteriorRange {
+  int64_t lo, hi;
+};
+
+CNNOPS_HOST_DEVICE InteriorRange interior_range(int64_t out_size, int64_t size, int64_t stride,
+                                                int64_t offset) {
+  // smallest o with o * stride + offset >= 0; largest o with o * stride + offset <= size - 1
+  int64_t lo = offset >= 0 ? 0 : (-offset + stride - 1) / stride;
+  int64_t hi = size - 1 - offset < 0 ? 0 : (size - 1 - offset) / stride + 1;
+  if (hi > out_size) hi = out_size;
+  if (lo > hi) lo = hi;
+  return InteriorRange{lo, hi};
+}
+
 // Everything a conv2d kernel needs to know about the geometry of one call.
 struct Conv2dGeometry {
   int64_t batch, in_channels, in_h, in_w;

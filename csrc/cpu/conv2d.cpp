@@ -19,6 +19,7 @@
 
 #include "common/conv_checks.h"
 #include "common/conv_index.h"
+#include "cpu/conv2d_panel.h"
 
 namespace cnnops {
 namespace {
@@ -115,9 +116,16 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
   const Conv2dGeometry g = check_conv2d_forward("cnnops.conv2d", input, weight, bias, stride,
                                                 padding, dilation, groups, padding_mode);
   check_dtype_supported("cnnops.conv2d", input, /*half_ok=*/false);
+  const at::MemoryFormat format = conv_memory_format(input, weight);
   at::Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w},
-                                input.options().memory_format(conv_memory_format(input, weight)));
+                                input.options().memory_format(format));
   if (output.numel() == 0) return output;
+  const CpuConvPath path = cpu_conv_path(input.scalar_type());
+  if (path != CpuConvPath::Im2col) {
+    conv2d_forward_panel(input, weight, bias.has_value() ? *bias : at::Tensor(), g, output,
+                         format == at::MemoryFormat::ChannelsLast, path == CpuConvPath::Panel);
+    return output;
+  }
 
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, input.scalar_type(), "cnnops_conv2d_cpu", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
@@ -173,6 +181,12 @@ at::Tensor conv2d_grad_input_cpu(const at::Tensor& grad_output, const at::Tensor
   at::Tensor grad_input =
       at::empty(input_size, grad_output.options().memory_format(layout_from_flag(channels_last)));
   if (grad_input.numel() == 0) return grad_input;
+  const CpuConvPath path = cpu_conv_path(grad_output.scalar_type());
+  if (path != CpuConvPath::Im2col) {
+    conv2d_grad_input_panel(grad_output, weight, g, grad_input, channels_last,
+                            path == CpuConvPath::Panel);
+    return grad_input;
+  }
 
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, grad_output.scalar_type(), "cnnops_conv2d_grad_input_cpu", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
@@ -252,6 +266,12 @@ at::Tensor conv2d_grad_weight_cpu(const at::Tensor& grad_output, const at::Tenso
                                padding, dilation, groups, padding_mode, /*half_ok=*/false);
   at::Tensor grad_weight =
       at::empty(weight_size, input.options().memory_format(layout_from_flag(channels_last)));
+  const CpuConvPath path = cpu_conv_path(input.scalar_type());
+  if (path != CpuConvPath::Im2col) {
+    conv2d_grad_weight_panel(grad_output, input, g, grad_weight, channels_last,
+                             path == CpuConvPath::Panel);
+    return grad_weight;
+  }
 
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, input.scalar_type(), "cnnops_conv2d_grad_weight_cpu", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
@@ -303,15 +323,49 @@ at::Tensor conv2d_grad_bias_cpu(const at::Tensor& grad_output) {
     const scalar_t* ptr = go.const_data_ptr<scalar_t>();
     scalar_t* out = grad_bias.mutable_data_ptr<scalar_t>();
     const Strides4d s = strides4d(go);
-    at::parallel_for(0, channels, grain_for(go.numel() / std::max<int64_t>(channels, 1)), [&](int64_t begin, int64_t end) {
-      for (int64_t c = begin; c < end; ++c) {
-        acc_t sum = 0;
-        for (int64_t n = 0; n < go.size(0); ++n)
-          for (int64_t h = 0; h < go.size(2); ++h)
-            for (int64_t w = 0; w < go.size(3); ++w) sum += static_cast<acc_t>(ptr[s.offset(n, c, h, w)]);
-        out[c] = static_cast<scalar_t>(sum);
-      }
-    });
+    const int64_t N = go.size(0), H = go.size(2), W = go.size(3), HW = H * W;
+    const int64_t grain = grain_for(go.numel() / std::max<int64_t>(channels, 1));
+    if (go.is_contiguous() && HW > 0) {
+      // Per channel, contiguous planes summed with kLanes interleaved accumulators (a fixed
+      // order, independent of the thread count), so the adds pipeline and vectorise.
+      constexpr int64_t kLanes = 16;
+      at::parallel_for(0, channels, grain, [&](int64_t begin, int64_t end) {
+        for (int64_t c = begin; c < end; ++c) {
+          acc_t lanes[kLanes] = {};
+          acc_t tail = 0;
+          for (int64_t n = 0; n < N; ++n) {
+            const scalar_t* p = ptr + (n * channels + c) * HW;
+            int64_t i = 0;
+            for (; i + kLanes <= HW; i += kLanes)
+              for (int64_t l = 0; l < kLanes; ++l) lanes[l] += static_cast<acc_t>(p[i + l]);
+            for (; i < HW; ++i) tail += static_cast<acc_t>(p[i]);
+          }
+          acc_t sum = tail;
+          for (int64_t l = 0; l < kLanes; ++l) sum += lanes[l];
+          out[c] = static_cast<scalar_t>(sum);
+        }
+      });
+    } else if (go.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+      // Channels are contiguous: each task sums its channel range pixel by pixel.
+      at::parallel_for(0, channels, std::max<int64_t>(grain, 16), [&](int64_t begin, int64_t end) {
+        std::vector<acc_t> sums(end - begin, acc_t(0));
+        for (int64_t p = 0; p < N * HW; ++p) {
+          const scalar_t* row = ptr + p * channels + begin;
+          for (int64_t c = 0; c < end - begin; ++c) sums[c] += static_cast<acc_t>(row[c]);
+        }
+        for (int64_t c = begin; c < end; ++c) out[c] = static_cast<scalar_t>(sums[c - begin]);
+      });
+    } else {
+      at::parallel_for(0, channels, grain, [&](int64_t begin, int64_t end) {
+        for (int64_t c = begin; c < end; ++c) {
+          acc_t sum = 0;
+          for (int64_t n = 0; n < N; ++n)
+            for (int64_t h = 0; h < H; ++h)
+              for (int64_t w = 0; w < W; ++w) sum += static_cast<acc_t>(ptr[s.offset(n, c, h, w)]);
+          out[c] = static_cast<scalar_t>(sum);
+        }
+      });
+    }
   });
   return grad_bias;
 }
