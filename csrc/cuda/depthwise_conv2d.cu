@@ -7,7 +7,7 @@
 //    staging). Falls back to the per-output kernel when the tile would not fit.
 //  - forward, other layouts (channels_last): one thread per output element, threads
 //    ordered as the output's memory (channel fastest for channels_last): coalesced.
-//  - grad_input: a gather, one thread per input element (depthwise_grad_input_at:
+//  - grad_input: a gather, one thread per input element (conv2d_grad_input_at with groups = C:
 //    padded_preimages lists every virtual coordinate that maps to the element).
 //  - grad_weight: one block per (output channel, tap, pixel slice) reduces its slice with
 //    a fixed-order shared-memory tree into a workspace; a second kernel adds the slices in
@@ -163,7 +163,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= total) return;
   const Index4 i = split_index(idx, g.in_channels, g.in_h, g.in_w, channels_last);
-  const acc_t acc = depthwise_grad_input_at<acc_t>(grad_output, weight, go_s, w_s, g, i.n, i.c, i.h, i.w);
+  const acc_t acc = conv2d_grad_input_at<acc_t>(grad_output, weight, go_s, w_s, g, i.n, i.c, i.h, i.w);
   grad_input[gi_s.offset(i.n, i.c, i.h, i.w)] = static_cast<scalar_t>(acc);
 }
 
