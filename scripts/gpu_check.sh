@@ -21,7 +21,8 @@ SUMMARY="$OUT/summary.txt"
 : > "$SUMMARY"
 export PYTHONUNBUFFERED=1 CI=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # scripts/*.py import cnnops
 # SKIP_BENCH=1 leaves out the benchmark; ALL_EXPERIMENTAL=0 runs stage 3 on the default paths;
-# CUDA_TESTS="tests/test_a.py tests/test_b.py ..." sets which files stage 3 runs, in that order.
+# CUDA_TESTS="tests/test_a.py tests/test_b.py ..." sets which files stage 3 runs, in that order;
+# BENCH_OPS=depthwise_conv2d,batch_norm limits the benchmark to those families.
 T_BUILD=${T_BUILD:-300} T_FAMILY=${T_FAMILY:-180} T_ALL=${T_ALL:-180} T_SAN=${T_SAN:-150} T_BENCH=${T_BENCH:-200}
 
 note() { echo "$*" | tee -a "$SUMMARY"; }
@@ -90,6 +91,7 @@ elif [ "$FAMILY" = conv2d_mma ]; then
   CNNOPS_EXPERIMENTAL=1 stage bench-mma-tf32 "$T_BENCH" "$OUT/bench_mma_tf32.log" python3 -m cnnops.bench \
     --device cuda --ops conv2d --dtype float32 --tf32 on --filter "nhwc deeplab" --no-roofline --json "$OUT/bench_cuda_mma_tf32.json"
 else
-  stage bench "$T_BENCH" "$OUT/bench.log" python3 -m cnnops.bench --device cuda --json "$OUT/bench_cuda.json"
+  stage bench "$T_BENCH" "$OUT/bench.log" python3 -m cnnops.bench --device cuda --ops "${BENCH_OPS:-all}" \
+    --json "$OUT/bench_cuda.json"
 fi
 note "done"
