@@ -1052,6 +1052,7 @@ template <typename scalar_t>
 void grad_weight_planes(const at::Tensor& grad_output, const at::Tensor& input, at::Tensor& grad_weight,
                         const Conv2dGeometry& g) {
   using T = at::opmath_type<scalar_t>;
+  using Vec = at::vec::Vectorized<T>;
   constexpr int64_t V = at::vec::Vectorized<T>::size();
   const int64_t kk = g.kernel_h * g.kernel_w, mult = multiplier(g);
   const StagedPlane sp(g, V);
@@ -1088,13 +1089,26 @@ void grad_weight_planes(const at::Tensor& grad_output, const at::Tensor& input, 
       for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
         for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
           const int64_t shift = col_offs[kw];
-          T sum = 0;
+          // Vector accumulators over the whole plane, lanes summed once per tap (a
+          // horizontal sum per row cost more than the row's FMAs for 3x3).
+          Vec acc[4] = {Vec(T(0)), Vec(T(0)), Vec(T(0)), Vec(T(0))};
           for (int64_t oh = 0; oh < g.out_h; ++oh) {
             const int64_t ih = source_index(oh * g.stride_h - g.pad_top + kh * g.dilation_h, g.in_h, g.mode);
             if (ih < 0) continue;
             const T* a = go_plane ? go_plane + oh * go_s.h : go_rows.data() + oh * go_pitch;
-            sum += dot(a, staged.data() + ih * sp.row_pitch + shift, g.out_w);
+            const T* bsrc = staged.data() + ih * sp.row_pitch + shift;
+            int64_t x = 0;
+            for (; x + V <= g.out_w; x += V)
+              acc[(x / V) & 3] = at::vec::fmadd(Vec::loadu(a + x), Vec::loadu(bsrc + x), acc[(x / V) & 3]);
+            if (x < g.out_w)
+              acc[(x / V) & 3] = at::vec::fmadd(Vec::loadu(a + x, g.out_w - x), Vec::loadu(bsrc + x, g.out_w - x),
+                                                acc[(x / V) & 3]);
           }
+          const Vec total = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+          T lanes[V];
+          total.store(lanes);
+          T sum = 0;
+          for (int64_t i = 0; i < V; ++i) sum += lanes[i];
           part[kh * g.kernel_w + kw] = sum;
         }
       }
