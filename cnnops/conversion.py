@@ -26,7 +26,7 @@ TWINS = {
 }
 
 # Fusions of a BatchNorm2d followed by an activation inside an nn.Sequential:
-# activation class -> fused module class. Filled where the fused modules exist.
+# activation class -> fused module class (same constructor and state_dict as BatchNorm2d).
 BN_ACTIVATION_FUSIONS = {torch.nn.ReLU: cnn.BatchNormReLU2d, torch.nn.ReLU6: cnn.BatchNormReLU6_2d}
 
 
