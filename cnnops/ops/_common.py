@@ -99,3 +99,52 @@ def pair(value, name, op):
         except TypeError:
             raise TypeError(f"{op}: expected {name} to be an int or a pair of ints, got {value!r}") from None
     return [value, value]
+
+
+def register_conv_gradient_autograd(family):
+    """Autograd of `family`_grad_input(gO, w, input_size, *args, channels_last) and
+    `family`_grad_weight(gO, x, weight_size, *args, channels_last), for the convolution
+    families (conv2d, depthwise_conv2d, conv_transpose2d). Both are bilinear, so their
+    derivatives are the family's forward and its other gradient op: double backward is exact
+    for every padding mode. *args is the forward's arguments after bias, in schema order."""
+    ops = torch.ops.cnnops
+    forward = getattr(ops, family)
+    grad_input = getattr(ops, f"{family}_grad_input")
+    grad_weight = getattr(ops, f"{family}_grad_weight")
+
+    def setup_grad_input(ctx, inputs, output):
+        grad_output, weight, input_size, *args, channels_last = inputs
+        ctx.args, ctx.channels_last, ctx.n_inputs = args, channels_last, len(inputs)
+        ctx.weight_shape = tuple(weight.shape)
+        ctx.save_for_backward(grad_output if ctx.needs_input_grad[1] else None,
+                              weight if ctx.needs_input_grad[0] else None)
+
+    def backward_grad_input(ctx, gg):
+        grad_output, weight = ctx.saved_tensors
+        d_grad_output = d_weight = None
+        if ctx.needs_input_grad[0]:
+            d_grad_output = forward(gg, weight, None, *ctx.args)
+        if ctx.needs_input_grad[1]:
+            d_weight = grad_weight(grad_output, gg, ctx.weight_shape, *ctx.args, ctx.channels_last)
+        return (d_grad_output, d_weight) + (None,) * (ctx.n_inputs - 2)
+
+    def setup_grad_weight(ctx, inputs, output):
+        grad_output, input, weight_size, *args, channels_last = inputs
+        ctx.args, ctx.channels_last, ctx.n_inputs = args, channels_last, len(inputs)
+        ctx.input_shape = tuple(input.shape)
+        ctx.save_for_backward(grad_output if ctx.needs_input_grad[1] else None,
+                              input if ctx.needs_input_grad[0] else None)
+
+    def backward_grad_weight(ctx, gg):
+        grad_output, input = ctx.saved_tensors
+        d_grad_output = d_input = None
+        if ctx.needs_input_grad[0]:
+            d_grad_output = forward(input, gg, None, *ctx.args)
+        if ctx.needs_input_grad[1]:
+            d_input = grad_input(grad_output, gg, ctx.input_shape, *ctx.args, ctx.channels_last)
+        return (d_grad_output, d_input) + (None,) * (ctx.n_inputs - 2)
+
+    torch.library.register_autograd(f"cnnops::{family}_grad_input", backward_grad_input,
+                                    setup_context=setup_grad_input)
+    torch.library.register_autograd(f"cnnops::{family}_grad_weight", backward_grad_weight,
+                                    setup_context=setup_grad_weight)

@@ -4,7 +4,7 @@ works), and Conv2dFunction for .apply users. Op schemas are in csrc/conv2d.cpp."
 import torch
 
 from cnnops.ops._common import (check_dtype, conv_memory_format, dtype_name, empty_like_shape, layout_from_flag,
-                                pair, shape_str)
+                                pair, register_conv_gradient_autograd, shape_str)
 
 ops = torch.ops.cnnops
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
@@ -164,40 +164,6 @@ def _backward_conv2d(ctx, grad_output):
     return (*conv2d_backward(ctx, grad_output), None, None, None, None, None)
 
 
-# grad_input(gO, W) and grad_weight(gO, X) are bilinear: their derivatives are the
-# convolution and its other gradient, which makes double backward exact for every padding mode.
-def _setup_grad_input(ctx, inputs, output):
-    grad_output, weight, input_size, *args, channels_last = inputs
-    ctx.args, ctx.channels_last, ctx.weight_shape = args, channels_last, tuple(weight.shape)
-    ctx.save_for_backward(grad_output if ctx.needs_input_grad[1] else None, weight if ctx.needs_input_grad[0] else None)
-
-
-def _backward_grad_input(ctx, gg):
-    grad_output, weight = ctx.saved_tensors
-    d_grad_output = d_weight = None
-    if ctx.needs_input_grad[0]:
-        d_grad_output = ops.conv2d(gg, weight, None, *ctx.args)
-    if ctx.needs_input_grad[1]:
-        d_weight = ops.conv2d_grad_weight(grad_output, gg, ctx.weight_shape, *ctx.args, ctx.channels_last)
-    return d_grad_output, d_weight, None, None, None, None, None, None, None
-
-
-def _setup_grad_weight(ctx, inputs, output):
-    grad_output, input, weight_size, *args, channels_last = inputs
-    ctx.args, ctx.channels_last, ctx.input_shape = args, channels_last, tuple(input.shape)
-    ctx.save_for_backward(grad_output if ctx.needs_input_grad[1] else None, input if ctx.needs_input_grad[0] else None)
-
-
-def _backward_grad_weight(ctx, gg):
-    grad_output, input = ctx.saved_tensors
-    d_grad_output = d_input = None
-    if ctx.needs_input_grad[0]:
-        d_grad_output = ops.conv2d(input, gg, None, *ctx.args)
-    if ctx.needs_input_grad[1]:
-        d_input = ops.conv2d_grad_input(grad_output, gg, ctx.input_shape, *ctx.args, ctx.channels_last)
-    return d_grad_output, d_input, None, None, None, None, None, None, None
-
-
 def _setup_grad_bias(ctx, inputs, output):
     ctx.grad_output_shape = tuple(inputs[0].shape)
 
@@ -208,8 +174,7 @@ def _backward_grad_bias(ctx, gg):
 
 
 torch.library.register_autograd("cnnops::conv2d", _backward_conv2d, setup_context=_setup_conv2d)
-torch.library.register_autograd("cnnops::conv2d_grad_input", _backward_grad_input, setup_context=_setup_grad_input)
-torch.library.register_autograd("cnnops::conv2d_grad_weight", _backward_grad_weight, setup_context=_setup_grad_weight)
+register_conv_gradient_autograd("conv2d")  # double backward: bilinear gradient ops
 torch.library.register_autograd("cnnops::conv2d_grad_bias", _backward_grad_bias, setup_context=_setup_grad_bias)
 
 

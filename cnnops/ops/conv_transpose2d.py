@@ -5,7 +5,8 @@ ConvTranspose2dFunction for .apply users. Schemas are in csrc/conv_transpose2d.c
 kernels are the conv2d family's (csrc/common/conv_transpose2d_impl.h)."""
 import torch
 
-from cnnops.ops._common import check_dtype, conv_memory_format, empty_like_shape, layout_from_flag, pair, shape_str
+from cnnops.ops._common import (check_dtype, conv_memory_format, empty_like_shape, layout_from_flag, pair,
+                               register_conv_gradient_autograd, shape_str)
 from cnnops.ops.conv2d import _check_same_dtype_device
 
 ops = torch.ops.cnnops
@@ -173,46 +174,8 @@ def _backward(ctx, grad_output):
     return (*conv_transpose2d_backward(ctx, grad_output), None, None, None, None, None)
 
 
-# With T(x, w) the transposed convolution, grad_input(gO, w) = T_w^T gO and grad_weight(gO, x)
-# are bilinear: <gg, grad_input(gO, w)> = <T(gg, w), gO> and <gg, grad_weight(gO, x)> =
-# <gO, T(x, gg)>, so their derivatives are the forward and the other gradient op.
-def _setup_grad_input(ctx, inputs, output):
-    grad_output, weight, input_size, *args, channels_last = inputs
-    ctx.args, ctx.channels_last, ctx.weight_shape = args, channels_last, tuple(weight.shape)
-    ctx.save_for_backward(grad_output if ctx.needs_input_grad[1] else None, weight if ctx.needs_input_grad[0] else None)
-
-
-def _backward_grad_input(ctx, gg):
-    grad_output, weight = ctx.saved_tensors
-    d_grad_output = d_weight = None
-    if ctx.needs_input_grad[0]:
-        d_grad_output = ops.conv_transpose2d(gg, weight, None, *ctx.args)
-    if ctx.needs_input_grad[1]:
-        d_weight = ops.conv_transpose2d_grad_weight(grad_output, gg, ctx.weight_shape, *ctx.args, ctx.channels_last)
-    return d_grad_output, d_weight, None, None, None, None, None, None, None
-
-
-def _setup_grad_weight(ctx, inputs, output):
-    grad_output, input, weight_size, *args, channels_last = inputs
-    ctx.args, ctx.channels_last, ctx.input_shape = args, channels_last, tuple(input.shape)
-    ctx.save_for_backward(grad_output if ctx.needs_input_grad[1] else None, input if ctx.needs_input_grad[0] else None)
-
-
-def _backward_grad_weight(ctx, gg):
-    grad_output, input = ctx.saved_tensors
-    d_grad_output = d_input = None
-    if ctx.needs_input_grad[0]:
-        d_grad_output = ops.conv_transpose2d(input, gg, None, *ctx.args)
-    if ctx.needs_input_grad[1]:
-        d_input = ops.conv_transpose2d_grad_input(grad_output, gg, ctx.input_shape, *ctx.args, ctx.channels_last)
-    return d_grad_output, d_input, None, None, None, None, None, None, None
-
-
 torch.library.register_autograd("cnnops::conv_transpose2d", _backward, setup_context=_setup)
-torch.library.register_autograd("cnnops::conv_transpose2d_grad_input", _backward_grad_input,
-                                setup_context=_setup_grad_input)
-torch.library.register_autograd("cnnops::conv_transpose2d_grad_weight", _backward_grad_weight,
-                                setup_context=_setup_grad_weight)
+register_conv_gradient_autograd("conv_transpose2d")  # double backward: bilinear gradient ops
 
 
 class ConvTranspose2dFunction(torch.autograd.Function):

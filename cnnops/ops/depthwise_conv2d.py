@@ -4,7 +4,8 @@ works), and DepthwiseConv2dFunction for .apply users. Schemas: csrc/depthwise_co
 The bias gradient is conv2d's channel sum (cnnops::conv2d_grad_bias)."""
 import torch
 
-from cnnops.ops._common import check_dtype, conv_memory_format, empty_like_shape, layout_from_flag, shape_str
+from cnnops.ops._common import (check_dtype, conv_memory_format, empty_like_shape, layout_from_flag,
+                               register_conv_gradient_autograd, shape_str)
 from cnnops.ops.conv2d import _check_grad_output, _check_same_dtype_device, conv2d_geometry, normalize_conv2d_args
 
 ops = torch.ops.cnnops
@@ -97,45 +98,8 @@ def _backward_forward(ctx, grad_output):
     return (*depthwise_backward(ctx, grad_output), None, None, None, None)
 
 
-# grad_input(gO, W) and grad_weight(gO, X) are bilinear: their derivatives are the
-# convolution and its other gradient (exact for every padding mode).
-def _setup_grad_input(ctx, inputs, output):
-    grad_output, weight, input_size, *args, channels_last = inputs
-    ctx.args, ctx.channels_last, ctx.weight_shape = args, channels_last, tuple(weight.shape)
-    ctx.save_for_backward(grad_output if ctx.needs_input_grad[1] else None, weight if ctx.needs_input_grad[0] else None)
-
-
-def _backward_grad_input(ctx, gg):
-    grad_output, weight = ctx.saved_tensors
-    d_grad_output = d_weight = None
-    if ctx.needs_input_grad[0]:
-        d_grad_output = ops.depthwise_conv2d(gg, weight, None, *ctx.args)
-    if ctx.needs_input_grad[1]:
-        d_weight = ops.depthwise_conv2d_grad_weight(grad_output, gg, ctx.weight_shape, *ctx.args, ctx.channels_last)
-    return d_grad_output, d_weight, None, None, None, None, None, None
-
-
-def _setup_grad_weight(ctx, inputs, output):
-    grad_output, input, weight_size, *args, channels_last = inputs
-    ctx.args, ctx.channels_last, ctx.input_shape = args, channels_last, tuple(input.shape)
-    ctx.save_for_backward(grad_output if ctx.needs_input_grad[1] else None, input if ctx.needs_input_grad[0] else None)
-
-
-def _backward_grad_weight(ctx, gg):
-    grad_output, input = ctx.saved_tensors
-    d_grad_output = d_input = None
-    if ctx.needs_input_grad[0]:
-        d_grad_output = ops.depthwise_conv2d(input, gg, None, *ctx.args)
-    if ctx.needs_input_grad[1]:
-        d_input = ops.depthwise_conv2d_grad_input(grad_output, gg, ctx.input_shape, *ctx.args, ctx.channels_last)
-    return d_grad_output, d_input, None, None, None, None, None, None
-
-
 torch.library.register_autograd("cnnops::depthwise_conv2d", _backward_forward, setup_context=_setup_forward)
-torch.library.register_autograd("cnnops::depthwise_conv2d_grad_input", _backward_grad_input,
-                                setup_context=_setup_grad_input)
-torch.library.register_autograd("cnnops::depthwise_conv2d_grad_weight", _backward_grad_weight,
-                                setup_context=_setup_grad_weight)
+register_conv_gradient_autograd("depthwise_conv2d")  # double backward: bilinear gradient ops
 
 
 def normalize_depthwise_args(op, weight_shape, stride, padding, dilation):
