@@ -133,3 +133,36 @@ def torch_rule_strides(fn, *tensors):
         return t.to("cpu", torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else t.dtype)
     with torch.no_grad():
         return significant_strides(fn(*[cpu(t) for t in tensors]))
+
+
+# ---------------------------------------------------------------- convolution inputs
+# Shared by the conv2d and conv_transpose2d tests: the layouts a 4-D input or weight comes in.
+
+def leaf(t):
+    return t.detach().requires_grad_()
+
+
+def rand(*shape, dtype=torch.float64, device="cpu"):
+    """Random values drawn in float64 on the CPU (the same numbers for every dtype/device)."""
+    return torch.randn(*shape, dtype=torch.float64).to(device=device, dtype=dtype)
+
+
+def make_input(shape, layout, dtype=torch.float64, device="cpu"):
+    n, c, h, w = shape
+    if layout == "channels_last_input":
+        t = rand(n, c, h, w, dtype=dtype, device=device).contiguous(memory_format=torch.channels_last)
+    elif layout == "sliced_input":  # every other channel and column: no dim has unit stride
+        t = rand(n, 2 * c, h, 2 * w, dtype=dtype, device=device)[:, ::2, :, 1::2]
+    elif layout == "transposed_input":  # an H/W-transposed view
+        t = rand(n, c, w, h, dtype=dtype, device=device).transpose(2, 3)
+    else:
+        t = rand(n, c, h, w, dtype=dtype, device=device)
+    assert t.shape == (n, c, h, w)
+    return leaf(t)
+
+
+def make_weight(shape, layout, dtype=torch.float64, device="cpu"):
+    t = rand(*shape, dtype=dtype, device=device)
+    if layout == "channels_last_weight":
+        t = t.contiguous(memory_format=torch.channels_last)
+    return leaf(t)

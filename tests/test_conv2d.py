@@ -14,7 +14,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 import cnnops
 from conftest import (CUDA_AVAILABLE, DEVICE_DTYPES, assert_close, device_dtype_params, significant_strides,
-                      torch_rule_strides)
+                      leaf, make_input, make_weight, rand, torch_rule_strides)
 
 ops = torch.ops.cnnops
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths:UserWarning")
@@ -42,36 +42,6 @@ def torch_layout_strides(x, w, b, stride, padding, dilation, groups):
     there: cnnops (padding inside the kernel) keeps torch's convolution rule instead. Run on
     the CPU: torch's float64 CUDA convolution returns NCHW whatever the inputs."""
     return torch_rule_strides(lambda *t: TF.conv2d(*t, stride, padding, dilation, groups), x, w, b)
-
-
-def leaf(t):
-    return t.detach().requires_grad_()
-
-
-def rand(*shape, dtype=torch.float64, device="cpu"):
-    """Random values drawn in float64 on the CPU (the same numbers for every dtype/device)."""
-    return torch.randn(*shape, dtype=torch.float64).to(device=device, dtype=dtype)
-
-
-def make_input(shape, layout, dtype=torch.float64, device="cpu"):
-    n, c, h, w = shape
-    if layout == "channels_last_input":
-        t = rand(n, c, h, w, dtype=dtype, device=device).contiguous(memory_format=CL)
-    elif layout == "sliced_input":  # every other channel and column: no dim has unit stride
-        t = rand(n, 2 * c, h, 2 * w, dtype=dtype, device=device)[:, ::2, :, 1::2]
-    elif layout == "transposed_input":  # an H/W-transposed view
-        t = rand(n, c, w, h, dtype=dtype, device=device).transpose(2, 3)
-    else:
-        t = rand(n, c, h, w, dtype=dtype, device=device)
-    assert t.shape == (n, c, h, w)
-    return leaf(t)
-
-
-def make_weight(shape, layout, dtype=torch.float64, device="cpu"):
-    t = rand(*shape, dtype=dtype, device=device)
-    if layout == "channels_last_weight":
-        t = t.contiguous(memory_format=CL)
-    return leaf(t)
 
 
 def grads(out, inputs, grad_out):

@@ -14,7 +14,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 import cnnops
 from conftest import (CUDA_AVAILABLE, DEVICE_DTYPES, assert_close, device_dtype_params, significant_strides,
-                      torch_rule_strides)
+                      leaf, make_input, make_weight, rand, torch_rule_strides)
 
 ops = torch.ops.cnnops
 F = cnnops.F
@@ -22,36 +22,6 @@ CL = torch.channels_last
 
 
 # ---------------------------------------------------------------- helpers
-
-def leaf(t):
-    return t.detach().requires_grad_()
-
-
-def rand(*shape, dtype=torch.float64, device="cpu"):
-    """Random values drawn in float64 on the CPU (the same numbers for every dtype/device)."""
-    return torch.randn(*shape, dtype=torch.float64).to(device=device, dtype=dtype)
-
-
-def make_input(shape, layout, dtype=torch.float64, device="cpu"):
-    n, c, h, w = shape
-    if layout == "channels_last_input":
-        t = rand(n, c, h, w, dtype=dtype, device=device).contiguous(memory_format=CL)
-    elif layout == "sliced_input":  # every other channel and column: no dim has unit stride
-        t = rand(n, 2 * c, h, 2 * w, dtype=dtype, device=device)[:, ::2, :, 1::2]
-    elif layout == "transposed_input":  # an H/W-transposed view
-        t = rand(n, c, w, h, dtype=dtype, device=device).transpose(2, 3)
-    else:
-        t = rand(n, c, h, w, dtype=dtype, device=device)
-    assert t.shape == (n, c, h, w)
-    return leaf(t)
-
-
-def make_weight(shape, layout, dtype=torch.float64, device="cpu"):
-    t = rand(*shape, dtype=dtype, device=device)
-    if layout == "channels_last_weight":
-        t = t.contiguous(memory_format=CL)
-    return leaf(t)
-
 
 def _format_of(t):
     return torch.channels_last if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) \
