@@ -130,6 +130,59 @@ def test_depthwise_matches_torch(device, dtype, case, layout, mode):
     compare(x, w, b, c.stride, c.padding, c.dilation, mode, msg=f"{c} {layout} {mode}")
 
 
+# ---------------------------------------------------------------- 1b. channel-blocked forward
+# The forward is channel-blocked except for channels_last input with multiplier 1 (its own
+# kernel under 'auto'); CNNOPS_DEPTHWISE_CPU_PATH=blocked forces the blocked one there too.
+# The shapes below reach its staging variants: whole contiguous planes turned into pixel
+# vectors in one run (narrow 7-wide rows included), row-by-row transposes (planes in strips
+# of rows, or rows that are not contiguous), the scalar loops (no unit column stride,
+# bfloat16), a partial last block of channels, and multipliers > 1.
+
+def _blocked_layout(x, layout):
+    if layout == "channels_last":
+        return x.contiguous(memory_format=CL)
+    if layout == "row_view":  # unit column stride, rows further apart than their width
+        return torch.nn.functional.pad(x, (2, 3)).contiguous()[..., 2:-3]
+    if layout == "sliced":
+        return torch.repeat_interleave(x, 2, dim=-1)[..., ::2]
+    return x
+
+
+BLOCKED_SHAPES = [
+    # name, (n, c, h, w), mult, kernel, stride, padding, dilation
+    ("strips_3x3", (1, 17, 45, 200), 1, (3, 3), 1, 1, 1),  # three strips, the last one short
+    ("strips_s2", (1, 16, 70, 150), 1, (3, 3), 2, 1, 1),
+    ("strips_5x5_d2", (1, 18, 40, 190), 1, (5, 5), 1, 4, 2),
+    ("narrow_7x7", (2, 33, 7, 7), 1, (7, 7), 1, 3, 1),  # whole planes, 49 pixels: 3 transposes + 1
+    ("narrow_mult2", (2, 9, 5, 6), 2, (3, 3), 1, 1, 1),
+    ("wide_stride3", (1, 16, 23, 40), 1, (4, 2), (3, 2), (2, 1), 1),
+]
+
+
+@pytest.mark.parametrize("path", ["auto", "blocked"])
+@pytest.mark.parametrize("layout", ["contiguous", "row_view", "sliced", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("shape", BLOCKED_SHAPES, ids=[s[0] for s in BLOCKED_SHAPES])
+def test_blocked_forward_staging(shape, dtype, layout, path, monkeypatch):
+    monkeypatch.setenv("CNNOPS_DEPTHWISE_CPU_PATH", path)
+    name, size, mult, kernel, stride, padding, dilation = shape
+    for i, mode in enumerate(MODES):
+        if (i + len(layout)) % 2 and dtype == torch.bfloat16:
+            continue  # half the modes in bfloat16 (the scalar staging is the same for all dtypes)
+        x = _blocked_layout(rand(*size), layout).to(dtype)
+        w = rand(size[1] * mult, 1, *kernel).to(dtype)
+        b = rand(size[1] * mult).to(dtype)
+        out = cnnops.F.depthwise_conv2d(x, w, b, stride, padding, dilation, mode)
+        ref = torch_depthwise(x.double(), w.double(), b.double(), stride, padding, dilation, mode)
+        assert_close(out, ref.to(dtype), dtype, "cpu", msg=f"{name} {layout} {mode} {path}")
+
+
+def test_forward_path_env_is_checked(monkeypatch):
+    monkeypatch.setenv("CNNOPS_DEPTHWISE_CPU_PATH", "fastest")
+    with pytest.raises(ValueError, match="CNNOPS_DEPTHWISE_CPU_PATH to be one of 'auto', 'blocked', got 'fastest'"):
+        cnnops.F.depthwise_conv2d(rand(1, 4, 5, 5), rand(4, 1, 3, 3))
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_large_kernel_31(mode, layout):

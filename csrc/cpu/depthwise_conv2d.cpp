@@ -1,20 +1,24 @@
 // Depthwise convolution on the CPU: direct kernels on at::vec::Vectorized, no GEMM.
 //
-// NCHW ("plane" kernels, any strides and dtypes): the rows of one input plane are staged
-// into a thread-local buffer in the accumulation type, with the horizontal padding of
-// every mode applied through source_index() and the columns split into `stride_w` phases
-// (padded column j goes to phase j % s, position j / s). Every tap (kh, kw) of an output
-// row is then a contiguous run of that buffer, so an output row is a sum of shifted rows,
-// register-blocked along W (up to 4 vectors) with no bounds checks; vertical padding is a
-// row map (a missing row is simply skipped). The staging is one read per input element,
-// against kH * kW multiply-adds per output.
-//   forward:     one (image, output channel) plane per task.
+// Forward, channel-blocked (every layout but the channels_last case below): V consecutive
+// output channels of one image are one task. Their input rows are staged, padded by every
+// mode through padded_map(), as [padded row][padded column][V lanes], so that each FMA
+// updates V channels of one output pixel with an aligned load and no bounds check, register-
+// blocked over 8 pixels of a row; kernel rows that fall in zero padding are skipped. NCHW
+// float/double planes are staged and written back with in-register transposes
+// (lane_transpose.h); large planes go in strips of rows that stay in L2.
+// Backward, and the "plane" kernels: the rows of one input (or grad_output) plane are
+// staged into a thread-local buffer in the accumulation type, with the horizontal padding
+// of every mode applied through source_index() and the columns split into `stride_w`
+// phases (padded column j goes to phase j % s, position j / s). Every tap (kh, kw) of a
+// row is then a contiguous run of that buffer, so a row is a sum of shifted rows,
+// register-blocked along W (up to 4 vectors); vertical padding is a row map.
 //   grad_input:  a gather (depthwise transposed conv) of the staged grad_output rows into
 //                the padded frame, then folded onto the input by the padding map; one
 //                (image, input channel) per task, summing its `multiplier` output channels.
-//   grad_weight: per (image, output channel) plane, one dot product per tap; the per-image
-//                partials are summed over images in order (fixed partition: bitwise
-//                reproducible with any thread count).
+//   grad_weight: per (image, output channel) plane, one dot product per tap (or the
+//                channel-blocked version); the per-image partials are summed over images
+//                in order (fixed partition: bitwise reproducible with any thread count).
 // channels_last (multiplier 1, float/double, channel stride 1): vectors along C, with the
 // tap enumeration of common/depthwise_index.h (source_index / padded_preimages).
 #include <ATen/ATen.h>
@@ -25,12 +29,16 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <string>
 #include <initializer_list>
 #include <type_traits>
 #include <vector>
 
 #include "common/depthwise_checks.h"
 #include "common/depthwise_index.h"
+#include "cpu/lane_transpose.h"
 
 namespace cnnops {
 namespace {
@@ -43,6 +51,24 @@ int64_t grain_for(int64_t work_per_item) {
 }
 
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// Zero-filled scratch starting on a cache line: the channel-blocked kernels load whole
+// 64-byte vectors from it, and a vector split across two lines costs two loads.
+template <typename T>
+class AlignedBuffer {
+ public:
+  explicit AlignedBuffer(int64_t size) : storage_(size + kLine / sizeof(T), T(0)) {
+    const auto addr = reinterpret_cast<std::uintptr_t>(storage_.data());
+    data_ = storage_.data() + (round_up(static_cast<int64_t>(addr), kLine) - static_cast<int64_t>(addr)) / sizeof(T);
+  }
+  T* data() { return data_; }
+  const T* data() const { return data_; }
+
+ private:
+  static constexpr int64_t kLine = 64;
+  std::vector<T> storage_;
+  T* data_;
+};
 
 template <typename T>
 struct Tap {
@@ -113,67 +139,6 @@ void taps_row(const Tap<T>* taps, int64_t nt, int64_t len, T init, T* out) {
     case 2: taps_chunk<T, 2>(taps, nt, x, init, out); break;
     case 1: taps_chunk<T, 1>(taps, nt, x, init, out); break;
     default: break;
-  }
-}
-
-// One or two output rows of the forward: tap t reads base + off[t] (+ x) with weight ws[t]
-// (the weights of consecutive kernel rows are contiguous). Two rows with the same weights
-// share each broadcast and double the independent accumulators (hides the FMA latency).
-template <typename T, int B, int NT, int R>
-inline void rows_chunk(const T* base, const int64_t* off0, const int64_t* off1, const T* ws, int64_t nt_dyn,
-                       int64_t x, T init, T* out0, T* out1) {
-  using Vec = at::vec::Vectorized<T>;
-  constexpr int64_t V = Vec::size();
-  const int64_t nt = NT > 0 ? NT : nt_dyn;
-  Vec a0[B], a1[B];
-  for (int b = 0; b < B; ++b) a0[b] = a1[b] = Vec(init);
-#pragma GCC unroll 16
-  for (int64_t t = 0; t < nt; ++t) {
-    const Vec wv(ws[t]);
-    const T* p0 = base + off0[t] + x;
-    for (int b = 0; b < B; ++b) a0[b] = at::vec::fmadd(wv, Vec::loadu(p0 + b * V), a0[b]);
-    if (R == 2) {
-      const T* p1 = base + off1[t] + x;
-      for (int b = 0; b < B; ++b) a1[b] = at::vec::fmadd(wv, Vec::loadu(p1 + b * V), a1[b]);
-    }
-  }
-  for (int b = 0; b < B; ++b) {
-    a0[b].store(out0 + x + b * V);
-    if (R == 2) a1[b].store(out1 + x + b * V);
-  }
-}
-
-template <typename T, int NT, int R>
-void rows_n(const T* base, const int64_t* off0, const int64_t* off1, const T* ws, int64_t nt, int64_t len, T init,
-            T* out0, T* out1) {
-  constexpr int64_t V = at::vec::Vectorized<T>::size();
-  int64_t x = 0;
-  for (; x + 3 * V < len; x += 4 * V) rows_chunk<T, 4, NT, R>(base, off0, off1, ws, nt, x, init, out0, out1);
-  switch ((len - x + V - 1) / V) {
-    case 3: rows_chunk<T, 3, NT, R>(base, off0, off1, ws, nt, x, init, out0, out1); break;
-    case 2: rows_chunk<T, 2, NT, R>(base, off0, off1, ws, nt, x, init, out0, out1); break;
-    case 1: rows_chunk<T, 1, NT, R>(base, off0, off1, ws, nt, x, init, out0, out1); break;
-    default: break;
-  }
-}
-
-// out0 (and out1 when off1 is given) = init + the taps, rows of len (written up to round_up(len, V)).
-template <typename T>
-void forward_rows(const T* base, const int64_t* off0, const int64_t* off1, const T* ws, int64_t nt, int64_t len,
-                  T init, T* out0, T* out1) {
-  if (off1 != nullptr) {
-    switch (nt) {  // the full rows of 3x3, 5x5 and 7x7 kernels, fully unrolled
-      case 9: return rows_n<T, 9, 2>(base, off0, off1, ws, nt, len, init, out0, out1);
-      case 25: return rows_n<T, 25, 2>(base, off0, off1, ws, nt, len, init, out0, out1);
-      case 49: return rows_n<T, 49, 2>(base, off0, off1, ws, nt, len, init, out0, out1);
-      default: return rows_n<T, 0, 2>(base, off0, off1, ws, nt, len, init, out0, out1);
-    }
-  }
-  switch (nt) {
-    case 9: return rows_n<T, 9, 1>(base, off0, off0, ws, nt, len, init, out0, out0);
-    case 25: return rows_n<T, 25, 1>(base, off0, off0, ws, nt, len, init, out0, out0);
-    case 49: return rows_n<T, 49, 1>(base, off0, off0, ws, nt, len, init, out0, out0);
-    default: return rows_n<T, 0, 1>(base, off0, off0, ws, nt, len, init, out0, out0);
   }
 }
 
@@ -265,31 +230,6 @@ std::vector<int64_t> tap_column_offsets(const Conv2dGeometry& g, const StagedPla
   return offs;
 }
 
-// The taps of every output row, once per call: the valid kernel rows of output row oh are
-// a contiguous range [kh0, kh0 + count) (zero padding clips it; the other modes never do),
-// so its weights are w[kh0 * kW ...] in order; offs holds each tap's offset into the
-// staged plane. Building taps per row and channel cost as much as the FMAs of a 7x7 row.
-struct RowTapTable {
-  std::vector<int64_t> kh0, count, first, offs;
-  RowTapTable(const Conv2dGeometry& g, const StagedPlane& sp, const int64_t* col_offs)
-      : kh0(g.out_h), count(g.out_h), first(g.out_h) {
-    for (int64_t oh = 0; oh < g.out_h; ++oh) {
-      first[oh] = static_cast<int64_t>(offs.size());
-      kh0[oh] = -1;
-      int64_t rows = 0;
-      for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
-        const int64_t ih = source_index(oh * g.stride_h - g.pad_top + kh * g.dilation_h, g.in_h, g.mode);
-        if (ih < 0) continue;
-        if (kh0[oh] < 0) kh0[oh] = kh;
-        ++rows;
-        for (int64_t kw = 0; kw < g.kernel_w; ++kw) offs.push_back(ih * sp.row_pitch + col_offs[kw]);
-      }
-      if (kh0[oh] < 0) kh0[oh] = 0;
-      count[oh] = rows * g.kernel_w;
-    }
-  }
-};
-
 // The weight (OC, 1, kH, kW) as a contiguous (OC, kH * kW) buffer in T.
 template <typename scalar_t, typename T>
 std::vector<T> weight_taps(const at::Tensor& weight, const Conv2dGeometry& g) {
@@ -329,69 +269,6 @@ bool use_channels_last(const Conv2dGeometry& g, bool same_type, std::initializer
 }
 
 // ---------------------------------------------------------------- forward
-
-template <typename scalar_t>
-void forward_planes(const at::Tensor& input, const at::Tensor& weight, const at::Tensor* bias,
-                    at::Tensor& output, const Conv2dGeometry& g) {
-  using T = at::opmath_type<scalar_t>;
-  constexpr int64_t V = at::vec::Vectorized<T>::size();
-  const std::vector<T> w = weight_taps<scalar_t, T>(weight, g);
-  std::vector<T> b(g.out_channels, T(0));
-  if (bias != nullptr) {
-    const at::Tensor bc = bias->contiguous();
-    for (int64_t oc = 0; oc < g.out_channels; ++oc) b[oc] = static_cast<T>(bc.const_data_ptr<scalar_t>()[oc]);
-  }
-  const StagedPlane sp(g, V);
-  const std::vector<int64_t> col_offs = tap_column_offsets(g, sp);
-  const RowTapTable rt(g, sp, col_offs.data());
-  const Strides4d in_s = strides4d(input), out_s = strides4d(output);
-  const scalar_t* in = input.const_data_ptr<scalar_t>();
-  scalar_t* out = output.mutable_data_ptr<scalar_t>();
-  const int64_t kk = g.kernel_h * g.kernel_w, mult = multiplier(g);
-  const int64_t work = g.out_h * g.out_w * kk + g.in_h * g.in_w;
-  at::parallel_for(0, g.batch * g.out_channels, grain_for(work), [&](int64_t begin, int64_t end) {
-    std::vector<T> staged(sp.size, T(0)), row(round_up(g.out_w, V) + V), row1(row.size());
-    int64_t staged_plane = -1;
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t n = item / g.out_channels, oc = item % g.out_channels;
-      const int64_t plane = n * g.in_channels + oc / mult;
-      if (plane != staged_plane) {  // consecutive output channels share their input plane
-        stage_plane(in + n * in_s.n + (oc / mult) * in_s.c, in_s, g, sp, staged.data());
-        staged_plane = plane;
-      }
-      scalar_t* out_plane = out + n * out_s.n + oc * out_s.c;
-      auto write_row = [&](int64_t oh, const T* src) {
-        scalar_t* dst = out_plane + oh * out_s.h;
-        if (out_s.w == 1) {
-          for (int64_t x = 0; x < g.out_w; ++x) dst[x] = static_cast<scalar_t>(src[x]);
-        } else {
-          for (int64_t x = 0; x < g.out_w; ++x) dst[x * out_s.w] = static_cast<scalar_t>(src[x]);
-        }
-      };
-      const T* wo = w.data() + oc * kk;
-      const T* base = staged.data();
-      for (int64_t oh = 0; oh < g.out_h; oh += 2) {
-        const int64_t* o0 = rt.offs.data() + rt.first[oh];
-        const T* ws = wo + rt.kh0[oh] * g.kernel_w;
-        if (oh + 1 < g.out_h && rt.kh0[oh + 1] == rt.kh0[oh] && rt.count[oh + 1] == rt.count[oh]) {
-          forward_rows(base, o0, rt.offs.data() + rt.first[oh + 1], ws, rt.count[oh], g.out_w, b[oc], row.data(),
-                       row1.data());
-          write_row(oh, row.data());
-          write_row(oh + 1, row1.data());
-          continue;
-        }
-        forward_rows(base, o0, static_cast<const int64_t*>(nullptr), ws, rt.count[oh], g.out_w, b[oc], row.data(),
-                     row.data());
-        write_row(oh, row.data());
-        if (oh + 1 < g.out_h) {
-          forward_rows(base, rt.offs.data() + rt.first[oh + 1], static_cast<const int64_t*>(nullptr),
-                       wo + rt.kh0[oh + 1] * g.kernel_w, rt.count[oh + 1], g.out_w, b[oc], row1.data(), row1.data());
-          write_row(oh + 1, row1.data());
-        }
-      }
-    }
-  });
-}
 
 // channels_last forward: one task per output row (n, oh); for each pixel, vectors of
 // channels accumulate over the taps, up to 4 vectors (64 float channels) in registers.
@@ -488,18 +365,12 @@ struct BlockedGeometry {
         plane(padded_h * padded_w) {}
 };
 
-// The staged buffer must stay in L2 for these kernels to pay. Measured on the 2-core
-// AVX-512 development machine (one thread, fp32): the blocked forward wins for rows of at
-// most 16 outputs (7x7, 14x14 planes: 1.6-2x) and kernels of 9 x 9 and more; the
-// W-vectorized one for wider rows of 3x3 to 7x7 (28-56 wide 5x5 and 7x7: 1.3-1.4x).
-// grad_weight: blocked everywhere but wide rows of 3x3 at stride 1.
+// The staged buffer must stay in L2 for the blocked grad_weight to pay. Measured on the
+// 2-core AVX-512 development machine (one thread, fp32): blocked everywhere but wide rows of
+// 3x3 at stride 1. (The blocked forward works in strips of rows and is always used.)
 bool blocked_fits(const Conv2dGeometry& g, int64_t vec, int64_t elem) {
   const BlockedGeometry bg(g);
   return (bg.plane + g.out_h * g.out_w) * vec * elem <= (1 << 20);
-}
-
-bool use_blocked_forward(const Conv2dGeometry& g, int64_t vec, int64_t elem) {
-  return blocked_fits(g, vec, elem) && (g.out_w <= vec || g.kernel_h * g.kernel_w >= 81);
 }
 
 bool use_blocked_grad_weight(const Conv2dGeometry& g, int64_t vec, int64_t elem) {
@@ -511,11 +382,13 @@ bool use_blocked_grad_weight(const Conv2dGeometry& g, int64_t vec, int64_t elem)
 template <typename scalar_t, typename T>
 void stage_blocked(const scalar_t* in, const Strides4d& s, const Conv2dGeometry& g, const BlockedGeometry& bg,
                    const int64_t* row_src, const int64_t* col_src, int64_t n, int64_t oc0, int64_t lanes,
-                   int64_t vec, T* dst) {
+                   int64_t vec, T* dst, int64_t r0 = 0, int64_t r1 = -1) {
+  if (r1 < 0) r1 = bg.padded_h;
+  dst -= r0 * bg.padded_w * vec;  // dst holds padded rows [r0, r1)
   const int64_t mult = multiplier(g);
   if (mult == 1 && lanes == vec) {  // pixel by pixel: one contiguous vector per pixel
     const scalar_t* base = in + n * s.n + oc0 * s.c;
-    for (int64_t r = 0; r < bg.padded_h; ++r) {
+    for (int64_t r = r0; r < r1; ++r) {
       T* d = dst + r * bg.padded_w * vec;
       const int64_t ih = row_src[r];
       for (int64_t j = 0; j < bg.padded_w; ++j, d += vec) {
@@ -532,11 +405,11 @@ void stage_blocked(const scalar_t* in, const Strides4d& s, const Conv2dGeometry&
   }
   for (int64_t l = 0; l < vec; ++l) {
     if (l >= lanes) {  // lanes past the last channel: zeros (their products are dropped)
-      for (int64_t i = 0; i < bg.plane; ++i) dst[i * vec + l] = T(0);
+      for (int64_t i = r0 * bg.padded_w; i < r1 * bg.padded_w; ++i) dst[i * vec + l] = T(0);
       continue;
     }
     const scalar_t* plane = in + n * s.n + ((oc0 + l) / mult) * s.c;
-    for (int64_t r = 0; r < bg.padded_h; ++r) {
+    for (int64_t r = r0; r < r1; ++r) {
       T* d = dst + r * bg.padded_w * vec + l;
       const int64_t ih = row_src[r];
       if (ih < 0) {
@@ -559,82 +432,274 @@ std::vector<int64_t> padded_map(int64_t size, int64_t pad_before, int64_t pad_af
   return m;
 }
 
-template <typename T, int P>
+// P output pixels (ow..ow + P - 1 of row oh, counted from the first staged row) of a block:
+// one accumulator per pixel, kernel rows [kh0, kh1). SW > 0 fixes the column stride (and a
+// column dilation of 1) and KW > 0 the kernel width at compile time: the tap loop unrolls
+// with every load at a constant offset, and the accumulators stay in registers (with
+// run-time steps the address arithmetic took the FMA ports).
+template <typename T, int P, int KW, int SW>
 inline void blocked_pixels(const T* staged, const T* wt, const Conv2dGeometry& g, const BlockedGeometry& bg,
-                           int64_t oh, int64_t ow, const T* bias, T* out) {
+                           int64_t oh, int64_t ow, int64_t kh0, int64_t kh1, const T* bias, T* out) {
   using Vec = at::vec::Vectorized<T>;
   constexpr int64_t V = Vec::size();
+  const int64_t kw_count = KW > 0 ? KW : g.kernel_w;
+  const int64_t step = (SW > 0 ? SW : g.stride_w) * V, tap_step = (SW > 0 ? 1 : g.dilation_w) * V;
   Vec acc[P];
   const Vec b = Vec::loadu(bias);
   for (int p = 0; p < P; ++p) acc[p] = b;
-  const int64_t step = g.stride_w * V;
-  for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+  for (int64_t kh = kh0; kh < kh1; ++kh) {
     const T* row = staged + ((oh * g.stride_h + kh * g.dilation_h) * bg.padded_w + ow * g.stride_w) * V;
-    const T* wk = wt + kh * g.kernel_w * V;
-    for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+    const T* wk = wt + kh * kw_count * V;
+#pragma GCC unroll 8
+    for (int64_t kw = 0; kw < kw_count; ++kw) {
       const Vec wv = Vec::loadu(wk + kw * V);
-      const T* src = row + kw * g.dilation_w * V;
+      const T* src = row + kw * tap_step;
       for (int p = 0; p < P; ++p) acc[p] = at::vec::fmadd(wv, Vec::loadu(src + p * step), acc[p]);
     }
   }
   for (int p = 0; p < P; ++p) acc[p].store(out + p * V);
 }
 
+// One output row of a block: 8 pixels at a time, then the rest of the row in one call (as
+// many independent accumulators as pixels: a 7-wide row one pixel at a time would wait on
+// the FMA latency).
+template <typename T, int KW, int SW>
+void blocked_row_kw(const T* staged, const T* wt, const Conv2dGeometry& g, const BlockedGeometry& bg, int64_t oh,
+                    int64_t kh0, int64_t kh1, const T* bias, T* orow) {
+  constexpr int64_t V = at::vec::Vectorized<T>::size();
+  int64_t ow = 0;
+  for (; ow + 8 <= g.out_w; ow += 8)
+    blocked_pixels<T, 8, KW, SW>(staged, wt, g, bg, oh, ow, kh0, kh1, bias, orow + ow * V);
+  T* o = orow + ow * V;
+  switch (g.out_w - ow) {
+    case 7: blocked_pixels<T, 7, KW, SW>(staged, wt, g, bg, oh, ow, kh0, kh1, bias, o); break;
+    case 6: blocked_pixels<T, 6, KW, SW>(staged, wt, g, bg, oh, ow, kh0, kh1, bias, o); break;
+    case 5: blocked_pixels<T, 5, KW, SW>(staged, wt, g, bg, oh, ow, kh0, kh1, bias, o); break;
+    case 4: blocked_pixels<T, 4, KW, SW>(staged, wt, g, bg, oh, ow, kh0, kh1, bias, o); break;
+    case 3: blocked_pixels<T, 3, KW, SW>(staged, wt, g, bg, oh, ow, kh0, kh1, bias, o); break;
+    case 2: blocked_pixels<T, 2, KW, SW>(staged, wt, g, bg, oh, ow, kh0, kh1, bias, o); break;
+    case 1: blocked_pixels<T, 1, KW, SW>(staged, wt, g, bg, oh, ow, kh0, kh1, bias, o); break;
+    default: break;
+  }
+}
+
+template <typename T, int SW>
+void blocked_row_sw(const T* staged, const T* wt, const Conv2dGeometry& g, const BlockedGeometry& bg, int64_t oh,
+                    int64_t kh0, int64_t kh1, const T* bias, T* orow) {
+  switch (g.kernel_w) {  // the common widths with the tap loop unrolled
+    case 3: return blocked_row_kw<T, 3, SW>(staged, wt, g, bg, oh, kh0, kh1, bias, orow);
+    case 5: return blocked_row_kw<T, 5, SW>(staged, wt, g, bg, oh, kh0, kh1, bias, orow);
+    case 7: return blocked_row_kw<T, 7, SW>(staged, wt, g, bg, oh, kh0, kh1, bias, orow);
+    default: return blocked_row_kw<T, 0, SW>(staged, wt, g, bg, oh, kh0, kh1, bias, orow);
+  }
+}
+
+template <typename T>
+void blocked_row(const T* staged, const T* wt, const Conv2dGeometry& g, const BlockedGeometry& bg, int64_t oh,
+                 int64_t kh0, int64_t kh1, const T* bias, T* orow) {
+  if (g.dilation_w == 1 && g.stride_w == 1) return blocked_row_sw<T, 1>(staged, wt, g, bg, oh, kh0, kh1, bias, orow);
+  if (g.dilation_w == 1 && g.stride_w == 2) return blocked_row_sw<T, 2>(staged, wt, g, bg, oh, kh0, kh1, bias, orow);
+  blocked_row_kw<T, 0, 0>(staged, wt, g, bg, oh, kh0, kh1, bias, orow);
+}
+
+// Large planes go in strips of output rows, so that a strip's staged input rows and its
+// results stay in L2 (the halo rows between strips are staged twice).
+constexpr int64_t kBlockedStripBytes = 512 << 10;
+
+int64_t blocked_strip_rows(const Conv2dGeometry& g, const BlockedGeometry& bg, int64_t vec, int64_t elem) {
+  const int64_t in_row = bg.padded_w * vec * elem, out_row = g.out_w * vec * elem;
+  const int64_t room = kBlockedStripBytes - ((g.kernel_h - 1) * g.dilation_h + 1) * in_row;
+  const int64_t rows = room > 0 ? room / (g.stride_h * in_row + out_row) : 1;
+  return std::min(std::max<int64_t>(rows, 1), g.out_h);
+}
+
+// The padded columns of a staged row whose real columns are in place: copies of them
+// (reflect, replicate, circular) or zeros.
+template <typename T>
+void fill_padded_columns(T* row, const Conv2dGeometry& g, const int64_t* col_src) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  auto fill = [&](int64_t j) {
+    const int64_t iw = col_src[j];
+    (iw < 0 ? Vec(T(0)) : Vec::loadu(row + (g.pad_left + iw) * V)).store(row + j * V);
+  };
+  for (int64_t j = 0; j < g.pad_left; ++j) fill(j);
+  for (int64_t j = g.pad_left + g.in_w; j < g.pad_left + g.in_w + g.pad_right; ++j) fill(j);
+}
+
+// Padded rows [r0, r1) of a block from NCHW planes with unit column stride (no conversion):
+// V channel runs at a time become pixel vectors (lane_transpose.h). lane_src[l] is lane l's
+// input plane, nullptr past the last channel (read as zeros). A whole contiguous plane is
+// one run of in_h * in_w pixels, so narrow rows (7 wide) still fill whole transposes; its
+// padded rows are then copies of its real ones.
+template <typename T>
+void stage_planes(const T* const* lane_src, const Strides4d& s, const Conv2dGeometry& g, const BlockedGeometry& bg,
+                  const int64_t* row_src, const int64_t* col_src, int64_t r0, int64_t r1, const T* zeros, T* dst) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  const int64_t pw = bg.padded_w;
+  const T* src[V];
+  T* dsts[V];
+  // Zero padding: the padded columns (and, for a whole plane, rows) of dst are only ever
+  // written with zeros, so they keep the zeros of the buffer's allocation.
+  const bool zero_borders = g.mode == PaddingMode::Zeros;
+  if (r0 == 0 && r1 == bg.padded_h && s.h == g.in_w) {
+    const int64_t total = g.in_h * g.in_w;
+    int64_t ih = 0, iw = 0;
+    for (int64_t f = 0; f < total; f += V) {
+      const int64_t count = std::min(V, total - f);
+      for (int64_t l = 0; l < V; ++l) src[l] = lane_src[l] != nullptr ? lane_src[l] + f : zeros;
+      for (int64_t i = 0; i < count; ++i) {
+        dsts[i] = dst + ((ih + g.pad_top) * pw + g.pad_left + iw) * V;
+        if (++iw == g.in_w) iw = 0, ++ih;
+      }
+      runs_to_pixels(src, count, dsts);
+    }
+    if (zero_borders) return;  // never written: still zero from the buffer's allocation
+    for (int64_t ih = 0; ih < g.in_h; ++ih) fill_padded_columns(dst + (ih + g.pad_top) * pw * V, g, col_src);
+    for (int64_t r = 0; r < bg.padded_h; ++r) {
+      const int64_t ih = row_src[r];
+      if (ih >= 0 && ih + g.pad_top == r) continue;
+      T* row = dst + r * pw * V;
+      if (ih < 0) {
+        std::fill(row, row + pw * V, T(0));
+      } else {
+        std::copy(dst + (ih + g.pad_top) * pw * V, dst + (ih + g.pad_top + 1) * pw * V, row);
+      }
+    }
+    return;
+  }
+  for (int64_t r = r0; r < r1; ++r) {
+    T* row = dst + (r - r0) * pw * V;
+    const int64_t ih = row_src[r];
+    if (ih < 0) {
+      std::fill(row, row + pw * V, T(0));
+      continue;
+    }
+    for (int64_t x = 0; x < g.in_w; x += V) {
+      const int64_t count = std::min(V, g.in_w - x);
+      for (int64_t l = 0; l < V; ++l) src[l] = lane_src[l] != nullptr ? lane_src[l] + ih * s.h + x : zeros;
+      for (int64_t i = 0; i < count; ++i) dsts[i] = row + (g.pad_left + x + i) * V;
+      runs_to_pixels(src, count, dsts);
+    }
+    if (!zero_borders) fill_padded_columns(row, g, col_src);
+  }
+}
+
+// What every channel-blocked forward needs, once per call: the weights as one vector per
+// (block, tap), the bias padded to whole blocks, the padded-coordinate maps, and per output
+// row the kernel rows that read real input (zero padding skips the others; they are
+// contiguous, as padding is only before and after the real rows).
+template <typename scalar_t>
+struct BlockedForward {
+  using T = at::opmath_type<scalar_t>;
+  static constexpr int64_t V = at::vec::Vectorized<T>::size();
+  const Conv2dGeometry& g;
+  BlockedGeometry bg;
+  int64_t kk, blocks;
+  AlignedBuffer<T> wpack;  // [block][tap][lane]
+  std::vector<T> bias;
+  std::vector<int64_t> rows, cols, kh_range;
+
+  BlockedForward(const at::Tensor& weight, const at::Tensor* b, const Conv2dGeometry& geo)
+      : g(geo), bg(geo), kk(geo.kernel_h * geo.kernel_w), blocks((geo.out_channels + V - 1) / V),
+        wpack(blocks * kk * V), bias(blocks * V, T(0)),
+        rows(padded_map(g.in_h, g.pad_top, g.pad_bottom, g.mode)),
+        cols(padded_map(g.in_w, g.pad_left, g.pad_right, g.mode)), kh_range(2 * g.out_h) {
+    const std::vector<T> w = weight_taps<scalar_t, T>(weight, g);
+    for (int64_t oc = 0; oc < g.out_channels; ++oc)
+      for (int64_t t = 0; t < kk; ++t) wpack.data()[((oc / V) * kk + t) * V + oc % V] = w[oc * kk + t];
+    if (b != nullptr) {
+      const at::Tensor bc = b->contiguous();
+      for (int64_t oc = 0; oc < g.out_channels; ++oc) bias[oc] = static_cast<T>(bc.const_data_ptr<scalar_t>()[oc]);
+    }
+    for (int64_t oh = 0; oh < g.out_h; ++oh) {
+      int64_t lo = 0, hi = g.kernel_h;
+      if (g.mode == PaddingMode::Zeros) {
+        while (lo < hi && rows[oh * g.stride_h + lo * g.dilation_h] < 0) ++lo;
+        while (hi > lo && rows[oh * g.stride_h + (hi - 1) * g.dilation_h] < 0) --hi;
+      }
+      kh_range[2 * oh] = lo;
+      kh_range[2 * oh + 1] = hi;
+    }
+  }
+
+  // Padded input rows needed by output rows [a, e).
+  int64_t first_row(int64_t a) const { return a * g.stride_h; }
+  int64_t end_row(int64_t e) const { return (e - 1) * g.stride_h + (g.kernel_h - 1) * g.dilation_h + 1; }
+
+  // Output rows [a, e) of block `block` from its staged rows (starting at padded row a * sh)
+  // into obuf ([pixel][V]).
+  void compute(const T* staged, int64_t block, int64_t a, int64_t e, T* obuf) const {
+    for (int64_t oh = a; oh < e; ++oh)
+      blocked_row(staged, wpack.data() + block * kk * V, g, bg, oh - a, kh_range[2 * oh], kh_range[2 * oh + 1],
+                  bias.data() + block * V, obuf + (oh - a) * g.out_w * V);
+  }
+};
+
+// Forward, channel-blocked, NCHW (and any layout that is not channels_last): per (image,
+// block of V output channels), strips of output rows; each strip's input rows are staged,
+// computed into obuf ([pixel][V]) and written back. Without a dtype conversion, planes with
+// unit column stride go through the transposes; anything else through stage_blocked's
+// scalar loops.
 template <typename scalar_t>
 void forward_blocked(const at::Tensor& input, const at::Tensor& weight, const at::Tensor* bias,
                      at::Tensor& output, const Conv2dGeometry& g) {
   using T = at::opmath_type<scalar_t>;
-  using Vec = at::vec::Vectorized<T>;
-  constexpr int64_t V = Vec::size();
-  const BlockedGeometry bg(g);
-  const int64_t kk = g.kernel_h * g.kernel_w, blocks = (g.out_channels + V - 1) / V;
-  const std::vector<T> w = weight_taps<scalar_t, T>(weight, g);
-  std::vector<T> b(blocks * V, T(0));
-  if (bias != nullptr) {
-    const at::Tensor bc = bias->contiguous();
-    for (int64_t oc = 0; oc < g.out_channels; ++oc) b[oc] = static_cast<T>(bc.const_data_ptr<scalar_t>()[oc]);
-  }
-  const std::vector<int64_t> rows = padded_map(g.in_h, g.pad_top, g.pad_bottom, g.mode);
-  const std::vector<int64_t> cols = padded_map(g.in_w, g.pad_left, g.pad_right, g.mode);
+  constexpr int64_t V = at::vec::Vectorized<T>::size();
+  constexpr bool same = std::is_same<T, scalar_t>::value;
+  const BlockedForward<scalar_t> f(weight, bias, g);
+  const int64_t mult = multiplier(g);
   const Strides4d in_s = strides4d(input), out_s = strides4d(output);
+  const bool planes_in = same && in_s.w == 1, planes_out = same && out_s.w == 1;
   const scalar_t* in = input.const_data_ptr<scalar_t>();
   scalar_t* out = output.mutable_data_ptr<scalar_t>();
-  const int64_t pixels = g.out_h * g.out_w;
-  const int64_t work = V * (pixels * kk + bg.plane);
-  at::parallel_for(0, g.batch * blocks, grain_for(work), [&](int64_t begin, int64_t end) {
-    std::vector<T> staged(bg.plane * V), obuf(pixels * V), wt(kk * V);
+  const int64_t strip = blocked_strip_rows(g, f.bg, V, sizeof(T));
+  const int64_t work = V * (g.out_h * g.out_w * f.kk + f.bg.plane);
+  at::parallel_for(0, g.batch * f.blocks, grain_for(work), [&](int64_t begin, int64_t end) {
+    AlignedBuffer<T> staged(f.end_row(strip) * f.bg.padded_w * V), obuf(strip * g.out_w * V);
+    const std::vector<T> zeros(V, T(0));
+    const scalar_t* lane_src[V];
+    scalar_t* lane_dst[V];
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t n = item / blocks, oc0 = (item % blocks) * V;
+      const int64_t n = item / f.blocks, block = item % f.blocks, oc0 = block * V;
       const int64_t lanes = std::min<int64_t>(V, g.out_channels - oc0);
-      stage_blocked(in, in_s, g, bg, rows.data(), cols.data(), n, oc0, lanes, V, staged.data());
-      for (int64_t t = 0; t < kk; ++t)
-        for (int64_t l = 0; l < V; ++l) wt[t * V + l] = l < lanes ? w[(oc0 + l) * kk + t] : T(0);
-      for (int64_t oh = 0; oh < g.out_h; ++oh) {
-        T* orow = obuf.data() + oh * g.out_w * V;
-        int64_t ow = 0;
-        for (; ow + 8 <= g.out_w; ow += 8)
-          blocked_pixels<T, 8>(staged.data(), wt.data(), g, bg, oh, ow, b.data() + oc0, orow + ow * V);
-        // The rest of the row in one call: as many independent accumulators as pixels (a
-        // 7-wide row one pixel at a time would wait on the FMA latency).
-        const T* bo = b.data() + oc0;
-        switch (g.out_w - ow) {
-          case 7: blocked_pixels<T, 7>(staged.data(), wt.data(), g, bg, oh, ow, bo, orow + ow * V); break;
-          case 6: blocked_pixels<T, 6>(staged.data(), wt.data(), g, bg, oh, ow, bo, orow + ow * V); break;
-          case 5: blocked_pixels<T, 5>(staged.data(), wt.data(), g, bg, oh, ow, bo, orow + ow * V); break;
-          case 4: blocked_pixels<T, 4>(staged.data(), wt.data(), g, bg, oh, ow, bo, orow + ow * V); break;
-          case 3: blocked_pixels<T, 3>(staged.data(), wt.data(), g, bg, oh, ow, bo, orow + ow * V); break;
-          case 2: blocked_pixels<T, 2>(staged.data(), wt.data(), g, bg, oh, ow, bo, orow + ow * V); break;
-          case 1: blocked_pixels<T, 1>(staged.data(), wt.data(), g, bg, oh, ow, bo, orow + ow * V); break;
-          default: break;
-        }
+      for (int64_t l = 0; l < V; ++l) {
+        lane_src[l] = l < lanes ? in + n * in_s.n + ((oc0 + l) / mult) * in_s.c : nullptr;
+        lane_dst[l] = l < lanes ? out + n * out_s.n + (oc0 + l) * out_s.c : nullptr;
       }
-      for (int64_t l = 0; l < lanes; ++l) {  // transpose back: one output plane per lane
-        scalar_t* plane = out + n * out_s.n + (oc0 + l) * out_s.c;
-        for (int64_t oh = 0; oh < g.out_h; ++oh) {
-          scalar_t* drow = plane + oh * out_s.h;
-          const T* src = obuf.data() + oh * g.out_w * V + l;
-          for (int64_t ow = 0; ow < g.out_w; ++ow) drow[ow * out_s.w] = static_cast<scalar_t>(src[ow * V]);
+      for (int64_t a = 0; a < g.out_h; a += strip) {
+        const int64_t e = std::min(a + strip, g.out_h), r0 = f.first_row(a), r1 = f.end_row(e);
+        if constexpr (same) {
+          if (planes_in)
+            stage_planes<T>(lane_src, in_s, g, f.bg, f.rows.data(), f.cols.data(), r0, r1, zeros.data(),
+                            staged.data());
         }
+        if (!planes_in)
+          stage_blocked(in, in_s, g, f.bg, f.rows.data(), f.cols.data(), n, oc0, lanes, V, staged.data(), r0, r1);
+        f.compute(staged.data(), block, a, e, obuf.data());
+        if constexpr (same) {
+          if (planes_out) {  // as one run of pixels when the rows are contiguous, else row by row
+            const bool flat = out_s.h == g.out_w;
+            T* dsts[V];
+            for (int64_t oh = a; oh < e; oh += flat ? e - a : 1) {
+              const int64_t first = flat ? a * g.out_w : oh * out_s.h;
+              const int64_t count = flat ? (e - a) * g.out_w : g.out_w;
+              const T* src = obuf.data() + (oh - a) * g.out_w * V;
+              for (int64_t x = 0; x < count; x += V) {
+                for (int64_t l = 0; l < lanes; ++l) dsts[l] = lane_dst[l] + first + x;
+                pixels_to_runs(src + x * V, std::min(V, count - x), lanes, dsts);
+              }
+            }
+            continue;
+          }
+        }
+        for (int64_t l = 0; l < lanes; ++l)
+          for (int64_t oh = a; oh < e; ++oh) {
+            scalar_t* drow = lane_dst[l] + oh * out_s.h;
+            const T* src = obuf.data() + (oh - a) * g.out_w * V + l;
+            for (int64_t ow = 0; ow < g.out_w; ++ow) drow[ow * out_s.w] = static_cast<scalar_t>(src[ow * V]);
+          }
       }
     }
   });
@@ -707,6 +772,18 @@ void grad_weight_blocked(const at::Tensor& grad_output, const at::Tensor& input,
     }
 }
 
+// Which forward kernel runs, from CNNOPS_DEPTHWISE_CPU_PATH (read on every call, so that
+// tests can force each one): auto (default: the channels_last kernel where it applies,
+// else channel-blocked) or blocked (channel-blocked everywhere).
+bool force_blocked_forward() {
+  const char* env = std::getenv("CNNOPS_DEPTHWISE_CPU_PATH");
+  const std::string name = env ? env : "";
+  if (name.empty() || name == "auto") return false;
+  if (name == "blocked") return true;
+  TORCH_CHECK_VALUE(false, "cnnops.depthwise_conv2d: expected the environment variable CNNOPS_DEPTHWISE_CPU_PATH "
+                    "to be one of 'auto', 'blocked', got '", name, "'");
+}
+
 at::Tensor depthwise_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
                                 const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
                                 at::IntArrayRef padding, at::IntArrayRef dilation,
@@ -720,12 +797,10 @@ at::Tensor depthwise_conv2d_cpu(const at::Tensor& input, const at::Tensor& weigh
   const at::Tensor* b = (bias.has_value() && bias->defined()) ? &*bias : nullptr;
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, input.scalar_type(), "cnnops_depthwise_conv2d_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
-    if (use_channels_last(g, std::is_same<T, scalar_t>::value, {&input, &output})) {
+    if (!force_blocked_forward() && use_channels_last(g, std::is_same<T, scalar_t>::value, {&input, &output})) {
       forward_channels_last<T>(input, weight, b, output, g);
-    } else if (use_blocked_forward(g, at::vec::Vectorized<T>::size(), sizeof(T))) {
-      forward_blocked<scalar_t>(input, weight, b, output, g);
     } else {
-      forward_planes<scalar_t>(input, weight, b, output, g);
+      forward_blocked<scalar_t>(input, weight, b, output, g);
     }
   });
   return output;
