@@ -270,8 +270,10 @@ bool use_channels_last(const Conv2dGeometry& g, bool same_type, std::initializer
 
 // ---------------------------------------------------------------- forward
 
-// channels_last forward: one task per output row (n, oh); for each pixel, vectors of
-// channels accumulate over the taps, up to 4 vectors (64 float channels) in registers.
+// channels_last forward: a task is a few output rows of one image. Interior pixels (every
+// tap inside the input) go four at a time with fixed tap offsets (cl_interior_quad); the
+// others list their taps through the padding map, and vectors of channels accumulate over
+// them, up to 4 vectors (64 float channels) in registers.
 template <typename T, int B>
 inline void cl_forward_chunk(const T* const* srcs, const int64_t* tap_ids, int64_t nt, const T* wt,
                              int64_t cpad, const T* bias, int64_t c, int64_t count, T* dst) {
@@ -295,6 +297,40 @@ inline void cl_forward_chunk(const T* const* srcs, const int64_t* tap_ids, int64
   }
 }
 
+// Four interior output pixels (every tap inside the input, no padding map): tap t of pixel
+// p reads base + off[t] + p * pix. Each tap's weights are loaded once for the four pixels
+// (the one-pixel chunk above loads them per pixel: two loads per FMA). B whole vectors of
+// channels from c; Tail: the last of them holds only `tail` channels (masked).
+template <typename T, int B, bool Tail>
+inline void cl_interior_quad(const T* base, const int64_t* off, int64_t kk, int64_t pix, const T* wt, int64_t cpad,
+                             const T* bias, int64_t c, int64_t tail, T* dst, int64_t dst_pix) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  Vec acc[4][B];
+  for (int b = 0; b < B; ++b) {
+    const Vec init = Vec::loadu(bias + c + b * V);
+    for (int p = 0; p < 4; ++p) acc[p][b] = init;
+  }
+  const T* src = base + c;
+  const T* wv = wt + c;
+  for (int64_t t = 0; t < kk; ++t, wv += cpad) {
+    const T* x = src + off[t];
+    for (int b = 0; b < B; ++b) {
+      const Vec w = Vec::loadu(wv + b * V);
+      for (int p = 0; p < 4; ++p) {
+        const T* xp = x + p * pix + b * V;
+        acc[p][b] = at::vec::fmadd(w, (Tail && b == B - 1) ? Vec::loadu(xp, tail) : Vec::loadu(xp), acc[p][b]);
+      }
+    }
+  }
+  for (int p = 0; p < 4; ++p)
+    for (int b = 0; b < B; ++b) {
+      T* d = dst + p * dst_pix + c + b * V;
+      if (Tail && b == B - 1) acc[p][b].store(d, tail);
+      else acc[p][b].store(d);
+    }
+}
+
 template <typename T>
 void forward_channels_last(const at::Tensor& input, const at::Tensor& weight, const at::Tensor* bias,
                            at::Tensor& output, const Conv2dGeometry& g) {
@@ -316,34 +352,81 @@ void forward_channels_last(const at::Tensor& input, const at::Tensor& weight, co
   const Strides4d in_s = strides4d(input), out_s = strides4d(output);
   const T* in = input.const_data_ptr<T>();
   T* out = output.mutable_data_ptr<T>();
-  at::parallel_for(0, g.batch * g.out_h, grain_for(g.out_w * C * kk), [&](int64_t begin, int64_t end) {
+  // Interior output columns [ow_lo, ow_hi): every kernel column inside the input. Their
+  // taps are fixed offsets from the pixel (off), in groups of four pixels.
+  auto first_inside = [](int64_t pad, int64_t stride) { return (pad + stride - 1) / stride; };
+  const int64_t ow_lo = std::min(first_inside(g.pad_left, g.stride_w), g.out_w);
+  const int64_t last_w = g.in_w - 1 - (g.kernel_w - 1) * g.dilation_w + g.pad_left;  // ow * sw <= last_w
+  const int64_t ow_hi = last_w < 0 ? ow_lo : std::max(ow_lo, std::min(g.out_w, last_w / g.stride_w + 1));
+  std::vector<int64_t> off(kk);
+  for (int64_t kh = 0; kh < g.kernel_h; ++kh)
+    for (int64_t kw = 0; kw < g.kernel_w; ++kw)
+      off[kh * g.kernel_w + kw] = kh * g.dilation_h * in_s.h + kw * g.dilation_w * in_s.w;
+  // A task is kRowsPerTask output rows; their interior quads go column by column, every
+  // row of the task at each column, so that the input rows they share are read from L1
+  // (row by row, each input row came from L2 once per output row that reads it).
+  constexpr int64_t kRowsPerTask = 8;
+  const int64_t tasks_per_image = (g.out_h + kRowsPerTask - 1) / kRowsPerTask;
+  const int64_t quads = (ow_hi - ow_lo) / 4, quad_end = ow_lo + 4 * quads;  // [ow_lo, quad_end) by quads
+  at::parallel_for(0, g.batch * tasks_per_image, grain_for(kRowsPerTask * g.out_w * C * kk),
+                   [&](int64_t begin, int64_t end) {
     std::vector<const T*> srcs(kk);
     std::vector<int64_t> ids(kk);
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t n = item / g.out_h, oh = item % g.out_h;
-      for (int64_t ow = 0; ow < g.out_w; ++ow) {
-        int64_t nt = 0;
-        for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
-          const int64_t ih = source_index(oh * g.stride_h - g.pad_top + kh * g.dilation_h, g.in_h, g.mode);
-          if (ih < 0) continue;
-          for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
-            const int64_t iw = cols[ow * g.kernel_w + kw];
-            if (iw < 0) continue;
-            srcs[nt] = in + n * in_s.n + ih * in_s.h + iw * in_s.w;
-            ids[nt++] = kh * g.kernel_w + kw;
+      const int64_t n = item / tasks_per_image, oh0 = (item % tasks_per_image) * kRowsPerTask;
+      const int64_t oh1 = std::min(oh0 + kRowsPerTask, g.out_h);
+      auto row_inside = [&](int64_t oh) {
+        const int64_t ih0 = oh * g.stride_h - g.pad_top;
+        return ih0 >= 0 && ih0 + (g.kernel_h - 1) * g.dilation_h < g.in_h;
+      };
+      for (int64_t q = 0; q < quads; ++q) {
+        for (int64_t oh = oh0; oh < oh1; ++oh) {
+          if (!row_inside(oh)) continue;
+          const int64_t ow = ow_lo + 4 * q;
+          const T* base =
+              in + n * in_s.n + (oh * g.stride_h - g.pad_top) * in_s.h + (ow * g.stride_w - g.pad_left) * in_s.w;
+          T* dst = out + n * out_s.n + oh * out_s.h + ow * out_s.w;
+          const int64_t pix = g.stride_w * in_s.w;
+          const int64_t* o = off.data();
+          const int64_t tail = C % V;
+          int64_t c = 0;
+          for (; c + 2 * V <= C; c += 2 * V)
+            cl_interior_quad<T, 2, false>(base, o, kk, pix, wt.data(), cpad, b.data(), c, 0, dst, out_s.w);
+          switch (((C - c) / V) * 2 + (tail > 0)) {  // whole vectors left (0 or 1), and a partial one
+            case 1: cl_interior_quad<T, 1, true>(base, o, kk, pix, wt.data(), cpad, b.data(), c, tail, dst, out_s.w); break;
+            case 2: cl_interior_quad<T, 1, false>(base, o, kk, pix, wt.data(), cpad, b.data(), c, 0, dst, out_s.w); break;
+            case 3: cl_interior_quad<T, 2, true>(base, o, kk, pix, wt.data(), cpad, b.data(), c, tail, dst, out_s.w); break;
+            default: break;
           }
         }
-        T* dst = out + n * out_s.n + oh * out_s.h + ow * out_s.w;
-        int64_t c = 0;
-        for (; c + 4 * V <= C; c += 4 * V)
-          cl_forward_chunk<T, 4>(srcs.data(), ids.data(), nt, wt.data(), cpad, b.data(), c, 4 * V, dst);
-        const int64_t rest = C - c;
-        switch ((rest + V - 1) / V) {
-          case 4: cl_forward_chunk<T, 4>(srcs.data(), ids.data(), nt, wt.data(), cpad, b.data(), c, rest, dst); break;
-          case 3: cl_forward_chunk<T, 3>(srcs.data(), ids.data(), nt, wt.data(), cpad, b.data(), c, rest, dst); break;
-          case 2: cl_forward_chunk<T, 2>(srcs.data(), ids.data(), nt, wt.data(), cpad, b.data(), c, rest, dst); break;
-          case 1: cl_forward_chunk<T, 1>(srcs.data(), ids.data(), nt, wt.data(), cpad, b.data(), c, rest, dst); break;
-          default: break;
+      }
+      for (int64_t oh = oh0; oh < oh1; ++oh) {  // the other pixels: taps listed one by one
+        for (int64_t ow = 0; ow < g.out_w; ++ow) {
+          if (ow == ow_lo && quads > 0 && row_inside(oh)) ow = quad_end;
+          if (ow >= g.out_w) break;
+          int64_t nt = 0;
+          for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+            const int64_t ih = source_index(oh * g.stride_h - g.pad_top + kh * g.dilation_h, g.in_h, g.mode);
+            if (ih < 0) continue;
+            for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+              const int64_t iw = cols[ow * g.kernel_w + kw];
+              if (iw < 0) continue;
+              srcs[nt] = in + n * in_s.n + ih * in_s.h + iw * in_s.w;
+              ids[nt++] = kh * g.kernel_w + kw;
+            }
+          }
+          T* dst = out + n * out_s.n + oh * out_s.h + ow * out_s.w;
+          int64_t c = 0;
+          for (; c + 4 * V <= C; c += 4 * V)
+            cl_forward_chunk<T, 4>(srcs.data(), ids.data(), nt, wt.data(), cpad, b.data(), c, 4 * V, dst);
+          const int64_t rest = C - c;
+          switch ((rest + V - 1) / V) {
+            case 4: cl_forward_chunk<T, 4>(srcs.data(), ids.data(), nt, wt.data(), cpad, b.data(), c, rest, dst); break;
+            case 3: cl_forward_chunk<T, 3>(srcs.data(), ids.data(), nt, wt.data(), cpad, b.data(), c, rest, dst); break;
+            case 2: cl_forward_chunk<T, 2>(srcs.data(), ids.data(), nt, wt.data(), cpad, b.data(), c, rest, dst); break;
+            case 1: cl_forward_chunk<T, 1>(srcs.data(), ids.data(), nt, wt.data(), cpad, b.data(), c, rest, dst); break;
+            default: break;
+          }
         }
       }
     }
