@@ -1178,6 +1178,24 @@ void grad_input_blocked(const at::Tensor& grad_output, const at::Tensor& weight,
   });
 }
 
+// Stride 1, zero padding, multiplier 1 (and padding at most the kernel's reach): the input
+// gradient is the forward convolution of grad_output with the kernel flipped, padded by
+// d * (k - 1) - p on each side, so it runs on the (faster) forward kernels.
+bool grad_input_as_forward(const Conv2dGeometry& g) {
+  const int64_t reach_h = (g.kernel_h - 1) * g.dilation_h, reach_w = (g.kernel_w - 1) * g.dilation_w;
+  return multiplier(g) == 1 && g.mode == PaddingMode::Zeros && g.stride_h == 1 && g.stride_w == 1 &&
+         g.pad_top <= reach_h && g.pad_bottom <= reach_h && g.pad_left <= reach_w && g.pad_right <= reach_w;
+}
+
+Conv2dGeometry flipped_forward_geometry(const Conv2dGeometry& g) {
+  Conv2dGeometry f = g;
+  const int64_t reach_h = (g.kernel_h - 1) * g.dilation_h, reach_w = (g.kernel_w - 1) * g.dilation_w;
+  f.in_h = g.out_h, f.in_w = g.out_w, f.out_h = g.in_h, f.out_w = g.in_w;
+  f.pad_top = reach_h - g.pad_top, f.pad_bottom = reach_h - g.pad_bottom;
+  f.pad_left = reach_w - g.pad_left, f.pad_right = reach_w - g.pad_right;
+  return f;
+}
+
 at::Tensor depthwise_conv2d_grad_input_cpu(const at::Tensor& grad_output, const at::Tensor& weight,
                                            at::IntArrayRef input_size, at::IntArrayRef stride,
                                            at::IntArrayRef padding, at::IntArrayRef dilation,
@@ -1190,7 +1208,15 @@ at::Tensor depthwise_conv2d_grad_input_cpu(const at::Tensor& grad_output, const 
   if (grad_input.numel() == 0) return grad_input;
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, grad_output.scalar_type(), "cnnops_depthwise_grad_input_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
-    if (channels_last && use_channels_last(g, std::is_same<T, scalar_t>::value, {&grad_input})) {
+    if (grad_input_as_forward(g)) {
+      const Conv2dGeometry f = flipped_forward_geometry(g);
+      const at::Tensor flipped = at::flip(weight, {2, 3});
+      if (channels_last && use_channels_last(f, std::is_same<T, scalar_t>::value, {&grad_output, &grad_input})) {
+        forward_channels_last<T>(grad_output, flipped, nullptr, grad_input, f);
+      } else {
+        forward_blocked<scalar_t>(grad_output, flipped, nullptr, grad_input, f);
+      }
+    } else if (channels_last && use_channels_last(g, std::is_same<T, scalar_t>::value, {&grad_input})) {
       // The channel loop needs unit channel stride: a named copy when grad_output lacks it.
       const at::Tensor go = grad_output.stride(1) == 1 ? grad_output
                                                        : grad_output.contiguous(at::MemoryFormat::ChannelsLast);
