@@ -169,12 +169,20 @@ def test_blocked_forward_staging(shape, dtype, layout, path, monkeypatch):
     for i, mode in enumerate(MODES):
         if (i + len(layout)) % 2 and dtype == torch.bfloat16:
             continue  # half the modes in bfloat16 (the scalar staging is the same for all dtypes)
-        x = _blocked_layout(rand(*size), layout).to(dtype)
-        w = rand(size[1] * mult, 1, *kernel).to(dtype)
-        b = rand(size[1] * mult).to(dtype)
+        x = leaf(_blocked_layout(rand(*size), layout).to(dtype))
+        w = leaf(rand(size[1] * mult, 1, *kernel).to(dtype))
+        b = leaf(rand(size[1] * mult).to(dtype))
         out = cnnops.F.depthwise_conv2d(x, w, b, stride, padding, dilation, mode)
-        ref = torch_depthwise(x.double(), w.double(), b.double(), stride, padding, dilation, mode)
-        assert_close(out, ref.to(dtype), dtype, "cpu", msg=f"{name} {layout} {mode} {path}")
+        refs = [leaf(t.detach().double()) for t in (x, w, b)]
+        ref = torch_depthwise(*refs, stride, padding, dilation, mode)
+        msg = f"{name} {layout} {mode} {path}"
+        assert_close(out, ref.to(dtype), dtype, "cpu", msg=msg)
+        if path == "auto":  # the gradients (the blocked grad_weight works in the same strips)
+            go = rand(*ref.shape)
+            got = torch.autograd.grad(out, (x, w), go.to(dtype))
+            exp = torch.autograd.grad(ref, refs[:2], go)
+            for what, a, e in zip(("grad_input", "grad_weight"), got, exp):
+                assert_close(a, e.to(dtype), dtype, "cpu", msg=f"{msg} {what}")
 
 
 def test_forward_path_env_is_checked(monkeypatch):

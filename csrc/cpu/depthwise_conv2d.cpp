@@ -1,26 +1,26 @@
 // Depthwise convolution on the CPU: direct kernels on at::vec::Vectorized, no GEMM.
 //
-// Forward, channel-blocked (every layout but the channels_last case below): V consecutive
-// output channels of one image are one task. Their input rows are staged, padded by every
-// mode through padded_map(), as [padded row][padded column][V lanes], so that each FMA
-// updates V channels of one output pixel with an aligned load and no bounds check, register-
-// blocked over 8 pixels of a row; kernel rows that fall in zero padding are skipped. NCHW
-// float/double planes are staged and written back with in-register transposes
-// (lane_transpose.h); large planes go in strips of rows that stay in L2.
-// Backward, and the "plane" kernels: the rows of one input (or grad_output) plane are
-// staged into a thread-local buffer in the accumulation type, with the horizontal padding
-// of every mode applied through source_index() and the columns split into `stride_w`
-// phases (padded column j goes to phase j % s, position j / s). Every tap (kh, kw) of a
-// row is then a contiguous run of that buffer, so a row is a sum of shifted rows,
-// register-blocked along W (up to 4 vectors); vertical padding is a row map.
-//   grad_input:  a gather (depthwise transposed conv) of the staged grad_output rows into
-//                the padded frame, then folded onto the input by the padding map; one
-//                (image, input channel) per task, summing its `multiplier` output channels.
-//   grad_weight: per (image, output channel) plane, one dot product per tap (or the
-//                channel-blocked version); the per-image partials are summed over images
-//                in order (fixed partition: bitwise reproducible with any thread count).
+// Channel-blocked kernels (the forward in every layout but the channels_last case below,
+// and grad_weight): V consecutive output channels of one image are one task. Their input
+// rows are staged, padded by every mode through padded_map(), as [padded row][padded
+// column][V lanes], so that each FMA updates V channels of one pixel with an aligned load
+// and no bounds check; large planes go in strips of rows that stay in L2. NCHW float/double
+// planes are staged, and results written back, with in-register transposes
+// (lane_transpose.h).
+//   forward:     register-blocked over 8 output pixels of a row; kernel rows that fall in
+//                zero padding are skipped.
+//   grad_weight: grad_output rows staged the same way, each of its vectors loaded once
+//                for up to 16 taps; per-image partials summed over images in order (fixed
+//                partition: bitwise reproducible with any thread count).
+//   grad_input:  stride 1, zero padding, multiplier 1: the forward of grad_output with the
+//                kernel flipped. Otherwise a gather (depthwise transposed conv) of staged
+//                grad_output rows into the padded frame, folded onto the input by the
+//                padding map, with the columns split into `stride_w` phases so that every
+//                tap is a contiguous run (vectors along W); or channel-blocked for small
+//                planes.
 // channels_last (multiplier 1, float/double, channel stride 1): vectors along C, with the
-// tap enumeration of common/depthwise_index.h (source_index / padded_preimages).
+// tap enumeration of common/depthwise_index.h (source_index / padded_preimages); interior
+// pixels of the forward four at a time with fixed tap offsets.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -140,94 +140,6 @@ void taps_row(const Tap<T>* taps, int64_t nt, int64_t len, T init, T* out) {
     case 1: taps_chunk<T, 1>(taps, nt, x, init, out); break;
     default: break;
   }
-}
-
-// sum over i < len of a[i] * b[i], in a fixed order (4 vector accumulators, lanes summed
-// in order). Reads exactly len values of each (masked loads for the tail).
-template <typename T>
-T dot(const T* a, const T* b, int64_t len) {
-  using Vec = at::vec::Vectorized<T>;
-  constexpr int64_t V = Vec::size();
-  Vec acc0(T(0)), acc1(T(0)), acc2(T(0)), acc3(T(0));
-  int64_t x = 0;
-  for (; x + 4 * V <= len; x += 4 * V) {
-    acc0 = at::vec::fmadd(Vec::loadu(a + x), Vec::loadu(b + x), acc0);
-    acc1 = at::vec::fmadd(Vec::loadu(a + x + V), Vec::loadu(b + x + V), acc1);
-    acc2 = at::vec::fmadd(Vec::loadu(a + x + 2 * V), Vec::loadu(b + x + 2 * V), acc2);
-    acc3 = at::vec::fmadd(Vec::loadu(a + x + 3 * V), Vec::loadu(b + x + 3 * V), acc3);
-  }
-  for (; x + V <= len; x += V) acc0 = at::vec::fmadd(Vec::loadu(a + x), Vec::loadu(b + x), acc0);
-  if (x < len) acc1 = at::vec::fmadd(Vec::loadu(a + x, len - x), Vec::loadu(b + x, len - x), acc1);
-  const Vec sum = (acc0 + acc1) + (acc2 + acc3);
-  T lanes[V];
-  sum.store(lanes);
-  T total = 0;
-  for (int64_t i = 0; i < V; ++i) total += lanes[i];
-  return total;
-}
-
-// Input row `row` (elements `w_stride` apart, `width` long) with pad_left/pad_right columns
-// of padding applied by source_index(), written to dst split into s phases `pitch` apart.
-template <typename scalar_t, typename T>
-void stage_row(const scalar_t* row, int64_t w_stride, int64_t width, int64_t pad_left,
-               int64_t pad_right, PaddingMode mode, int64_t s, int64_t pitch, T* dst) {
-  const int64_t padded = pad_left + width + pad_right;
-  auto value = [&](int64_t j) {
-    const int64_t iw = source_index(j - pad_left, width, mode);
-    return iw < 0 ? T(0) : static_cast<T>(row[iw * w_stride]);
-  };
-  if (s == 1) {
-    for (int64_t j = 0; j < pad_left; ++j) dst[j] = value(j);
-    T* mid = dst + pad_left;
-    if (w_stride == 1) {
-      for (int64_t i = 0; i < width; ++i) mid[i] = static_cast<T>(row[i]);
-    } else {
-      for (int64_t i = 0; i < width; ++i) mid[i] = static_cast<T>(row[i * w_stride]);
-    }
-    for (int64_t j = pad_left + width; j < padded; ++j) dst[j] = value(j);
-  } else {  // phase by phase: no division per element
-    for (int64_t p = 0; p < s && p < padded; ++p) {
-      T* d = dst + p * pitch;
-      int64_t x = 0;
-      for (int64_t j = p; j < padded; j += s, ++x) {
-        const int64_t i = j - pad_left;
-        d[x] = (i >= 0 && i < width) ? static_cast<T>(row[i * w_stride]) : value(j);
-      }
-    }
-  }
-}
-
-// Layout of a staged input plane: in_h rows, each s phases of `pitch` values. The pitch
-// leaves room for the whole-vector reads of the tap rows past the last column.
-struct StagedPlane {
-  int64_t pitch, row_pitch, size;
-  StagedPlane(const Conv2dGeometry& g, int64_t vec) {
-    const int64_t padded = g.pad_left + g.in_w + g.pad_right;
-    // Taps read up to (kw * dw) / s + round_up(out_w, vec) <= padded / s + 1 + vec values of a
-    // phase; no more, so that a plane stays in L1 as long as possible.
-    pitch = round_up(padded / g.stride_w + 1 + vec, vec);
-    row_pitch = g.stride_w * pitch;
-    size = g.in_h * row_pitch;
-  }
-};
-
-template <typename scalar_t, typename T>
-void stage_plane(const scalar_t* plane, const Strides4d& s, const Conv2dGeometry& g,
-                 const StagedPlane& sp, T* dst) {
-  for (int64_t ih = 0; ih < g.in_h; ++ih)
-    stage_row(plane + ih * s.h, s.w, g.in_w, g.pad_left, g.pad_right, g.mode, g.stride_w,
-              sp.pitch, dst + ih * sp.row_pitch);
-}
-
-// Offsets into a staged row of the kW taps (phase (kw * dw) % s, position (kw * dw) / s),
-// computed once per call: integer divisions per tap and row would cost more than the FMAs.
-std::vector<int64_t> tap_column_offsets(const Conv2dGeometry& g, const StagedPlane& sp) {
-  std::vector<int64_t> offs(g.kernel_w);
-  for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
-    const int64_t off = kw * g.dilation_w;
-    offs[kw] = (off % g.stride_w) * sp.pitch + off / g.stride_w;
-  }
-  return offs;
 }
 
 // The weight (OC, 1, kH, kW) as a contiguous (OC, kH * kW) buffer in T.
@@ -447,19 +359,6 @@ struct BlockedGeometry {
       : padded_h(g.pad_top + g.in_h + g.pad_bottom), padded_w(g.pad_left + g.in_w + g.pad_right),
         plane(padded_h * padded_w) {}
 };
-
-// The staged buffer must stay in L2 for the blocked grad_weight to pay. Measured on the
-// 2-core AVX-512 development machine (one thread, fp32): blocked everywhere but wide rows of
-// 3x3 at stride 1. (The blocked forward works in strips of rows and is always used.)
-bool blocked_fits(const Conv2dGeometry& g, int64_t vec, int64_t elem) {
-  const BlockedGeometry bg(g);
-  return (bg.plane + g.out_h * g.out_w) * vec * elem <= (1 << 20);
-}
-
-bool use_blocked_grad_weight(const Conv2dGeometry& g, int64_t vec, int64_t elem) {
-  return blocked_fits(g, vec, elem) &&
-         !(g.kernel_h * g.kernel_w <= 9 && g.out_w >= 2 * vec && g.stride_w == 1);
-}
 
 // Stages the input planes read by output channels [oc0, oc0 + lanes) of image n.
 template <typename scalar_t, typename T>
@@ -788,60 +687,131 @@ void forward_blocked(const at::Tensor& input, const at::Tensor& weight, const at
   });
 }
 
-// grad_weight, channel-blocked: per (image, block of V output channels) the staged input
-// and the transposed grad_output give, for each tap, one vector of V channel sums. The
-// per-image partials are added over images in order (reproducible with any thread count).
+// grad_weight, channel-blocked: part[tap] += sum over the strip's output pixels of
+// grad_output(pixel) * staged input(pixel's tap), one vector of V channels per tap, for the
+// R x KB taps kernel rows [kh0, kh0 + rows) (rows <= R) by columns [kw0, kw0 + KB): each
+// grad_output vector is loaded once for all of them (one load per FMA for the taps' input,
+// R * KB independent accumulators). Unit: column stride and dilation 1 at compile time.
+template <typename T, int R, int KB, bool Unit>
+void grad_weight_taps(const T* staged, const T* gbuf, const Conv2dGeometry& g, const BlockedGeometry& bg,
+                      int64_t strip_rows, int64_t kh0, int64_t rows, int64_t kw0, T* part) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  const int64_t step = (Unit ? 1 : g.stride_w) * V, tap_step = (Unit ? 1 : g.dilation_w) * V;
+  Vec acc[R][KB];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < KB; ++j) acc[r][j] = Vec(T(0));
+  for (int64_t oh = 0; oh < strip_rows; ++oh) {
+    const T* grow = gbuf + oh * g.out_w * V;
+    const T* srow[R];
+    for (int r = 0; r < R; ++r)
+      srow[r] = staged + ((oh * g.stride_h + (kh0 + std::min<int64_t>(r, rows - 1)) * g.dilation_h) * bg.padded_w +
+                          kw0 * (Unit ? 1 : g.dilation_w)) * V;
+    for (int64_t ow = 0; ow < g.out_w; ++ow) {
+      const Vec gv = Vec::loadu(grow + ow * V);
+      for (int r = 0; r < R; ++r) {
+        if (r >= rows) break;
+        const T* src = srow[r] + ow * step;
+        for (int j = 0; j < KB; ++j) acc[r][j] = at::vec::fmadd(gv, Vec::loadu(src + j * tap_step), acc[r][j]);
+      }
+    }
+  }
+  for (int64_t r = 0; r < rows; ++r)
+    for (int j = 0; j < KB; ++j) {
+      T* d = part + ((kh0 + r) * g.kernel_w + kw0 + j) * V;
+      (Vec::loadu(d) + acc[r][j]).store(d);
+    }
+}
+
+// Every tap of a strip, in groups of kernel rows (R) by up to 8 kernel columns (KB): 9 to 16
+// accumulators per group.
+template <typename T, bool Unit>
+void grad_weight_strip(const T* staged, const T* gbuf, const Conv2dGeometry& g, const BlockedGeometry& bg,
+                       int64_t strip_rows, T* part) {
+  for (int64_t kw0 = 0; kw0 < g.kernel_w; kw0 += 8) {
+    const int64_t kb = std::min<int64_t>(8, g.kernel_w - kw0);
+    const int64_t r_max = kb <= 5 ? 3 : 2;
+    for (int64_t kh0 = 0; kh0 < g.kernel_h; kh0 += r_max) {
+      const int64_t rows = std::min(r_max, g.kernel_h - kh0);
+      switch (kb) {
+        case 1: grad_weight_taps<T, 3, 1, Unit>(staged, gbuf, g, bg, strip_rows, kh0, rows, kw0, part); break;
+        case 2: grad_weight_taps<T, 3, 2, Unit>(staged, gbuf, g, bg, strip_rows, kh0, rows, kw0, part); break;
+        case 3: grad_weight_taps<T, 3, 3, Unit>(staged, gbuf, g, bg, strip_rows, kh0, rows, kw0, part); break;
+        case 4: grad_weight_taps<T, 3, 4, Unit>(staged, gbuf, g, bg, strip_rows, kh0, rows, kw0, part); break;
+        case 5: grad_weight_taps<T, 3, 5, Unit>(staged, gbuf, g, bg, strip_rows, kh0, rows, kw0, part); break;
+        case 6: grad_weight_taps<T, 2, 6, Unit>(staged, gbuf, g, bg, strip_rows, kh0, rows, kw0, part); break;
+        case 7: grad_weight_taps<T, 2, 7, Unit>(staged, gbuf, g, bg, strip_rows, kh0, rows, kw0, part); break;
+        default: grad_weight_taps<T, 2, 8, Unit>(staged, gbuf, g, bg, strip_rows, kh0, rows, kw0, part); break;
+      }
+    }
+  }
+}
+
+// grad_weight, channel-blocked: per (image, block of V output channels), strips of output
+// rows as in forward_blocked; the strip's input rows are staged the same way and its
+// grad_output rows become pixel vectors (transposed like an unpadded input), then every
+// tap's V channel sums are accumulated in the item's partial. The per-image partials are
+// added over images in order (reproducible with any thread count).
 template <typename scalar_t>
 void grad_weight_blocked(const at::Tensor& grad_output, const at::Tensor& input, at::Tensor& grad_weight,
                          const Conv2dGeometry& g) {
   using T = at::opmath_type<scalar_t>;
-  using Vec = at::vec::Vectorized<T>;
-  constexpr int64_t V = Vec::size();
+  constexpr int64_t V = at::vec::Vectorized<T>::size();
+  constexpr bool same = std::is_same<T, scalar_t>::value;
   const BlockedGeometry bg(g);
-  const int64_t kk = g.kernel_h * g.kernel_w, blocks = (g.out_channels + V - 1) / V;
+  const int64_t kk = g.kernel_h * g.kernel_w, blocks = (g.out_channels + V - 1) / V, mult = multiplier(g);
   const std::vector<int64_t> rows = padded_map(g.in_h, g.pad_top, g.pad_bottom, g.mode);
   const std::vector<int64_t> cols = padded_map(g.in_w, g.pad_left, g.pad_right, g.mode);
+  // grad_output rows as an unpadded "input" for stage_planes: identity maps.
+  Conv2dGeometry og = g;
+  og.in_h = g.out_h, og.in_w = g.out_w, og.pad_top = og.pad_bottom = og.pad_left = og.pad_right = 0;
+  og.mode = PaddingMode::Zeros;
+  const BlockedGeometry obg(og);
+  std::vector<int64_t> out_rows(g.out_h), out_cols(g.out_w);
+  for (int64_t i = 0; i < g.out_h; ++i) out_rows[i] = i;
+  for (int64_t i = 0; i < g.out_w; ++i) out_cols[i] = i;
   const Strides4d in_s = strides4d(input), go_s = strides4d(grad_output);
+  const bool planes_in = same && in_s.w == 1, planes_go = same && go_s.w == 1;
   const scalar_t* in = input.const_data_ptr<scalar_t>();
   const scalar_t* go = grad_output.const_data_ptr<scalar_t>();
-  const int64_t pixels = g.out_h * g.out_w;
-  std::vector<T> partial(g.batch * blocks * kk * V);
-  const int64_t work = V * (pixels * kk + bg.plane);
+  const int64_t strip = blocked_strip_rows(g, bg, V, sizeof(T));
+  const int64_t strip_in_rows = (strip - 1) * g.stride_h + (g.kernel_h - 1) * g.dilation_h + 1;
+  std::vector<T> partial(g.batch * blocks * kk * V, T(0));
+  const int64_t work = V * (g.out_h * g.out_w * kk + bg.plane);
+  const bool unit = g.stride_w == 1 && g.dilation_w == 1;
   at::parallel_for(0, g.batch * blocks, grain_for(work), [&](int64_t begin, int64_t end) {
-    std::vector<T> staged(bg.plane * V), gbuf(pixels * V);
+    AlignedBuffer<T> staged(strip_in_rows * bg.padded_w * V), gbuf(strip * g.out_w * V);
+    const std::vector<T> zeros(V, T(0));
+    const scalar_t* lane_in[V];
+    const scalar_t* lane_go[V];
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / blocks, oc0 = (item % blocks) * V;
       const int64_t lanes = std::min<int64_t>(V, g.out_channels - oc0);
-      stage_blocked(in, in_s, g, bg, rows.data(), cols.data(), n, oc0, lanes, V, staged.data());
       for (int64_t l = 0; l < V; ++l) {
-        if (l >= lanes) {
-          for (int64_t p = 0; p < pixels; ++p) gbuf[p * V + l] = T(0);
-          continue;
-        }
-        const scalar_t* plane = go + n * go_s.n + (oc0 + l) * go_s.c;
-        for (int64_t oh = 0; oh < g.out_h; ++oh)
-          for (int64_t ow = 0; ow < g.out_w; ++ow)
-            gbuf[(oh * g.out_w + ow) * V + l] = static_cast<T>(plane[oh * go_s.h + ow * go_s.w]);
+        lane_in[l] = l < lanes ? in + n * in_s.n + ((oc0 + l) / mult) * in_s.c : nullptr;
+        lane_go[l] = l < lanes ? go + n * go_s.n + (oc0 + l) * go_s.c : nullptr;
       }
       T* part = partial.data() + item * kk * V;
-      const int64_t step = g.stride_w * V;
-      for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
-        for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
-          Vec acc0(T(0)), acc1(T(0)), acc2(T(0)), acc3(T(0));
-          for (int64_t oh = 0; oh < g.out_h; ++oh) {
-            const T* src = staged.data() + ((oh * g.stride_h + kh * g.dilation_h) * bg.padded_w + kw * g.dilation_w) * V;
-            const T* gr = gbuf.data() + oh * g.out_w * V;
-            int64_t ow = 0;
-            for (; ow + 4 <= g.out_w; ow += 4) {
-              acc0 = at::vec::fmadd(Vec::loadu(gr + ow * V), Vec::loadu(src + ow * step), acc0);
-              acc1 = at::vec::fmadd(Vec::loadu(gr + (ow + 1) * V), Vec::loadu(src + (ow + 1) * step), acc1);
-              acc2 = at::vec::fmadd(Vec::loadu(gr + (ow + 2) * V), Vec::loadu(src + (ow + 2) * step), acc2);
-              acc3 = at::vec::fmadd(Vec::loadu(gr + (ow + 3) * V), Vec::loadu(src + (ow + 3) * step), acc3);
-            }
-            for (; ow < g.out_w; ++ow) acc0 = at::vec::fmadd(Vec::loadu(gr + ow * V), Vec::loadu(src + ow * step), acc0);
-          }
-          ((acc0 + acc1) + (acc2 + acc3)).store(part + (kh * g.kernel_w + kw) * V);
+      for (int64_t a = 0; a < g.out_h; a += strip) {
+        const int64_t e = std::min(a + strip, g.out_h);
+        const int64_t r0 = a * g.stride_h, r1 = (e - 1) * g.stride_h + (g.kernel_h - 1) * g.dilation_h + 1;
+        if constexpr (same) {
+          if (planes_in)
+            stage_planes<T>(lane_in, in_s, g, bg, rows.data(), cols.data(), r0, r1, zeros.data(), staged.data());
+          if (planes_go)
+            stage_planes<T>(lane_go, go_s, og, obg, out_rows.data(), out_cols.data(), a, e, zeros.data(),
+                            gbuf.data());
         }
+        if (!planes_in)
+          stage_blocked(in, in_s, g, bg, rows.data(), cols.data(), n, oc0, lanes, V, staged.data(), r0, r1);
+        if (!planes_go)
+          for (int64_t l = 0; l < V; ++l)
+            for (int64_t oh = a; oh < e; ++oh)
+              for (int64_t ow = 0; ow < g.out_w; ++ow)
+                gbuf.data()[((oh - a) * g.out_w + ow) * V + l] =
+                    l < lanes ? static_cast<T>(lane_go[l][oh * go_s.h + ow * go_s.w]) : T(0);
+        if (unit) grad_weight_strip<T, true>(staged.data(), gbuf.data(), g, bg, e - a, part);
+        else grad_weight_strip<T, false>(staged.data(), gbuf.data(), g, bg, e - a, part);
       }
     }
   });
@@ -1232,81 +1202,6 @@ at::Tensor depthwise_conv2d_grad_input_cpu(const at::Tensor& grad_output, const 
 
 // ---------------------------------------------------------------- grad_weight
 
-template <typename scalar_t>
-void grad_weight_planes(const at::Tensor& grad_output, const at::Tensor& input, at::Tensor& grad_weight,
-                        const Conv2dGeometry& g) {
-  using T = at::opmath_type<scalar_t>;
-  using Vec = at::vec::Vectorized<T>;
-  constexpr int64_t V = at::vec::Vectorized<T>::size();
-  const int64_t kk = g.kernel_h * g.kernel_w, mult = multiplier(g);
-  const StagedPlane sp(g, V);
-  const std::vector<int64_t> col_offs = tap_column_offsets(g, sp);
-  const int64_t go_pitch = round_up(g.out_w, V);
-  // One partial per (image, output channel, tap), padded to a cache line per item so
-  // that two threads never write the same line; summed over images in order below.
-  const int64_t item_pitch = round_up(kk, 64 / static_cast<int64_t>(sizeof(T)));
-  std::vector<T> partial(g.batch * g.out_channels * item_pitch);
-  const Strides4d go_s = strides4d(grad_output), in_s = strides4d(input);
-  const scalar_t* go = grad_output.const_data_ptr<scalar_t>();
-  const scalar_t* in = input.const_data_ptr<scalar_t>();
-  const int64_t work = g.out_h * g.out_w * kk + g.in_h * g.in_w;
-  at::parallel_for(0, g.batch * g.out_channels, grain_for(work), [&](int64_t begin, int64_t end) {
-    std::vector<T> staged(sp.size, T(0)), go_rows(g.out_h * go_pitch, T(0));
-    int64_t staged_plane = -1;
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t n = item / g.out_channels, oc = item % g.out_channels;
-      const int64_t plane = n * g.in_channels + oc / mult;
-      if (plane != staged_plane) {
-        stage_plane(in + n * in_s.n + (oc / mult) * in_s.c, in_s, g, sp, staged.data());
-        staged_plane = plane;
-      }
-      const scalar_t* src = go + n * go_s.n + oc * go_s.c;
-      const T* go_plane = nullptr;
-      if (std::is_same<T, scalar_t>::value && go_s.w == 1) {
-        go_plane = reinterpret_cast<const T*>(src);  // read in place, row by row
-      } else {
-        for (int64_t oh = 0; oh < g.out_h; ++oh)
-          for (int64_t x = 0; x < g.out_w; ++x)
-            go_rows[oh * go_pitch + x] = static_cast<T>(src[oh * go_s.h + x * go_s.w]);
-      }
-      T* part = partial.data() + item * item_pitch;
-      for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
-        for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
-          const int64_t shift = col_offs[kw];
-          // Vector accumulators over the whole plane, lanes summed once per tap (a
-          // horizontal sum per row cost more than the row's FMAs for 3x3).
-          Vec acc[4] = {Vec(T(0)), Vec(T(0)), Vec(T(0)), Vec(T(0))};
-          for (int64_t oh = 0; oh < g.out_h; ++oh) {
-            const int64_t ih = source_index(oh * g.stride_h - g.pad_top + kh * g.dilation_h, g.in_h, g.mode);
-            if (ih < 0) continue;
-            const T* a = go_plane ? go_plane + oh * go_s.h : go_rows.data() + oh * go_pitch;
-            const T* bsrc = staged.data() + ih * sp.row_pitch + shift;
-            int64_t x = 0;
-            for (; x + V <= g.out_w; x += V)
-              acc[(x / V) & 3] = at::vec::fmadd(Vec::loadu(a + x), Vec::loadu(bsrc + x), acc[(x / V) & 3]);
-            if (x < g.out_w)
-              acc[(x / V) & 3] = at::vec::fmadd(Vec::loadu(a + x, g.out_w - x), Vec::loadu(bsrc + x, g.out_w - x),
-                                                acc[(x / V) & 3]);
-          }
-          const Vec total = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-          T lanes[V];
-          total.store(lanes);
-          T sum = 0;
-          for (int64_t i = 0; i < V; ++i) sum += lanes[i];
-          part[kh * g.kernel_w + kw] = sum;
-        }
-      }
-    }
-  });
-  const Strides4d gw_s = strides4d(grad_weight);
-  scalar_t* gw = grad_weight.mutable_data_ptr<scalar_t>();
-  for (int64_t oc = 0; oc < g.out_channels; ++oc)
-    for (int64_t t = 0; t < kk; ++t) {
-      T sum = 0;
-      for (int64_t n = 0; n < g.batch; ++n) sum += partial[(n * g.out_channels + oc) * item_pitch + t];
-      gw[gw_s.offset(oc, 0, t / g.kernel_w, t % g.kernel_w)] = static_cast<scalar_t>(sum);
-    }
-}
 
 // channels_last grad_weight (multiplier 1): the output rows (n, oh) are cut into a fixed
 // number of chunks; a task is (chunk, vector of channels) and owns its partial
@@ -1391,10 +1286,8 @@ at::Tensor depthwise_conv2d_grad_weight_cpu(const at::Tensor& grad_output, const
       const at::Tensor go = grad_output.stride(1) == 1 ? grad_output
                                                        : grad_output.contiguous(at::MemoryFormat::ChannelsLast);
       grad_weight_channels_last<T>(go, input, grad_weight, g);
-    } else if (use_blocked_grad_weight(g, at::vec::Vectorized<T>::size(), sizeof(T))) {
-      grad_weight_blocked<scalar_t>(grad_output, input, grad_weight, g);
     } else {
-      grad_weight_planes<scalar_t>(grad_output, input, grad_weight, g);
+      grad_weight_blocked<scalar_t>(grad_output, input, grad_weight, g);
     }
   });
   return grad_weight;
