@@ -81,6 +81,12 @@ def depthwise_backward(ctx, grad_output):
     input, weight = ctx.saved_tensors
     args = ctx.conv_args
     grad_input = grad_weight = grad_bias = None
+    if (ctx.channels_last and grad_output.device.type == "cpu" and ctx.needs_input_grad[0]
+            and ctx.needs_input_grad[1] and grad_output.dim() == 4
+            and not grad_output.is_contiguous(memory_format=torch.channels_last)):
+        # The CPU channels_last kernels need a unit channel stride and would each copy an
+        # NCHW grad_output: one copy for both.
+        grad_output = grad_output.contiguous(memory_format=torch.channels_last)
     if ctx.needs_input_grad[0]:
         grad_input = ops.depthwise_conv2d_grad_input(grad_output, weight, ctx.input_shape, *args, ctx.channels_last)
     if ctx.needs_input_grad[1]:

@@ -1181,8 +1181,11 @@ at::Tensor depthwise_conv2d_grad_input_cpu(const at::Tensor& grad_output, const 
     if (grad_input_as_forward(g)) {
       const Conv2dGeometry f = flipped_forward_geometry(g);
       const at::Tensor flipped = at::flip(weight, {2, 3});
-      if (channels_last && use_channels_last(f, std::is_same<T, scalar_t>::value, {&grad_output, &grad_input})) {
-        forward_channels_last<T>(grad_output, flipped, nullptr, grad_input, f);
+      if (channels_last && use_channels_last(f, std::is_same<T, scalar_t>::value, {&grad_input})) {
+        // The channel loop needs unit channel stride: a named copy when grad_output lacks it.
+        const at::Tensor go = grad_output.stride(1) == 1 ? grad_output
+                                                         : grad_output.contiguous(at::MemoryFormat::ChannelsLast);
+        forward_channels_last<T>(go, flipped, nullptr, grad_input, f);
       } else {
         forward_blocked<scalar_t>(grad_output, flipped, nullptr, grad_input, f);
       }
@@ -1202,6 +1205,48 @@ at::Tensor depthwise_conv2d_grad_input_cpu(const at::Tensor& grad_output, const 
 
 // ---------------------------------------------------------------- grad_weight
 
+
+// part[t * cpad] += sum over `pixels` interior pixels p of go[p * go_step] * in[off[t] +
+// p * in_step] for the nt (<= 9) taps from off: one grad_output load per pixel for all of
+// them, nt independent accumulators. `count` channels (masked below a whole vector).
+template <typename T, int NT>
+inline void cl_grad_weight_taps(const T* go, int64_t go_step, const T* in, int64_t in_step, const int64_t* off,
+                                int64_t pixels, int64_t count, T* part, int64_t cpad) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  Vec acc[NT];
+  for (int t = 0; t < NT; ++t) acc[t] = Vec(T(0));
+  if (count == V) {
+    for (int64_t p = 0; p < pixels; ++p) {
+      const Vec gv = Vec::loadu(go + p * go_step);
+      const T* x = in + p * in_step;
+      for (int t = 0; t < NT; ++t) acc[t] = at::vec::fmadd(gv, Vec::loadu(x + off[t]), acc[t]);
+    }
+  } else {
+    for (int64_t p = 0; p < pixels; ++p) {
+      const Vec gv = Vec::loadu(go + p * go_step, count);
+      const T* x = in + p * in_step;
+      for (int t = 0; t < NT; ++t) acc[t] = at::vec::fmadd(gv, Vec::loadu(x + off[t], count), acc[t]);
+    }
+  }
+  for (int t = 0; t < NT; ++t) (Vec::loadu(part + t * cpad) + acc[t]).store(part + t * cpad);
+}
+
+template <typename T>
+void cl_grad_weight_group(const T* go, int64_t go_step, const T* in, int64_t in_step, const int64_t* off,
+                          int64_t nt, int64_t pixels, int64_t count, T* part, int64_t cpad) {
+  switch (nt) {
+    case 1: return cl_grad_weight_taps<T, 1>(go, go_step, in, in_step, off, pixels, count, part, cpad);
+    case 2: return cl_grad_weight_taps<T, 2>(go, go_step, in, in_step, off, pixels, count, part, cpad);
+    case 3: return cl_grad_weight_taps<T, 3>(go, go_step, in, in_step, off, pixels, count, part, cpad);
+    case 4: return cl_grad_weight_taps<T, 4>(go, go_step, in, in_step, off, pixels, count, part, cpad);
+    case 5: return cl_grad_weight_taps<T, 5>(go, go_step, in, in_step, off, pixels, count, part, cpad);
+    case 6: return cl_grad_weight_taps<T, 6>(go, go_step, in, in_step, off, pixels, count, part, cpad);
+    case 7: return cl_grad_weight_taps<T, 7>(go, go_step, in, in_step, off, pixels, count, part, cpad);
+    case 8: return cl_grad_weight_taps<T, 8>(go, go_step, in, in_step, off, pixels, count, part, cpad);
+    default: return cl_grad_weight_taps<T, 9>(go, go_step, in, in_step, off, pixels, count, part, cpad);
+  }
+}
 
 // channels_last grad_weight (multiplier 1): the output rows (n, oh) are cut into a fixed
 // number of chunks; a task is (chunk, vector of channels) and owns its partial
@@ -1224,6 +1269,15 @@ void grad_weight_channels_last(const at::Tensor& grad_output, const at::Tensor& 
   const Strides4d go_s = strides4d(grad_output), in_s = strides4d(input);
   const T* go = grad_output.const_data_ptr<T>();
   const T* in = input.const_data_ptr<T>();
+  // Interior output columns [ow_lo, ow_hi) of rows whose kernel rows are all inside: every
+  // tap at a fixed offset (off) from the pixel, so each grad_output vector is loaded once
+  // for a group of up to 9 taps (cl_grad_weight_taps); the other pixels tap by tap below.
+  const int64_t ow_lo = std::min((g.pad_left + g.stride_w - 1) / g.stride_w, g.out_w);
+  const int64_t last_w = g.in_w - 1 - (g.kernel_w - 1) * g.dilation_w + g.pad_left;
+  const int64_t ow_hi = last_w < 0 ? ow_lo : std::max(ow_lo, std::min(g.out_w, last_w / g.stride_w + 1));
+  std::vector<int64_t> off(kk);
+  for (int64_t t = 0; t < kk; ++t)
+    off[t] = (t / g.kernel_w) * g.dilation_h * in_s.h + (t % g.kernel_w) * g.dilation_w * in_s.w;
   const int64_t work = (rows / chunks) * g.out_w * kk * V;
   at::parallel_for(0, chunks * cvecs, grain_for(work), [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
@@ -1232,28 +1286,30 @@ void grad_weight_channels_last(const at::Tensor& grad_output, const at::Tensor& 
       T* part = partial.data() + chunk * kk * cpad + c;
       for (int64_t row = chunk * rows / chunks; row < (chunk + 1) * rows / chunks; ++row) {
         const int64_t n = row / g.out_h, oh = row % g.out_h;
+        const int64_t ih0 = oh * g.stride_h - g.pad_top;
+        const bool inside = ih0 >= 0 && ih0 + (g.kernel_h - 1) * g.dilation_h < g.in_h && ow_hi > ow_lo;
+        const T* go_row = go + n * go_s.n + oh * go_s.h + c;
+        if (inside) {
+          const T* in_px = in + n * in_s.n + ih0 * in_s.h + (ow_lo * g.stride_w - g.pad_left) * in_s.w + c;
+          for (int64_t t0 = 0; t0 < kk; t0 += 9)
+            cl_grad_weight_group<T>(go_row + ow_lo * go_s.w, go_s.w, in_px, g.stride_w * in_s.w, off.data() + t0,
+                                    std::min<int64_t>(9, kk - t0), ow_hi - ow_lo, count, part + t0 * cpad, cpad);
+        }
         for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
           const int64_t ih = source_index(oh * g.stride_h - g.pad_top + kh * g.dilation_h, g.in_h, g.mode);
           if (ih < 0) continue;
           const T* in_row = in + n * in_s.n + ih * in_s.h + c;
-          const T* go_row = go + n * go_s.n + oh * go_s.h + c;
           for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
-            Vec acc0(T(0)), acc1(T(0));
-            int64_t ow = 0;
-            for (; ow + 1 < g.out_w; ow += 2) {
-              const int64_t iw0 = cols[ow * g.kernel_w + kw], iw1 = cols[(ow + 1) * g.kernel_w + kw];
-              if (iw0 >= 0)
-                acc0 = at::vec::fmadd(Vec::loadu(go_row + ow * go_s.w, count), Vec::loadu(in_row + iw0 * in_s.w, count), acc0);
-              if (iw1 >= 0)
-                acc1 = at::vec::fmadd(Vec::loadu(go_row + (ow + 1) * go_s.w, count), Vec::loadu(in_row + iw1 * in_s.w, count), acc1);
-            }
-            if (ow < g.out_w) {
-              const int64_t iw0 = cols[ow * g.kernel_w + kw];
-              if (iw0 >= 0)
-                acc0 = at::vec::fmadd(Vec::loadu(go_row + ow * go_s.w, count), Vec::loadu(in_row + iw0 * in_s.w, count), acc0);
+            Vec acc(T(0));
+            for (int64_t ow = 0; ow < g.out_w; ++ow) {
+              if (inside && ow == ow_lo) ow = ow_hi;  // done above
+              if (ow >= g.out_w) break;
+              const int64_t iw = cols[ow * g.kernel_w + kw];
+              if (iw >= 0)
+                acc = at::vec::fmadd(Vec::loadu(go_row + ow * go_s.w, count), Vec::loadu(in_row + iw * in_s.w, count), acc);
             }
             T* dst = part + (kh * g.kernel_w + kw) * cpad;
-            (Vec::loadu(dst) + (acc0 + acc1)).store(dst);
+            (Vec::loadu(dst) + acc).store(dst);
           }
         }
       }
