@@ -132,7 +132,9 @@ def test_depthwise_matches_torch(device, dtype, case, layout, mode):
 
 # ---------------------------------------------------------------- 1b. channel-blocked forward
 # The forward is channel-blocked except for channels_last input with multiplier 1 (its own
-# kernel under 'auto'); CNNOPS_DEPTHWISE_CPU_PATH=blocked forces the blocked one there too.
+# kernel under 'auto') and float32 3x3 stride-1 zero-padded rows (direct, AVX-512 builds);
+# CNNOPS_DEPTHWISE_CPU_PATH=blocked forces the blocked one everywhere, =direct skips the
+# channels_last kernel.
 # The shapes below reach its staging variants: whole contiguous planes turned into pixel
 # vectors in one run (narrow 7-wide rows included), row-by-row transposes (planes in strips
 # of rows, or rows that are not contiguous), the scalar loops (no unit column stride,
@@ -156,10 +158,14 @@ BLOCKED_SHAPES = [
     ("narrow_7x7", (2, 33, 7, 7), 1, (7, 7), 1, 3, 1),  # whole planes, 49 pixels: 3 transposes + 1
     ("narrow_mult2", (2, 9, 5, 6), 2, (3, 3), 1, 1, 1),
     ("wide_stride3", (1, 16, 23, 40), 1, (4, 2), (3, 2), (2, 1), 1),
+    # direct 3x3 (zero padding, float32): pairs of vectors plus one, 4-row groups with a tail
+    ("direct_wide", (2, 5, 13, 40), 1, (3, 3), 1, 1, 1),
+    ("direct_narrow_mult2", (1, 6, 19, 14), 2, (3, 3), 1, (2, 0), 1),  # one vector: 8-row groups
+    ("direct_pad2", (1, 3, 6, 32), 1, (3, 3), 1, (0, 2), 1),
 ]
 
 
-@pytest.mark.parametrize("path", ["auto", "blocked"])
+@pytest.mark.parametrize("path", ["auto", "blocked", "direct"])
 @pytest.mark.parametrize("layout", ["contiguous", "row_view", "sliced", "channels_last"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("shape", BLOCKED_SHAPES, ids=[s[0] for s in BLOCKED_SHAPES])
@@ -187,7 +193,8 @@ def test_blocked_forward_staging(shape, dtype, layout, path, monkeypatch):
 
 def test_forward_path_env_is_checked(monkeypatch):
     monkeypatch.setenv("CNNOPS_DEPTHWISE_CPU_PATH", "fastest")
-    with pytest.raises(ValueError, match="CNNOPS_DEPTHWISE_CPU_PATH to be one of 'auto', 'blocked', got 'fastest'"):
+    with pytest.raises(ValueError, match="CNNOPS_DEPTHWISE_CPU_PATH to be one of 'auto', 'blocked', 'direct', "
+                                         "got 'fastest'"):
         cnnops.F.depthwise_conv2d(rand(1, 4, 5, 5), rand(4, 1, 3, 3))
 
 

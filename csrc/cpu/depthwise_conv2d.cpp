@@ -825,16 +825,148 @@ void grad_weight_blocked(const at::Tensor& grad_output, const at::Tensor& input,
     }
 }
 
+// ---------------------------------------------------------------- direct 3x3, NCHW float
+// 3x3, stride 1, dilation 1, zero padding, float planes with unit column stride: straight
+// from the input with vectors along W, no staging and no transposes (which were two thirds
+// of the channel-blocked kernel's time on a 3x3). R output rows at a time share the R + 2
+// input rows they read: each input vector (one per kernel column) is loaded once and feeds
+// up to three of the rows, with the nine weights in registers; B vectors along W give R * B
+// independent accumulators. Taps that reach into the padding are masked loads (masked lanes
+// are not read, so addresses before a row or past its end are never touched).
+#if defined(CPU_CAPABILITY_AVX512)
+bool use_direct_3x3(const Conv2dGeometry& g, const at::Tensor& input, const at::Tensor& output) {
+  return g.kernel_h == 3 && g.kernel_w == 3 && g.stride_h == 1 && g.stride_w == 1 && g.dilation_h == 1 &&
+         g.dilation_w == 1 && g.mode == PaddingMode::Zeros && input.scalar_type() == at::kFloat &&
+         input.stride(3) == 1 && output.stride(3) == 1;
+}
+
+template <int R, int B>
+inline void direct_3x3_rows(const float* in_plane, int64_t in_row_stride, int64_t ih0, int64_t in_h, int64_t x0,
+                            const __mmask16* tap_masks, const __m512* wv, __m512 bv, int64_t rows,
+                            __mmask16 out_mask_last, float* out_row0, int64_t out_row_stride) {
+  __m512 acc[R][B];
+  for (int j = 0; j < R; ++j)
+    for (int b = 0; b < B; ++b) acc[j][b] = bv;
+#pragma GCC unroll 16
+  for (int r = 0; r < R + 2; ++r) {
+    const int64_t ih = ih0 + r;
+    if (ih < 0 || ih >= in_h) continue;
+    const float* row = in_plane + ih * in_row_stride + x0;
+#pragma GCC unroll 3
+    for (int kw = 0; kw < 3; ++kw) {
+      for (int b = 0; b < B; ++b) {
+        const __m512 x = _mm512_maskz_loadu_ps(tap_masks[b * 3 + kw], row + b * 16 + kw);
+        for (int j = 0; j < R; ++j) {
+          const int kh = r - j;
+          if (kh >= 0 && kh < 3) acc[j][b] = _mm512_fmadd_ps(wv[kh * 3 + kw], x, acc[j][b]);
+        }
+      }
+    }
+  }
+  for (int j = 0; j < R; ++j) {
+    if (j >= rows) break;
+    float* out = out_row0 + j * out_row_stride;
+    for (int b = 0; b < B; ++b) {
+      if (b == B - 1) _mm512_mask_storeu_ps(out + b * 16, out_mask_last, acc[j][b]);
+      else _mm512_storeu_ps(out + b * 16, acc[j][b]);
+    }
+  }
+}
+
+void forward_direct_3x3(const at::Tensor& input, const at::Tensor& weight, const at::Tensor* bias,
+                        at::Tensor& output, const Conv2dGeometry& g) {
+  const std::vector<float> w = weight_taps<float, float>(weight, g);
+  std::vector<float> b(g.out_channels, 0.f);
+  if (bias != nullptr) {
+    const at::Tensor bc = bias->contiguous();
+    for (int64_t oc = 0; oc < g.out_channels; ++oc) b[oc] = bc.const_data_ptr<float>()[oc];
+  }
+  // Per output vector v (columns 16v..16v+15) and kernel column kw: the lanes whose input
+  // column 16v + l - pad_left + kw is inside the row (and whose output column exists).
+  const int64_t vecs = (g.out_w + 15) / 16;
+  std::vector<__mmask16> tap_masks(vecs * 3), out_masks(vecs);
+  for (int64_t v = 0; v < vecs; ++v) {
+    unsigned om = 0;
+    for (int l = 0; l < 16; ++l)
+      if (v * 16 + l < g.out_w) om |= 1u << l;
+    out_masks[v] = static_cast<__mmask16>(om);
+    for (int kw = 0; kw < 3; ++kw) {
+      unsigned m = 0;
+      for (int l = 0; l < 16; ++l) {
+        const int64_t col = v * 16 + l - g.pad_left + kw;
+        if (v * 16 + l < g.out_w && col >= 0 && col < g.in_w) m |= 1u << l;
+      }
+      tap_masks[v * 3 + kw] = static_cast<__mmask16>(m);
+    }
+  }
+  const Strides4d in_s = strides4d(input), out_s = strides4d(output);
+  const float* in = input.const_data_ptr<float>();
+  float* out = output.mutable_data_ptr<float>();
+  const int64_t mult = multiplier(g);
+  at::parallel_for(0, g.batch * g.out_channels, grain_for(g.out_h * g.out_w * 9), [&](int64_t begin, int64_t end) {
+    __m512 wv[9];
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / g.out_channels, oc = item % g.out_channels;
+      const float* in_plane = in + n * in_s.n + (oc / mult) * in_s.c - g.pad_left;  // column x reads x - pad_left
+      float* out_plane = out + n * out_s.n + oc * out_s.c;
+      for (int t = 0; t < 9; ++t) wv[t] = _mm512_set1_ps(w[oc * 9 + t]);
+      const __m512 bv = _mm512_set1_ps(b[oc]);
+      if (vecs == 1) {  // one vector per row: more rows at once instead
+        for (int64_t oh = 0; oh < g.out_h; oh += 8)
+          direct_3x3_rows<8, 1>(in_plane, in_s.h, oh - g.pad_top, g.in_h, 0, tap_masks.data(), wv, bv,
+                                std::min<int64_t>(8, g.out_h - oh), out_masks[0], out_plane + oh * out_s.h, out_s.h);
+        continue;
+      }
+      for (int64_t oh = 0; oh < g.out_h; oh += 4) {
+        const int64_t rows = std::min<int64_t>(4, g.out_h - oh);
+        float* orow = out_plane + oh * out_s.h;
+        int64_t v = 0;
+        for (; v + 2 <= vecs; v += 2)
+          direct_3x3_rows<4, 2>(in_plane, in_s.h, oh - g.pad_top, g.in_h, v * 16, tap_masks.data() + v * 3, wv, bv,
+                                rows, out_masks[v + 1], orow + v * 16, out_s.h);
+        if (v < vecs)
+          direct_3x3_rows<4, 1>(in_plane, in_s.h, oh - g.pad_top, g.in_h, v * 16, tap_masks.data() + v * 3, wv, bv,
+                                rows, out_masks[v], orow + v * 16, out_s.h);
+      }
+    }
+  });
+}
+#endif
+
 // Which forward kernel runs, from CNNOPS_DEPTHWISE_CPU_PATH (read on every call, so that
-// tests can force each one): auto (default: the channels_last kernel where it applies,
-// else channel-blocked) or blocked (channel-blocked everywhere).
-bool force_blocked_forward() {
+// tests can force each one): auto (default: the channels_last kernel where it applies, else
+// direct 3x3 where it applies, else channel-blocked), blocked (channel-blocked everywhere)
+// or direct (as auto without the channels_last kernel: channels_last operands, whose rows
+// have no unit column stride, go channel-blocked).
+enum class ForwardPath { Auto, Blocked, Direct };
+
+ForwardPath forward_path() {
   const char* env = std::getenv("CNNOPS_DEPTHWISE_CPU_PATH");
   const std::string name = env ? env : "";
-  if (name.empty() || name == "auto") return false;
-  if (name == "blocked") return true;
+  if (name.empty() || name == "auto") return ForwardPath::Auto;
+  if (name == "blocked") return ForwardPath::Blocked;
+  if (name == "direct") return ForwardPath::Direct;
   TORCH_CHECK_VALUE(false, "cnnops.depthwise_conv2d: expected the environment variable CNNOPS_DEPTHWISE_CPU_PATH "
-                    "to be one of 'auto', 'blocked', got '", name, "'");
+                    "to be one of 'auto', 'blocked', 'direct', got '", name, "'");
+}
+
+// The forward kernel for these operands: channels_last, direct 3x3 or channel-blocked.
+template <typename scalar_t>
+void forward_any(const at::Tensor& input, const at::Tensor& weight, const at::Tensor* bias, at::Tensor& output,
+                 const Conv2dGeometry& g) {
+  using T = at::opmath_type<scalar_t>;
+  const ForwardPath path = forward_path();
+  if (path == ForwardPath::Auto && use_channels_last(g, std::is_same<T, scalar_t>::value, {&input, &output})) {
+    forward_channels_last<T>(input, weight, bias, output, g);
+    return;
+  }
+#if defined(CPU_CAPABILITY_AVX512)
+  if (path != ForwardPath::Blocked && use_direct_3x3(g, input, output)) {
+    forward_direct_3x3(input, weight, bias, output, g);
+    return;
+  }
+#endif
+  forward_blocked<scalar_t>(input, weight, bias, output, g);
 }
 
 at::Tensor depthwise_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
@@ -850,11 +982,7 @@ at::Tensor depthwise_conv2d_cpu(const at::Tensor& input, const at::Tensor& weigh
   const at::Tensor* b = (bias.has_value() && bias->defined()) ? &*bias : nullptr;
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, input.scalar_type(), "cnnops_depthwise_conv2d_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
-    if (!force_blocked_forward() && use_channels_last(g, std::is_same<T, scalar_t>::value, {&input, &output})) {
-      forward_channels_last<T>(input, weight, b, output, g);
-    } else {
-      forward_blocked<scalar_t>(input, weight, b, output, g);
-    }
+    forward_any<scalar_t>(input, weight, b, output, g);
   });
   return output;
 }
@@ -1181,14 +1309,11 @@ at::Tensor depthwise_conv2d_grad_input_cpu(const at::Tensor& grad_output, const 
     if (grad_input_as_forward(g)) {
       const Conv2dGeometry f = flipped_forward_geometry(g);
       const at::Tensor flipped = at::flip(weight, {2, 3});
-      if (channels_last && use_channels_last(f, std::is_same<T, scalar_t>::value, {&grad_input})) {
-        // The channel loop needs unit channel stride: a named copy when grad_output lacks it.
-        const at::Tensor go = grad_output.stride(1) == 1 ? grad_output
-                                                         : grad_output.contiguous(at::MemoryFormat::ChannelsLast);
-        forward_channels_last<T>(go, flipped, nullptr, grad_input, f);
-      } else {
-        forward_blocked<scalar_t>(grad_output, flipped, nullptr, grad_input, f);
-      }
+      // The channels_last kernel needs unit channel stride: a named copy when grad_output lacks it.
+      const bool cl_copy = channels_last && grad_output.stride(1) != 1 &&
+                           use_channels_last(f, std::is_same<T, scalar_t>::value, {&grad_input});
+      forward_any<scalar_t>(cl_copy ? grad_output.contiguous(at::MemoryFormat::ChannelsLast) : grad_output, flipped,
+                            nullptr, grad_input, f);
     } else if (channels_last && use_channels_last(g, std::is_same<T, scalar_t>::value, {&grad_input})) {
       // The channel loop needs unit channel stride: a named copy when grad_output lacks it.
       const at::Tensor go = grad_output.stride(1) == 1 ? grad_output
