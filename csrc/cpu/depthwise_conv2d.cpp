@@ -826,7 +826,7 @@ void grad_weight_blocked(const at::Tensor& grad_output, const at::Tensor& input,
 }
 
 // ---------------------------------------------------------------- direct K x K, NCHW float
-// K x K (3 or 5), stride 1, dilation 1 or 2, zero padding, float planes with unit column
+// K x K (3 or 5), stride 1 (dilation 1 or 2) or 2, zero padding, float planes with unit column
 // stride: straight from the input with vectors along W, no staging and no transposes
 // (which were two thirds of the channel-blocked kernel's time on a 3x3). R output rows at
 // a time share the R + (K - 1) * D input rows they read: each input vector (one per kernel
@@ -838,34 +838,49 @@ void grad_weight_blocked(const at::Tensor& grad_output, const at::Tensor& input,
 #if defined(CPU_CAPABILITY_AVX512)
 bool use_direct(const Conv2dGeometry& g, const at::Tensor& input, const at::Tensor& output) {
   const int64_t k = g.kernel_h;
-  return (k == 3 || (k == 5 && g.out_w >= 12)) && g.kernel_w == k && g.stride_h == 1 && g.stride_w == 1 &&
-         (g.dilation_h == 1 || g.dilation_h == 2) && g.dilation_w == g.dilation_h && g.mode == PaddingMode::Zeros &&
+  const bool unit_stride = g.stride_h == 1 && g.stride_w == 1, unit_dilation = g.dilation_h == 1 && g.dilation_w == 1;
+  const bool stride2 = g.stride_h == 2 && g.stride_w == 2 && unit_dilation;
+  const bool dilation2 = unit_stride && g.dilation_h == 2 && g.dilation_w == 2;
+  return (k == 3 || (k == 5 && g.out_w >= 12)) && g.kernel_w == k &&
+         ((unit_stride && unit_dilation) || stride2 || dilation2) && g.mode == PaddingMode::Zeros &&
          input.scalar_type() == at::kFloat && input.stride(3) == 1 && output.stride(3) == 1;
 }
 
 // Weights: 3x3 passes the nine broadcast once per plane (wv; they stay in registers,
 // measured 1.3x faster than a broadcast per FMA); 5x5 passes w, and each FMA broadcasts its
 // weight from memory (25 would not fit in registers beside the accumulators).
-template <int K, int D, int R, int B>
+// Stride S (1 or 2, with D = 1 for 2): a vector of 16 outputs reads 16 (S = 1) or 32 input
+// columns (S = 2: two masked loads, their even lanes picked by one two-source permute).
+// tap_masks holds S masks per (vector, kernel column).
+template <int K, int D, int S, int R, int B>
 inline void direct_rows(const float* in_plane, int64_t in_row_stride, int64_t ih0, int64_t in_h, int64_t x0,
                         const __mmask16* tap_masks, const __m512* wv, const float* w, __m512 bv, int64_t rows,
                         __mmask16 out_mask_last, float* out_row0, int64_t out_row_stride) {
+  const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
   __m512 acc[R][B];
   for (int j = 0; j < R; ++j)
     for (int b = 0; b < B; ++b) acc[j][b] = bv;
 #pragma GCC unroll 16
-  for (int r = 0; r < R + (K - 1) * D; ++r) {  // input row ih0 + r feeds output row j with kernel row (r - j) / D
+  for (int r = 0; r < (R - 1) * S + (K - 1) * D + 1; ++r) {  // input row ih0 + r: output row j, kernel row (r - j * S) / D
     const int64_t ih = ih0 + r;
     if (ih < 0 || ih >= in_h) continue;
-    const float* row = in_plane + ih * in_row_stride + x0;
+    const float* row = in_plane + ih * in_row_stride + x0 * S;
 #pragma GCC unroll 7
     for (int kw = 0; kw < K; ++kw) {
       for (int b = 0; b < B; ++b) {
-        const __m512 x = _mm512_maskz_loadu_ps(tap_masks[b * K + kw], row + b * 16 + kw * D);
+        const float* src = row + b * 16 * S + kw * D;
+        const __mmask16* m = tap_masks + (b * K + kw) * S;
+        __m512 x;
+        if constexpr (S == 1) {
+          x = _mm512_maskz_loadu_ps(m[0], src);
+        } else {
+          x = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(m[0], src), even, _mm512_maskz_loadu_ps(m[1], src + 16));
+        }
         for (int j = 0; j < R; ++j) {
-          if ((r - j) % D != 0) continue;
-          const int kh = (r - j) / D;
-          if (r < j || kh >= K) continue;
+          const int d = r - j * S;
+          if (d < 0 || d % D != 0) continue;
+          const int kh = d / D;
+          if (kh >= K) continue;
           const __m512 wt = K == 3 ? wv[kh * K + kw] : _mm512_set1_ps(w[kh * K + kw]);
           acc[j][b] = _mm512_fmadd_ps(wt, x, acc[j][b]);
         }
@@ -882,26 +897,27 @@ inline void direct_rows(const float* in_plane, int64_t in_row_stride, int64_t ih
   }
 }
 
-template <int K, int D>
+template <int K, int D, int S>
 void forward_direct_k(const at::Tensor& input, const std::vector<float>& w, const std::vector<float>& b,
                       at::Tensor& output, const Conv2dGeometry& g) {
-  // Per output vector v (columns 16v..16v+15) and kernel column kw: the lanes whose input
-  // column 16v + l - pad_left + kw is inside the row (and whose output column exists).
+  // Per output vector v (columns 16v..16v+15), kernel column kw and load h < S: the lanes
+  // whose input column S * 16v + 16h + l - pad_left + kw * D is inside the row.
   const int64_t vecs = (g.out_w + 15) / 16;
-  std::vector<__mmask16> tap_masks(vecs * K), out_masks(vecs);
+  std::vector<__mmask16> tap_masks(vecs * K * S), out_masks(vecs);
   for (int64_t v = 0; v < vecs; ++v) {
     unsigned om = 0;
     for (int l = 0; l < 16; ++l)
       if (v * 16 + l < g.out_w) om |= 1u << l;
     out_masks[v] = static_cast<__mmask16>(om);
-    for (int kw = 0; kw < K; ++kw) {
-      unsigned m = 0;
-      for (int l = 0; l < 16; ++l) {
-        const int64_t col = v * 16 + l - g.pad_left + kw * D;
-        if (v * 16 + l < g.out_w && col >= 0 && col < g.in_w) m |= 1u << l;
+    for (int kw = 0; kw < K; ++kw)
+      for (int h = 0; h < S; ++h) {
+        unsigned m = 0;
+        for (int l = 0; l < 16; ++l) {
+          const int64_t col = S * v * 16 + 16 * h + l - g.pad_left + kw * D;
+          if ((S * v * 16 + 16 * h + l) / S < g.out_w && col >= 0 && col < g.in_w) m |= 1u << l;
+        }
+        tap_masks[(v * K + kw) * S + h] = static_cast<__mmask16>(m);
       }
-      tap_masks[v * K + kw] = static_cast<__mmask16>(m);
-    }
   }
   const Strides4d in_s = strides4d(input), out_s = strides4d(output);
   const float* in = input.const_data_ptr<float>();
@@ -919,8 +935,9 @@ void forward_direct_k(const at::Tensor& input, const std::vector<float>& w, cons
         for (int t = 0; t < 9; ++t) wv[t] = _mm512_set1_ps(wk[t]);
       if (vecs == 1) {  // one vector per row: more rows at once instead
         for (int64_t oh = 0; oh < g.out_h; oh += 8)
-          direct_rows<K, D, 8, 1>(in_plane, in_s.h, oh - g.pad_top, g.in_h, 0, tap_masks.data(), wv, wk, bv,
-                               std::min<int64_t>(8, g.out_h - oh), out_masks[0], out_plane + oh * out_s.h, out_s.h);
+          direct_rows<K, D, S, 8, 1>(in_plane, in_s.h, oh * S - g.pad_top, g.in_h, 0, tap_masks.data(), wv, wk, bv,
+                                     std::min<int64_t>(8, g.out_h - oh), out_masks[0], out_plane + oh * out_s.h,
+                                     out_s.h);
         continue;
       }
       for (int64_t oh = 0; oh < g.out_h; oh += 4) {
@@ -928,11 +945,11 @@ void forward_direct_k(const at::Tensor& input, const std::vector<float>& w, cons
         float* orow = out_plane + oh * out_s.h;
         int64_t v = 0;
         for (; v + 2 <= vecs; v += 2)
-          direct_rows<K, D, 4, 2>(in_plane, in_s.h, oh - g.pad_top, g.in_h, v * 16, tap_masks.data() + v * K, wv, wk, bv,
-                               rows, out_masks[v + 1], orow + v * 16, out_s.h);
+          direct_rows<K, D, S, 4, 2>(in_plane, in_s.h, oh * S - g.pad_top, g.in_h, v * 16, tap_masks.data() + v * K * S,
+                                     wv, wk, bv, rows, out_masks[v + 1], orow + v * 16, out_s.h);
         if (v < vecs)
-          direct_rows<K, D, 4, 1>(in_plane, in_s.h, oh - g.pad_top, g.in_h, v * 16, tap_masks.data() + v * K, wv, wk, bv,
-                               rows, out_masks[v], orow + v * 16, out_s.h);
+          direct_rows<K, D, S, 4, 1>(in_plane, in_s.h, oh * S - g.pad_top, g.in_h, v * 16, tap_masks.data() + v * K * S,
+                                     wv, wk, bv, rows, out_masks[v], orow + v * 16, out_s.h);
       }
     }
   });
@@ -946,9 +963,16 @@ void forward_direct(const at::Tensor& input, const at::Tensor& weight, const at:
     const at::Tensor bc = bias->contiguous();
     for (int64_t oc = 0; oc < g.out_channels; ++oc) b[oc] = bc.const_data_ptr<float>()[oc];
   }
-  const bool d2 = g.dilation_h == 2;
-  if (g.kernel_h == 3) d2 ? forward_direct_k<3, 2>(input, w, b, output, g) : forward_direct_k<3, 1>(input, w, b, output, g);
-  else d2 ? forward_direct_k<5, 2>(input, w, b, output, g) : forward_direct_k<5, 1>(input, w, b, output, g);
+  const bool d2 = g.dilation_h == 2, s2 = g.stride_h == 2;
+  if (g.kernel_h == 3) {
+    if (s2) forward_direct_k<3, 1, 2>(input, w, b, output, g);
+    else if (d2) forward_direct_k<3, 2, 1>(input, w, b, output, g);
+    else forward_direct_k<3, 1, 1>(input, w, b, output, g);
+  } else {
+    if (s2) forward_direct_k<5, 1, 2>(input, w, b, output, g);
+    else if (d2) forward_direct_k<5, 2, 1>(input, w, b, output, g);
+    else forward_direct_k<5, 1, 1>(input, w, b, output, g);
+  }
 }
 #endif
 
@@ -1000,7 +1024,6 @@ at::Tensor depthwise_conv2d_cpu(const at::Tensor& input, const at::Tensor& weigh
   if (output.numel() == 0) return output;
   const at::Tensor* b = (bias.has_value() && bias->defined()) ? &*bias : nullptr;
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, input.scalar_type(), "cnnops_depthwise_conv2d_cpu", [&] {
-    using T = at::opmath_type<scalar_t>;
     forward_any<scalar_t>(input, weight, b, output, g);
   });
   return output;
