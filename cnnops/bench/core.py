@@ -96,6 +96,11 @@ class Case:
     # compare every gradient with an atol relative to the largest of them all (whole models:
     # some parameters' gradients nearly cancel, and fp32 rounding is relative to the rest)
     joint_scale: bool = False
+    # float32 (rtol, atol_rel) in place of tolerance()'s, for whole networks: a training step
+    # through BatchNorm in train mode amplifies float32 rounding (the models agree with torch
+    # to ~1e-14 in float64, see tests/test_models.py), so two correct float32 implementations
+    # differ by up to ~1e-3 of the largest gradient, depending on the random weights.
+    fp32_tolerance: Optional[tuple] = None
 
     def input_name(self, i):
         return self.input_names[i] if i < len(self.input_names) else f"input{i}"
@@ -550,6 +555,8 @@ def check_case(case, base, gy, opts, tf32_on):
     """Runs both sides once per direction on the same inputs and compares. Returns
     ({direction: check dict}, estimated seconds per cnnops call, per direction)."""
     rtol, atol = tolerance(opts.dtype, opts.device, tf32_on)
+    if case.fp32_tolerance is not None and opts.dtype == torch.float32 and not (opts.device == "cuda" and tf32_on):
+        rtol, atol = case.fp32_tolerance
     checks, est = {}, {}
     for direction in opts.directions:
         if direction == "forward":

@@ -212,7 +212,7 @@ def model_case(name, builder, shape, **kwargs):
                 cnnops_fn=runner(converted), torch_fn=runner(reference),
                 flops=lambda direction: forward_flops * (1 if direction == "forward" else 3),
                 nbytes=lambda direction, dtype: 0, grad_inputs=tuple(range(len(names) + 1)), bound="compute",
-                joint_scale=True,
+                joint_scale=True, fp32_tolerance=(1e-3, 1e-3),
                 params=dict(model=builder.__name__, input_shape=list(shape), options=kwargs),
                 torch_impl=f"the unconverted torch.nn model ({builder.__name__})",
                 input_names=("input",) + tuple(names))
