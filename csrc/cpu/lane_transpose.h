@@ -14,6 +14,10 @@
 namespace cnnops {
 
 #if defined(CPU_CAPABILITY_AVX512)
+// GCC 12's unpack intrinsics pass an undefined vector as the (unused) merge source, and
+// -Wmaybe-uninitialized reports it once per inlined call.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 // r[l] = 16 values of row l on entry, r[j] = column j on exit. Unpacks within 128-bit lanes
 // (pairs, then quads), then two rounds of 128-bit lane shuffles.
 inline void transpose16x16(__m512 r[16]) {
@@ -41,6 +45,7 @@ inline void transpose16x16(__m512 r[16]) {
     r[12 + m] = _mm512_shuffle_f32x4(d1, e1, 0xDD);
   }
 }
+#pragma GCC diagnostic pop
 #endif
 
 // Pixel vectors from channel runs: dst[i][l] = src[l][i] for i < count, l < V (count <= V).
