@@ -345,10 +345,10 @@ void forward_channels_last(const at::Tensor& input, const at::Tensor& weight, co
   });
 }
 
-// ---------------------------------------------------------------- channel-blocked NCHW
-// For small planes or large kernels, vectors along W waste lanes (a 7-wide row fills 7 of
-// 16) and every tap is an unaligned (cache-line splitting) load. These kernels instead
-// take V consecutive output channels of one image: the input planes they read are staged,
+// ---------------------------------------------------------------- channel-blocked
+// Vectors along W waste lanes on small planes (a 7-wide row fills 7 of 16) and make every
+// tap an unaligned (cache-line splitting) load. These kernels instead take V consecutive
+// output channels of one image: the input planes they read are staged,
 // padded, as [padded row][padded column][V lanes] (aligned vectors, one per pixel), the
 // weights as [tap][V], and each FMA updates V channels of one output pixel, register-
 // blocked over 8 output pixels. Lanes past the last channel compute zeros and are dropped.
