@@ -165,6 +165,7 @@ BLOCKED_SHAPES = [
     ("direct_3x3_d2", (1, 4, 11, 37), 1, (3, 3), 1, (2, 1), 2),
     ("direct_5x5_s2", (1, 3, 17, 45), 1, (5, 5), 2, 2, 1),
     ("direct_s2_narrow", (2, 5, 29, 27), 1, (3, 3), 2, 1, 1),
+    ("stride3_dilation2", (1, 16, 20, 29), 1, (3, 3), 3, 2, 2),  # strided grad_input: 3 phases
 ]
 
 

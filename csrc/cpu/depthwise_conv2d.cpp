@@ -1318,6 +1318,133 @@ void grad_input_blocked(const at::Tensor& grad_output, const at::Tensor& weight,
   });
 }
 
+// Strided grad_input, channel-blocked (stride S > 1 in both axes, zero padding, multiplier 1,
+// no dtype conversion, NCHW rows with unit column stride): input pixel (ih, iw) gathers tap
+// (kh, kw) from grad_output (q, c) where ih + pad_top - kh * dh = S * q (same for columns).
+// Per input row, the valid (kh, q) pairs are listed; per column phase p = (iw + pad_left)
+// mod S, the taps kw with kw * dw = p (mod S), for which consecutive pixels of the phase read
+// consecutive grad_output columns. grad_output is staged like a forward input (transposed,
+// zero columns around it so that a column tap never needs a bounds check), each phase run
+// is register-blocked over 8 pixels, and the results are transposed back.
+bool use_strided_grad_input(const Conv2dGeometry& g, bool same_type, const at::Tensor& grad_output,
+                            const at::Tensor& grad_input) {
+  return same_type && g.stride_h == g.stride_w && g.stride_h > 1 && g.mode == PaddingMode::Zeros &&
+         multiplier(g) == 1 && grad_output.stride(3) == 1 && grad_input.stride(3) == 1;
+}
+
+template <typename T, int P>
+inline void strided_gather(const T* staged, int64_t pitch, const int64_t* row_taps, int64_t nrow,
+                           const int64_t* col_taps, int64_t ncol, const T* wt, int64_t kernel_w, int64_t m,
+                           T* out, int64_t out_step) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  Vec acc[P];
+  for (int p = 0; p < P; ++p) acc[p] = Vec(T(0));
+  for (int64_t i = 0; i < nrow; ++i) {
+    const int64_t kh = row_taps[2 * i], q = row_taps[2 * i + 1];
+    const T* row = staged + q * pitch * V;
+    for (int64_t j = 0; j < ncol; ++j) {
+      const int64_t kw = col_taps[2 * j], col = m - col_taps[2 * j + 1];  // staged column of pixel m
+      const Vec wv = Vec::loadu(wt + (kh * kernel_w + kw) * V);
+      const T* src = row + col * V;
+      for (int p = 0; p < P; ++p) acc[p] = at::vec::fmadd(wv, Vec::loadu(src + p * V), acc[p]);
+    }
+  }
+  for (int p = 0; p < P; ++p) acc[p].store(out + p * out_step);
+}
+
+template <typename T>
+void grad_input_strided(const at::Tensor& grad_output, const at::Tensor& weight, at::Tensor& grad_input,
+                        const Conv2dGeometry& g) {
+  constexpr int64_t V = at::vec::Vectorized<T>::size();
+  const int64_t S = g.stride_h, kk = g.kernel_h * g.kernel_w, C = g.in_channels, blocks = (C + V - 1) / V;
+  // Staged grad_output columns: `left` zero columns, the out_w real ones, zeros up to `pitch`.
+  const int64_t left = ((g.kernel_w - 1) * g.dilation_w + S - 1) / S;
+  const int64_t pitch = left + std::max(g.out_w, (g.in_w - 1 + g.pad_left) / S + 1) + 1;
+  Conv2dGeometry og = g;  // grad_output as an unpadded input with `left` / right zero columns
+  og.in_h = g.out_h, og.in_w = g.out_w, og.pad_top = og.pad_bottom = 0;
+  og.pad_left = left, og.pad_right = pitch - left - g.out_w;
+  const BlockedGeometry obg(og);
+  std::vector<int64_t> go_rows(g.out_h);
+  for (int64_t i = 0; i < g.out_h; ++i) go_rows[i] = i;
+  const std::vector<int64_t> go_cols = padded_map(g.out_w, og.pad_left, og.pad_right, PaddingMode::Zeros);
+  // (kh, q) per input row; (kw, shift) per column phase, pixel m of phase p reading staged
+  // column m - shift (shift = (kw * dw - p) / S - left).
+  std::vector<int64_t> row_begin(g.in_h + 1, 0), row_taps;
+  for (int64_t ih = 0; ih < g.in_h; ++ih) {
+    for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+      const int64_t d = ih + g.pad_top - kh * g.dilation_h;
+      if (d < 0 || d % S != 0 || d / S >= g.out_h) continue;
+      row_taps.push_back(kh);
+      row_taps.push_back(d / S);
+    }
+    row_begin[ih + 1] = static_cast<int64_t>(row_taps.size()) / 2;
+  }
+  std::vector<int64_t> phase_begin(S + 1, 0), col_taps;
+  for (int64_t p = 0; p < S; ++p) {
+    for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+      const int64_t e = kw * g.dilation_w - p;
+      if (((e % S) + S) % S != 0) continue;
+      col_taps.push_back(kw);
+      col_taps.push_back(e / S - left);  // e is a multiple of S here (exact division, any sign)
+    }
+    phase_begin[p + 1] = static_cast<int64_t>(col_taps.size()) / 2;
+  }
+  AlignedBuffer<T> wpack(blocks * kk * V);
+  {
+    const std::vector<T> w = weight_taps<T, T>(weight, g);
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t t = 0; t < kk; ++t) wpack.data()[((c / V) * kk + t) * V + c % V] = w[c * kk + t];
+  }
+  const Strides4d go_s = strides4d(grad_output), gi_s = strides4d(grad_input);
+  const T* go = grad_output.const_data_ptr<T>();
+  T* gi = grad_input.mutable_data_ptr<T>();
+  const int64_t work = V * (g.in_h * g.in_w * kk / (S * S) + g.out_h * pitch);
+  at::parallel_for(0, g.batch * blocks, grain_for(work), [&](int64_t begin, int64_t end) {
+    AlignedBuffer<T> staged(g.out_h * pitch * V), obuf(g.in_h * g.in_w * V);
+    const std::vector<T> zeros(V, T(0));
+    const T* lane_src[V];
+    T* dsts[V];
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / blocks, block = item % blocks, c0 = block * V;
+      const int64_t lanes = std::min<int64_t>(V, C - c0);
+      for (int64_t l = 0; l < V; ++l) lane_src[l] = l < lanes ? go + n * go_s.n + (c0 + l) * go_s.c : nullptr;
+      stage_planes<T>(lane_src, go_s, og, obg, go_rows.data(), go_cols.data(), 0, g.out_h, zeros.data(),
+                      staged.data());
+      const T* wt = wpack.data() + block * kk * V;
+      for (int64_t ih = 0; ih < g.in_h; ++ih) {
+        const int64_t* rt = row_taps.data() + 2 * row_begin[ih];
+        const int64_t nrow = row_begin[ih + 1] - row_begin[ih];
+        T* orow = obuf.data() + ih * g.in_w * V;
+        for (int64_t p = 0; p < S; ++p) {
+          // pixels iw = S * m + p - pad_left inside [0, in_w)
+          const int64_t m0 = (g.pad_left - p + S - 1) / S;  // pad_left - p > -S
+          const int64_t m1 = (g.in_w - 1 + g.pad_left - p) >= 0 ? (g.in_w - 1 + g.pad_left - p) / S + 1 : 0;
+          const int64_t* ct = col_taps.data() + 2 * phase_begin[p];
+          const int64_t ncol = phase_begin[p + 1] - phase_begin[p];
+          int64_t m = m0;
+          const int64_t step = S * V;
+          for (; m + 8 <= m1; m += 8)
+            strided_gather<T, 8>(staged.data(), pitch, rt, nrow, ct, ncol, wt, g.kernel_w, m,
+                                 orow + (S * m + p - g.pad_left) * V, step);
+          for (; m < m1; ++m)
+            strided_gather<T, 1>(staged.data(), pitch, rt, nrow, ct, ncol, wt, g.kernel_w, m,
+                                 orow + (S * m + p - g.pad_left) * V, step);
+        }
+      }
+      const bool flat = gi_s.h == g.in_w;
+      for (int64_t ih = 0; ih < g.in_h; ih += flat ? g.in_h : 1) {
+        const int64_t first = flat ? 0 : ih * gi_s.h, count = flat ? g.in_h * g.in_w : g.in_w;
+        const T* src = obuf.data() + ih * g.in_w * V;
+        for (int64_t x = 0; x < count; x += V) {
+          for (int64_t l = 0; l < lanes; ++l) dsts[l] = gi + n * gi_s.n + (c0 + l) * gi_s.c + first + x;
+          pixels_to_runs(src + x * V, std::min(V, count - x), lanes, dsts);
+        }
+      }
+    }
+  });
+}
+
 // Stride 1, zero padding, multiplier 1 (and padding at most the kernel's reach): the input
 // gradient is the forward convolution of grad_output with the kernel flipped, padded by
 // d * (k - 1) - p on each side, so it runs on the (faster) forward kernels.
@@ -1356,6 +1483,8 @@ at::Tensor depthwise_conv2d_grad_input_cpu(const at::Tensor& grad_output, const 
                            use_channels_last(f, std::is_same<T, scalar_t>::value, {&grad_input});
       forward_any<scalar_t>(cl_copy ? grad_output.contiguous(at::MemoryFormat::ChannelsLast) : grad_output, flipped,
                             nullptr, grad_input, f);
+    } else if (!channels_last && use_strided_grad_input(g, std::is_same<T, scalar_t>::value, grad_output, grad_input)) {
+      if constexpr (std::is_same<T, scalar_t>::value) grad_input_strided<T>(grad_output, weight, grad_input, g);
     } else if (channels_last && use_channels_last(g, std::is_same<T, scalar_t>::value, {&grad_input})) {
       // The channel loop needs unit channel stride: a named copy when grad_output lacks it.
       const at::Tensor go = grad_output.stride(1) == 1 ? grad_output
