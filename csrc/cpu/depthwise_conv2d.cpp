@@ -61,6 +61,10 @@ class AlignedBuffer {
     const auto addr = reinterpret_cast<std::uintptr_t>(storage_.data());
     data_ = storage_.data() + (round_up(static_cast<int64_t>(addr), kLine) - static_cast<int64_t>(addr)) / sizeof(T);
   }
+  // Moving keeps the vector's heap block, so data_ stays valid; a copy would not.
+  AlignedBuffer(AlignedBuffer&&) = default;
+  AlignedBuffer(const AlignedBuffer&) = delete;
+  AlignedBuffer& operator=(const AlignedBuffer&) = delete;
   T* data() { return data_; }
   const T* data() const { return data_; }
 
@@ -170,6 +174,31 @@ std::vector<T> weight_taps_by_channel(const at::Tensor& weight, const Conv2dGeom
   return w;
 }
 
+// The weight as one vector of V output channels per (block of V channels, tap):
+// [block][tap][lane], lanes past the last channel zero, so that the channel-blocked
+// kernels load a tap's weights for their block with one aligned load.
+template <typename scalar_t, typename T>
+AlignedBuffer<T> weight_taps_by_block(const at::Tensor& weight, const Conv2dGeometry& g) {
+  constexpr int64_t V = at::vec::Vectorized<T>::size();
+  const int64_t kk = g.kernel_h * g.kernel_w, blocks = (g.out_channels + V - 1) / V;
+  const std::vector<T> w = weight_taps<scalar_t, T>(weight, g);
+  AlignedBuffer<T> packed(blocks * kk * V);
+  for (int64_t oc = 0; oc < g.out_channels; ++oc)
+    for (int64_t t = 0; t < kk; ++t) packed.data()[((oc / V) * kk + t) * V + oc % V] = w[oc * kk + t];
+  return packed;
+}
+
+// The bias of `channels` output channels in T, zero-padded to `size` values (zeros without one).
+template <typename scalar_t, typename T>
+std::vector<T> bias_values(const at::Tensor* bias, int64_t channels, int64_t size) {
+  std::vector<T> b(size, T(0));
+  if (bias != nullptr) {
+    const at::Tensor bc = bias->contiguous();
+    for (int64_t c = 0; c < channels; ++c) b[c] = static_cast<T>(bc.const_data_ptr<scalar_t>()[c]);
+  }
+  return b;
+}
+
 int64_t multiplier(const Conv2dGeometry& g) { return g.out_channels / g.in_channels; }
 
 // channels_last kernels: multiplier 1, T == scalar_t, unit channel stride everywhere.
@@ -181,6 +210,25 @@ bool use_channels_last(const Conv2dGeometry& g, bool same_type, std::initializer
 }
 
 // ---------------------------------------------------------------- forward
+
+// Output rows / columns whose every kernel tap reads inside the input (no padding map):
+// interior_range() of the input shortened by the kernel's reach.
+InteriorRange rows_with_taps_inside(const Conv2dGeometry& g) {
+  return interior_range(g.out_h, g.in_h - (g.kernel_h - 1) * g.dilation_h, g.stride_h, -g.pad_top);
+}
+
+InteriorRange cols_with_taps_inside(const Conv2dGeometry& g) {
+  return interior_range(g.out_w, g.in_w - (g.kernel_w - 1) * g.dilation_w, g.stride_w, -g.pad_left);
+}
+
+// Offset of tap t = kh * kW + kw from its pixel's first tap, in a tensor with strides s.
+std::vector<int64_t> tap_offsets(const Conv2dGeometry& g, const Strides4d& s) {
+  std::vector<int64_t> off(g.kernel_h * g.kernel_w);
+  for (int64_t kh = 0; kh < g.kernel_h; ++kh)
+    for (int64_t kw = 0; kw < g.kernel_w; ++kw)
+      off[kh * g.kernel_w + kw] = kh * g.dilation_h * s.h + kw * g.dilation_w * s.w;
+  return off;
+}
 
 // channels_last forward: a task is a few output rows of one image. Interior pixels (every
 // tap inside the input) go four at a time with fixed tap offsets (cl_interior_quad); the
@@ -250,11 +298,7 @@ void forward_channels_last(const at::Tensor& input, const at::Tensor& weight, co
   constexpr int64_t V = Vec::size();
   const int64_t C = g.in_channels, cpad = round_up(C, 4 * V) , kk = g.kernel_h * g.kernel_w;
   const std::vector<T> wt = weight_taps_by_channel<T, T>(weight, g, cpad);
-  std::vector<T> b(cpad, T(0));
-  if (bias != nullptr) {
-    const at::Tensor bc = bias->contiguous();
-    for (int64_t c = 0; c < C; ++c) b[c] = bc.const_data_ptr<T>()[c];
-  }
+  const std::vector<T> b = bias_values<T, T>(bias, C, cpad);
   // Column map: input column read by (ow, kw), or -1 for zero padding.
   std::vector<int64_t> cols(g.out_w * g.kernel_w);
   for (int64_t ow = 0; ow < g.out_w; ++ow)
@@ -264,16 +308,11 @@ void forward_channels_last(const at::Tensor& input, const at::Tensor& weight, co
   const Strides4d in_s = strides4d(input), out_s = strides4d(output);
   const T* in = input.const_data_ptr<T>();
   T* out = output.mutable_data_ptr<T>();
-  // Interior output columns [ow_lo, ow_hi): every kernel column inside the input. Their
-  // taps are fixed offsets from the pixel (off), in groups of four pixels.
-  auto first_inside = [](int64_t pad, int64_t stride) { return (pad + stride - 1) / stride; };
-  const int64_t ow_lo = std::min(first_inside(g.pad_left, g.stride_w), g.out_w);
-  const int64_t last_w = g.in_w - 1 - (g.kernel_w - 1) * g.dilation_w + g.pad_left;  // ow * sw <= last_w
-  const int64_t ow_hi = last_w < 0 ? ow_lo : std::max(ow_lo, std::min(g.out_w, last_w / g.stride_w + 1));
-  std::vector<int64_t> off(kk);
-  for (int64_t kh = 0; kh < g.kernel_h; ++kh)
-    for (int64_t kw = 0; kw < g.kernel_w; ++kw)
-      off[kh * g.kernel_w + kw] = kh * g.dilation_h * in_s.h + kw * g.dilation_w * in_s.w;
+  // Interior pixels (rows and columns with every tap inside the input) have their taps at
+  // fixed offsets (off) from the pixel, and go in groups of four pixels.
+  const InteriorRange inside_h = rows_with_taps_inside(g), inside_w = cols_with_taps_inside(g);
+  const int64_t ow_lo = inside_w.lo, ow_hi = inside_w.hi;
+  const std::vector<int64_t> off = tap_offsets(g, in_s);
   // A task is kRowsPerTask output rows; their interior quads go column by column, every
   // row of the task at each column, so that the input rows they share are read from L1
   // (row by row, each input row came from L2 once per output row that reads it).
@@ -287,10 +326,7 @@ void forward_channels_last(const at::Tensor& input, const at::Tensor& weight, co
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / tasks_per_image, oh0 = (item % tasks_per_image) * kRowsPerTask;
       const int64_t oh1 = std::min(oh0 + kRowsPerTask, g.out_h);
-      auto row_inside = [&](int64_t oh) {
-        const int64_t ih0 = oh * g.stride_h - g.pad_top;
-        return ih0 >= 0 && ih0 + (g.kernel_h - 1) * g.dilation_h < g.in_h;
-      };
+      auto row_inside = [&](int64_t oh) { return oh >= inside_h.lo && oh < inside_h.hi; };
       for (int64_t q = 0; q < quads; ++q) {
         for (int64_t oh = oh0; oh < oh1; ++oh) {
           if (!row_inside(oh)) continue;
@@ -568,6 +604,25 @@ void stage_planes(const T* const* lane_src, const Strides4d& s, const Conv2dGeom
   }
 }
 
+// The inverse of stage_planes for results: rows [a, e) of `width` pixel vectors in src
+// ([pixel][V], from row a) go to the `lanes` planes at lane_dst (unit column stride, rows
+// s.h apart) through the transposes, as one run of pixels when the rows are contiguous.
+template <typename T>
+void store_planes(const T* src, const Strides4d& s, int64_t width, int64_t a, int64_t e, int64_t lanes,
+                  T* const* lane_dst) {
+  constexpr int64_t V = at::vec::Vectorized<T>::size();
+  const bool flat = s.h == width;
+  T* dsts[V];
+  for (int64_t row = a; row < e; row += flat ? e - a : 1) {
+    const int64_t first = flat ? a * width : row * s.h, count = flat ? (e - a) * width : width;
+    const T* run = src + (row - a) * width * V;
+    for (int64_t x = 0; x < count; x += V) {
+      for (int64_t l = 0; l < lanes; ++l) dsts[l] = lane_dst[l] + first + x;
+      pixels_to_runs(run + x * V, std::min(V, count - x), lanes, dsts);
+    }
+  }
+}
+
 // What every channel-blocked forward needs, once per call: the weights as one vector per
 // (block, tap), the bias padded to whole blocks, the padded-coordinate maps, and per output
 // row the kernel rows that read real input (zero padding skips the others; they are
@@ -585,16 +640,10 @@ struct BlockedForward {
 
   BlockedForward(const at::Tensor& weight, const at::Tensor* b, const Conv2dGeometry& geo)
       : g(geo), bg(geo), kk(geo.kernel_h * geo.kernel_w), blocks((geo.out_channels + V - 1) / V),
-        wpack(blocks * kk * V), bias(blocks * V, T(0)),
+        wpack(weight_taps_by_block<scalar_t, T>(weight, geo)),
+        bias(bias_values<scalar_t, T>(b, geo.out_channels, blocks * V)),
         rows(padded_map(g.in_h, g.pad_top, g.pad_bottom, g.mode)),
         cols(padded_map(g.in_w, g.pad_left, g.pad_right, g.mode)), kh_range(2 * g.out_h) {
-    const std::vector<T> w = weight_taps<scalar_t, T>(weight, g);
-    for (int64_t oc = 0; oc < g.out_channels; ++oc)
-      for (int64_t t = 0; t < kk; ++t) wpack.data()[((oc / V) * kk + t) * V + oc % V] = w[oc * kk + t];
-    if (b != nullptr) {
-      const at::Tensor bc = b->contiguous();
-      for (int64_t oc = 0; oc < g.out_channels; ++oc) bias[oc] = static_cast<T>(bc.const_data_ptr<scalar_t>()[oc]);
-    }
     for (int64_t oh = 0; oh < g.out_h; ++oh) {
       int64_t lo = 0, hi = g.kernel_h;
       if (g.mode == PaddingMode::Zeros) {
@@ -661,18 +710,8 @@ void forward_blocked(const at::Tensor& input, const at::Tensor& weight, const at
           stage_blocked(in, in_s, g, f.bg, f.rows.data(), f.cols.data(), n, oc0, lanes, V, staged.data(), r0, r1);
         f.compute(staged.data(), block, a, e, obuf.data());
         if constexpr (same) {
-          if (planes_out) {  // as one run of pixels when the rows are contiguous, else row by row
-            const bool flat = out_s.h == g.out_w;
-            T* dsts[V];
-            for (int64_t oh = a; oh < e; oh += flat ? e - a : 1) {
-              const int64_t first = flat ? a * g.out_w : oh * out_s.h;
-              const int64_t count = flat ? (e - a) * g.out_w : g.out_w;
-              const T* src = obuf.data() + (oh - a) * g.out_w * V;
-              for (int64_t x = 0; x < count; x += V) {
-                for (int64_t l = 0; l < lanes; ++l) dsts[l] = lane_dst[l] + first + x;
-                pixels_to_runs(src + x * V, std::min(V, count - x), lanes, dsts);
-              }
-            }
+          if (planes_out) {
+            store_planes<T>(obuf.data(), out_s, g.out_w, a, e, lanes, lane_dst);
             continue;
           }
         }
@@ -958,11 +997,7 @@ void forward_direct_k(const at::Tensor& input, const std::vector<float>& w, cons
 void forward_direct(const at::Tensor& input, const at::Tensor& weight, const at::Tensor* bias, at::Tensor& output,
                     const Conv2dGeometry& g) {
   const std::vector<float> w = weight_taps<float, float>(weight, g);
-  std::vector<float> b(g.out_channels, 0.f);
-  if (bias != nullptr) {
-    const at::Tensor bc = bias->contiguous();
-    for (int64_t oc = 0; oc < g.out_channels; ++oc) b[oc] = bc.const_data_ptr<float>()[oc];
-  }
+  const std::vector<float> b = bias_values<float, float>(bias, g.out_channels, g.out_channels);
   const bool d2 = g.dilation_h == 2, s2 = g.stride_h == 2;
   if (g.kernel_h == 3) {
     if (s2) forward_direct_k<3, 1, 2>(input, w, b, output, g);
@@ -1390,12 +1425,7 @@ void grad_input_strided(const at::Tensor& grad_output, const at::Tensor& weight,
     }
     phase_begin[p + 1] = static_cast<int64_t>(col_taps.size()) / 2;
   }
-  AlignedBuffer<T> wpack(blocks * kk * V);
-  {
-    const std::vector<T> w = weight_taps<T, T>(weight, g);
-    for (int64_t c = 0; c < C; ++c)
-      for (int64_t t = 0; t < kk; ++t) wpack.data()[((c / V) * kk + t) * V + c % V] = w[c * kk + t];
-  }
+  const AlignedBuffer<T> wpack = weight_taps_by_block<T, T>(weight, g);
   const Strides4d go_s = strides4d(grad_output), gi_s = strides4d(grad_input);
   const T* go = grad_output.const_data_ptr<T>();
   T* gi = grad_input.mutable_data_ptr<T>();
@@ -1404,7 +1434,7 @@ void grad_input_strided(const at::Tensor& grad_output, const at::Tensor& weight,
     AlignedBuffer<T> staged(g.out_h * pitch * V), obuf(g.in_h * g.in_w * V);
     const std::vector<T> zeros(V, T(0));
     const T* lane_src[V];
-    T* dsts[V];
+    T* lane_dst[V];
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / blocks, block = item % blocks, c0 = block * V;
       const int64_t lanes = std::min<int64_t>(V, C - c0);
@@ -1432,15 +1462,8 @@ void grad_input_strided(const at::Tensor& grad_output, const at::Tensor& weight,
                                  orow + (S * m + p - g.pad_left) * V, step);
         }
       }
-      const bool flat = gi_s.h == g.in_w;
-      for (int64_t ih = 0; ih < g.in_h; ih += flat ? g.in_h : 1) {
-        const int64_t first = flat ? 0 : ih * gi_s.h, count = flat ? g.in_h * g.in_w : g.in_w;
-        const T* src = obuf.data() + ih * g.in_w * V;
-        for (int64_t x = 0; x < count; x += V) {
-          for (int64_t l = 0; l < lanes; ++l) dsts[l] = gi + n * gi_s.n + (c0 + l) * gi_s.c + first + x;
-          pixels_to_runs(src + x * V, std::min(V, count - x), lanes, dsts);
-        }
-      }
+      for (int64_t l = 0; l < lanes; ++l) lane_dst[l] = gi + n * gi_s.n + (c0 + l) * gi_s.c;
+      store_planes<T>(obuf.data(), gi_s, g.in_w, 0, g.in_h, lanes, lane_dst);
     }
   });
 }
@@ -1568,12 +1591,9 @@ void grad_weight_channels_last(const at::Tensor& grad_output, const at::Tensor& 
   // Interior output columns [ow_lo, ow_hi) of rows whose kernel rows are all inside: every
   // tap at a fixed offset (off) from the pixel, so each grad_output vector is loaded once
   // for a group of up to 9 taps (cl_grad_weight_taps); the other pixels tap by tap below.
-  const int64_t ow_lo = std::min((g.pad_left + g.stride_w - 1) / g.stride_w, g.out_w);
-  const int64_t last_w = g.in_w - 1 - (g.kernel_w - 1) * g.dilation_w + g.pad_left;
-  const int64_t ow_hi = last_w < 0 ? ow_lo : std::max(ow_lo, std::min(g.out_w, last_w / g.stride_w + 1));
-  std::vector<int64_t> off(kk);
-  for (int64_t t = 0; t < kk; ++t)
-    off[t] = (t / g.kernel_w) * g.dilation_h * in_s.h + (t % g.kernel_w) * g.dilation_w * in_s.w;
+  const InteriorRange inside_h = rows_with_taps_inside(g), inside_w = cols_with_taps_inside(g);
+  const int64_t ow_lo = inside_w.lo, ow_hi = inside_w.hi;
+  const std::vector<int64_t> off = tap_offsets(g, in_s);
   const int64_t work = (rows / chunks) * g.out_w * kk * V;
   at::parallel_for(0, chunks * cvecs, grain_for(work), [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
@@ -1583,7 +1603,7 @@ void grad_weight_channels_last(const at::Tensor& grad_output, const at::Tensor& 
       for (int64_t row = chunk * rows / chunks; row < (chunk + 1) * rows / chunks; ++row) {
         const int64_t n = row / g.out_h, oh = row % g.out_h;
         const int64_t ih0 = oh * g.stride_h - g.pad_top;
-        const bool inside = ih0 >= 0 && ih0 + (g.kernel_h - 1) * g.dilation_h < g.in_h && ow_hi > ow_lo;
+        const bool inside = oh >= inside_h.lo && oh < inside_h.hi && ow_hi > ow_lo;
         const T* go_row = go + n * go_s.n + oh * go_s.h + c;
         if (inside) {
           const T* in_px = in + n * in_s.n + ih0 * in_s.h + (ow_lo * g.stride_w - g.pad_left) * in_s.w + c;
