@@ -604,6 +604,23 @@ void stage_planes(const T* const* lane_src, const Strides4d& s, const Conv2dGeom
   }
 }
 
+// grad_output as stage_planes' "input": an unpadded plane of out_h x out_w pixels with
+// `left` and `right` zero columns around its rows (the maps are the identity inside).
+struct GradOutputPlanes {
+  Conv2dGeometry g;
+  BlockedGeometry bg;
+  std::vector<int64_t> rows, cols;
+  GradOutputPlanes(const Conv2dGeometry& conv, int64_t left, int64_t right)
+      : g(unpadded(conv, left, right)), bg(g), rows(padded_map(conv.out_h, 0, 0, PaddingMode::Zeros)),
+        cols(padded_map(conv.out_w, left, right, PaddingMode::Zeros)) {}
+
+  static Conv2dGeometry unpadded(Conv2dGeometry conv, int64_t left, int64_t right) {
+    conv.in_h = conv.out_h, conv.in_w = conv.out_w, conv.pad_top = conv.pad_bottom = 0;
+    conv.pad_left = left, conv.pad_right = right, conv.mode = PaddingMode::Zeros;
+    return conv;
+  }
+};
+
 // The inverse of stage_planes for results: rows [a, e) of `width` pixel vectors in src
 // ([pixel][V], from row a) go to the `lanes` planes at lane_dst (unit column stride, rows
 // s.h apart) through the transposes, as one run of pixels when the rows are contiguous.
@@ -802,13 +819,7 @@ void grad_weight_blocked(const at::Tensor& grad_output, const at::Tensor& input,
   const std::vector<int64_t> rows = padded_map(g.in_h, g.pad_top, g.pad_bottom, g.mode);
   const std::vector<int64_t> cols = padded_map(g.in_w, g.pad_left, g.pad_right, g.mode);
   // grad_output rows as an unpadded "input" for stage_planes: identity maps.
-  Conv2dGeometry og = g;
-  og.in_h = g.out_h, og.in_w = g.out_w, og.pad_top = og.pad_bottom = og.pad_left = og.pad_right = 0;
-  og.mode = PaddingMode::Zeros;
-  const BlockedGeometry obg(og);
-  std::vector<int64_t> out_rows(g.out_h), out_cols(g.out_w);
-  for (int64_t i = 0; i < g.out_h; ++i) out_rows[i] = i;
-  for (int64_t i = 0; i < g.out_w; ++i) out_cols[i] = i;
+  const GradOutputPlanes gop(g, 0, 0);
   const Strides4d in_s = strides4d(input), go_s = strides4d(grad_output);
   const bool planes_in = same && in_s.w == 1, planes_go = same && go_s.w == 1;
   const scalar_t* in = input.const_data_ptr<scalar_t>();
@@ -838,7 +849,7 @@ void grad_weight_blocked(const at::Tensor& grad_output, const at::Tensor& input,
           if (planes_in)
             stage_planes<T>(lane_in, in_s, g, bg, rows.data(), cols.data(), r0, r1, zeros.data(), staged.data());
           if (planes_go)
-            stage_planes<T>(lane_go, go_s, og, obg, out_rows.data(), out_cols.data(), a, e, zeros.data(),
+            stage_planes<T>(lane_go, go_s, gop.g, gop.bg, gop.rows.data(), gop.cols.data(), a, e, zeros.data(),
                             gbuf.data());
         }
         if (!planes_in)
@@ -1396,13 +1407,7 @@ void grad_input_strided(const at::Tensor& grad_output, const at::Tensor& weight,
   // Staged grad_output columns: `left` zero columns, the out_w real ones, zeros up to `pitch`.
   const int64_t left = ((g.kernel_w - 1) * g.dilation_w + S - 1) / S;
   const int64_t pitch = left + std::max(g.out_w, (g.in_w - 1 + g.pad_left) / S + 1) + 1;
-  Conv2dGeometry og = g;  // grad_output as an unpadded input with `left` / right zero columns
-  og.in_h = g.out_h, og.in_w = g.out_w, og.pad_top = og.pad_bottom = 0;
-  og.pad_left = left, og.pad_right = pitch - left - g.out_w;
-  const BlockedGeometry obg(og);
-  std::vector<int64_t> go_rows(g.out_h);
-  for (int64_t i = 0; i < g.out_h; ++i) go_rows[i] = i;
-  const std::vector<int64_t> go_cols = padded_map(g.out_w, og.pad_left, og.pad_right, PaddingMode::Zeros);
+  const GradOutputPlanes gop(g, left, pitch - left - g.out_w);
   // (kh, q) per input row; (kw, shift) per column phase, pixel m of phase p reading staged
   // column m - shift (shift = (kw * dw - p) / S - left).
   std::vector<int64_t> row_begin(g.in_h + 1, 0), row_taps;
@@ -1439,7 +1444,7 @@ void grad_input_strided(const at::Tensor& grad_output, const at::Tensor& weight,
       const int64_t n = item / blocks, block = item % blocks, c0 = block * V;
       const int64_t lanes = std::min<int64_t>(V, C - c0);
       for (int64_t l = 0; l < V; ++l) lane_src[l] = l < lanes ? go + n * go_s.n + (c0 + l) * go_s.c : nullptr;
-      stage_planes<T>(lane_src, go_s, og, obg, go_rows.data(), go_cols.data(), 0, g.out_h, zeros.data(),
+      stage_planes<T>(lane_src, go_s, gop.g, gop.bg, gop.rows.data(), gop.cols.data(), 0, g.out_h, zeros.data(),
                       staged.data());
       const T* wt = wpack.data() + block * kk * V;
       for (int64_t ih = 0; ih < g.in_h; ++ih) {
