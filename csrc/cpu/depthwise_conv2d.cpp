@@ -531,6 +531,12 @@ int64_t blocked_strip_rows(const Conv2dGeometry& g, const BlockedGeometry& bg, i
   return std::min(std::max<int64_t>(rows, 1), g.out_h);
 }
 
+// Padded input rows [strip_first_row(a), strip_end_row(e)) are read by output rows [a, e).
+int64_t strip_first_row(const Conv2dGeometry& g, int64_t a) { return a * g.stride_h; }
+int64_t strip_end_row(const Conv2dGeometry& g, int64_t e) {
+  return (e - 1) * g.stride_h + (g.kernel_h - 1) * g.dilation_h + 1;
+}
+
 // The padded columns of a staged row whose real columns are in place: copies of them
 // (reflect, replicate, circular) or zeros.
 template <typename T>
@@ -672,10 +678,6 @@ struct BlockedForward {
     }
   }
 
-  // Padded input rows needed by output rows [a, e).
-  int64_t first_row(int64_t a) const { return a * g.stride_h; }
-  int64_t end_row(int64_t e) const { return (e - 1) * g.stride_h + (g.kernel_h - 1) * g.dilation_h + 1; }
-
   // Output rows [a, e) of block `block` from its staged rows (starting at padded row a * sh)
   // into obuf ([pixel][V]).
   void compute(const T* staged, int64_t block, int64_t a, int64_t e, T* obuf) const {
@@ -705,7 +707,7 @@ void forward_blocked(const at::Tensor& input, const at::Tensor& weight, const at
   const int64_t strip = blocked_strip_rows(g, f.bg, V, sizeof(T));
   const int64_t work = V * (g.out_h * g.out_w * f.kk + f.bg.plane);
   at::parallel_for(0, g.batch * f.blocks, grain_for(work), [&](int64_t begin, int64_t end) {
-    AlignedBuffer<T> staged(f.end_row(strip) * f.bg.padded_w * V), obuf(strip * g.out_w * V);
+    AlignedBuffer<T> staged(strip_end_row(g, strip) * f.bg.padded_w * V), obuf(strip * g.out_w * V);
     const std::vector<T> zeros(V, T(0));
     const scalar_t* lane_src[V];
     scalar_t* lane_dst[V];
@@ -717,7 +719,7 @@ void forward_blocked(const at::Tensor& input, const at::Tensor& weight, const at
         lane_dst[l] = l < lanes ? out + n * out_s.n + (oc0 + l) * out_s.c : nullptr;
       }
       for (int64_t a = 0; a < g.out_h; a += strip) {
-        const int64_t e = std::min(a + strip, g.out_h), r0 = f.first_row(a), r1 = f.end_row(e);
+        const int64_t e = std::min(a + strip, g.out_h), r0 = strip_first_row(g, a), r1 = strip_end_row(g, e);
         if constexpr (same) {
           if (planes_in)
             stage_planes<T>(lane_src, in_s, g, f.bg, f.rows.data(), f.cols.data(), r0, r1, zeros.data(),
@@ -825,12 +827,11 @@ void grad_weight_blocked(const at::Tensor& grad_output, const at::Tensor& input,
   const scalar_t* in = input.const_data_ptr<scalar_t>();
   const scalar_t* go = grad_output.const_data_ptr<scalar_t>();
   const int64_t strip = blocked_strip_rows(g, bg, V, sizeof(T));
-  const int64_t strip_in_rows = (strip - 1) * g.stride_h + (g.kernel_h - 1) * g.dilation_h + 1;
   std::vector<T> partial(g.batch * blocks * kk * V, T(0));
   const int64_t work = V * (g.out_h * g.out_w * kk + bg.plane);
   const bool unit = g.stride_w == 1 && g.dilation_w == 1;
   at::parallel_for(0, g.batch * blocks, grain_for(work), [&](int64_t begin, int64_t end) {
-    AlignedBuffer<T> staged(strip_in_rows * bg.padded_w * V), gbuf(strip * g.out_w * V);
+    AlignedBuffer<T> staged(strip_end_row(g, strip) * bg.padded_w * V), gbuf(strip * g.out_w * V);
     const std::vector<T> zeros(V, T(0));
     const scalar_t* lane_in[V];
     const scalar_t* lane_go[V];
@@ -844,7 +845,7 @@ void grad_weight_blocked(const at::Tensor& grad_output, const at::Tensor& input,
       T* part = partial.data() + item * kk * V;
       for (int64_t a = 0; a < g.out_h; a += strip) {
         const int64_t e = std::min(a + strip, g.out_h);
-        const int64_t r0 = a * g.stride_h, r1 = (e - 1) * g.stride_h + (g.kernel_h - 1) * g.dilation_h + 1;
+        const int64_t r0 = strip_first_row(g, a), r1 = strip_end_row(g, e);
         if constexpr (same) {
           if (planes_in)
             stage_planes<T>(lane_in, in_s, g, bg, rows.data(), cols.data(), r0, r1, zeros.data(), staged.data());
