@@ -166,6 +166,17 @@ BLOCKED_SHAPES = [
     ("direct_5x5_s2", (1, 3, 17, 45), 1, (5, 5), 2, 2, 1),
     ("direct_s2_narrow", (2, 5, 29, 27), 1, (3, 3), 2, 1, 1),
     ("stride3_dilation2", (1, 16, 20, 29), 1, (3, 3), 3, 2, 2),  # strided grad_input: 3 phases
+    # staged K x K (K 5-13, stride 1, zero padding, float32, 12+ columns): 14-row tiles, then
+    # a 7-row tile (rest <= 7) or a 14-row one holding the rest
+    ("staged_5x5_rest6", (2, 3, 20, 12), 1, (5, 5), 1, 2, 1),
+    ("staged_7x7_rest11_mult2", (1, 2, 25, 33), 2, (7, 7), 1, 3, 1),  # last vector: 1 column
+    ("staged_5x5_d2", (1, 3, 30, 40), 1, (5, 5), 1, (4, 1), 2),
+    ("staged_7x7_d2", (1, 2, 19, 26), 1, (7, 7), 1, 6, 2),
+    ("staged_9x9_11x11_nopad", (1, 2, 30, 28), 1, (9, 11), 1, 0, 1),  # not square: blocked
+    ("staged_9x9", (1, 2, 16, 16), 1, (9, 9), 1, 4, 1),
+    ("staged_11x11_nopad", (1, 2, 30, 28), 1, (11, 11), 1, 0, 1),
+    ("staged_13x13", (1, 3, 28, 28), 1, (13, 13), 1, 6, 1),
+    ("staged_pad17", (1, 2, 18, 19), 1, (5, 5), 1, 17, 1),  # scratch origin 32 columns in
 ]
 
 

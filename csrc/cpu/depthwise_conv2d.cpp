@@ -877,22 +877,22 @@ void grad_weight_blocked(const at::Tensor& grad_output, const at::Tensor& input,
 }
 
 // ---------------------------------------------------------------- direct K x K, NCHW float
-// K x K (3 or 5), stride 1 (dilation 1 or 2) or 2, zero padding, float planes with unit column
-// stride: straight from the input with vectors along W, no staging and no transposes
-// (which were two thirds of the channel-blocked kernel's time on a 3x3). R output rows at
-// a time share the R + (K - 1) * D input rows they read: each input vector (one per kernel
-// column) is loaded once and feeds up to min(R, K) of the rows; B vectors along W give
-// R * B independent accumulators. Taps that reach into the padding are masked loads
-// (masked lanes are not read, so addresses before a row or past its end are never
-// touched). Rows narrower than a vector waste lanes, so 5x5 needs 12 columns. (7x7 measured
-// slower than channel-blocked: 49 broadcast loads per 49 FMAs.)
+// 3x3 (stride 1 with dilation 1 or 2, or stride 2) and 5x5 at stride 2, zero padding, float
+// planes with unit column stride: straight from the input with vectors along W, no staging
+// and no transposes (which were two thirds of the channel-blocked kernel's time on a 3x3).
+// R output rows at a time share the R + (K - 1) * D input rows they read: each input vector
+// (one per kernel column) is loaded once and feeds up to min(R, K) of the rows; B vectors
+// along W give R * B independent accumulators. Taps that reach into the padding are masked
+// loads (masked lanes are not read, so addresses before a row or past its end are never
+// touched). Rows narrower than a vector waste lanes, so 5x5 needs 12 columns. Larger
+// kernels at stride 1 take the staged kernel below.
 #if defined(CPU_CAPABILITY_AVX512)
 bool use_direct(const Conv2dGeometry& g, const at::Tensor& input, const at::Tensor& output) {
   const int64_t k = g.kernel_h;
   const bool unit_stride = g.stride_h == 1 && g.stride_w == 1, unit_dilation = g.dilation_h == 1 && g.dilation_w == 1;
   const bool stride2 = g.stride_h == 2 && g.stride_w == 2 && unit_dilation;
   const bool dilation2 = unit_stride && g.dilation_h == 2 && g.dilation_w == 2;
-  return (k == 3 || (k == 5 && g.out_w >= 12)) && g.kernel_w == k &&
+  return (k == 3 || (k == 5 && stride2 && g.out_w >= 12)) && g.kernel_w == k &&
          ((unit_stride && unit_dilation) || stride2 || dilation2) && g.mode == PaddingMode::Zeros &&
          input.scalar_type() == at::kFloat && input.stride(3) == 1 && output.stride(3) == 1;
 }
@@ -1016,18 +1016,148 @@ void forward_direct(const at::Tensor& input, const at::Tensor& weight, const at:
     else if (d2) forward_direct_k<3, 2, 1>(input, w, b, output, g);
     else forward_direct_k<3, 1, 1>(input, w, b, output, g);
   } else {
-    if (s2) forward_direct_k<5, 1, 2>(input, w, b, output, g);
-    else if (d2) forward_direct_k<5, 2, 1>(input, w, b, output, g);
-    else forward_direct_k<5, 1, 1>(input, w, b, output, g);
+    forward_direct_k<5, 1, 2>(input, w, b, output, g);
+  }
+}
+
+// ---------------------------------------------------------------- staged direct K x K, K >= 5
+// K x K for K = 5..13 (odd), stride 1, dilation 1 or 2 (5 and 7 only), zero padding, float
+// planes with unit column stride, at least 12 columns (narrower rows waste most lanes; the
+// channel-blocked kernel is faster there). Each plane is first copied into a zero-bordered
+// scratch plane (its borders are written once per thread and never again), so that the
+// kernel itself has no masks and no edge cases. A tile is R = 14 output rows of one vector
+// of 16 columns: for each kernel column kw, its K weights are broadcast into registers
+// once, and each of the R + (K - 1) * D input vectors of that column is loaded once and
+// feeds every output row that reads it. Per tile and kernel column that is K broadcasts and
+// R + (K - 1) * D loads for R * K FMAs, against a load per FMA for weights broadcast from
+// memory (which kept the 5x5 at 35-45% of the FMA peak; this runs at 55-98%, from 5x5 to
+// 13x13, measured on one core with planes in L2). kw is a real loop: unrolled, GCC kept a
+// pointer per input row and spilled them with the accumulators.
+constexpr int kStagedRows = 14;
+
+// The scratch plane: input row ih, column iw is at row ih + pad_top, column iw + origin
+// (origin: pad_left rounded up to a vector, so that the copied rows start on a cache line).
+struct StagedPlane {
+  int64_t origin, row_stride, rows;
+  StagedPlane(const Conv2dGeometry& g) {
+    const int64_t vecs = (g.out_w + 15) / 16, reach = (g.kernel_h - 1) * g.dilation_h;
+    origin = round_up(g.pad_left, 16);
+    row_stride = round_up(std::max(origin + g.in_w, origin - g.pad_left + vecs * 16 + reach), 16);
+    rows = g.out_h + kStagedRows - 1 + reach;  // the last tile's rows past out_h read zeros
+  }
+  int64_t bytes() const { return rows * row_stride * static_cast<int64_t>(sizeof(float)); }
+};
+
+// Half the L2: larger planes (over about 360 x 360) take the channel-blocked kernel, which
+// works in strips of rows.
+constexpr int64_t kStagedPlaneMaxBytes = 1 << 20;
+
+bool use_staged(const Conv2dGeometry& g, const at::Tensor& input, const at::Tensor& output) {
+  const int64_t k = g.kernel_h;
+  const bool small_dilation = g.dilation_h == 1 || (g.dilation_h == 2 && k <= 7);
+  return k >= 5 && k <= 13 && k % 2 == 1 && g.kernel_w == k && g.stride_h == 1 && g.stride_w == 1 &&
+         small_dilation && g.dilation_w == g.dilation_h && g.out_w >= 12 && g.mode == PaddingMode::Zeros &&
+         input.scalar_type() == at::kFloat && input.stride(3) == 1 && output.stride(3) == 1 &&
+         StagedPlane(g).bytes() <= kStagedPlaneMaxBytes;
+}
+
+// Output rows oh..oh+R-1 (the first `rows` are stored) of one vector: src is the scratch
+// plane at the tile's first input row and column.
+template <int K, int D, int R>
+inline void staged_tile(const float* src, int64_t row_stride, const float* w, __m512 bias, int64_t rows,
+                        __mmask16 out_mask, float* out, int64_t out_row_stride) {
+  __m512 acc[R];
+  for (int j = 0; j < R; ++j) acc[j] = bias;
+#pragma GCC unroll 1
+  for (int kw = 0; kw < K; ++kw) {
+    __m512 column[K];
+    for (int kh = 0; kh < K; ++kh) column[kh] = _mm512_set1_ps(w[kh * K + kw]);
+    const float* p = src + kw * D;
+    __asm__("" : "+r"(p));  // opaque: GCC otherwise keeps a pointer per input row and spills them
+#pragma GCC unroll 64
+    for (int r = 0; r < R + (K - 1) * D; ++r) {  // input row r feeds output row j through kernel row (r - j) / D
+      const __m512 x = _mm512_loadu_ps(p + r * row_stride);
+      for (int j = 0; j < R; ++j) {
+        const int d = r - j;
+        if (d < 0 || d % D != 0 || d / D >= K) continue;
+        acc[j] = _mm512_fmadd_ps(column[d / D], x, acc[j]);
+      }
+    }
+  }
+  for (int j = 0; j < R; ++j) {
+    if (j >= rows) break;
+    _mm512_mask_storeu_ps(out + j * out_row_stride, out_mask, acc[j]);
+  }
+}
+
+template <int K, int D>
+void forward_staged_k(const at::Tensor& input, const std::vector<float>& w, const std::vector<float>& b,
+                      at::Tensor& output, const Conv2dGeometry& g) {
+  const StagedPlane sp(g);
+  const int64_t vecs = (g.out_w + 15) / 16, in_vecs = (g.in_w + 15) / 16;
+  const __mmask16 out_tail = static_cast<__mmask16>(0xFFFFu >> (vecs * 16 - g.out_w));
+  const __mmask16 in_tail = static_cast<__mmask16>(0xFFFFu >> (in_vecs * 16 - g.in_w));
+  const Strides4d in_s = strides4d(input), out_s = strides4d(output);
+  const float* in = input.const_data_ptr<float>();
+  float* out = output.mutable_data_ptr<float>();
+  const int64_t mult = multiplier(g);
+  at::parallel_for(0, g.batch * g.out_channels, grain_for(g.out_h * g.out_w * K * K), [&](int64_t begin, int64_t end) {
+    AlignedBuffer<float> scratch(sp.rows * sp.row_stride);  // zero: the borders are never written
+    float* plane = scratch.data();
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / g.out_channels, oc = item % g.out_channels;
+      const float* in_plane = in + n * in_s.n + (oc / mult) * in_s.c;
+      for (int64_t ih = 0; ih < g.in_h; ++ih) {
+        const float* from = in_plane + ih * in_s.h;
+        float* to = plane + (ih + g.pad_top) * sp.row_stride + sp.origin;
+        for (int64_t v = 0; v < in_vecs; ++v) {
+          const __mmask16 m = v + 1 == in_vecs ? in_tail : static_cast<__mmask16>(0xFFFF);
+          _mm512_mask_store_ps(to + v * 16, m, _mm512_maskz_loadu_ps(m, from + v * 16));
+        }
+      }
+      const float* wk = w.data() + oc * K * K;
+      const __m512 bias = _mm512_set1_ps(b[oc]);
+      float* out_plane = out + n * out_s.n + oc * out_s.c;
+      for (int64_t v = 0; v < vecs; ++v) {
+        const __mmask16 m = v + 1 == vecs ? out_tail : static_cast<__mmask16>(0xFFFF);
+        const float* src = plane + sp.origin - g.pad_left + v * 16;
+        float* dst = out_plane + v * 16;
+        int64_t oh = 0;
+        for (; oh + kStagedRows <= g.out_h; oh += kStagedRows)
+          staged_tile<K, D, kStagedRows>(src + oh * sp.row_stride, sp.row_stride, wk, bias, kStagedRows, m,
+                                         dst + oh * out_s.h, out_s.h);
+        const int64_t rest = g.out_h - oh;  // a half tile where it covers them, for fewer wasted rows
+        if (rest > kStagedRows / 2)
+          staged_tile<K, D, kStagedRows>(src + oh * sp.row_stride, sp.row_stride, wk, bias, rest, m,
+                                         dst + oh * out_s.h, out_s.h);
+        else if (rest > 0)
+          staged_tile<K, D, kStagedRows / 2>(src + oh * sp.row_stride, sp.row_stride, wk, bias, rest, m,
+                                             dst + oh * out_s.h, out_s.h);
+      }
+    }
+  });
+}
+
+void forward_staged(const at::Tensor& input, const at::Tensor& weight, const at::Tensor* bias, at::Tensor& output,
+                    const Conv2dGeometry& g) {
+  const std::vector<float> w = weight_taps<float, float>(weight, g);
+  const std::vector<float> b = bias_values<float, float>(bias, g.out_channels, g.out_channels);
+  const bool d2 = g.dilation_h == 2;
+  switch (g.kernel_h) {
+    case 5: d2 ? forward_staged_k<5, 2>(input, w, b, output, g) : forward_staged_k<5, 1>(input, w, b, output, g); break;
+    case 7: d2 ? forward_staged_k<7, 2>(input, w, b, output, g) : forward_staged_k<7, 1>(input, w, b, output, g); break;
+    case 9: forward_staged_k<9, 1>(input, w, b, output, g); break;
+    case 11: forward_staged_k<11, 1>(input, w, b, output, g); break;
+    default: forward_staged_k<13, 1>(input, w, b, output, g); break;
   }
 }
 #endif
 
 // Which forward kernel runs, from CNNOPS_DEPTHWISE_CPU_PATH (read on every call, so that
 // tests can force each one): auto (default: the channels_last kernel where it applies, else
-// direct K x K where it applies, else channel-blocked), blocked (channel-blocked everywhere)
-// or direct (as auto without the channels_last kernel: channels_last operands, whose rows
-// have no unit column stride, go channel-blocked).
+// staged or direct K x K where they apply, else channel-blocked), blocked (channel-blocked
+// everywhere) or direct (as auto without the channels_last kernel: channels_last operands,
+// whose rows have no unit column stride, go channel-blocked).
 enum class ForwardPath { Auto, Blocked, Direct };
 
 ForwardPath forward_path() {
@@ -1051,6 +1181,10 @@ void forward_any(const at::Tensor& input, const at::Tensor& weight, const at::Te
     return;
   }
 #if defined(CPU_CAPABILITY_AVX512)
+  if (path != ForwardPath::Blocked && use_staged(g, input, output)) {
+    forward_staged(input, weight, bias, output, g);
+    return;
+  }
   if (path != ForwardPath::Blocked && use_direct(g, input, output)) {
     forward_direct(input, weight, bias, output, g);
     return;
