@@ -158,12 +158,12 @@ BLOCKED_SHAPES = [
     ("narrow_7x7", (2, 33, 7, 7), 1, (7, 7), 1, 3, 1),  # whole planes, 49 pixels: 3 transposes + 1
     ("narrow_mult2", (2, 9, 5, 6), 2, (3, 3), 1, 1, 1),
     ("wide_stride3", (1, 16, 23, 40), 1, (4, 2), (3, 2), (2, 1), 1),
-    # direct 3x3/5x5 (zero padding, float32): pairs of vectors plus one, 4-row groups with a tail
+    # direct 3x3 (zero padding, float32): pairs of vectors plus one, 4-row groups with a tail
     ("direct_wide", (2, 5, 13, 40), 1, (3, 3), 1, 1, 1),
     ("direct_narrow_mult2", (1, 6, 19, 14), 2, (3, 3), 1, (2, 0), 1),  # one vector: 8-row groups
     ("direct_pad2", (1, 3, 6, 32), 1, (3, 3), 1, (0, 2), 1),
     ("direct_3x3_d2", (1, 4, 11, 37), 1, (3, 3), 1, (2, 1), 2),
-    ("direct_5x5_s2", (1, 3, 17, 45), 1, (5, 5), 2, 2, 1),
+    ("blocked_5x5_s2", (1, 3, 17, 45), 1, (5, 5), 2, 2, 1),  # stride 2 above 3x3: channel-blocked
     ("direct_s2_narrow", (2, 5, 29, 27), 1, (3, 3), 2, 1, 1),
     ("stride3_dilation2", (1, 16, 20, 29), 1, (3, 3), 3, 2, 2),  # strided grad_input: 3 phases
     # staged K x K (K 5-13, stride 1, zero padding, float32, 12+ columns): 14-row tiles, then

@@ -876,37 +876,38 @@ void grad_weight_blocked(const at::Tensor& grad_output, const at::Tensor& input,
     }
 }
 
-// ---------------------------------------------------------------- direct K x K, NCHW float
-// 3x3 (stride 1 with dilation 1 or 2, or stride 2) and 5x5 at stride 2, zero padding, float
-// planes with unit column stride: straight from the input with vectors along W, no staging
-// and no transposes (which were two thirds of the channel-blocked kernel's time on a 3x3).
-// R output rows at a time share the R + (K - 1) * D input rows they read: each input vector
+// ---------------------------------------------------------------- direct 3x3, NCHW float
+// 3x3 (K = 3: stride 1 with dilation 1 or 2, or stride 2), zero padding, float planes with
+// unit column stride: straight from the input with vectors along W, no staging and no
+// transposes (which were two thirds of the channel-blocked kernel's time on a 3x3). R
+// output rows at a time share the R + (K - 1) * D input rows they read: each input vector
 // (one per kernel column) is loaded once and feeds up to min(R, K) of the rows; B vectors
 // along W give R * B independent accumulators. Taps that reach into the padding are masked
 // loads (masked lanes are not read, so addresses before a row or past its end are never
-// touched). Rows narrower than a vector waste lanes, so 5x5 needs 12 columns. Larger
-// kernels at stride 1 take the staged kernel below.
+// touched). Larger kernels at stride 1 take the staged kernel below; at stride 2 they go
+// channel-blocked (this kernel's 5x5 at stride 2, one weight broadcast per FMA, was slower
+// than torch on 14-column outputs).
 #if defined(CPU_CAPABILITY_AVX512)
 bool use_direct(const Conv2dGeometry& g, const at::Tensor& input, const at::Tensor& output) {
   const int64_t k = g.kernel_h;
   const bool unit_stride = g.stride_h == 1 && g.stride_w == 1, unit_dilation = g.dilation_h == 1 && g.dilation_w == 1;
   const bool stride2 = g.stride_h == 2 && g.stride_w == 2 && unit_dilation;
   const bool dilation2 = unit_stride && g.dilation_h == 2 && g.dilation_w == 2;
-  return (k == 3 || (k == 5 && stride2 && g.out_w >= 12)) && g.kernel_w == k &&
+  return k == 3 && g.kernel_w == 3 &&
          ((unit_stride && unit_dilation) || stride2 || dilation2) && g.mode == PaddingMode::Zeros &&
          input.scalar_type() == at::kFloat && input.stride(3) == 1 && output.stride(3) == 1;
 }
 
-// Weights: 3x3 passes the nine broadcast once per plane (wv; they stay in registers,
-// measured 1.3x faster than a broadcast per FMA); 5x5 passes w, and each FMA broadcasts its
-// weight from memory (25 would not fit in registers beside the accumulators).
+// Weights: the nine broadcast once per plane (wv; they stay in registers, measured 1.3x
+// faster than a broadcast per FMA).
 // Stride S (1 or 2, with D = 1 for 2): a vector of 16 outputs reads 16 (S = 1) or 32 input
 // columns (S = 2: two masked loads, their even lanes picked by one two-source permute).
 // tap_masks holds S masks per (vector, kernel column).
 template <int K, int D, int S, int R, int B>
 inline void direct_rows(const float* in_plane, int64_t in_row_stride, int64_t ih0, int64_t in_h, int64_t x0,
-                        const __mmask16* tap_masks, const __m512* wv, const float* w, __m512 bv, int64_t rows,
+                        const __mmask16* tap_masks, const __m512* wv, __m512 bv, int64_t rows,
                         __mmask16 out_mask_last, float* out_row0, int64_t out_row_stride) {
+  static_assert(K == 3, "nine weights in registers");
   const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
   __m512 acc[R][B];
   for (int j = 0; j < R; ++j)
@@ -932,8 +933,7 @@ inline void direct_rows(const float* in_plane, int64_t in_row_stride, int64_t ih
           if (d < 0 || d % D != 0) continue;
           const int kh = d / D;
           if (kh >= K) continue;
-          const __m512 wt = K == 3 ? wv[kh * K + kw] : _mm512_set1_ps(w[kh * K + kw]);
-          acc[j][b] = _mm512_fmadd_ps(wt, x, acc[j][b]);
+          acc[j][b] = _mm512_fmadd_ps(wv[kh * K + kw], x, acc[j][b]);
         }
       }
     }
@@ -982,11 +982,10 @@ void forward_direct_k(const at::Tensor& input, const std::vector<float>& w, cons
       const float* wk = w.data() + oc * K * K;
       const __m512 bv = _mm512_set1_ps(b[oc]);
       __m512 wv[9];
-      if constexpr (K == 3)
-        for (int t = 0; t < 9; ++t) wv[t] = _mm512_set1_ps(wk[t]);
+      for (int t = 0; t < 9; ++t) wv[t] = _mm512_set1_ps(wk[t]);
       if (vecs == 1) {  // one vector per row: more rows at once instead
         for (int64_t oh = 0; oh < g.out_h; oh += 8)
-          direct_rows<K, D, S, 8, 1>(in_plane, in_s.h, oh * S - g.pad_top, g.in_h, 0, tap_masks.data(), wv, wk, bv,
+          direct_rows<K, D, S, 8, 1>(in_plane, in_s.h, oh * S - g.pad_top, g.in_h, 0, tap_masks.data(), wv, bv,
                                      std::min<int64_t>(8, g.out_h - oh), out_masks[0], out_plane + oh * out_s.h,
                                      out_s.h);
         continue;
@@ -997,10 +996,10 @@ void forward_direct_k(const at::Tensor& input, const std::vector<float>& w, cons
         int64_t v = 0;
         for (; v + 2 <= vecs; v += 2)
           direct_rows<K, D, S, 4, 2>(in_plane, in_s.h, oh * S - g.pad_top, g.in_h, v * 16, tap_masks.data() + v * K * S,
-                                     wv, wk, bv, rows, out_masks[v + 1], orow + v * 16, out_s.h);
+                                     wv, bv, rows, out_masks[v + 1], orow + v * 16, out_s.h);
         if (v < vecs)
           direct_rows<K, D, S, 4, 1>(in_plane, in_s.h, oh * S - g.pad_top, g.in_h, v * 16, tap_masks.data() + v * K * S,
-                                     wv, wk, bv, rows, out_masks[v], orow + v * 16, out_s.h);
+                                     wv, bv, rows, out_masks[v], orow + v * 16, out_s.h);
       }
     }
   });
@@ -1010,14 +1009,9 @@ void forward_direct(const at::Tensor& input, const at::Tensor& weight, const at:
                     const Conv2dGeometry& g) {
   const std::vector<float> w = weight_taps<float, float>(weight, g);
   const std::vector<float> b = bias_values<float, float>(bias, g.out_channels, g.out_channels);
-  const bool d2 = g.dilation_h == 2, s2 = g.stride_h == 2;
-  if (g.kernel_h == 3) {
-    if (s2) forward_direct_k<3, 1, 2>(input, w, b, output, g);
-    else if (d2) forward_direct_k<3, 2, 1>(input, w, b, output, g);
-    else forward_direct_k<3, 1, 1>(input, w, b, output, g);
-  } else {
-    forward_direct_k<5, 1, 2>(input, w, b, output, g);
-  }
+  if (g.stride_h == 2) forward_direct_k<3, 1, 2>(input, w, b, output, g);
+  else if (g.dilation_h == 2) forward_direct_k<3, 2, 1>(input, w, b, output, g);
+  else forward_direct_k<3, 1, 1>(input, w, b, output, g);
 }
 
 // ---------------------------------------------------------------- staged direct K x K, K >= 5
