@@ -172,7 +172,7 @@ BLOCKED_SHAPES = [
     ("staged_7x7_rest11_mult2", (1, 2, 25, 33), 2, (7, 7), 1, 3, 1),  # last vector: 1 column
     ("staged_5x5_d2", (1, 3, 30, 40), 1, (5, 5), 1, (4, 1), 2),
     ("staged_7x7_d2", (1, 2, 19, 26), 1, (7, 7), 1, 6, 2),
-    ("staged_9x9_11x11_nopad", (1, 2, 30, 28), 1, (9, 11), 1, 0, 1),  # not square: blocked
+    ("nonsquare_9x11_nopad", (1, 2, 30, 28), 1, (9, 11), 1, 0, 1),  # not square: channel-blocked
     ("staged_9x9", (1, 2, 16, 16), 1, (9, 9), 1, 4, 1),
     ("staged_11x11_nopad", (1, 2, 30, 28), 1, (11, 11), 1, 0, 1),
     ("staged_13x13", (1, 3, 28, 28), 1, (13, 13), 1, 6, 1),

@@ -1042,7 +1042,7 @@ struct StagedPlane {
   int64_t bytes() const { return rows * row_stride * static_cast<int64_t>(sizeof(float)); }
 };
 
-// Half the L2: larger planes (over about 360 x 360) take the channel-blocked kernel, which
+// Half the L2: larger planes (over about 480 x 480) take the channel-blocked kernel, which
 // works in strips of rows.
 constexpr int64_t kStagedPlaneMaxBytes = 1 << 20;
 
