@@ -132,9 +132,9 @@ def test_depthwise_matches_torch(device, dtype, case, layout, mode):
 
 # ---------------------------------------------------------------- 1b. channel-blocked forward
 # The forward is channel-blocked except for channels_last input with multiplier 1 (its own
-# kernel under 'auto') and float32 3x3 stride-1 zero-padded rows (direct, AVX-512 builds);
-# CNNOPS_DEPTHWISE_CPU_PATH=blocked forces the blocked one everywhere, =direct skips the
-# channels_last kernel.
+# kernel under 'auto') and, in AVX-512 builds, zero-padded float32 rows: 3x3 (direct) and
+# 5x5 to 13x13 at stride 1 (staged); CNNOPS_DEPTHWISE_CPU_PATH=blocked forces the blocked
+# one everywhere, =direct skips the channels_last kernel.
 # The shapes below reach its staging variants: whole contiguous planes turned into pixel
 # vectors in one run (narrow 7-wide rows included), row-by-row transposes (planes in strips
 # of rows, or rows that are not contiguous), the scalar loops (no unit column stride,

@@ -1,7 +1,12 @@
 // Depthwise convolution on the CPU: direct kernels on at::vec::Vectorized, no GEMM.
 //
-// Channel-blocked kernels (the forward in every layout but the channels_last case below,
-// and grad_weight): V consecutive output channels of one image are one task. Their input
+// Forward, AVX-512 builds, zero-padded float32 NCHW rows: direct 3x3 (vectors along W read
+// straight from the input rows, masked at the padding) and staged K x K for K = 5..13 at
+// stride 1 (each plane copied into a zero-bordered scratch plane, 14-row tiles with a
+// kernel column's weights in registers). Sections "direct 3x3" and "staged direct K x K".
+//
+// Channel-blocked kernels (every other forward but the channels_last case below, and
+// grad_weight): V consecutive output channels of one image are one task. Their input
 // rows are staged, padded by every mode through padded_map(), as [padded row][padded
 // column][V lanes], so that each FMA updates V channels of one pixel with an aligned load
 // and no bounds check; large planes go in strips of rows that stay in L2. NCHW float/double
@@ -13,11 +18,12 @@
 //                for up to 16 taps; per-image partials summed over images in order (fixed
 //                partition: bitwise reproducible with any thread count).
 //   grad_input:  stride 1, zero padding, multiplier 1: the forward of grad_output with the
-//                kernel flipped. Otherwise a gather (depthwise transposed conv) of staged
-//                grad_output rows into the padded frame, folded onto the input by the
-//                padding map, with the columns split into `stride_w` phases so that every
-//                tap is a contiguous run (vectors along W); or channel-blocked for small
-//                planes.
+//                kernel flipped. Stride > 1 (zero padding, multiplier 1, NCHW): a
+//                channel-blocked gather per column phase. Otherwise a gather (depthwise
+//                transposed conv) of staged grad_output rows into the padded frame,
+//                folded onto the input by the padding map, with the columns split into
+//                `stride_w` phases so that every tap is a contiguous run (vectors along W);
+//                or channel-blocked for small planes.
 // channels_last (multiplier 1, float/double, channel stride 1): vectors along C, with the
 // tap enumeration of common/depthwise_index.h (source_index / padded_preimages); interior
 // pixels of the forward four at a time with fixed tap offsets.
@@ -889,11 +895,10 @@ void grad_weight_blocked(const at::Tensor& grad_output, const at::Tensor& input,
 // than torch on 14-column outputs).
 #if defined(CPU_CAPABILITY_AVX512)
 bool use_direct(const Conv2dGeometry& g, const at::Tensor& input, const at::Tensor& output) {
-  const int64_t k = g.kernel_h;
   const bool unit_stride = g.stride_h == 1 && g.stride_w == 1, unit_dilation = g.dilation_h == 1 && g.dilation_w == 1;
   const bool stride2 = g.stride_h == 2 && g.stride_w == 2 && unit_dilation;
   const bool dilation2 = unit_stride && g.dilation_h == 2 && g.dilation_w == 2;
-  return k == 3 && g.kernel_w == 3 &&
+  return g.kernel_h == 3 && g.kernel_w == 3 &&
          ((unit_stride && unit_dilation) || stride2 || dilation2) && g.mode == PaddingMode::Zeros &&
          input.scalar_type() == at::kFloat && input.stride(3) == 1 && output.stride(3) == 1;
 }
@@ -1164,7 +1169,8 @@ ForwardPath forward_path() {
                     "to be one of 'auto', 'blocked', 'direct', got '", name, "'");
 }
 
-// The forward kernel for these operands: channels_last, direct K x K or channel-blocked.
+// The forward kernel for these operands: channels_last, staged K x K, direct 3x3 or
+// channel-blocked.
 template <typename scalar_t>
 void forward_any(const at::Tensor& input, const at::Tensor& weight, const at::Tensor* bias, at::Tensor& output,
                  const Conv2dGeometry& g) {
