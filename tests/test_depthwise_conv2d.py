@@ -108,6 +108,12 @@ CASES = [
     Case("13x13", 1, 16, 1, 16, 18, (13, 13), padding=6),
     Case("batch0", 0, 8, 1, 6, 6, (3, 3), padding=1),
     Case("1x1_batch1", 1, 10, 1, 5, 4, (1, 1)),
+    # channels_last row kernel (float32, 5x5 / 7x7, stride 1 or 2): blocks of 16, 8 and the
+    # rest of a row, a partial channel vector, and (at channels_last) reflect, replicate
+    # and circular padding, where it takes the interior columns only
+    Case("5x5_s2_wide", 2, 24, 1, 21, 40, (5, 5), stride=2, padding=2),
+    Case("7x7_wide", 1, 17, 1, 10, 45, (7, 7), padding=3),
+    Case("5x5_c48", 1, 48, 1, 9, 26, (5, 5), padding=(2, 1)),
 ]
 
 
@@ -177,6 +183,9 @@ BLOCKED_SHAPES = [
     ("staged_11x11_nopad", (1, 2, 30, 28), 1, (11, 11), 1, 0, 1),
     ("staged_13x13", (1, 3, 28, 28), 1, (13, 13), 1, 6, 1),
     ("staged_pad17", (1, 2, 18, 19), 1, (5, 5), 1, 17, 1),  # scratch origin 32 columns in
+    # channels_last row kernel with zero padding: masked edge blocks of 16 (left and right)
+    ("cl_rows_7x7", (1, 20, 9, 40), 1, (7, 7), 1, 3, 1),
+    ("cl_rows_5x5_s2", (1, 18, 13, 50), 1, (5, 5), 2, 2, 1),
 ]
 
 
