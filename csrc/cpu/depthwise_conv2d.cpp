@@ -160,10 +160,12 @@ std::vector<T> weight_taps(const at::Tensor& weight, const Conv2dGeometry& g) {
   const Strides4d s = strides4d(weight);
   const scalar_t* p = weight.const_data_ptr<scalar_t>();
   std::vector<T> w(g.out_channels * g.kernel_h * g.kernel_w);
+  T* d = w.data();
   for (int64_t oc = 0; oc < g.out_channels; ++oc)
-    for (int64_t kh = 0; kh < g.kernel_h; ++kh)
-      for (int64_t kw = 0; kw < g.kernel_w; ++kw)
-        w[(oc * g.kernel_h + kh) * g.kernel_w + kw] = static_cast<T>(p[s.offset(oc, 0, kh, kw)]);
+    for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+      const scalar_t* row = p + oc * s.n + kh * s.h;
+      for (int64_t kw = 0; kw < g.kernel_w; ++kw) *d++ = static_cast<T>(row[kw * s.w]);
+    }
   return w;
 }
 
@@ -182,17 +184,50 @@ std::vector<T> weight_taps_by_channel(const at::Tensor& weight, const Conv2dGeom
   return w;
 }
 
-// The weight as one vector of V output channels per (block of V channels, tap):
-// [block][tap][lane], lanes past the last channel zero, so that the channel-blocked
-// kernels load a tap's weights for their block with one aligned load.
+// The weights of output channels [block * V, block * V + V) as one vector per tap,
+// [tap][lane], lanes past the last channel zero, so that the channel-blocked kernels load
+// a tap's weights for their block with one aligned load.
+template <typename scalar_t, typename T>
+void pack_block_weights(const scalar_t* w, const Strides4d& s, const Conv2dGeometry& g, int64_t block, T* dst) {
+  constexpr int64_t V = at::vec::Vectorized<T>::size();
+  const int64_t kk = g.kernel_h * g.kernel_w, oc0 = block * V, lanes = std::min(V, g.out_channels - oc0);
+  if constexpr (std::is_same<scalar_t, T>::value) {
+    if (s.w == 1 && s.h == g.kernel_w) {  // each channel's taps are one run: the transposes
+      static const T zeros[V] = {};
+      const T* src[V];
+      T* dsts[V];
+      for (int64_t l = 0; l < V; ++l) src[l] = l < lanes ? w + (oc0 + l) * s.n : zeros;
+      for (int64_t t = 0; t < kk; t += V) {
+        const int64_t count = std::min(V, kk - t);
+        for (int64_t i = 0; i < count; ++i) dsts[i] = dst + (t + i) * V;
+        runs_to_pixels(src, count, dsts);
+        for (int64_t l = 0; l < lanes; ++l) src[l] += count;
+      }
+      return;
+    }
+  }
+  for (int64_t l = 0; l < V; ++l) {
+    T* d = dst + l;
+    if (l >= lanes) {
+      for (int64_t t = 0; t < kk; ++t) d[t * V] = T(0);
+      continue;
+    }
+    for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+      const scalar_t* row = w + (oc0 + l) * s.n + kh * s.h;
+      for (int64_t kw = 0; kw < g.kernel_w; ++kw, d += V) *d = static_cast<T>(row[kw * s.w]);
+    }
+  }
+}
+
+// Every block's weights as above: [block][tap][lane].
 template <typename scalar_t, typename T>
 AlignedBuffer<T> weight_taps_by_block(const at::Tensor& weight, const Conv2dGeometry& g) {
   constexpr int64_t V = at::vec::Vectorized<T>::size();
   const int64_t kk = g.kernel_h * g.kernel_w, blocks = (g.out_channels + V - 1) / V;
-  const std::vector<T> w = weight_taps<scalar_t, T>(weight, g);
   AlignedBuffer<T> packed(blocks * kk * V);
-  for (int64_t oc = 0; oc < g.out_channels; ++oc)
-    for (int64_t t = 0; t < kk; ++t) packed.data()[((oc / V) * kk + t) * V + oc % V] = w[oc * kk + t];
+  for (int64_t block = 0; block < blocks; ++block)
+    pack_block_weights<scalar_t, T>(weight.const_data_ptr<scalar_t>(), strides4d(weight), g, block,
+                                    packed.data() + block * kk * V);
   return packed;
 }
 
@@ -801,10 +836,12 @@ void store_planes(const T* src, const Strides4d& s, int64_t width, int64_t a, in
   }
 }
 
-// What every channel-blocked forward needs, once per call: the weights as one vector per
-// (block, tap), the bias padded to whole blocks, the padded-coordinate maps, and per output
-// row the kernel rows that read real input (zero padding skips the others; they are
-// contiguous, as padding is only before and after the real rows).
+// What every channel-blocked forward needs, once per call: the bias padded to whole
+// blocks, the padded-coordinate maps, and per output row the kernel rows that read real
+// input (zero padding skips the others; they are contiguous, as padding is only before and
+// after the real rows). The weights are packed per block by the task that uses them
+// (pack_block_weights): packing all of them up front ran on one thread and, for 7x7
+// planes, cost as much as a quarter of the convolution.
 template <typename scalar_t>
 struct BlockedForward {
   using T = at::opmath_type<scalar_t>;
@@ -812,13 +849,14 @@ struct BlockedForward {
   const Conv2dGeometry& g;
   BlockedGeometry bg;
   int64_t kk, blocks;
-  AlignedBuffer<T> wpack;  // [block][tap][lane]
+  const scalar_t* weight;
+  Strides4d weight_s;
   std::vector<T> bias;
   std::vector<int64_t> rows, cols, kh_range;
 
-  BlockedForward(const at::Tensor& weight, const at::Tensor* b, const Conv2dGeometry& geo)
+  BlockedForward(const at::Tensor& w, const at::Tensor* b, const Conv2dGeometry& geo)
       : g(geo), bg(geo), kk(geo.kernel_h * geo.kernel_w), blocks((geo.out_channels + V - 1) / V),
-        wpack(weight_taps_by_block<scalar_t, T>(weight, geo)),
+        weight(w.const_data_ptr<scalar_t>()), weight_s(strides4d(w)),
         bias(bias_values<scalar_t, T>(b, geo.out_channels, blocks * V)),
         rows(padded_map(g.in_h, g.pad_top, g.pad_bottom, g.mode)),
         cols(padded_map(g.in_w, g.pad_left, g.pad_right, g.mode)), kh_range(2 * g.out_h) {
@@ -833,12 +871,12 @@ struct BlockedForward {
     }
   }
 
-  // Output rows [a, e) of block `block` from its staged rows (starting at padded row a * sh)
-  // into obuf ([pixel][V]).
-  void compute(const T* staged, int64_t block, int64_t a, int64_t e, T* obuf) const {
+  // Output rows [a, e) of block `block` (weights packed in wt) from its staged rows
+  // (starting at padded row a * sh) into obuf ([pixel][V]).
+  void compute(const T* staged, const T* wt, int64_t block, int64_t a, int64_t e, T* obuf) const {
     for (int64_t oh = a; oh < e; ++oh)
-      blocked_row(staged, wpack.data() + block * kk * V, g, bg, oh - a, kh_range[2 * oh], kh_range[2 * oh + 1],
-                  bias.data() + block * V, obuf + (oh - a) * g.out_w * V);
+      blocked_row(staged, wt, g, bg, oh - a, kh_range[2 * oh], kh_range[2 * oh + 1], bias.data() + block * V,
+                  obuf + (oh - a) * g.out_w * V);
   }
 };
 
@@ -861,13 +899,17 @@ void forward_blocked(const at::Tensor& input, const at::Tensor& weight, const at
   scalar_t* out = output.mutable_data_ptr<scalar_t>();
   const int64_t strip = blocked_strip_rows(g, f.bg, V, sizeof(T));
   const int64_t work = V * (g.out_h * g.out_w * f.kk + f.bg.plane);
+  // Items are block-major, so that a task packs each block's weights once for its images.
   at::parallel_for(0, g.batch * f.blocks, grain_for(work), [&](int64_t begin, int64_t end) {
     AlignedBuffer<T> staged(strip_end_row(g, strip) * f.bg.padded_w * V), obuf(strip * g.out_w * V);
+    AlignedBuffer<T> wt(f.kk * V);
+    int64_t packed = -1;  // the block whose weights are in wt
     const std::vector<T> zeros(V, T(0));
     const scalar_t* lane_src[V];
     scalar_t* lane_dst[V];
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t n = item / f.blocks, block = item % f.blocks, oc0 = block * V;
+      const int64_t n = item % g.batch, block = item / g.batch, oc0 = block * V;
+      if (block != packed) pack_block_weights<scalar_t, T>(f.weight, f.weight_s, g, block, wt.data()), packed = block;
       const int64_t lanes = std::min<int64_t>(V, g.out_channels - oc0);
       for (int64_t l = 0; l < V; ++l) {
         lane_src[l] = l < lanes ? in + n * in_s.n + ((oc0 + l) / mult) * in_s.c : nullptr;
@@ -882,7 +924,7 @@ void forward_blocked(const at::Tensor& input, const at::Tensor& weight, const at
         }
         if (!planes_in)
           stage_blocked(in, in_s, g, f.bg, f.rows.data(), f.cols.data(), n, oc0, lanes, V, staged.data(), r0, r1);
-        f.compute(staged.data(), block, a, e, obuf.data());
+        f.compute(staged.data(), wt.data(), block, a, e, obuf.data());
         if constexpr (same) {
           if (planes_out) {
             store_planes<T>(obuf.data(), out_s, g.out_w, a, e, lanes, lane_dst);
