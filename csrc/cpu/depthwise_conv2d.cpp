@@ -159,7 +159,9 @@ template <typename scalar_t, typename T>
 std::vector<T> weight_taps(const at::Tensor& weight, const Conv2dGeometry& g) {
   const Strides4d s = strides4d(weight);
   const scalar_t* p = weight.const_data_ptr<scalar_t>();
-  std::vector<T> w(g.out_channels * g.kernel_h * g.kernel_w);
+  const int64_t kk = g.kernel_h * g.kernel_w;
+  if (s.w == 1 && s.h == g.kernel_w && s.n == kk) return std::vector<T>(p, p + g.out_channels * kk);
+  std::vector<T> w(g.out_channels * kk);
   T* d = w.data();
   for (int64_t oc = 0; oc < g.out_channels; ++oc)
     for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
