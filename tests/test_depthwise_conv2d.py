@@ -162,6 +162,7 @@ BLOCKED_SHAPES = [
     ("strips_s2", (1, 16, 70, 150), 1, (3, 3), 2, 1, 1),
     ("strips_5x5_d2", (1, 18, 40, 190), 1, (5, 5), 1, 4, 2),
     ("narrow_7x7", (2, 33, 7, 7), 1, (7, 7), 1, 3, 1),  # whole planes, 49 pixels: 3 transposes + 1
+    ("narrow_3x3_same", (1, 20, 7, 7), 1, (3, 3), 1, 1, 1),  # 7-wide "same" rows: trimmed taps
     ("narrow_mult2", (2, 9, 5, 6), 2, (3, 3), 1, 1, 1),
     ("wide_stride3", (1, 16, 23, 40), 1, (4, 2), (3, 2), (2, 1), 1),
     # direct 3x3 (zero padding, float32): pairs of vectors plus one, 4-row groups with a tail

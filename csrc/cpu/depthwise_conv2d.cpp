@@ -646,8 +646,10 @@ std::vector<int64_t> padded_map(int64_t size, int64_t pad_before, int64_t pad_af
 // one accumulator per pixel, kernel rows [kh0, kh1). SW > 0 fixes the column stride (and a
 // column dilation of 1) and KW > 0 the kernel width at compile time: the tap loop unrolls
 // with every load at a constant offset, and the accumulators stay in registers (with
-// run-time steps the address arithmetic took the FMA ports).
-template <typename T, int P, int KW, int SW>
+// run-time steps the address arithmetic took the FMA ports). Trim: the block is a whole
+// row of P pixels with KW / 2 zero columns each side (a "same" convolution, stride 1): the
+// taps that read those columns are left out at compile time (a quarter of a 7x7 on 7x7).
+template <typename T, int P, int KW, int SW, bool Trim = false>
 inline void blocked_pixels(const T* staged, const T* wt, const Conv2dGeometry& g, const BlockedGeometry& bg,
                            int64_t oh, int64_t ow, int64_t kh0, int64_t kh1, const T* bias, T* out) {
   using Vec = at::vec::Vectorized<T>;
@@ -664,7 +666,10 @@ inline void blocked_pixels(const T* staged, const T* wt, const Conv2dGeometry& g
     for (int64_t kw = 0; kw < kw_count; ++kw) {
       const Vec wv = Vec::loadu(wk + kw * V);
       const T* src = row + kw * tap_step;
-      for (int p = 0; p < P; ++p) acc[p] = at::vec::fmadd(wv, Vec::loadu(src + p * step), acc[p]);
+      for (int p = 0; p < P; ++p) {
+        if (Trim && (p + kw < KW / 2 || p + kw >= KW / 2 + P)) continue;
+        acc[p] = at::vec::fmadd(wv, Vec::loadu(src + p * step), acc[p]);
+      }
     }
   }
   for (int p = 0; p < P; ++p) acc[p].store(out + p * V);
@@ -677,6 +682,10 @@ template <typename T, int KW, int SW>
 void blocked_row_kw(const T* staged, const T* wt, const Conv2dGeometry& g, const BlockedGeometry& bg, int64_t oh,
                     int64_t kh0, int64_t kh1, const T* bias, T* orow) {
   constexpr int64_t V = at::vec::Vectorized<T>::size();
+  if constexpr (SW == 1 && KW > 0) {  // 7-wide planes of ConvNeXt and MobileNet ("same", zeros)
+    if (g.out_w == 7 && g.in_w == 7 && g.pad_left == KW / 2 && g.mode == PaddingMode::Zeros)
+      return blocked_pixels<T, 7, KW, 1, true>(staged, wt, g, bg, oh, 0, kh0, kh1, bias, orow);
+  }
   int64_t ow = 0;
   for (; ow + 8 <= g.out_w; ow += 8)
     blocked_pixels<T, 8, KW, SW>(staged, wt, g, bg, oh, ow, kh0, kh1, bias, orow + ow * V);
