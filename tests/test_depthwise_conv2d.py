@@ -138,8 +138,8 @@ def test_depthwise_matches_torch(device, dtype, case, layout, mode):
 
 # ---------------------------------------------------------------- 1b. channel-blocked forward
 # The forward is channel-blocked except for channels_last input with multiplier 1 (its own
-# kernel under 'auto') and, in AVX-512 builds, zero-padded float32 rows: 3x3 (direct) and
-# 5x5 to 13x13 at stride 1 (staged); CNNOPS_DEPTHWISE_CPU_PATH=blocked forces the blocked
+# kernel under 'auto') and, in AVX-512 builds, zero-padded float32 rows: 3x3 (direct),
+# 5x5 to 13x13 at stride 1 (staged) and 14-row "same" planes up to 16 wide (shifted); CNNOPS_DEPTHWISE_CPU_PATH=blocked forces the blocked
 # one everywhere, =direct skips the channels_last kernel.
 # The shapes below reach its staging variants: whole contiguous planes turned into pixel
 # vectors in one run (narrow 7-wide rows included), row-by-row transposes (planes in strips
@@ -184,6 +184,10 @@ BLOCKED_SHAPES = [
     ("staged_11x11_nopad", (1, 2, 30, 28), 1, (11, 11), 1, 0, 1),
     ("staged_13x13", (1, 3, 28, 28), 1, (13, 13), 1, 6, 1),
     ("staged_pad17", (1, 2, 18, 19), 1, (5, 5), 1, 17, 1),  # scratch origin 32 columns in
+    # shifted rows (14-row planes up to 16 columns, "same" zero padding, stride 1)
+    ("shifted_5x5", (2, 5, 14, 14), 1, (5, 5), 1, 2, 1),
+    ("shifted_7x7_w9_mult2", (1, 3, 14, 9), 2, (7, 7), 1, 3, 1),
+    ("shifted_3x3_w16", (1, 4, 14, 16), 1, (3, 3), 1, 1, 1),
     # channels_last row kernel with zero padding: masked edge blocks of 16 (left and right)
     ("cl_rows_7x7", (1, 20, 9, 40), 1, (7, 7), 1, 3, 1),
     ("cl_rows_5x5_s2", (1, 18, 13, 50), 1, (5, 5), 2, 2, 1),
