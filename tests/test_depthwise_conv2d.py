@@ -191,6 +191,7 @@ BLOCKED_SHAPES = [
     # channels_last row kernel with zero padding: masked edge blocks of 16 (left and right)
     ("cl_rows_7x7", (1, 20, 9, 40), 1, (7, 7), 1, 3, 1),
     ("cl_rows_5x5_s2", (1, 18, 13, 50), 1, (5, 5), 2, 2, 1),
+    ("same_5x5_on_7x7", (2, 20, 7, 7), 1, (5, 5), 1, 2, 1),  # trimmed taps, both layouts
 ]
 
 

@@ -351,7 +351,9 @@ constexpr int64_t kMaxRowsInterior = 16;
 // column, channel c; wrows[r]: its weights for channel c, one tap every cpad floats.
 // Masked: the loads and stores take only the lanes of `lanes`, and input pixel j only if
 // bit j of `inside` is set (zero padding columns and a channel tail, without branches).
-template <int KW, int SW, int P, bool Masked>
+// Trim: the block is a whole row of P pixels with KW / 2 zero columns each side ("same",
+// stride 1); the pixels in those columns are not read at all (a quarter of a 7x7 on 7x7).
+template <int KW, int SW, int P, bool Masked, bool Trim = false>
 inline void cl_row_block(const float* const* rows, const float* const* wrows, int64_t nrows, int64_t cpad,
                          const float* bias, __mmask16 lanes, uint64_t inside, int64_t pix, float* dst,
                          int64_t dst_pix) {
@@ -365,6 +367,7 @@ inline void cl_row_block(const float* const* rows, const float* const* wrows, in
     for (int kw = 0; kw < KW; ++kw) w[kw] = _mm512_loadu_ps(wrows[r] + kw * cpad);
 #pragma GCC unroll 64
     for (int j = 0; j < J; ++j, x += pix) {
+      if (Trim && (j < KW / 2 || j >= KW / 2 + P)) continue;
       __m512 v = Masked ? _mm512_maskz_loadu_ps(((inside >> j) & 1) ? lanes : __mmask16(0), x) : _mm512_loadu_ps(x);
       __asm__("" : "+v"(v));
 #pragma GCC unroll 16
@@ -406,6 +409,15 @@ void cl_rows(const float* const* rows, const float* const* wrows, const int64_t*
     const int64_t first = col0 + ow * SW;  // input column of the block's pixel j = 0
     const int64_t lo = std::clamp<int64_t>(-first, 0, J), hi = std::clamp<int64_t>(in_w - first, lo, J);
     const uint64_t inside = ((uint64_t(1) << hi) - 1) & ~((uint64_t(1) << lo) - 1);
+    if constexpr (P == 7 && SW == 1) {  // 7-wide "same" rows (ConvNeXt's and MobileNet's 7x7 planes)
+      if (count == 7 && in_w == 7 && col0 == -(KW / 2)) {
+        if (lanes == 0xFFFF)
+          cl_row_block<KW, SW, P, false, true>(r, wr, nr, cpad, bias + c, lanes, inside, pix, d, dst_pix);
+        else
+          cl_row_block<KW, SW, P, true, true>(r, wr, nr, cpad, bias + c, lanes, inside, pix, d, dst_pix);
+        return;
+      }
+    }
     if (lanes == 0xFFFF && lo == 0 && hi == J)
       cl_row_block<KW, SW, P, false>(r, wr, nr, cpad, bias + c, lanes, inside, pix, d, dst_pix);
     else
