@@ -108,9 +108,9 @@ CASES = [
     Case("13x13", 1, 16, 1, 16, 18, (13, 13), padding=6),
     Case("batch0", 0, 8, 1, 6, 6, (3, 3), padding=1),
     Case("1x1_batch1", 1, 10, 1, 5, 4, (1, 1)),
-    # channels_last row kernel (float32, 5x5 / 7x7, stride 1 or 2): blocks of 16, 8 and the
-    # rest of a row, a partial channel vector, and (at channels_last) reflect, replicate
-    # and circular padding, where it takes the interior columns only
+    # channels_last row kernel (float32, 5x5 / 7x7, stride 1 or 2): at channels_last these
+    # rotate to reflect, replicate and circular padding, where it takes the interior columns
+    # only (blocks of 16 and the rest), with a partial channel vector
     Case("5x5_s2_wide", 2, 24, 1, 21, 40, (5, 5), stride=2, padding=2),
     Case("7x7_wide", 1, 17, 1, 10, 45, (7, 7), padding=3),
     Case("5x5_c48", 1, 48, 1, 9, 26, (5, 5), padding=(2, 1)),
@@ -139,8 +139,9 @@ def test_depthwise_matches_torch(device, dtype, case, layout, mode):
 # ---------------------------------------------------------------- 1b. channel-blocked forward
 # The forward is channel-blocked except for channels_last input with multiplier 1 (its own
 # kernel under 'auto') and, in AVX-512 builds, zero-padded float32 rows: 3x3 (direct),
-# 5x5 to 13x13 at stride 1 (staged) and 14-row "same" planes up to 16 wide (shifted); CNNOPS_DEPTHWISE_CPU_PATH=blocked forces the blocked
-# one everywhere, =direct skips the channels_last kernel.
+# 5x5 to 13x13 at stride 1 (staged) and 14-row "same" planes up to 16 wide (shifted);
+# CNNOPS_DEPTHWISE_CPU_PATH=blocked forces the blocked one everywhere, =direct skips the
+# channels_last kernel.
 # The shapes below reach its staging variants: whole contiguous planes turned into pixel
 # vectors in one run (narrow 7-wide rows included), row-by-row transposes (planes in strips
 # of rows, or rows that are not contiguous), the scalar loops (no unit column stride,
@@ -192,6 +193,10 @@ BLOCKED_SHAPES = [
     ("cl_rows_7x7", (1, 20, 9, 40), 1, (7, 7), 1, 3, 1),
     ("cl_rows_5x5_s2", (1, 18, 13, 50), 1, (5, 5), 2, 2, 1),
     ("same_5x5_on_7x7", (2, 20, 7, 7), 1, (5, 5), 1, 2, 1),  # trimmed taps, both layouts
+    ("cl_rows_5x5", (1, 17, 10, 37), 1, (5, 5), 1, 2, 1),
+    ("cl_rows_7x7_s2", (1, 16, 15, 44), 1, (7, 7), 2, 3, 1),
+    # kernel width 4 at column stride 11: no row kernel (its key once read as 5x5, stride 1)
+    ("kw4_stride11", (1, 16, 5, 60), 1, (3, 4), (1, 11), (1, 0), 1),
 ]
 
 
@@ -333,6 +338,18 @@ def test_grad_strides_match_torch(layout, go_layout):
     for a, e in zip(torch.autograd.grad(out, (x, w), go), torch.autograd.grad(ref, (x, w), go)):
         assert_close(a, e)
         assert significant_strides(a) == significant_strides(e), f"{a.stride()} vs torch {e.stride()}"
+
+
+# A weight that is not contiguous (every other column of a wider tensor): the kernels' weight
+# packing takes its element loops instead of the one-go copy and the transposes.
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("size,kernel", [((2, 20, 7, 7), 7), ((1, 5, 14, 14), 5), ((1, 18, 20, 30), 3)],
+                         ids=["blocked_7x7", "shifted_5x5", "direct_3x3"])
+def test_strided_weight(size, kernel, layout):
+    x = make_input(size, layout, torch.float32)
+    w = leaf(rand(size[1], 1, kernel, 2 * kernel, dtype=torch.float32)[..., ::2])
+    assert not w.is_contiguous()
+    compare(x, w, leaf(rand(size[1], dtype=torch.float32)), 1, kernel // 2, 1, "zeros", msg=f"{size} {layout}")
 
 
 @pytest.mark.parametrize("shape,kernel", [((4, 32, 40, 41), 5), ((2, 48, 9, 9), 7), ((2, 16, 30, 30), 13)])

@@ -281,7 +281,9 @@ std::vector<int64_t> tap_offsets(const Conv2dGeometry& g, const Strides4d& s) {
 // channels_last forward: a task is a few output rows of one image. Interior pixels (every
 // tap inside the input) go four at a time with fixed tap offsets (cl_interior_quad); the
 // others list their taps through the padding map, and vectors of channels accumulate over
-// them, up to 4 vectors (64 float channels) in registers.
+// them, up to 4 vectors (64 float channels) in registers. (Float32 5x5 and 7x7 under AVX-512
+// go through the row kernel further down instead: whole rows with zero padding, the
+// interior columns with the other modes.)
 template <typename T, int B>
 inline void cl_forward_chunk(const T* const* srcs, const int64_t* tap_ids, int64_t nt, const T* wt,
                              int64_t cpad, const T* bias, int64_t c, int64_t count, T* dst) {
@@ -457,6 +459,7 @@ template <typename T>
 ClRowKernel pick_cl_row_kernel(const Conv2dGeometry& g) {
 #if defined(CPU_CAPABILITY_AVX512)
   if (!std::is_same<T, float>::value || g.dilation_w != 1 || g.kernel_h > kMaxRowsInterior) return nullptr;
+  if (g.stride_w != 1 && g.stride_w != 2) return nullptr;  // (kernel width 4, stride 11 would read as 51)
   const int64_t key = g.kernel_w * 10 + g.stride_w;
   switch (key) {
     case 51: return cl_rows<5, 1>;
@@ -1371,7 +1374,8 @@ void forward_staged(const at::Tensor& input, const at::Tensor& weight, const at:
 // ---------------------------------------------------------------- shifted rows
 // 14-row planes whose rows fit one vector (at most 16 columns) with "same" zero padding at
 // stride 1 (the 14x14 stages of MobileNet, EfficientNet and ConvNeXt): each input row is
-// loaded once into a register, masked so that the lanes past the row are zero, and its K
+// loaded into a register (once per half plane of 7 output rows; the K - 1 rows around the
+// middle twice), masked so that the lanes past the row are zero, and its K
 // column shifts are made in registers (valignd against zeros, so the padding columns shift
 // in as zeros); each shift feeds the up to K output rows that read it. No scratch plane and
 // no copy: the staged kernel spent about a third of a 14x14 5x5 plane copying it there.
