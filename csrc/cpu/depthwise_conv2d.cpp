@@ -1102,6 +1102,21 @@ void grad_weight_blocked(const at::Tensor& grad_output, const at::Tensor& input,
     }
 }
 
+// The float NCHW planes of one call by item = image * out_channels + output channel: the
+// input plane the channel reads (channel oc / multiplier) and its output plane. The direct,
+// staged and shifted kernels each run over all the items in parallel.
+struct FloatPlanes {
+  Strides4d in_s, out_s;
+  const float* in;
+  float* out;
+  int64_t channels, mult;
+  FloatPlanes(const at::Tensor& input, at::Tensor& output, const Conv2dGeometry& g)
+      : in_s(strides4d(input)), out_s(strides4d(output)), in(input.const_data_ptr<float>()),
+        out(output.mutable_data_ptr<float>()), channels(g.out_channels), mult(multiplier(g)) {}
+  const float* input(int64_t item) const { return in + item / channels * in_s.n + item % channels / mult * in_s.c; }
+  float* output(int64_t item) const { return out + item / channels * out_s.n + item % channels * out_s.c; }
+};
+
 // ---------------------------------------------------------------- direct 3x3, NCHW float
 // 3x3 (K = 3: stride 1 with dilation 1 or 2, or stride 2), zero padding, float planes with
 // unit column stride: straight from the input with vectors along W, no staging and no
@@ -1195,15 +1210,13 @@ void forward_direct_k(const at::Tensor& input, const std::vector<float>& w, cons
         tap_masks[(v * K + kw) * S + h] = static_cast<__mmask16>(m);
       }
   }
-  const Strides4d in_s = strides4d(input), out_s = strides4d(output);
-  const float* in = input.const_data_ptr<float>();
-  float* out = output.mutable_data_ptr<float>();
-  const int64_t mult = multiplier(g);
+  const FloatPlanes planes(input, output, g);
+  const Strides4d &in_s = planes.in_s, &out_s = planes.out_s;
   at::parallel_for(0, g.batch * g.out_channels, grain_for(g.out_h * g.out_w * K * K), [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t n = item / g.out_channels, oc = item % g.out_channels;
-      const float* in_plane = in + n * in_s.n + (oc / mult) * in_s.c - g.pad_left;  // column x reads x - pad_left
-      float* out_plane = out + n * out_s.n + oc * out_s.c;
+      const int64_t oc = item % g.out_channels;
+      const float* in_plane = planes.input(item) - g.pad_left;  // column x reads x - pad_left
+      float* out_plane = planes.output(item);
       const float* wk = w.data() + oc * K * K;
       const __m512 bv = _mm512_set1_ps(b[oc]);
       __m512 wv[9];
@@ -1316,16 +1329,14 @@ void forward_staged_k(const at::Tensor& input, const std::vector<float>& w, cons
   const int64_t vecs = (g.out_w + 15) / 16, in_vecs = (g.in_w + 15) / 16;
   const __mmask16 out_tail = static_cast<__mmask16>(0xFFFFu >> (vecs * 16 - g.out_w));
   const __mmask16 in_tail = static_cast<__mmask16>(0xFFFFu >> (in_vecs * 16 - g.in_w));
-  const Strides4d in_s = strides4d(input), out_s = strides4d(output);
-  const float* in = input.const_data_ptr<float>();
-  float* out = output.mutable_data_ptr<float>();
-  const int64_t mult = multiplier(g);
+  const FloatPlanes planes(input, output, g);
+  const Strides4d &in_s = planes.in_s, &out_s = planes.out_s;
   at::parallel_for(0, g.batch * g.out_channels, grain_for(g.out_h * g.out_w * K * K), [&](int64_t begin, int64_t end) {
     AlignedBuffer<float> scratch(sp.rows * sp.row_stride);  // zero: the borders are never written
     float* plane = scratch.data();
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t n = item / g.out_channels, oc = item % g.out_channels;
-      const float* in_plane = in + n * in_s.n + (oc / mult) * in_s.c;
+      const int64_t oc = item % g.out_channels;
+      const float* in_plane = planes.input(item);
       for (int64_t ih = 0; ih < g.in_h; ++ih) {
         const float* from = in_plane + ih * in_s.h;
         float* to = plane + (ih + g.pad_top) * sp.row_stride + sp.origin;
@@ -1336,7 +1347,7 @@ void forward_staged_k(const at::Tensor& input, const std::vector<float>& w, cons
       }
       const float* wk = w.data() + oc * K * K;
       const __m512 bias = _mm512_set1_ps(b[oc]);
-      float* out_plane = out + n * out_s.n + oc * out_s.c;
+      float* out_plane = planes.output(item);
       for (int64_t v = 0; v < vecs; ++v) {
         const __mmask16 m = v + 1 == vecs ? out_tail : static_cast<__mmask16>(0xFFFF);
         const float* src = plane + sp.origin - g.pad_left + v * 16;
@@ -1437,15 +1448,13 @@ template <int K>
 void forward_shifted_k(const at::Tensor& input, const std::vector<float>& w, const std::vector<float>& b,
                        at::Tensor& output, const Conv2dGeometry& g) {
   const __mmask16 mask = static_cast<__mmask16>((1u << g.in_w) - 1u);
-  const Strides4d in_s = strides4d(input), out_s = strides4d(output);
-  const float* in = input.const_data_ptr<float>();
-  float* out = output.mutable_data_ptr<float>();
-  const int64_t mult = multiplier(g);
+  const FloatPlanes planes(input, output, g);
+  const Strides4d &in_s = planes.in_s, &out_s = planes.out_s;
   at::parallel_for(0, g.batch * g.out_channels, grain_for(g.out_h * g.out_w * K * K), [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t n = item / g.out_channels, oc = item % g.out_channels;
-      shifted_plane<K, kShiftedRows>(in + n * in_s.n + (oc / mult) * in_s.c, in_s.h, w.data() + oc * K * K, b[oc],
-                                     mask, out + n * out_s.n + oc * out_s.c, out_s.h);
+      const int64_t oc = item % g.out_channels;
+      shifted_plane<K, kShiftedRows>(planes.input(item), in_s.h, w.data() + oc * K * K, b[oc], mask,
+                                     planes.output(item), out_s.h);
     }
   });
 }
