@@ -453,8 +453,9 @@ using ClRowKernel = void (*)(const float* const*, const float* const*, const int
                              const float*, int64_t, int64_t, int64_t, int64_t, int64_t, float*, int64_t, int64_t);
 
 // The row kernel for g, or nullptr where it does not apply (the quad kernel runs then).
-// Only 5x5 and 7x7: at 3x3 (3 FMAs per input load either way) it measured 5-30% slower
-// than the quads, whose pixel-major order streams the input better.
+// Only 5x5 and 7x7: at 3x3 it measured 5-30% slower than the quads (whose pixel-major
+// order streams the input better), and taking the quads' edge pixels at 3x3 was no faster
+// than listing their taps.
 template <typename T>
 ClRowKernel pick_cl_row_kernel(const Conv2dGeometry& g) {
 #if defined(CPU_CAPABILITY_AVX512)
