@@ -230,9 +230,10 @@ AlignedBuffer<T> weight_taps_by_block(const at::Tensor& weight, const Conv2dGeom
   constexpr int64_t V = at::vec::Vectorized<T>::size();
   const int64_t kk = g.kernel_h * g.kernel_w, blocks = (g.out_channels + V - 1) / V;
   AlignedBuffer<T> packed(blocks * kk * V);
+  const scalar_t* w = weight.const_data_ptr<scalar_t>();
+  const Strides4d s = strides4d(weight);
   for (int64_t block = 0; block < blocks; ++block)
-    pack_block_weights<scalar_t, T>(weight.const_data_ptr<scalar_t>(), strides4d(weight), g, block,
-                                    packed.data() + block * kk * V);
+    pack_block_weights<scalar_t, T>(w, s, g, block, packed.data() + block * kk * V);
   return packed;
 }
 
@@ -1103,20 +1104,35 @@ void grad_weight_blocked(const at::Tensor& grad_output, const at::Tensor& input,
     }
 }
 
+#if defined(CPU_CAPABILITY_AVX512)
 // The float NCHW planes of one call by item = image * out_channels + output channel: the
-// input plane the channel reads (channel oc / multiplier) and its output plane. The direct,
-// staged and shifted kernels each run over all the items in parallel.
+// input plane the channel reads (channel oc / multiplier), its output plane, its kH * kW
+// weights and its bias. The direct, staged and shifted kernels each run over all the items
+// in parallel.
 struct FloatPlanes {
   Strides4d in_s, out_s;
   const float* in;
   float* out;
-  int64_t channels, mult;
-  FloatPlanes(const at::Tensor& input, at::Tensor& output, const Conv2dGeometry& g)
+  int64_t channels, mult, kk;
+  std::vector<float> w, b;
+  FloatPlanes(const at::Tensor& input, const at::Tensor& weight, const at::Tensor* bias, at::Tensor& output,
+              const Conv2dGeometry& g)
       : in_s(strides4d(input)), out_s(strides4d(output)), in(input.const_data_ptr<float>()),
-        out(output.mutable_data_ptr<float>()), channels(g.out_channels), mult(multiplier(g)) {}
+        out(output.mutable_data_ptr<float>()), channels(g.out_channels), mult(multiplier(g)),
+        kk(g.kernel_h * g.kernel_w), w(weight_taps<float, float>(weight, g)),
+        b(bias_values<float, float>(bias, g.out_channels, g.out_channels)) {}
   const float* input(int64_t item) const { return in + item / channels * in_s.n + item % channels / mult * in_s.c; }
   float* output(int64_t item) const { return out + item / channels * out_s.n + item % channels * out_s.c; }
+  const float* weights(int64_t item) const { return w.data() + item % channels * kk; }
+  float bias(int64_t item) const { return b[item % channels]; }
 };
+
+// The operands the direct, staged and shifted kernels read: float32, zero padding, and rows
+// with unit column stride in the input and the output.
+bool zero_padded_float_rows(const Conv2dGeometry& g, const at::Tensor& input, const at::Tensor& output) {
+  return g.mode == PaddingMode::Zeros && input.scalar_type() == at::kFloat && input.stride(3) == 1 &&
+         output.stride(3) == 1;
+}
 
 // ---------------------------------------------------------------- direct 3x3, NCHW float
 // 3x3 (K = 3: stride 1 with dilation 1 or 2, or stride 2), zero padding, float planes with
@@ -1129,14 +1145,12 @@ struct FloatPlanes {
 // touched). Larger kernels at stride 1 take the staged kernel below; at stride 2 they go
 // channel-blocked (this kernel's 5x5 at stride 2, one weight broadcast per FMA, was slower
 // than torch on 14-column outputs).
-#if defined(CPU_CAPABILITY_AVX512)
 bool use_direct(const Conv2dGeometry& g, const at::Tensor& input, const at::Tensor& output) {
   const bool unit_stride = g.stride_h == 1 && g.stride_w == 1, unit_dilation = g.dilation_h == 1 && g.dilation_w == 1;
   const bool stride2 = g.stride_h == 2 && g.stride_w == 2 && unit_dilation;
   const bool dilation2 = unit_stride && g.dilation_h == 2 && g.dilation_w == 2;
-  return g.kernel_h == 3 && g.kernel_w == 3 &&
-         ((unit_stride && unit_dilation) || stride2 || dilation2) && g.mode == PaddingMode::Zeros &&
-         input.scalar_type() == at::kFloat && input.stride(3) == 1 && output.stride(3) == 1;
+  return g.kernel_h == 3 && g.kernel_w == 3 && ((unit_stride && unit_dilation) || stride2 || dilation2) &&
+         zero_padded_float_rows(g, input, output);
 }
 
 // Weights: the nine broadcast once per plane (wv; they stay in registers, measured 1.3x
@@ -1190,8 +1204,7 @@ inline void direct_rows(const float* in_plane, int64_t in_row_stride, int64_t ih
 }
 
 template <int K, int D, int S>
-void forward_direct_k(const at::Tensor& input, const std::vector<float>& w, const std::vector<float>& b,
-                      at::Tensor& output, const Conv2dGeometry& g) {
+void forward_direct_k(const FloatPlanes& planes, const Conv2dGeometry& g) {
   // Per output vector v (columns 16v..16v+15), kernel column kw and load h < S: the lanes
   // whose input column S * 16v + 16h + l - pad_left + kw * D is inside the row.
   const int64_t vecs = (g.out_w + 15) / 16;
@@ -1211,15 +1224,13 @@ void forward_direct_k(const at::Tensor& input, const std::vector<float>& w, cons
         tap_masks[(v * K + kw) * S + h] = static_cast<__mmask16>(m);
       }
   }
-  const FloatPlanes planes(input, output, g);
   const Strides4d &in_s = planes.in_s, &out_s = planes.out_s;
   at::parallel_for(0, g.batch * g.out_channels, grain_for(g.out_h * g.out_w * K * K), [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t oc = item % g.out_channels;
       const float* in_plane = planes.input(item) - g.pad_left;  // column x reads x - pad_left
       float* out_plane = planes.output(item);
-      const float* wk = w.data() + oc * K * K;
-      const __m512 bv = _mm512_set1_ps(b[oc]);
+      const float* wk = planes.weights(item);
+      const __m512 bv = _mm512_set1_ps(planes.bias(item));
       __m512 wv[9];
       for (int t = 0; t < 9; ++t) wv[t] = _mm512_set1_ps(wk[t]);
       if (vecs == 1) {  // one vector per row: more rows at once instead
@@ -1246,11 +1257,10 @@ void forward_direct_k(const at::Tensor& input, const std::vector<float>& w, cons
 
 void forward_direct(const at::Tensor& input, const at::Tensor& weight, const at::Tensor* bias, at::Tensor& output,
                     const Conv2dGeometry& g) {
-  const std::vector<float> w = weight_taps<float, float>(weight, g);
-  const std::vector<float> b = bias_values<float, float>(bias, g.out_channels, g.out_channels);
-  if (g.stride_h == 2) forward_direct_k<3, 1, 2>(input, w, b, output, g);
-  else if (g.dilation_h == 2) forward_direct_k<3, 2, 1>(input, w, b, output, g);
-  else forward_direct_k<3, 1, 1>(input, w, b, output, g);
+  const FloatPlanes planes(input, weight, bias, output, g);
+  if (g.stride_h == 2) forward_direct_k<3, 1, 2>(planes, g);
+  else if (g.dilation_h == 2) forward_direct_k<3, 2, 1>(planes, g);
+  else forward_direct_k<3, 1, 1>(planes, g);
 }
 
 // ---------------------------------------------------------------- staged direct K x K, K >= 5
@@ -1289,9 +1299,8 @@ bool use_staged(const Conv2dGeometry& g, const at::Tensor& input, const at::Tens
   const int64_t k = g.kernel_h;
   const bool small_dilation = g.dilation_h == 1 || (g.dilation_h == 2 && k <= 7);
   return k >= 5 && k <= 13 && k % 2 == 1 && g.kernel_w == k && g.stride_h == 1 && g.stride_w == 1 &&
-         small_dilation && g.dilation_w == g.dilation_h && g.out_w >= 12 && g.mode == PaddingMode::Zeros &&
-         input.scalar_type() == at::kFloat && input.stride(3) == 1 && output.stride(3) == 1 &&
-         StagedPlane(g).bytes() <= kStagedPlaneMaxBytes;
+         small_dilation && g.dilation_w == g.dilation_h && g.out_w >= 12 &&
+         zero_padded_float_rows(g, input, output) && StagedPlane(g).bytes() <= kStagedPlaneMaxBytes;
 }
 
 // Output rows oh..oh+R-1 (the first `rows` are stored) of one vector: src is the scratch
@@ -1324,19 +1333,16 @@ inline void staged_tile(const float* src, int64_t row_stride, const float* w, __
 }
 
 template <int K, int D>
-void forward_staged_k(const at::Tensor& input, const std::vector<float>& w, const std::vector<float>& b,
-                      at::Tensor& output, const Conv2dGeometry& g) {
+void forward_staged_k(const FloatPlanes& planes, const Conv2dGeometry& g) {
   const StagedPlane sp(g);
   const int64_t vecs = (g.out_w + 15) / 16, in_vecs = (g.in_w + 15) / 16;
   const __mmask16 out_tail = static_cast<__mmask16>(0xFFFFu >> (vecs * 16 - g.out_w));
   const __mmask16 in_tail = static_cast<__mmask16>(0xFFFFu >> (in_vecs * 16 - g.in_w));
-  const FloatPlanes planes(input, output, g);
   const Strides4d &in_s = planes.in_s, &out_s = planes.out_s;
   at::parallel_for(0, g.batch * g.out_channels, grain_for(g.out_h * g.out_w * K * K), [&](int64_t begin, int64_t end) {
     AlignedBuffer<float> scratch(sp.rows * sp.row_stride);  // zero: the borders are never written
     float* plane = scratch.data();
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t oc = item % g.out_channels;
       const float* in_plane = planes.input(item);
       for (int64_t ih = 0; ih < g.in_h; ++ih) {
         const float* from = in_plane + ih * in_s.h;
@@ -1346,8 +1352,8 @@ void forward_staged_k(const at::Tensor& input, const std::vector<float>& w, cons
           _mm512_mask_store_ps(to + v * 16, m, _mm512_maskz_loadu_ps(m, from + v * 16));
         }
       }
-      const float* wk = w.data() + oc * K * K;
-      const __m512 bias = _mm512_set1_ps(b[oc]);
+      const float* wk = planes.weights(item);
+      const __m512 bias = _mm512_set1_ps(planes.bias(item));
       float* out_plane = planes.output(item);
       for (int64_t v = 0; v < vecs; ++v) {
         const __mmask16 m = v + 1 == vecs ? out_tail : static_cast<__mmask16>(0xFFFF);
@@ -1371,15 +1377,14 @@ void forward_staged_k(const at::Tensor& input, const std::vector<float>& w, cons
 
 void forward_staged(const at::Tensor& input, const at::Tensor& weight, const at::Tensor* bias, at::Tensor& output,
                     const Conv2dGeometry& g) {
-  const std::vector<float> w = weight_taps<float, float>(weight, g);
-  const std::vector<float> b = bias_values<float, float>(bias, g.out_channels, g.out_channels);
+  const FloatPlanes planes(input, weight, bias, output, g);
   const bool d2 = g.dilation_h == 2;
   switch (g.kernel_h) {
-    case 5: d2 ? forward_staged_k<5, 2>(input, w, b, output, g) : forward_staged_k<5, 1>(input, w, b, output, g); break;
-    case 7: d2 ? forward_staged_k<7, 2>(input, w, b, output, g) : forward_staged_k<7, 1>(input, w, b, output, g); break;
-    case 9: forward_staged_k<9, 1>(input, w, b, output, g); break;
-    case 11: forward_staged_k<11, 1>(input, w, b, output, g); break;
-    default: forward_staged_k<13, 1>(input, w, b, output, g); break;
+    case 5: d2 ? forward_staged_k<5, 2>(planes, g) : forward_staged_k<5, 1>(planes, g); break;
+    case 7: d2 ? forward_staged_k<7, 2>(planes, g) : forward_staged_k<7, 1>(planes, g); break;
+    case 9: forward_staged_k<9, 1>(planes, g); break;
+    case 11: forward_staged_k<11, 1>(planes, g); break;
+    default: forward_staged_k<13, 1>(planes, g); break;
   }
 }
 
@@ -1440,43 +1445,37 @@ inline void shifted_plane(const float* in, int64_t in_row, const float* w, float
 bool use_shifted(const Conv2dGeometry& g, const at::Tensor& input, const at::Tensor& output) {
   const int64_t k = g.kernel_h, p = k / 2;
   return (k == 3 || k == 5 || k == 7) && g.kernel_w == k && g.stride_h == 1 && g.stride_w == 1 &&
-         g.dilation_h == 1 && g.dilation_w == 1 && g.mode == PaddingMode::Zeros && g.pad_top == p &&
-         g.pad_bottom == p && g.pad_left == p && g.pad_right == p && g.in_h == kShiftedRows && g.in_w <= 16 &&
-         input.scalar_type() == at::kFloat && input.stride(3) == 1 && output.stride(3) == 1;
+         g.dilation_h == 1 && g.dilation_w == 1 && g.pad_top == p && g.pad_bottom == p && g.pad_left == p &&
+         g.pad_right == p && g.in_h == kShiftedRows && g.in_w <= 16 && zero_padded_float_rows(g, input, output);
 }
 
 template <int K>
-void forward_shifted_k(const at::Tensor& input, const std::vector<float>& w, const std::vector<float>& b,
-                       at::Tensor& output, const Conv2dGeometry& g) {
+void forward_shifted_k(const FloatPlanes& planes, const Conv2dGeometry& g) {
   const __mmask16 mask = static_cast<__mmask16>((1u << g.in_w) - 1u);
-  const FloatPlanes planes(input, output, g);
   const Strides4d &in_s = planes.in_s, &out_s = planes.out_s;
   at::parallel_for(0, g.batch * g.out_channels, grain_for(g.out_h * g.out_w * K * K), [&](int64_t begin, int64_t end) {
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t oc = item % g.out_channels;
-      shifted_plane<K, kShiftedRows>(planes.input(item), in_s.h, w.data() + oc * K * K, b[oc], mask,
+    for (int64_t item = begin; item < end; ++item)
+      shifted_plane<K, kShiftedRows>(planes.input(item), in_s.h, planes.weights(item), planes.bias(item), mask,
                                      planes.output(item), out_s.h);
-    }
   });
 }
 
 void forward_shifted(const at::Tensor& input, const at::Tensor& weight, const at::Tensor* bias, at::Tensor& output,
                      const Conv2dGeometry& g) {
-  const std::vector<float> w = weight_taps<float, float>(weight, g);
-  const std::vector<float> b = bias_values<float, float>(bias, g.out_channels, g.out_channels);
+  const FloatPlanes planes(input, weight, bias, output, g);
   switch (g.kernel_h) {
-    case 3: return forward_shifted_k<3>(input, w, b, output, g);
-    case 5: return forward_shifted_k<5>(input, w, b, output, g);
-    default: return forward_shifted_k<7>(input, w, b, output, g);
+    case 3: return forward_shifted_k<3>(planes, g);
+    case 5: return forward_shifted_k<5>(planes, g);
+    default: return forward_shifted_k<7>(planes, g);
   }
 }
 #endif
 
 // Which forward kernel runs, from CNNOPS_DEPTHWISE_CPU_PATH (read on every call, so that
 // tests can force each one): auto (default: the channels_last kernel where it applies, else
-// shifted rows, staged or direct K x K where they apply, else channel-blocked), blocked (channel-blocked
-// everywhere) or direct (as auto without the channels_last kernel: channels_last operands,
-// whose rows have no unit column stride, go channel-blocked).
+// shifted rows, staged K x K or direct 3x3 where they apply, else channel-blocked), blocked
+// (channel-blocked everywhere) or direct (as auto without the channels_last kernel:
+// channels_last operands, whose rows have no unit column stride, go channel-blocked).
 enum class ForwardPath { Auto, Blocked, Direct };
 
 ForwardPath forward_path() {
