@@ -279,8 +279,19 @@ def check_batch_norm():
 
 def check_depthwise_conv2d():
     """depthwise_conv2d forward and all gradients, every dtype, padding mode and layout,
-    small and large kernels (the tiled forward, its per-output fallback for channels_last,
-    the gather grad_input and the two-pass grad_weight), against float64 torch on the CPU."""
+    small and large kernels, against float64 torch on the CPU: the default kernels (the tiled
+    forward, its per-output fallback for channels_last, the gather grad_input and the
+    two-pass grad_weight), then with CNNOPS_EXPERIMENTAL=1 those of depthwise_conv2d_fast.cu."""
+    import os
+    bad = 0
+    for experimental in ("0", "1"):
+        os.environ["CNNOPS_EXPERIMENTAL"] = experimental
+        bad += _check_depthwise_conv2d(f"experimental={experimental}")
+    os.environ.pop("CNNOPS_EXPERIMENTAL", None)
+    return bad
+
+
+def _check_depthwise_conv2d(tag):
     bad = 0
     tol = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
     configs = [  # (C, multiplier, H, W, kernel, stride, padding, dilation)
@@ -288,6 +299,7 @@ def check_depthwise_conv2d():
         (4, 2, 13, 10, (5, 4), (2, 1), (2, 2), (1, 2)),
         (3, 1, 20, 21, (13, 13), (1, 1), (6, 6), (1, 1)),
         (8, 1, 34, 35, (3, 3), (3, 2), (1, 1), (2, 2)),
+        (10, 1, 7, 7, (7, 7), (1, 1), (3, 3), (1, 1)),  # small planes, several to a block
     ]
     for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
         for mode in ("zeros", "reflect", "replicate", "circular"):
@@ -312,7 +324,7 @@ def check_depthwise_conv2d():
                     errs = [_rel(y.cpu(), r)] + [_rel(a.cpu(), e) for a, e in zip(g, rg)]
                     ok = max(errs) < tol[dtype]
                     bad += not ok
-                    print(f"depthwise_conv2d {dtype} {mode} channels_last={channels_last} C={c} m={m} k={k} s={s}: "
+                    print(f"depthwise_conv2d {tag} {dtype} {mode} channels_last={channels_last} C={c} m={m} k={k} s={s}: "
                           f"rel err out/dx/dw/db {' '.join(f'{e:.1e}' for e in errs)} {'ok' if ok else 'WRONG'}")
     return bad
 

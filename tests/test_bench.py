@@ -110,6 +110,21 @@ def test_incorrect_case_is_flagged(tmp_path):
     assert data["summary"]["forward"]["cases"] == 0
 
 
+def test_channels_last_option(tmp_path):
+    """--channels-last: the cases' 4-D inputs in channels_last, the shape says NHWC, the JSON says so."""
+    case = bench_conv2d.conv_case("tiny cl", 1, 4, 4, 8, 3, padding=1)
+    converted = core.as_channels_last(case)
+    x, w, b = converted.make_inputs("cpu", torch.float32)
+    assert x.is_contiguous(memory_format=torch.channels_last) and w.is_contiguous(memory_format=torch.channels_last)
+    assert b is None or b.dim() == 1
+    assert converted.shape.endswith(" NHWC") and converted.params["channels_last"]
+    assert core.as_channels_last(converted) is converted
+    rc, data = _run(tmp_path, ["--quick", "--rounds", "1", "--directions", "forward", "--no-roofline",
+                               "--channels-last"], cases=[case])
+    assert rc == 0 and data["config"]["channels_last"] is True and data["cases"][0]["correct"] is True
+    assert data["cases"][0]["shape"].endswith(" NHWC")
+
+
 def test_unsupported_dtype_is_reported(tmp_path):
     # cnnops has no CPU float16 kernels: rows say "unsupported", nothing crashes.
     cases = _tiny_cases()[:1]

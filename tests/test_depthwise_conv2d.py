@@ -136,6 +136,15 @@ def test_depthwise_matches_torch(device, dtype, case, layout, mode):
     compare(x, w, b, c.stride, c.padding, c.dilation, mode, msg=f"{c} {layout} {mode}")
 
 
+@pytest.mark.parametrize("case,layout,mode", _params())
+@pytest.mark.parametrize("device,dtype", [p for p in device_dtype_params() if p.values[0] == "cuda"])
+def test_depthwise_cuda_tiled_matches_torch(device, dtype, case, layout, mode, monkeypatch):
+    """The opt-in tiled CUDA kernels (depthwise_conv2d_fast.cu; tests/test_depthwise_cuda_emulated.py
+    runs them on the CPU) on the same cases."""
+    monkeypatch.setenv("CNNOPS_EXPERIMENTAL", "1")
+    test_depthwise_matches_torch(device, dtype, case, layout, mode)
+
+
 # ---------------------------------------------------------------- 1b. channel-blocked forward
 # The forward is channel-blocked except for channels_last input with multiplier 1 (its own
 # kernel under 'auto') and, in AVX-512 builds, zero-padded float32 rows: 3x3 (direct),

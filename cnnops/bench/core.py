@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 import warnings
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -115,6 +116,20 @@ def load_cases(families, quick):
         mod = importlib.import_module(f"cnnops.bench.{fam}")
         cases += mod.cases(quick)
     return cases
+
+
+def as_channels_last(case):
+    """The case with every 4-D tensor input in channels_last (--channels-last)."""
+    if case.params.get("channels_last"):
+        return case
+    make = case.make_inputs
+
+    def make_inputs(device, dtype):
+        return tuple(t.contiguous(memory_format=torch.channels_last) if isinstance(t, torch.Tensor) and t.dim() == 4
+                     else t for t in make(device, dtype))
+
+    return dataclasses.replace(case, shape=case.shape + " NHWC", make_inputs=make_inputs,
+                               params={**case.params, "channels_last": True})
 
 
 @dataclass
@@ -911,6 +926,8 @@ def build_parser():
     p.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads); default torch's")
     p.add_argument("--rounds", type=int, help="interleaved rounds per case (default 5, 3 for slow cases; 2 with --quick)")
     p.add_argument("--filter", metavar="TEXT", help="only cases whose name or shape contains TEXT")
+    p.add_argument("--channels-last", action="store_true",
+                   help="every case with its 4-D inputs in channels_last (those already so are kept)")
     p.add_argument("--list", action="store_true", help="list the cases and exit")
     p.add_argument("--tf32", choices=("default", "on", "off"), default="default",
                    help="CUDA fp32: leave torch's TF32 flags as they are (default) or set cuDNN's and "
@@ -1025,6 +1042,8 @@ def _main(args, ops, directions, cases):
         cases = load_cases(ops, args.quick)
     else:
         cases = [c for c in cases if c.family in ops] if args.ops != "all" else list(cases)
+    if args.channels_last:
+        cases = [as_channels_last(c) for c in cases]
     if args.filter:
         cases = [c for c in cases if args.filter in c.name or args.filter in c.shape]
     if args.list:
@@ -1067,6 +1086,9 @@ def _main(args, ops, directions, cases):
                    "cpu_min_run_time_s": opts.min_run_time if args.device == "cpu" else None,
                    "cuda_round_time_s": opts.cuda_round_time if args.device == "cuda" else None,
                    "rotate_bytes": opts.rotate_bytes, "filter": args.filter, "busy_retries": args.busy_retries,
+                   "channels_last": args.channels_last,
+                   # the opt-in CUDA kernels (DESIGN.md section 3) ran instead of the default ones
+                   "experimental": os.environ.get("CNNOPS_EXPERIMENTAL", "") == "1",
                    "timing": ("torch.utils.benchmark.Timer.blocked_autorange, best block of each round"
                               if args.device == "cpu" else "CUDA events around a loop of calls after warm-up"),
                    "best": "each side's best round"},

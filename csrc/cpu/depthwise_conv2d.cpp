@@ -1931,24 +1931,6 @@ void grad_input_strided(const at::Tensor& grad_output, const at::Tensor& weight,
   });
 }
 
-// Stride 1, zero padding, multiplier 1 (and padding at most the kernel's reach): the input
-// gradient is the forward convolution of grad_output with the kernel flipped, padded by
-// d * (k - 1) - p on each side, so it runs on the (faster) forward kernels.
-bool grad_input_as_forward(const Conv2dGeometry& g) {
-  const int64_t reach_h = (g.kernel_h - 1) * g.dilation_h, reach_w = (g.kernel_w - 1) * g.dilation_w;
-  return multiplier(g) == 1 && g.mode == PaddingMode::Zeros && g.stride_h == 1 && g.stride_w == 1 &&
-         g.pad_top <= reach_h && g.pad_bottom <= reach_h && g.pad_left <= reach_w && g.pad_right <= reach_w;
-}
-
-Conv2dGeometry flipped_forward_geometry(const Conv2dGeometry& g) {
-  Conv2dGeometry f = g;
-  const int64_t reach_h = (g.kernel_h - 1) * g.dilation_h, reach_w = (g.kernel_w - 1) * g.dilation_w;
-  f.in_h = g.out_h, f.in_w = g.out_w, f.out_h = g.in_h, f.out_w = g.in_w;
-  f.pad_top = reach_h - g.pad_top, f.pad_bottom = reach_h - g.pad_bottom;
-  f.pad_left = reach_w - g.pad_left, f.pad_right = reach_w - g.pad_right;
-  return f;
-}
-
 at::Tensor depthwise_conv2d_grad_input_cpu(const at::Tensor& grad_output, const at::Tensor& weight,
                                            at::IntArrayRef input_size, at::IntArrayRef stride,
                                            at::IntArrayRef padding, at::IntArrayRef dilation,

@@ -1,5 +1,7 @@
-// Depthwise convolution on CUDA: simple kernels, written to be obviously correct (they
-// have not yet run on a GPU). All index math is common/depthwise_index.h and
+// Depthwise convolution on CUDA: simple kernels, written to be obviously correct (all
+// CUDA tests pass on the H100; they run at 0.1-0.6x of torch). With CNNOPS_EXPERIMENTAL=1
+// the tiled kernels of depthwise_conv2d_fast.cu run first where they apply (not yet run on
+// a GPU). All index math is common/depthwise_index.h and
 // common/conv_index.h, which the CPU tests exercise. Accumulation in at::opmath_type
 // (float for half/bfloat16); 64-bit indices; no float atomics anywhere (deterministic).
 //  - forward, NCHW output: a block computes a 16 x 16 output tile of one plane from an
@@ -21,9 +23,11 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
 
 #include "common/depthwise_checks.h"
 #include "common/depthwise_index.h"
+#include "cuda/depthwise_conv2d_fast.cuh"
 
 namespace cnnops {
 namespace cuda {
@@ -32,6 +36,13 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kTile = 16;  // forward tile: kTile x kTile outputs, one per thread
 constexpr int64_t kMaxTileBytes = 32 * 1024;
+
+// The tiled kernels of depthwise_conv2d_fast.cu run only when asked for: they have not yet
+// run on a GPU (DESIGN.md section 3).
+bool experimental() {
+  const char* v = std::getenv("CNNOPS_EXPERIMENTAL");
+  return v != nullptr && v[0] == '1';
+}
 
 // Thread idx -> (n, c, h, w) in the order of a tensor's memory: channels_last walks
 // c fastest, everything else w fastest.
@@ -123,6 +134,8 @@ at::Tensor depthwise_conv2d_cuda(const at::Tensor& input, const at::Tensor& weig
   const int64_t total = output.numel();
   if (total == 0) return output;
   const bool has_bias = bias.has_value() && bias->defined();
+  if (experimental() && depthwise_forward_fast(input, weight, has_bias ? &*bias : nullptr, output, g, /*flip=*/false))
+    return output;
   const bool channels_last = fmt == at::MemoryFormat::ChannelsLast;
   const int64_t tile_h = (kTile - 1) * g.stride_h + (g.kernel_h - 1) * g.dilation_h + 1;
   const int64_t tile_w = (kTile - 1) * g.stride_w + (g.kernel_w - 1) * g.dilation_w + 1;
@@ -179,6 +192,9 @@ at::Tensor depthwise_conv2d_grad_input_cuda(const at::Tensor& grad_output, const
       at::empty(input_size, grad_output.options().memory_format(layout_from_flag(channels_last)));
   const int64_t total = grad_input.numel();
   if (total == 0) return grad_input;
+  if (experimental() && grad_input_as_forward(g) &&
+      depthwise_forward_fast(grad_output, weight, nullptr, grad_input, flipped_forward_geometry(g), /*flip=*/true))
+    return grad_input;
   const int64_t blocks = (total + kThreads - 1) / kThreads;
   TORCH_CHECK(blocks <= INT32_MAX, op, ": input too large (", total, " elements)");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_output.scalar_type(), "cnnops_depthwise_grad_input_cuda", [&] {
@@ -258,20 +274,24 @@ at::Tensor depthwise_conv2d_grad_weight_cuda(const at::Tensor& grad_output, cons
   const int64_t slice_len = (pixels + slices - 1) / slices;
   const int64_t blocks = g.out_channels * taps * slices;
   TORCH_CHECK(blocks <= INT32_MAX, op, ": too many (channel, tap) pairs (", g.out_channels * taps, ")");
+  at::Tensor partials;
+  int64_t fast_slices = 0;
+  const bool fast = experimental() && depthwise_grad_weight_partials_fast(grad_output, input, g, partials, fast_slices);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "cnnops_depthwise_grad_weight_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    at::Tensor partials = at::empty({g.out_channels * taps * slices},
-                                    input.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-    cnnops_depthwise_grad_weight_kernel<scalar_t, acc_t>
-        <<<static_cast<unsigned>(blocks), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-            grad_output.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
-            partials.mutable_data_ptr<acc_t>(), strides4d(grad_output), strides4d(input), g, slices, slice_len);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (!fast) {
+      partials = at::empty({g.out_channels * taps * slices}, input.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+      cnnops_depthwise_grad_weight_kernel<scalar_t, acc_t>
+          <<<static_cast<unsigned>(blocks), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+              grad_output.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
+              partials.mutable_data_ptr<acc_t>(), strides4d(grad_output), strides4d(input), g, slices, slice_len);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
     const int64_t total = g.out_channels * taps;
     cnnops_depthwise_grad_weight_reduce_kernel<scalar_t, acc_t>
         <<<static_cast<unsigned>((total + kThreads - 1) / kThreads), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
             partials.const_data_ptr<acc_t>(), grad_weight.mutable_data_ptr<scalar_t>(), strides4d(grad_weight), g,
-            slices);
+            fast ? fast_slices : slices);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return grad_weight;

@@ -1,0 +1,514 @@
+// Depthwise convolution on CUDA, the tiled kernels (opt-in, CNNOPS_EXPERIMENTAL=1: not yet
+// run on a GPU). The default kernels of depthwise_conv2d.cu take one output (or one tap
+// of one channel, for grad_weight) per thread or block and recompute 64-bit tensor
+// offsets for every weight they read; on the H100 they ran at 0.1-0.6x of torch. Here:
+//  - NCHW forward: a block stages, in shared memory, the input window of one output tile
+//    for one or several planes (several when planes are small: 8 threads across a 7-wide
+//    plane), and that plane's weights; each thread computes kRowsPerThread outputs down a
+//    column, so that each weight it reads feeds kRowsPerThread multiply-adds.
+//  - channels_last forward: a thread computes kColsPerThread consecutive output pixels of
+//    one (or, half2-style, two) channels; a warp covers consecutive channels, so every
+//    load is coalesced; the weight is read from a (tap, channel) copy for the same reason.
+//  - grad_input at stride 1 with zero padding and multiplier 1: the forward kernels above
+//    with the kernel flipped (common/depthwise_index.h, shared with the CPU).
+//  - grad_weight, NCHW: a block takes one output channel and a slice of (image, band of
+//    output rows); it stages the band of grad_output and the input rows it meets, then each
+//    thread sums one tap over a share of the band's pixels. channels_last: a thread sums up
+//    to 16 taps of one kernel row over a slice of pixels, a warp over consecutive channels.
+//    Partial sums are combined in a fixed order (per block, then per slice in
+//    depthwise_conv2d.cu): deterministic.
+// Index math: common/conv_index.h (source_index), the same the CPU tests check.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "common/conv_checks.h"
+#include "common/depthwise_index.h"
+#include "cuda/depthwise_conv2d_fast.cuh"
+
+namespace cnnops {
+namespace cuda {
+namespace {
+
+constexpr int kBlock = 256;
+constexpr int kRowsPerThread = 4;   // NCHW forward: outputs per thread, down a column
+constexpr int kColsPerThread = 4;   // channels_last forward: outputs per thread, along a row
+constexpr int64_t kSmemBytes = 48 * 1024;  // without opting in to more per block
+constexpr int kMaxTapsPerThread = 4;  // grad_weight: kernels of up to 4 * kBlock taps (32 x 32)
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// ---------------------------------------------------------------- NCHW forward
+
+// Block shape and shared memory of the NCHW forward. A block is (cols, rows, planes)
+// threads: `cols` output columns (a power of two, at least 8, covering narrow planes in one
+// tile), rows * kRowsPerThread output rows, `planes` planes with their own windows.
+struct PlaneTiles {
+  int cols, rows, planes;
+  int out_rows;          // rows * kRowsPerThread
+  int win_rows, win_cols;  // the input window one tile reads
+  int64_t tiles_h, tiles_w, groups;  // tiles per plane down and across; groups of `planes` planes
+  int64_t smem_bytes;
+};
+
+int64_t plane_window_bytes(const Conv2dGeometry& g, int cols, int rows, int64_t acc_size, int& win_rows,
+                           int& win_cols) {
+  win_rows = static_cast<int>((rows * kRowsPerThread - 1) * g.stride_h + (g.kernel_h - 1) * g.dilation_h + 1);
+  win_cols = static_cast<int>((cols - 1) * g.stride_w + (g.kernel_w - 1) * g.dilation_w + 1);
+  return (static_cast<int64_t>(win_rows) * win_cols + g.kernel_h * g.kernel_w) * acc_size;
+}
+
+// False where even one plane's window of one thread row does not fit in shared memory.
+bool plan_plane_tiles(const Conv2dGeometry& g, int64_t acc_size, PlaneTiles& p) {
+  // Guards the int arithmetic below (windows of at most a few thousand elements fit anyway).
+  if (g.kernel_h * g.dilation_h > 4096 || g.kernel_w * g.dilation_w > 4096 || g.stride_h > 4096 ||
+      g.stride_w > 4096)
+    return false;
+  p.cols = g.out_w > 16 ? 32 : (g.out_w > 8 ? 16 : 8);
+  p.rows = static_cast<int>(std::min<int64_t>(ceil_div(g.out_h, kRowsPerThread), kBlock / p.cols));
+  int64_t per_plane = 0;
+  for (;; p.rows /= 2) {
+    per_plane = plane_window_bytes(g, p.cols, p.rows, acc_size, p.win_rows, p.win_cols);
+    if (per_plane <= kSmemBytes || p.rows == 1) break;
+  }
+  if (per_plane > kSmemBytes) return false;
+  const int64_t planes_total = g.batch * g.out_channels;
+  p.planes = static_cast<int>(std::min<int64_t>({kBlock / (p.cols * p.rows), kSmemBytes / per_plane, planes_total}));
+  p.out_rows = p.rows * kRowsPerThread;
+  p.tiles_h = ceil_div(g.out_h, p.out_rows);
+  p.tiles_w = ceil_div(g.out_w, p.cols);
+  p.groups = ceil_div(planes_total, p.planes);
+  p.smem_bytes = per_plane * p.planes;
+  return p.groups * p.tiles_h * p.tiles_w <= INT32_MAX;
+}
+
+// Tap (kh, kw) of the kernel as the forward uses it: flipped for grad_input.
+__device__ __forceinline__ int64_t weight_tap_offset(const Strides4d& w_s, const Conv2dGeometry& g, int64_t oc,
+                                                     int64_t kh, int64_t kw, bool flip) {
+  return flip ? w_s.offset(oc, 0, g.kernel_h - 1 - kh, g.kernel_w - 1 - kw) : w_s.offset(oc, 0, kh, kw);
+}
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kBlock)
+    cnnops_depthwise_forward_planes_kernel(const scalar_t* input, const scalar_t* weight, const scalar_t* bias,
+                                           scalar_t* output, Strides4d in_s, Strides4d w_s, Strides4d out_s,
+                                           Conv2dGeometry g, PlaneTiles p, bool flip) {
+  using acc_t = at::opmath_type<scalar_t>;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const int taps = static_cast<int>(g.kernel_h * g.kernel_w);
+  const int window = p.win_rows * p.win_cols;
+  acc_t* win = reinterpret_cast<acc_t*>(smem_raw) + threadIdx.z * (window + taps);
+  acc_t* wts = win + window;
+
+  const int64_t tiles = p.tiles_h * p.tiles_w;
+  const int64_t t = blockIdx.x % tiles;
+  const int64_t plane = (blockIdx.x / tiles) * p.planes + threadIdx.z;
+  const bool active = plane < g.batch * g.out_channels;  // no early return before the barrier
+  const int64_t n = plane / g.out_channels, oc = plane % g.out_channels;
+  const int64_t c = oc / (g.out_channels / g.in_channels);
+  const int64_t oh0 = (t / p.tiles_w) * p.out_rows, ow0 = (t % p.tiles_w) * p.cols;
+  // Virtual (padded) coordinates of the window's first row and column.
+  const int64_t vh0 = oh0 * g.stride_h - g.pad_top, vw0 = ow0 * g.stride_w - g.pad_left;
+  const int lane = threadIdx.y * blockDim.x + threadIdx.x, lanes = blockDim.x * blockDim.y;
+  if (active) {
+    for (int i = lane; i < window; i += lanes) {
+      const int r = i / p.win_cols, col = i - r * p.win_cols;
+      // Tiles overhang the output; past the padded extent no real output reads, and
+      // source_index is only defined inside it.
+      const bool inside = vh0 + r <= g.in_h - 1 + g.pad_bottom && vw0 + col <= g.in_w - 1 + g.pad_right;
+      const int64_t ih = inside ? source_index(vh0 + r, g.in_h, g.mode) : -1;
+      const int64_t iw = inside ? source_index(vw0 + col, g.in_w, g.mode) : -1;
+      win[i] = (ih < 0 || iw < 0) ? acc_t(0) : static_cast<acc_t>(input[in_s.offset(n, c, ih, iw)]);
+    }
+    for (int i = lane; i < taps; i += lanes)
+      wts[i] = static_cast<acc_t>(weight[weight_tap_offset(w_s, g, oc, i / g.kernel_w, i % g.kernel_w, flip)]);
+  }
+  __syncthreads();
+  const int64_t ow = ow0 + threadIdx.x;
+  if (!active || ow >= g.out_w) return;
+  const int row0 = threadIdx.y * kRowsPerThread;
+  const int sh = static_cast<int>(g.stride_h), sw = static_cast<int>(g.stride_w);
+  const int dh = static_cast<int>(g.dilation_h), dw = static_cast<int>(g.dilation_w);
+  const int kh_n = static_cast<int>(g.kernel_h), kw_n = static_cast<int>(g.kernel_w);
+  const int row_step = sh * p.win_cols;  // window elements between consecutive output rows
+  acc_t acc[kRowsPerThread];
+  const acc_t b = bias != nullptr ? static_cast<acc_t>(bias[oc]) : acc_t(0);
+#pragma unroll
+  for (int r = 0; r < kRowsPerThread; ++r) acc[r] = b;
+  for (int kh = 0; kh < kh_n; ++kh) {
+    const acc_t* src = win + (row0 * sh + kh * dh) * p.win_cols + threadIdx.x * sw;
+    const acc_t* wrow = wts + kh * kw_n;
+    for (int kw = 0; kw < kw_n; ++kw) {
+      const acc_t w = wrow[kw];
+      const acc_t* x = src + kw * dw;
+#pragma unroll
+      for (int r = 0; r < kRowsPerThread; ++r) acc[r] += x[r * row_step] * w;
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < kRowsPerThread; ++r) {
+    const int64_t oh = oh0 + row0 + r;
+    if (oh < g.out_h) output[out_s.offset(n, oc, oh, ow)] = static_cast<scalar_t>(acc[r]);
+  }
+}
+
+// ---------------------------------------------------------------- channels_last forward
+
+// VEC consecutive channels as one load or store (two halves: one 32-bit access).
+template <typename T, int VEC>
+struct alignas(sizeof(T) * VEC) Lanes {
+  T v[VEC];
+};
+
+// Thread (n, oh, column group, channel group), channel group fastest: a warp reads
+// consecutive channels of the same pixel. wt: the weight as (tap, output channel),
+// already flipped where needed. VEC == 2 needs multiplier 1, unit channel strides and
+// even channel counts, strides and addresses (checked by the caller).
+template <typename scalar_t, int VEC>
+__global__ void __launch_bounds__(kBlock)
+    cnnops_depthwise_forward_nhwc_kernel(const scalar_t* input, const scalar_t* wt, const scalar_t* bias,
+                                         scalar_t* output, Strides4d in_s, Strides4d out_s, Conv2dGeometry g,
+                                         int64_t col_groups, int64_t total) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= total) return;
+  const int64_t channel_groups = g.out_channels / VEC;
+  const int64_t oc0 = (idx % channel_groups) * VEC;
+  int64_t rest = idx / channel_groups;
+  const int64_t ow0 = (rest % col_groups) * kColsPerThread;
+  rest /= col_groups;
+  const int64_t oh = rest % g.out_h, n = rest / g.out_h;
+  const int64_t multiplier = g.out_channels / g.in_channels;
+  const int64_t c0 = oc0 / multiplier;
+  acc_t acc[kColsPerThread][VEC];
+#pragma unroll
+  for (int v = 0; v < VEC; ++v) {
+    const acc_t b = bias != nullptr ? static_cast<acc_t>(bias[oc0 + v]) : acc_t(0);
+#pragma unroll
+    for (int j = 0; j < kColsPerThread; ++j) acc[j][v] = b;
+  }
+  for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+    const int64_t ih = source_index(oh * g.stride_h - g.pad_top + kh * g.dilation_h, g.in_h, g.mode);
+    if (ih < 0) continue;
+    const scalar_t* in_row = input + n * in_s.n + ih * in_s.h;
+    for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+      const Lanes<scalar_t, VEC> wv =
+          *reinterpret_cast<const Lanes<scalar_t, VEC>*>(wt + (kh * g.kernel_w + kw) * g.out_channels + oc0);
+#pragma unroll
+      for (int j = 0; j < kColsPerThread; ++j) {
+        const int64_t ow = ow0 + j;
+        if (ow >= g.out_w) break;
+        const int64_t iw = source_index(ow * g.stride_w - g.pad_left + kw * g.dilation_w, g.in_w, g.mode);
+        if (iw < 0) continue;
+        if (VEC == 1) {
+          acc[j][0] += static_cast<acc_t>(in_row[c0 * in_s.c + iw * in_s.w]) * static_cast<acc_t>(wv.v[0]);
+        } else {
+          const Lanes<scalar_t, VEC> xv = *reinterpret_cast<const Lanes<scalar_t, VEC>*>(in_row + c0 + iw * in_s.w);
+#pragma unroll
+          for (int v = 0; v < VEC; ++v) acc[j][v] += static_cast<acc_t>(xv.v[v]) * static_cast<acc_t>(wv.v[v]);
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < kColsPerThread; ++j) {
+    const int64_t ow = ow0 + j;
+    if (ow >= g.out_w) break;
+    scalar_t* dst = output + out_s.offset(n, oc0, oh, ow);
+    if (VEC == 1) {
+      *dst = static_cast<scalar_t>(acc[j][0]);
+    } else {
+      Lanes<scalar_t, VEC> ov;
+#pragma unroll
+      for (int v = 0; v < VEC; ++v) ov.v[v] = static_cast<scalar_t>(acc[j][v]);
+      *reinterpret_cast<Lanes<scalar_t, VEC>*>(dst) = ov;
+    }
+  }
+}
+
+bool aligned_to(const void* ptr, int64_t bytes) { return reinterpret_cast<std::uintptr_t>(ptr) % bytes == 0; }
+
+// Two channels per thread: multiplier 1, unit channel strides, every other stride, the
+// channel count and both base addresses even (in elements), so each pair is one aligned access.
+bool channel_pairs_ok(const at::Tensor& input, const at::Tensor& output, const Conv2dGeometry& g) {
+  const Strides4d in_s = strides4d(input), out_s = strides4d(output);
+  const int64_t pair = 2 * input.element_size();
+  auto even = [](const Strides4d& s) { return s.c == 1 && s.n % 2 == 0 && s.h % 2 == 0 && s.w % 2 == 0; };
+  return g.out_channels == g.in_channels && g.out_channels % 2 == 0 && even(in_s) && even(out_s) &&
+         aligned_to(input.const_data_ptr(), pair) && aligned_to(output.const_data_ptr(), pair);
+}
+
+}  // namespace
+
+bool depthwise_forward_fast(const at::Tensor& input, const at::Tensor& weight, const at::Tensor* bias,
+                            at::Tensor& output, const Conv2dGeometry& g, bool flip) {
+  if (output.numel() == 0) return true;
+  const bool channels_last = output.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+  bool launched = false;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "cnnops_depthwise_forward_fast", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* b = bias != nullptr ? bias->const_data_ptr<scalar_t>() : nullptr;
+    const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+    if (!channels_last) {
+      PlaneTiles p;
+      if (!plan_plane_tiles(g, sizeof(acc_t), p)) return;
+      const dim3 threads(p.cols, p.rows, p.planes);
+      cnnops_depthwise_forward_planes_kernel<scalar_t>
+          <<<static_cast<unsigned>(p.groups * p.tiles_h * p.tiles_w), threads, static_cast<size_t>(p.smem_bytes),
+             stream>>>(input.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(), b,
+                       output.mutable_data_ptr<scalar_t>(), strides4d(input), strides4d(weight), strides4d(output),
+                       g, p, flip);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launched = true;
+      return;
+    }
+    // (tap, output channel) copy of the weight, flipped for grad_input: coalesced reads.
+    const at::Tensor oriented = flip ? at::flip(weight, {2, 3}) : weight;
+    const at::Tensor wt = oriented.reshape({g.out_channels, g.kernel_h * g.kernel_w}).t().contiguous();
+    const int64_t col_groups = ceil_div(g.out_w, kColsPerThread);
+    const bool pairs = channel_pairs_ok(input, output, g);
+    const int64_t total = g.batch * g.out_h * col_groups * (pairs ? g.out_channels / 2 : g.out_channels);
+    const int64_t blocks = ceil_div(total, kBlock);
+    if (blocks > INT32_MAX) return;
+    auto launch = [&](auto kernel) {
+      kernel<<<static_cast<unsigned>(blocks), kBlock, 0, stream>>>(
+          input.const_data_ptr<scalar_t>(), wt.const_data_ptr<scalar_t>(), b, output.mutable_data_ptr<scalar_t>(),
+          strides4d(input), strides4d(output), g, col_groups, total);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    if (pairs) launch(cnnops_depthwise_forward_nhwc_kernel<scalar_t, 2>);
+    else launch(cnnops_depthwise_forward_nhwc_kernel<scalar_t, 1>);
+    launched = true;
+  });
+  return launched;
+}
+
+// ---------------------------------------------------------------- grad_weight
+
+namespace {
+
+// A band: `band_rows` output rows of one image, all columns. Its grad_output values and the
+// input window they meet (every tap, padding resolved) are staged in shared memory.
+struct WeightBands {
+  int band_rows, win_rows, win_cols;
+  int64_t bands, items, slices, items_per_slice;  // items: (image, band) pairs
+  int64_t smem_bytes;
+};
+
+bool plan_weight_bands(const Conv2dGeometry& g, int64_t acc_size, WeightBands& p) {
+  const int64_t taps = g.kernel_h * g.kernel_w;
+  if (taps > kMaxTapsPerThread * kBlock || g.out_w > 4096 || g.kernel_h * g.dilation_h > 4096 ||
+      g.kernel_w * g.dilation_w > 4096 || g.stride_h > 4096 || g.stride_w > 4096)
+    return false;
+  const int64_t win_cols = (g.out_w - 1) * g.stride_w + (g.kernel_w - 1) * g.dilation_w + 1;
+  int64_t bytes = 0;
+  for (p.band_rows = static_cast<int>(std::min<int64_t>(8, g.out_h));; p.band_rows /= 2) {
+    const int64_t win_rows = (p.band_rows - 1) * g.stride_h + (g.kernel_h - 1) * g.dilation_h + 1;
+    bytes = (p.band_rows * g.out_w + win_rows * win_cols + kBlock) * acc_size;
+    p.win_rows = static_cast<int>(win_rows);
+    if (bytes <= kSmemBytes || p.band_rows == 1) break;
+  }
+  if (bytes > kSmemBytes) return false;
+  p.win_cols = static_cast<int>(win_cols);
+  p.smem_bytes = bytes;
+  p.bands = ceil_div(g.out_h, p.band_rows);
+  p.items = g.batch * p.bands;
+  // Enough blocks to fill the GPU with a few hundred channels; fixed by the shapes (reproducible).
+  p.slices = std::min<int64_t>(p.items, 64);
+  p.items_per_slice = ceil_div(p.items, p.slices);
+  p.slices = ceil_div(p.items, p.items_per_slice);
+  return g.out_channels * p.slices <= INT32_MAX;
+}
+
+// Block (output channel oc, slice): partials[(oc * taps + tap) * slices + slice] = the sum
+// over the slice's pixels of grad_output(n, oc, oh, ow) * input at tap (kh, kw).
+// Threads: with taps <= kBlock, `groups` threads per tap share the pixels (thread t takes
+// tap t % taps, group t / taps); otherwise each thread takes taps t, t + kBlock, ...
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kBlock)
+    cnnops_depthwise_grad_weight_bands_kernel(const scalar_t* grad_output, const scalar_t* input, acc_t* partials,
+                                              Strides4d go_s, Strides4d in_s, Conv2dGeometry g, WeightBands p) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  acc_t* go_band = reinterpret_cast<acc_t*>(smem_raw);
+  acc_t* win = go_band + p.band_rows * g.out_w;
+  acc_t* red = win + p.win_rows * p.win_cols;
+  const int taps = static_cast<int>(g.kernel_h * g.kernel_w);
+  const int out_w = static_cast<int>(g.out_w);
+  const int groups = taps <= kBlock ? kBlock / taps : 1;
+  const int tid = threadIdx.x;
+  const bool shared_taps = taps <= kBlock;
+  const int group = shared_taps ? tid / taps : 0;
+  const int64_t oc = blockIdx.x / p.slices, slice = blockIdx.x % p.slices;
+  const int64_t c = oc / (g.out_channels / g.in_channels);
+  const int sh = static_cast<int>(g.stride_h), sw = static_cast<int>(g.stride_w);
+  const int dh = static_cast<int>(g.dilation_h), dw = static_cast<int>(g.dilation_w);
+  acc_t sum[kMaxTapsPerThread];
+  int tap_off[kMaxTapsPerThread];  // window offset of each of the thread's taps
+#pragma unroll
+  for (int s = 0; s < kMaxTapsPerThread; ++s) {
+    sum[s] = acc_t(0);
+    const int tap = shared_taps ? tid % taps : tid + s * kBlock;
+    tap_off[s] = (tap / static_cast<int>(g.kernel_w)) * dh * p.win_cols + (tap % static_cast<int>(g.kernel_w)) * dw;
+  }
+  const bool works = shared_taps ? group < groups : tid < taps;
+  const int64_t first = slice * p.items_per_slice, last = std::min<int64_t>(first + p.items_per_slice, p.items);
+  for (int64_t item = first; item < last; ++item) {
+    const int64_t n = item / p.bands, oh0 = (item % p.bands) * p.band_rows;
+    const int rows = static_cast<int>(std::min<int64_t>(p.band_rows, g.out_h - oh0));
+    __syncthreads();  // the previous item's reads are done
+    for (int i = tid; i < rows * out_w; i += kBlock)
+      go_band[i] = static_cast<acc_t>(grad_output[go_s.offset(n, oc, oh0 + i / out_w, i % out_w)]);
+    const int64_t vh0 = oh0 * g.stride_h - g.pad_top, vw0 = -g.pad_left;
+    const int win_rows = (rows - 1) * sh + static_cast<int>(g.kernel_h - 1) * dh + 1;
+    for (int i = tid; i < win_rows * p.win_cols; i += kBlock) {
+      const int r = i / p.win_cols, col = i - r * p.win_cols;
+      const bool inside = vh0 + r <= g.in_h - 1 + g.pad_bottom && vw0 + col <= g.in_w - 1 + g.pad_right;
+      const int64_t ih = inside ? source_index(vh0 + r, g.in_h, g.mode) : -1;
+      const int64_t iw = inside ? source_index(vw0 + col, g.in_w, g.mode) : -1;
+      win[i] = (ih < 0 || iw < 0) ? acc_t(0) : static_cast<acc_t>(input[in_s.offset(n, c, ih, iw)]);
+    }
+    __syncthreads();
+    if (!works) continue;
+    const int pixels = rows * out_w;
+    if (shared_taps) {
+      for (int q = group; q < pixels; q += groups) {
+        const int r = q / out_w, col = q - r * out_w;
+        sum[0] += go_band[q] * win[r * sh * p.win_cols + col * sw + tap_off[0]];
+      }
+    } else {
+      for (int q = 0; q < pixels; ++q) {
+        const int r = q / out_w, col = q - r * out_w;
+        const acc_t gv = go_band[q];
+        const acc_t* base = win + r * sh * p.win_cols + col * sw;
+#pragma unroll
+        for (int s = 0; s < kMaxTapsPerThread; ++s)
+          if (tid + s * kBlock < taps) sum[s] += gv * base[tap_off[s]];
+      }
+    }
+  }
+  const int64_t taps64 = taps;
+  if (!shared_taps) {
+#pragma unroll
+    for (int s = 0; s < kMaxTapsPerThread; ++s)
+      if (tid + s * kBlock < taps) partials[(oc * taps64 + tid + s * kBlock) * p.slices + slice] = sum[s];
+    return;
+  }
+  // The groups' sums of each tap, added in group order.
+  __syncthreads();
+  red[tid] = works ? sum[0] : acc_t(0);
+  __syncthreads();
+  if (tid < taps) {
+    acc_t total = 0;
+    for (int k = 0; k < groups; ++k) total += red[k * taps + tid];
+    partials[(oc * taps64 + tid) * p.slices + slice] = total;
+  }
+}
+
+// channels_last: thread (output channel oc, kernel row kh, run of up to kTapsPerRun taps
+// of that row, slice of pixels), output channel fastest, so that a warp's loads of
+// grad_output and input are consecutive channels of one pixel (the band kernel above would
+// stage them one channel per 32-byte sector). Each thread keeps its taps' sums in
+// registers; partials[(oc * taps + tap) * slices + slice] as above.
+constexpr int kTapsPerRun = 16;
+
+struct WeightRuns {
+  int64_t runs_per_row, slices, slice_len, total;  // total threads
+};
+
+bool plan_weight_runs(const Conv2dGeometry& g, WeightRuns& p) {
+  const int64_t pixels = g.batch * g.out_h * g.out_w;
+  p.runs_per_row = ceil_div(g.kernel_w, kTapsPerRun);
+  const int64_t per_slice = g.out_channels * g.kernel_h * p.runs_per_row;
+  // About 270K threads (132 SMs x 2048) when the pixels allow; fixed by the shapes (reproducible).
+  p.slices = std::max<int64_t>(1, std::min<int64_t>({ceil_div(132 * 2048, per_slice), 1024, pixels}));
+  p.slice_len = ceil_div(pixels, p.slices);
+  p.slices = ceil_div(pixels, p.slice_len);
+  p.total = per_slice * p.slices;
+  return ceil_div(p.total, kBlock) <= INT32_MAX;
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kBlock)
+    cnnops_depthwise_grad_weight_nhwc_kernel(const scalar_t* grad_output, const scalar_t* input, acc_t* partials,
+                                             Strides4d go_s, Strides4d in_s, Conv2dGeometry g, WeightRuns p) {
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= p.total) return;
+  const int64_t oc = idx % g.out_channels;
+  int64_t rest = idx / g.out_channels;
+  const int64_t run = rest % (g.kernel_h * p.runs_per_row), slice = rest / (g.kernel_h * p.runs_per_row);
+  const int64_t kh = run / p.runs_per_row, kw0 = (run % p.runs_per_row) * kTapsPerRun;
+  const int nkw = static_cast<int>(std::min<int64_t>(kTapsPerRun, g.kernel_w - kw0));
+  const int64_t c = oc / (g.out_channels / g.in_channels);
+  acc_t sum[kTapsPerRun];
+#pragma unroll
+  for (int j = 0; j < kTapsPerRun; ++j) sum[j] = acc_t(0);
+  const int64_t first = slice * p.slice_len;
+  const int64_t last = std::min<int64_t>(first + p.slice_len, g.batch * g.out_h * g.out_w);
+  for (int64_t q = first; q < last; ++q) {
+    const int64_t ow = q % g.out_w, oh = (q / g.out_w) % g.out_h, n = q / (g.out_w * g.out_h);
+    const int64_t ih = source_index(oh * g.stride_h - g.pad_top + kh * g.dilation_h, g.in_h, g.mode);
+    if (ih < 0) continue;
+    const acc_t gv = static_cast<acc_t>(grad_output[go_s.offset(n, oc, oh, ow)]);
+    const scalar_t* row = input + n * in_s.n + c * in_s.c + ih * in_s.h;
+    const int64_t vw0 = ow * g.stride_w - g.pad_left + kw0 * g.dilation_w;
+#pragma unroll
+    for (int j = 0; j < kTapsPerRun; ++j) {
+      if (j >= nkw) break;
+      const int64_t iw = source_index(vw0 + j * g.dilation_w, g.in_w, g.mode);
+      if (iw >= 0) sum[j] += gv * static_cast<acc_t>(row[iw * in_s.w]);
+    }
+  }
+  const int64_t taps = g.kernel_h * g.kernel_w;
+#pragma unroll
+  for (int j = 0; j < kTapsPerRun; ++j)
+    if (j < nkw) partials[(oc * taps + kh * g.kernel_w + kw0 + j) * p.slices + slice] = sum[j];
+}
+
+}  // namespace
+
+bool depthwise_grad_weight_partials_fast(const at::Tensor& grad_output, const at::Tensor& input,
+                                         const Conv2dGeometry& g, at::Tensor& partials, int64_t& slices) {
+  bool launched = false;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "cnnops_depthwise_grad_weight_fast", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    if (g.batch * g.out_h * g.out_w == 0) return;
+    const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+    auto partials_for = [&](int64_t count) {
+      partials = at::empty({g.out_channels * g.kernel_h * g.kernel_w * count},
+                           input.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+      return partials.mutable_data_ptr<acc_t>();
+    };
+    if (grad_output.stride(1) == 1 && input.stride(1) == 1 && g.out_channels > 1) {  // channels_last
+      WeightRuns r;
+      if (!plan_weight_runs(g, r)) return;
+      acc_t* out = partials_for(r.slices);
+      cnnops_depthwise_grad_weight_nhwc_kernel<scalar_t, acc_t>
+          <<<static_cast<unsigned>(ceil_div(r.total, kBlock)), kBlock, 0, stream>>>(
+              grad_output.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(), out, strides4d(grad_output),
+              strides4d(input), g, r);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      slices = r.slices;
+      launched = true;
+      return;
+    }
+    WeightBands p;
+    if (!plan_weight_bands(g, sizeof(acc_t), p)) return;
+    acc_t* out = partials_for(p.slices);
+    cnnops_depthwise_grad_weight_bands_kernel<scalar_t, acc_t>
+        <<<static_cast<unsigned>(g.out_channels * p.slices), kBlock, static_cast<size_t>(p.smem_bytes), stream>>>(
+            grad_output.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(), out, strides4d(grad_output),
+            strides4d(input), g, p);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    slices = p.slices;
+    launched = true;
+  });
+  return launched;
+}
+
+}  // namespace cuda
+}  // namespace cnnops

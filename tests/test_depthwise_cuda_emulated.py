@@ -1,0 +1,193 @@
+"""The tiled CUDA depthwise kernels (csrc/cuda/depthwise_conv2d_fast.cu, opt-in with
+CNNOPS_EXPERIMENTAL=1) run on the CPU through tests/cuda_emulator.py, against torch in
+float64: forward (NCHW planes and channels_last), grad_input as the flipped forward, and
+grad_weight's partial sums (NCHW bands and channels_last runs). This checks their index
+math, tiling and shared-memory staging where no GPU is at hand; races and speed need the
+GPU (tests/test_depthwise_conv2d.py runs them there with the switch on)."""
+import random
+
+import pytest
+import torch
+import torch.nn.functional as TF
+
+import cuda_emulator
+
+HARNESS = r"""
+namespace cnnops {
+namespace emulated {
+// Each returns None where the kernel declines (the default kernel would run), else the result.
+c10::optional<at::Tensor> forward(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                                  std::vector<int64_t> stride, std::vector<int64_t> padding,
+                                  std::vector<int64_t> dilation, std::string mode) {
+  const Conv2dGeometry g = check_depthwise_forward("emulated", input, weight, bias, stride, padding, dilation, mode, true);
+  at::Tensor out = at::full({g.batch, g.out_channels, g.out_h, g.out_w}, std::nan(""),
+                            input.options().memory_format(conv_memory_format(input, weight)));
+  const bool has_bias = bias.has_value() && bias->defined();
+  if (!cuda::depthwise_forward_fast(input, weight, has_bias ? &*bias : nullptr, out, g, false)) return c10::nullopt;
+  return out;
+}
+c10::optional<at::Tensor> grad_input(const at::Tensor& grad_output, const at::Tensor& weight, std::vector<int64_t> input_size,
+                                     std::vector<int64_t> stride, std::vector<int64_t> padding,
+                                     std::vector<int64_t> dilation, std::string mode, bool channels_last) {
+  const Conv2dGeometry g =
+      check_depthwise_grad_input("emulated", grad_output, weight, input_size, stride, padding, dilation, mode, true);
+  TORCH_CHECK(grad_input_as_forward(g), "grad_input is not a flipped forward here");
+  at::Tensor out = at::full(input_size, std::nan(""), grad_output.options().memory_format(layout_from_flag(channels_last)));
+  if (!cuda::depthwise_forward_fast(grad_output, weight, nullptr, out, flipped_forward_geometry(g), true))
+    return c10::nullopt;
+  return out;
+}
+c10::optional<at::Tensor> grad_weight_partials(const at::Tensor& grad_output, const at::Tensor& input,
+                                               std::vector<int64_t> weight_size, std::vector<int64_t> stride,
+                                               std::vector<int64_t> padding, std::vector<int64_t> dilation,
+                                               std::string mode) {
+  const Conv2dGeometry g =
+      check_depthwise_grad_weight("emulated", grad_output, input, weight_size, stride, padding, dilation, mode, true);
+  at::Tensor partials;
+  int64_t slices = 0;
+  if (!cuda::depthwise_grad_weight_partials_fast(grad_output, input, g, partials, slices)) return c10::nullopt;
+  return partials.view({g.out_channels, g.kernel_h * g.kernel_w, slices});
+}
+}  // namespace emulated
+}  // namespace cnnops
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &cnnops::emulated::forward);
+  m.def("grad_input", &cnnops::emulated::grad_input);
+  m.def("grad_weight_partials", &cnnops::emulated::grad_weight_partials);
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    if cuda_emulator.cuda_include_dirs() is None:
+        pytest.skip("CUDA runtime headers not found: the emulated kernels cannot be compiled")
+    # depthwise_checks.h (the argument checks the harness calls) is not included by the .cu itself.
+    return cuda_emulator.build("depthwise_conv2d_fast_emulated", "csrc/cuda/depthwise_conv2d_fast.cu",
+                               '#include "common/depthwise_checks.h"\n' + HARNESS)
+
+
+def reference(x, w, b, stride, pad, dilation, mode):
+    """torch's depthwise conv with explicit (top, bottom, left, right) padding, in float64."""
+    top, bottom, left, right = pad
+    xp = TF.pad(x, (left, right, top, bottom), mode="constant" if mode == "zeros" else mode)
+    return TF.conv2d(xp, w, b, stride, 0, dilation, x.shape[1])
+
+
+def check(kernels, cfg):
+    n, c, m, h, w_, k, s, d, pad, mode, layout, dtype, bias = cfg
+    x64 = torch.randn(n, c, h, w_, dtype=torch.float64)
+    w64 = torch.randn(c * m, 1, *k, dtype=torch.float64) / (k[0] * k[1]) ** 0.5
+    b64 = torch.randn(c * m, dtype=torch.float64) if bias else None
+    # The values the kernels see, and the float64 reference on exactly those values.
+    x, w, b = (None if t is None else t.to(dtype) for t in (x64, w64, b64))
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "w_major":  # no unit stride along W
+        x = x.transpose(2, 3).contiguous().transpose(2, 3)
+    xr, wr = x.double().requires_grad_(), w.double().requires_grad_()
+    br = None if b is None else b.double()
+    ref = reference(xr, wr, br, s, pad, d, mode)
+    go = torch.randn(ref.shape, dtype=torch.float64).to(dtype)
+    if layout == "channels_last":
+        go = go.contiguous(memory_format=torch.channels_last)
+    ref_gx, ref_gw = torch.autograd.grad(ref, (xr, wr), go.double())
+    tol = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}[dtype]
+
+    def close(got, want, what):
+        err = ((got.double() - want).abs().max() / want.abs().max().clamp_min(1e-30)).item() if want.numel() else 0.0
+        assert err < tol, f"{what} {cfg}: relative error {err:.2e}"
+
+    ran = []
+    y = kernels.forward(x, w, b, list(s), list(pad), list(d), mode)
+    if y is not None:
+        close(y, ref, "forward")
+        ran.append("forward")
+    partials = kernels.grad_weight_partials(go, x, list(w.shape), list(s), list(pad), list(d), mode)
+    if partials is not None:
+        close(partials.sum(-1).view(w.shape), ref_gw, "grad_weight")
+        ran.append("grad_weight")
+    reach = [(k[0] - 1) * d[0]] * 2 + [(k[1] - 1) * d[1]] * 2
+    if m == 1 and mode == "zeros" and s == (1, 1) and all(p <= r for p, r in zip(pad, reach)):
+        gx = kernels.grad_input(go, w, list(x.shape), list(s), list(pad), list(d), mode, layout == "channels_last")
+        if gx is not None:
+            close(gx, ref_gx, "grad_input")
+            ran.append("grad_input")
+    return ran
+
+
+# (N, C, multiplier, H, W, kernel, stride, dilation, (top, bottom, left, right), mode, layout, dtype, bias)
+TARGETED = [
+    # NCHW planes: one 32-wide tile, several tiles, 7-wide planes many to a block (the last
+    # block's plane slices partly idle), stride 2 with a partial last tile
+    (2, 5, 1, 40, 37, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), "zeros", "contiguous", torch.float32, True),
+    (2, 40, 1, 7, 7, (7, 7), (1, 1), (1, 1), (3, 3, 3, 3), "zeros", "contiguous", torch.float32, False),
+    (1, 6, 2, 23, 45, (3, 5), (2, 2), (1, 1), (1, 0, 2, 1), "reflect", "w_major", torch.float64, True),
+    # a window too large for 32 output rows in float64: the planes kernel halves its rows
+    (1, 2, 1, 66, 66, (13, 13), (1, 1), (4, 4), (24, 24, 24, 24), "zeros", "contiguous", torch.float64, True),
+    # large kernels: 31 x 31 (grad_weight with more taps than threads, and 16-tap runs)
+    (2, 3, 1, 32, 32, (31, 31), (1, 1), (1, 1), (15, 15, 15, 15), "zeros", "contiguous", torch.float32, True),
+    (1, 4, 1, 33, 34, (31, 31), (1, 1), (1, 1), (15, 15, 15, 15), "circular", "channels_last", torch.float32, True),
+    # channels_last: channel pairs (even C, half and bfloat16), single channels (odd C, multiplier 2)
+    (2, 16, 1, 9, 10, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), "zeros", "channels_last", torch.float16, True),
+    (1, 12, 1, 11, 13, (5, 5), (2, 1), (2, 1), (4, 3, 2, 2), "replicate", "channels_last", torch.bfloat16, False),
+    (2, 7, 1, 10, 9, (7, 7), (1, 1), (1, 1), (3, 3, 3, 3), "zeros", "channels_last", torch.float32, True),
+    (1, 5, 2, 12, 8, (3, 3), (1, 2), (1, 1), (1, 1, 1, 1), "zeros", "channels_last", torch.float64, True),
+    # grad_input as a flipped forward with uneven padding, and a batch of one row
+    (2, 4, 1, 13, 17, (5, 3), (1, 1), (2, 1), (8, 0, 1, 2), "zeros", "contiguous", torch.float32, False),
+    (3, 2, 1, 1, 20, (1, 4), (1, 1), (1, 1), (0, 0, 3, 0), "zeros", "contiguous", torch.float64, True),
+]
+
+
+def random_configs(count, seed):
+    rng = random.Random(seed)
+    configs = []
+    while len(configs) < count:
+        # A third of them where grad_input is the flipped forward (stride 1, zeros, multiplier 1).
+        as_forward = rng.random() < 0.35
+        mode = "zeros" if as_forward else rng.choice(["zeros", "zeros", "reflect", "replicate", "circular"])
+        k = rng.choice([(3, 3), (5, 5), (7, 7), (1, 1), (2, 3), (4, 1), (3, 5)])
+        s = (1, 1) if as_forward else (rng.choice([1, 1, 2, 3]), rng.choice([1, 1, 2]))
+        d = (rng.choice([1, 1, 2]), rng.choice([1, 1, 3]))
+        h, w = rng.randint(1, 30), rng.randint(1, 30)
+        reach = ((k[0] - 1) * d[0], (k[1] - 1) * d[1])
+        if mode == "zeros":
+            extra = 0 if as_forward else 1  # past the reach: the gather grad_input
+            pad = (rng.randint(0, reach[0] + extra), rng.randint(0, reach[0]), rng.randint(0, reach[1] + extra),
+                   rng.randint(0, reach[1]))
+        else:  # reflect needs pad < size; the others at most the size
+            pad = tuple(rng.randint(0, min(size - 1, r)) for size, r in ((h, reach[0]), (h, reach[0]),
+                                                                       (w, reach[1]), (w, reach[1])))
+        if h + pad[0] + pad[1] <= reach[0] or w + pad[2] + pad[3] <= reach[1]:
+            continue
+        multiplier = 1 if as_forward else rng.choice([1, 1, 2])
+        configs.append((rng.choice([1, 2]), rng.choice([1, 2, 3, 4, 6, 8]), multiplier, h, w, k, s, d, pad,
+                        mode, rng.choice(["contiguous", "channels_last", "channels_last", "w_major"]),
+                        rng.choice([torch.float64, torch.float32, torch.float16, torch.bfloat16]), rng.random() < 0.5))
+    return configs
+
+
+@pytest.mark.parametrize("cfg", TARGETED, ids=[f"targeted{i}" for i in range(len(TARGETED))])
+def test_targeted(kernels, cfg):
+    torch.manual_seed(0)
+    ran = check(kernels, cfg)
+    assert "forward" in ran and "grad_weight" in ran, f"a kernel declined {cfg}: ran {ran}"
+
+
+def test_random(kernels):
+    torch.manual_seed(1)
+    counts = {}
+    for cfg in random_configs(60, seed=4):
+        for what in check(kernels, cfg):
+            counts[what] = counts.get(what, 0) + 1
+    assert counts.get("forward") == 60 and counts.get("grad_weight") == 60 and counts.get("grad_input", 0) > 5, counts
+
+
+def test_declines_what_does_not_fit(kernels):
+    """Windows past 48 KiB of shared memory: the kernels decline, and the default ones run."""
+    x = torch.randn(1, 1, 100, 100, dtype=torch.float64)
+    w = torch.randn(1, 1, 31, 31, dtype=torch.float64)
+    assert kernels.forward(x, w, None, [1, 1], [45, 45, 45, 45], [3, 3], "zeros") is None
+    wide = torch.randn(1, 1, 2, 5000, dtype=torch.float64)
+    go = torch.randn(1, 1, 2, 5000, dtype=torch.float64)
+    assert kernels.grad_weight_partials(go, wide, [1, 1, 1, 1], [1, 1], [0, 0, 0, 0], [1, 1], "zeros") is None
