@@ -3,15 +3,17 @@
 The .cu source is compiled by the host C++ compiler as an extension module, with:
   - every CUDA thread an OS thread, `__syncthreads()` a `std::barrier` over the block's
     threads, the blocks of a launch one after another;
-  - `extern __shared__ __align__(16) unsigned char smem_raw[];` one shared buffer, filled
-    with 0xCD bytes before each block, so that a read of an element no thread staged shows up
-    as garbage in the results;
+  - `extern __shared__ __align__(16) unsigned char smem_raw[];` the launch's bytes of dynamic
+    shared memory and a guard zone after them, filled with 0xCD bytes before each block: a
+    read of an element no thread staged shows up as garbage in the results, a write past the
+    end fails the launch;
   - `kernel<<<grid, block, smem, stream>>>(args)` an emulated launch that checks the block
     size (at most 1024 threads, z at most 64) and the dynamic shared memory (at most 48 KiB);
   - the current stream a null stream and the launch check a no-op.
-What it cannot see: races between threads (a missing barrier may go unnoticed), warp-level
-intrinsics and atomics (not provided: a file that uses them does not compile here), and
-anything about speed. `harness` is C++ appended to the source: functions that set up
+What it cannot see: races between threads (a missing barrier may go unnoticed), misaligned
+vector accesses (x86 allows them), `__launch_bounds__` (erased: the block-size check is the
+hardware's 1024), warp-level intrinsics and atomics (not provided: a file that uses them
+does not compile here), and anything about speed. `harness` is C++ appended to the source: functions that set up
 arguments and call the file's host entry points on CPU tensors, plus their PYBIND11_MODULE.
 """
 import glob
@@ -36,13 +38,19 @@ struct Dim { unsigned x = 1, y = 1, z = 1; };
 inline thread_local Dim thread_idx, block_idx;
 inline Dim block_dim;
 inline std::barrier<>* block_barrier = nullptr;
-alignas(16) inline unsigned char shared_bytes[48 * 1024];
+// Dynamic shared memory: exactly the bytes the launch asked for, then a guard zone; both
+// filled with 0xCD before each block (a read of an element nobody staged gives garbage,
+// a write past the end is reported after the block).
+constexpr size_t kGuard = 4096;
+alignas(16) inline unsigned char shared_bytes[48 * 1024 + kGuard];
 inline unsigned char* shared_memory() { return shared_bytes; }
 inline void sync_block() { block_barrier->arrive_and_wait(); }
 struct Launch {
   Dim grid, block;
+  size_t smem_bytes;
   Launch(dim3 g, dim3 b, size_t smem = 0, cudaStream_t = nullptr) : grid{g.x, g.y, g.z}, block{b.x, b.y, b.z} {
-    TORCH_CHECK(smem <= sizeof(shared_bytes), "emulated launch: ", smem, " bytes of dynamic shared memory");
+    TORCH_CHECK(smem <= 48 * 1024, "emulated launch: ", smem, " bytes of dynamic shared memory");
+    smem_bytes = smem;
     TORCH_CHECK(b.x * b.y * b.z <= 1024 && b.z <= 64, "emulated launch: block ", b.x, "x", b.y, "x", b.z);
     TORCH_CHECK(g.x > 0 && g.y > 0 && g.z > 0, "emulated launch: empty grid");
   }
@@ -53,7 +61,7 @@ struct Launch {
     for (unsigned bz = 0; bz < grid.z; ++bz)
       for (unsigned by = 0; by < grid.y; ++by)
         for (unsigned bx = 0; bx < grid.x; ++bx) {
-          std::memset(shared_bytes, 0xCD, sizeof(shared_bytes));
+          std::memset(shared_bytes, 0xCD, smem_bytes + kGuard);
           std::barrier<> barrier(threads);
           block_barrier = &barrier;
           std::vector<std::thread> pool;
@@ -65,6 +73,9 @@ struct Launch {
               barrier.arrive_and_drop();  // a thread that returned no longer holds the others back
             });
           for (auto& th : pool) th.join();
+          for (size_t i = smem_bytes; i < smem_bytes + kGuard; ++i)
+            TORCH_CHECK(shared_bytes[i] == 0xCD, "emulated launch: a write past the ", smem_bytes,
+                        " bytes of dynamic shared memory (byte ", i, ")");
         }
   }
 };

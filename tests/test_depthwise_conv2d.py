@@ -361,6 +361,21 @@ def test_strided_weight(size, kernel, layout):
     compare(x, w, leaf(rand(size[1], dtype=torch.float32)), 1, kernel // 2, 1, "zeros", msg=f"{size} {layout}")
 
 
+# Weight and bias views (an odd storage offset, every other element) on every device: the
+# CUDA kernels index the bias as bias[oc] and read channel pairs of a weight copy.
+@pytest.mark.parametrize("experimental", ["0", "1"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("device,dtype", device_dtype_params())
+def test_weight_and_bias_views(device, dtype, layout, experimental, monkeypatch):
+    monkeypatch.setenv("CNNOPS_EXPERIMENTAL", experimental)
+    x = make_input((2, 8, 9, 10), layout, dtype, device)
+    for k in (1, 3):
+        w = leaf(rand(8 * k * k + 1, dtype=dtype, device=device)[1:].view(8, 1, k, k))
+        b = leaf(rand(16, dtype=dtype, device=device)[::2])
+        assert w.storage_offset() == 1 and b.stride() == (2,)
+        compare(x, w, b, 1, k // 2, 1, "zeros", msg=f"{device} {dtype} {layout} k={k} experimental={experimental}")
+
+
 @pytest.mark.parametrize("shape,kernel", [((4, 32, 40, 41), 5), ((2, 48, 9, 9), 7), ((2, 16, 30, 30), 13)])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_threaded_matches_torch(shape, kernel, layout):

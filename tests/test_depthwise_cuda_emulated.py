@@ -23,7 +23,8 @@ c10::optional<at::Tensor> forward(const at::Tensor& input, const at::Tensor& wei
   at::Tensor out = at::full({g.batch, g.out_channels, g.out_h, g.out_w}, std::nan(""),
                             input.options().memory_format(conv_memory_format(input, weight)));
   const bool has_bias = bias.has_value() && bias->defined();
-  if (!cuda::depthwise_forward_fast(input, weight, has_bias ? &*bias : nullptr, out, g, false)) return c10::nullopt;
+  const at::Tensor bias_values = has_bias ? bias->contiguous() : at::Tensor();  // as depthwise_conv2d_cuda does
+  if (!cuda::depthwise_forward_fast(input, weight, has_bias ? &bias_values : nullptr, out, g, false)) return c10::nullopt;
   return out;
 }
 c10::optional<at::Tensor> grad_input(const at::Tensor& grad_output, const at::Tensor& weight, std::vector<int64_t> input_size,
@@ -74,13 +75,25 @@ def reference(x, w, b, stride, pad, dilation, mode):
     return TF.conv2d(xp, w, b, stride, 0, dilation, x.shape[1])
 
 
-def check(kernels, cfg):
+def _view(t, how):
+    """t's values in other memory: 'offset' a view one element into a larger buffer (odd
+    start), 'strided' every other element of a larger one; else t itself."""
+    if how == "offset":
+        return torch.cat([t.new_zeros(1), t.flatten()])[1:].view(t.shape)
+    if how == "strided":
+        return torch.stack([t, torch.zeros_like(t)], dim=-1)[..., 0]
+    return t
+
+
+def check(kernels, cfg, weight_view="fresh", bias_view="fresh", go_layout=None):
     n, c, m, h, w_, k, s, d, pad, mode, layout, dtype, bias = cfg
     x64 = torch.randn(n, c, h, w_, dtype=torch.float64)
     w64 = torch.randn(c * m, 1, *k, dtype=torch.float64) / (k[0] * k[1]) ** 0.5
     b64 = torch.randn(c * m, dtype=torch.float64) if bias else None
     # The values the kernels see, and the float64 reference on exactly those values.
     x, w, b = (None if t is None else t.to(dtype) for t in (x64, w64, b64))
+    w = _view(w, weight_view)
+    b = None if b is None else _view(b, bias_view)
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
     elif layout == "w_major":  # no unit stride along W
@@ -89,7 +102,7 @@ def check(kernels, cfg):
     br = None if b is None else b.double()
     ref = reference(xr, wr, br, s, pad, d, mode)
     go = torch.randn(ref.shape, dtype=torch.float64).to(dtype)
-    if layout == "channels_last":
+    if (go_layout or layout) == "channels_last":
         go = go.contiguous(memory_format=torch.channels_last)
     ref_gx, ref_gw = torch.autograd.grad(ref, (xr, wr), go.double())
     tol = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}[dtype]
@@ -172,6 +185,37 @@ def test_targeted(kernels, cfg):
     torch.manual_seed(0)
     ran = check(kernels, cfg)
     assert "forward" in ran and "grad_weight" in ran, f"a kernel declined {cfg}: ran {ran}"
+
+
+@pytest.mark.parametrize("weight_view,bias_view", [("offset", "strided"), ("strided", "offset")])
+@pytest.mark.parametrize("kernel", [(1, 1), (3, 3)])
+def test_weight_and_bias_views(kernels, weight_view, bias_view, kernel):
+    """Weights and biases that are views (an odd start, every other element): channels_last
+    with even C takes channel pairs, whose weight copy must be aligned whatever the view."""
+    torch.manual_seed(2)
+    pad = (kernel[0] // 2,) * 4
+    for layout, dtype in (("channels_last", torch.float16), ("contiguous", torch.float32)):
+        cfg = (2, 8, 1, 9, 11, kernel, (1, 1), (1, 1), pad, "zeros", layout, dtype, True)
+        assert check(kernels, cfg, weight_view=weight_view, bias_view=bias_view) == [
+            "forward", "grad_weight", "grad_input"]
+
+
+@pytest.mark.parametrize("x_layout,go_layout", [("channels_last", "contiguous"), ("contiguous", "channels_last"),
+                                                ("w_major", "channels_last")])
+def test_mixed_layouts(kernels, x_layout, go_layout):
+    """grad_output in another layout than the input: grad_weight picks its kernel by both
+    (channels_last runs only when both have unit channel stride), grad_input writes the
+    input's layout from grad_output's."""
+    torch.manual_seed(3)
+    cfg = (2, 6, 1, 12, 10, (5, 5), (1, 1), (1, 1), (2, 2, 2, 2), "zeros", x_layout, torch.float32, True)
+    assert check(kernels, cfg, go_layout=go_layout) == ["forward", "grad_weight", "grad_input"]
+
+
+def test_grad_weight_band_halving(kernels):
+    """A float64 13 x 13 kernel over 210 columns: 8-row bands pass 48 KiB, so 4-row bands."""
+    torch.manual_seed(4)
+    cfg = (1, 2, 1, 11, 210, (13, 13), (1, 1), (1, 1), (6, 6, 6, 6), "zeros", "contiguous", torch.float64, False)
+    assert check(kernels, cfg) == ["forward", "grad_weight", "grad_input"]
 
 
 def test_random(kernels):

@@ -134,7 +134,9 @@ at::Tensor depthwise_conv2d_cuda(const at::Tensor& input, const at::Tensor& weig
   const int64_t total = output.numel();
   if (total == 0) return output;
   const bool has_bias = bias.has_value() && bias->defined();
-  if (experimental() && depthwise_forward_fast(input, weight, has_bias ? &*bias : nullptr, output, g, /*flip=*/false))
+  // The kernels index the bias as bias[oc]: a strided (sliced, expanded) bias is copied.
+  const at::Tensor bias_values = has_bias ? bias->contiguous() : at::Tensor();
+  if (experimental() && depthwise_forward_fast(input, weight, has_bias ? &bias_values : nullptr, output, g, /*flip=*/false))
     return output;
   const bool channels_last = fmt == at::MemoryFormat::ChannelsLast;
   const int64_t tile_h = (kTile - 1) * g.stride_h + (g.kernel_h - 1) * g.dilation_h + 1;
@@ -142,7 +144,7 @@ at::Tensor depthwise_conv2d_cuda(const at::Tensor& input, const at::Tensor& weig
   const int64_t tiles_h = (g.out_h + kTile - 1) / kTile, tiles_w = (g.out_w + kTile - 1) / kTile;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "cnnops_depthwise_conv2d_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* b = has_bias ? bias->const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* b = has_bias ? bias_values.const_data_ptr<scalar_t>() : nullptr;
     const int64_t tile_bytes = tile_h * tile_w * static_cast<int64_t>(sizeof(acc_t));
     const int64_t blocks = g.batch * g.out_channels * tiles_h * tiles_w;
     if (!channels_last && tile_bytes <= kMaxTileBytes && blocks <= INT32_MAX) {

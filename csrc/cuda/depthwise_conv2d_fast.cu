@@ -234,7 +234,8 @@ __global__ void __launch_bounds__(kBlock)
 bool aligned_to(const void* ptr, int64_t bytes) { return reinterpret_cast<std::uintptr_t>(ptr) % bytes == 0; }
 
 // Two channels per thread: multiplier 1, unit channel strides, every other stride, the
-// channel count and both base addresses even (in elements), so each pair is one aligned access.
+// channel count and both base addresses even (in elements), so each pair is one aligned
+// access (the weight copy is a fresh allocation, aligned).
 bool channel_pairs_ok(const at::Tensor& input, const at::Tensor& output, const Conv2dGeometry& g) {
   const Strides4d in_s = strides4d(input), out_s = strides4d(output);
   const int64_t pair = 2 * input.element_size();
@@ -267,9 +268,12 @@ bool depthwise_forward_fast(const at::Tensor& input, const at::Tensor& weight, c
       launched = true;
       return;
     }
-    // (tap, output channel) copy of the weight, flipped for grad_input: coalesced reads.
+    // (tap, output channel) copy of the weight, flipped for grad_input: coalesced reads. Always
+    // a fresh tensor: for a 1 x 1 kernel the transpose is contiguous already, and a view of the
+    // caller's weight could start at an odd element (misaligned channel pairs).
     const at::Tensor oriented = flip ? at::flip(weight, {2, 3}) : weight;
-    const at::Tensor wt = oriented.reshape({g.out_channels, g.kernel_h * g.kernel_w}).t().contiguous();
+    at::Tensor wt = at::empty({g.kernel_h * g.kernel_w, g.out_channels}, weight.options());
+    wt.copy_(oriented.reshape({g.out_channels, g.kernel_h * g.kernel_w}).t());
     const int64_t col_groups = ceil_div(g.out_w, kColsPerThread);
     const bool pairs = channel_pairs_ok(input, output, g);
     const int64_t total = g.batch * g.out_h * col_groups * (pairs ? g.out_channels / 2 : g.out_channels);
