@@ -93,6 +93,23 @@ __device__ __forceinline__ int64_t weight_tap_offset(const Strides4d& w_s, const
   return flip ? w_s.offset(oc, 0, g.kernel_h - 1 - kh, g.kernel_w - 1 - kw) : w_s.offset(oc, 0, kh, kw);
 }
 
+// Threads lane, lane + lanes, ... stage rows x cols of plane (n, c) of the padded input,
+// from virtual (padded) coordinates (vh0, vw0), into win in the accumulate type. Windows
+// overhang the output: past the padded extent no real output reads (source_index is only
+// defined inside it), and those elements are zeros.
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ void stage_window(acc_t* win, int rows, int cols, const scalar_t* input,
+                                             const Strides4d& in_s, const Conv2dGeometry& g, int64_t n, int64_t c,
+                                             int64_t vh0, int64_t vw0, int lane, int lanes) {
+  for (int i = lane; i < rows * cols; i += lanes) {
+    const int r = i / cols, col = i - r * cols;
+    const bool inside = vh0 + r <= g.in_h - 1 + g.pad_bottom && vw0 + col <= g.in_w - 1 + g.pad_right;
+    const int64_t ih = inside ? source_index(vh0 + r, g.in_h, g.mode) : -1;
+    const int64_t iw = inside ? source_index(vw0 + col, g.in_w, g.mode) : -1;
+    win[i] = (ih < 0 || iw < 0) ? acc_t(0) : static_cast<acc_t>(input[in_s.offset(n, c, ih, iw)]);
+  }
+}
+
 template <typename scalar_t>
 __global__ void __launch_bounds__(kBlock)
     cnnops_depthwise_forward_planes_kernel(const scalar_t* input, const scalar_t* weight, const scalar_t* bias,
@@ -116,15 +133,7 @@ __global__ void __launch_bounds__(kBlock)
   const int64_t vh0 = oh0 * g.stride_h - g.pad_top, vw0 = ow0 * g.stride_w - g.pad_left;
   const int lane = threadIdx.y * blockDim.x + threadIdx.x, lanes = blockDim.x * blockDim.y;
   if (active) {
-    for (int i = lane; i < window; i += lanes) {
-      const int r = i / p.win_cols, col = i - r * p.win_cols;
-      // Tiles overhang the output; past the padded extent no real output reads, and
-      // source_index is only defined inside it.
-      const bool inside = vh0 + r <= g.in_h - 1 + g.pad_bottom && vw0 + col <= g.in_w - 1 + g.pad_right;
-      const int64_t ih = inside ? source_index(vh0 + r, g.in_h, g.mode) : -1;
-      const int64_t iw = inside ? source_index(vw0 + col, g.in_w, g.mode) : -1;
-      win[i] = (ih < 0 || iw < 0) ? acc_t(0) : static_cast<acc_t>(input[in_s.offset(n, c, ih, iw)]);
-    }
+    stage_window(win, p.win_rows, p.win_cols, input, in_s, g, n, c, vh0, vw0, lane, lanes);
     for (int i = lane; i < taps; i += lanes)
       wts[i] = static_cast<acc_t>(weight[weight_tap_offset(w_s, g, oc, i / g.kernel_w, i % g.kernel_w, flip)]);
   }
@@ -367,15 +376,9 @@ __global__ void __launch_bounds__(kBlock)
     __syncthreads();  // the previous item's reads are done
     for (int i = tid; i < rows * out_w; i += kBlock)
       go_band[i] = static_cast<acc_t>(grad_output[go_s.offset(n, oc, oh0 + i / out_w, i % out_w)]);
-    const int64_t vh0 = oh0 * g.stride_h - g.pad_top, vw0 = -g.pad_left;
     const int win_rows = (rows - 1) * sh + static_cast<int>(g.kernel_h - 1) * dh + 1;
-    for (int i = tid; i < win_rows * p.win_cols; i += kBlock) {
-      const int r = i / p.win_cols, col = i - r * p.win_cols;
-      const bool inside = vh0 + r <= g.in_h - 1 + g.pad_bottom && vw0 + col <= g.in_w - 1 + g.pad_right;
-      const int64_t ih = inside ? source_index(vh0 + r, g.in_h, g.mode) : -1;
-      const int64_t iw = inside ? source_index(vw0 + col, g.in_w, g.mode) : -1;
-      win[i] = (ih < 0 || iw < 0) ? acc_t(0) : static_cast<acc_t>(input[in_s.offset(n, c, ih, iw)]);
-    }
+    stage_window(win, win_rows, p.win_cols, input, in_s, g, n, c, oh0 * g.stride_h - g.pad_top, -g.pad_left, tid,
+                 kBlock);
     __syncthreads();
     if (!works) continue;
     const int pixels = rows * out_w;
