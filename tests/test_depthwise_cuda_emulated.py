@@ -32,9 +32,10 @@ c10::optional<at::Tensor> grad_input(const at::Tensor& grad_output, const at::Te
                                      std::vector<int64_t> dilation, std::string mode, bool channels_last) {
   const Conv2dGeometry g =
       check_depthwise_grad_input("emulated", grad_output, weight, input_size, stride, padding, dilation, mode, true);
-  TORCH_CHECK(grad_input_as_forward(g), "grad_input is not a flipped forward here");
+  if (!grad_input_as_forward(g)) return c10::nullopt;
   at::Tensor out = at::full(input_size, std::nan(""), grad_output.options().memory_format(layout_from_flag(channels_last)));
-  if (!cuda::depthwise_forward_fast(grad_output, weight, nullptr, out, flipped_forward_geometry(g), true))
+  if (!cuda::depthwise_forward_fast(grad_output, weight, nullptr, out, flipped_forward_geometry(g), true, g.stride_h,
+                                    g.stride_w))
     return c10::nullopt;
   return out;
 }
@@ -120,12 +121,17 @@ def check(kernels, cfg, weight_view="fresh", bias_view="fresh", go_layout=None):
     if partials is not None:
         close(partials.sum(-1).view(w.shape), ref_gw, "grad_weight")
         ran.append("grad_weight")
-    reach = [(k[0] - 1) * d[0]] * 2 + [(k[1] - 1) * d[1]] * 2
-    if m == 1 and mode == "zeros" and s == (1, 1) and all(p <= r for p, r in zip(pad, reach)):
-        gx = kernels.grad_input(go, w, list(x.shape), list(s), list(pad), list(d), mode, layout == "channels_last")
-        if gx is not None:
-            close(gx, ref_gx, "grad_input")
-            ran.append("grad_input")
+    # grad_input is the flipped forward over the spread grad_output where no padding of that
+    # forward is negative: before, d * (k - 1) - p; after, what makes it the input's size.
+    spread = [(size - 1) * st + 1 for size, st in zip(ref.shape[2:], s)]
+    as_forward = m == 1 and mode == "zeros" and ref.numel() > 0 and all(
+        (kk - 1) * dd >= before and size - sp + before >= 0
+        for kk, dd, before, size, sp in zip(k, d, (pad[0], pad[2]), (h, w_), spread))
+    gx = kernels.grad_input(go, w, list(x.shape), list(s), list(pad), list(d), mode, layout == "channels_last")
+    assert (gx is not None) == as_forward, f"grad_input as a forward: expected {as_forward} {cfg}"
+    if gx is not None:
+        close(gx, ref_gx, "grad_input")
+        ran.append("grad_input")
     return ran
 
 
@@ -209,6 +215,17 @@ def test_mixed_layouts(kernels, x_layout, go_layout):
     torch.manual_seed(3)
     cfg = (2, 6, 1, 12, 10, (5, 5), (1, 1), (1, 1), (2, 2, 2, 2), "zeros", x_layout, torch.float32, True)
     assert check(kernels, cfg, go_layout=go_layout) == ["forward", "grad_weight", "grad_input"]
+
+
+@pytest.mark.parametrize("cfg", [
+    (2, 6, 1, 15, 16, (3, 3), (2, 2), (1, 1), (1, 1, 1, 1), "zeros", "contiguous", torch.float32, True),
+    (1, 8, 1, 17, 14, (5, 3), (3, 2), (2, 1), (4, 2, 1, 0), "zeros", "channels_last", torch.float16, False),
+    (2, 3, 1, 9, 12, (7, 7), (2, 3), (1, 1), (3, 3, 3, 3), "zeros", "w_major", torch.float64, True),
+], ids=["mnv2_s2", "s3x2_d2_nhwc", "7x7_s2x3"])
+def test_strided_grad_input(kernels, cfg):
+    """grad_input at stride > 1: the flipped forward over grad_output spread out by the stride."""
+    torch.manual_seed(5)
+    assert check(kernels, cfg) == ["forward", "grad_weight", "grad_input"]
 
 
 def test_grad_weight_band_halving(kernels):

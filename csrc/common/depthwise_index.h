@@ -28,23 +28,29 @@ CNNOPS_HOST_DEVICE acc_t depthwise_output_at(const scalar_t* input, const scalar
   return acc;
 }
 
-// Stride 1, zero padding, multiplier 1 (and padding at most the kernel's reach): the input
-// gradient is the forward convolution of grad_output with the kernel flipped, padded by
-// d * (k - 1) - p on each side, so it runs on the (faster) forward kernels of each device.
-CNNOPS_HOST_DEVICE bool grad_input_as_forward(const Conv2dGeometry& g) {
-  const int64_t reach_h = (g.kernel_h - 1) * g.dilation_h, reach_w = (g.kernel_w - 1) * g.dilation_w;
-  return g.out_channels == g.in_channels && g.mode == PaddingMode::Zeros && g.stride_h == 1 && g.stride_w == 1 &&
-         g.pad_top <= reach_h && g.pad_bottom <= reach_h && g.pad_left <= reach_w && g.pad_right <= reach_w;
-}
-
-// The geometry of that forward: grad_output is its input, grad_input its output.
+// Zero padding, multiplier 1: the input gradient is a forward convolution, with the kernel
+// flipped, over grad_output spread out by the stride (stride - 1 zeros between neighbours;
+// none at stride 1), padded by d * (k - 1) - p before and by what makes the result the
+// input's size after. This is its geometry: its input is the spread grad_output, of
+// (out - 1) * stride + 1 rows and columns. The CPU runs it at stride 1 on its forward
+// kernels; the CUDA tiled kernels spread grad_output while staging it (any stride).
 CNNOPS_HOST_DEVICE Conv2dGeometry flipped_forward_geometry(const Conv2dGeometry& g) {
   Conv2dGeometry f = g;
   const int64_t reach_h = (g.kernel_h - 1) * g.dilation_h, reach_w = (g.kernel_w - 1) * g.dilation_w;
-  f.in_h = g.out_h, f.in_w = g.out_w, f.out_h = g.in_h, f.out_w = g.in_w;
-  f.pad_top = reach_h - g.pad_top, f.pad_bottom = reach_h - g.pad_bottom;
-  f.pad_left = reach_w - g.pad_left, f.pad_right = reach_w - g.pad_right;
+  f.in_h = (g.out_h - 1) * g.stride_h + 1, f.in_w = (g.out_w - 1) * g.stride_w + 1;
+  f.out_h = g.in_h, f.out_w = g.in_w;
+  f.stride_h = 1, f.stride_w = 1;
+  f.pad_top = reach_h - g.pad_top, f.pad_bottom = g.in_h - f.in_h + g.pad_top;  // reach_h - pad_bottom at stride 1
+  f.pad_left = reach_w - g.pad_left, f.pad_right = g.in_w - f.in_w + g.pad_left;
   return f;
+}
+
+// Where that forward exists: zero padding, multiplier 1 and no negative padding (padding at
+// most the kernel's reach).
+CNNOPS_HOST_DEVICE bool grad_input_as_forward(const Conv2dGeometry& g) {
+  const Conv2dGeometry f = flipped_forward_geometry(g);
+  return g.out_channels == g.in_channels && g.mode == PaddingMode::Zeros && f.pad_top >= 0 && f.pad_bottom >= 0 &&
+         f.pad_left >= 0 && f.pad_right >= 0;
 }
 
 // grad_input needs no depthwise copy: with groups = C (depthwise_geometry) conv_index.h's

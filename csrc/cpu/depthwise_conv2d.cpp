@@ -1943,7 +1943,7 @@ at::Tensor depthwise_conv2d_grad_input_cpu(const at::Tensor& grad_output, const 
   if (grad_input.numel() == 0) return grad_input;
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, grad_output.scalar_type(), "cnnops_depthwise_grad_input_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
-    if (grad_input_as_forward(g)) {
+    if (g.stride_h == 1 && g.stride_w == 1 && grad_input_as_forward(g)) {
       const Conv2dGeometry f = flipped_forward_geometry(g);
       const at::Tensor flipped = at::flip(weight, {2, 3});
       // The channels_last kernel needs unit channel stride: a named copy when grad_output lacks it.

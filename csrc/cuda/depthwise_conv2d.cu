@@ -195,7 +195,8 @@ at::Tensor depthwise_conv2d_grad_input_cuda(const at::Tensor& grad_output, const
   const int64_t total = grad_input.numel();
   if (total == 0) return grad_input;
   if (experimental() && grad_input_as_forward(g) &&
-      depthwise_forward_fast(grad_output, weight, nullptr, grad_input, flipped_forward_geometry(g), /*flip=*/true))
+      depthwise_forward_fast(grad_output, weight, nullptr, grad_input, flipped_forward_geometry(g), /*flip=*/true,
+                             g.stride_h, g.stride_w))
     return grad_input;
   const int64_t blocks = (total + kThreads - 1) / kThreads;
   TORCH_CHECK(blocks <= INT32_MAX, op, ": input too large (", total, " elements)");

@@ -9,8 +9,9 @@
 //  - channels_last forward: a thread computes kColsPerThread consecutive output pixels of
 //    one (or, half2-style, two) channels; a warp covers consecutive channels, so every
 //    load is coalesced; the weight is read from a (tap, channel) copy for the same reason.
-//  - grad_input at stride 1 with zero padding and multiplier 1: the forward kernels above
-//    with the kernel flipped (common/depthwise_index.h, shared with the CPU).
+//  - grad_input with zero padding and multiplier 1: the forward kernels above with the
+//    kernel flipped, over grad_output spread out by the stride (zeros in between, made while
+//    reading it; common/depthwise_index.h, shared with the CPU, which does stride 1).
 //  - grad_weight, NCHW: a block takes one output channel and a slice of (image, band of
 //    output rows); it stages the band of grad_output and the input rows it meets, then each
 //    thread sums one tap over a share of the band's pixels. channels_last: a thread sums up
@@ -93,19 +94,27 @@ __device__ __forceinline__ int64_t weight_tap_offset(const Strides4d& w_s, const
   return flip ? w_s.offset(oc, 0, g.kernel_h - 1 - kh, g.kernel_w - 1 - kw) : w_s.offset(oc, 0, kh, kw);
 }
 
+// Index i of a spread-out grad_output (spread - 1 zeros between neighbours; grad_input as a
+// forward, common/depthwise_index.h) in the real one, or -1 for a zero (or for i = -1).
+__device__ __forceinline__ int64_t unspread(int64_t i, int64_t spread) {
+  return spread == 1 ? i : (i < 0 || i % spread != 0 ? -1 : i / spread);
+}
+
 // Threads lane, lane + lanes, ... stage rows x cols of plane (n, c) of the padded input,
 // from virtual (padded) coordinates (vh0, vw0), into win in the accumulate type. Windows
 // overhang the output: past the padded extent no real output reads (source_index is only
-// defined inside it), and those elements are zeros.
+// defined inside it), and those elements are zeros. spread_h/w: see unspread (1 for a
+// plain input).
 template <typename scalar_t, typename acc_t>
 __device__ __forceinline__ void stage_window(acc_t* win, int rows, int cols, const scalar_t* input,
                                              const Strides4d& in_s, const Conv2dGeometry& g, int64_t n, int64_t c,
-                                             int64_t vh0, int64_t vw0, int lane, int lanes) {
+                                             int64_t vh0, int64_t vw0, int lane, int lanes, int64_t spread_h = 1,
+                                             int64_t spread_w = 1) {
   for (int i = lane; i < rows * cols; i += lanes) {
     const int r = i / cols, col = i - r * cols;
     const bool inside = vh0 + r <= g.in_h - 1 + g.pad_bottom && vw0 + col <= g.in_w - 1 + g.pad_right;
-    const int64_t ih = inside ? source_index(vh0 + r, g.in_h, g.mode) : -1;
-    const int64_t iw = inside ? source_index(vw0 + col, g.in_w, g.mode) : -1;
+    const int64_t ih = inside ? unspread(source_index(vh0 + r, g.in_h, g.mode), spread_h) : -1;
+    const int64_t iw = inside ? unspread(source_index(vw0 + col, g.in_w, g.mode), spread_w) : -1;
     win[i] = (ih < 0 || iw < 0) ? acc_t(0) : static_cast<acc_t>(input[in_s.offset(n, c, ih, iw)]);
   }
 }
@@ -114,7 +123,8 @@ template <typename scalar_t>
 __global__ void __launch_bounds__(kBlock)
     cnnops_depthwise_forward_planes_kernel(const scalar_t* input, const scalar_t* weight, const scalar_t* bias,
                                            scalar_t* output, Strides4d in_s, Strides4d w_s, Strides4d out_s,
-                                           Conv2dGeometry g, PlaneTiles p, bool flip) {
+                                           Conv2dGeometry g, PlaneTiles p, bool flip, int64_t spread_h,
+                                           int64_t spread_w) {
   using acc_t = at::opmath_type<scalar_t>;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int taps = static_cast<int>(g.kernel_h * g.kernel_w);
@@ -133,7 +143,7 @@ __global__ void __launch_bounds__(kBlock)
   const int64_t vh0 = oh0 * g.stride_h - g.pad_top, vw0 = ow0 * g.stride_w - g.pad_left;
   const int lane = threadIdx.y * blockDim.x + threadIdx.x, lanes = blockDim.x * blockDim.y;
   if (active) {
-    stage_window(win, p.win_rows, p.win_cols, input, in_s, g, n, c, vh0, vw0, lane, lanes);
+    stage_window(win, p.win_rows, p.win_cols, input, in_s, g, n, c, vh0, vw0, lane, lanes, spread_h, spread_w);
     for (int i = lane; i < taps; i += lanes)
       wts[i] = static_cast<acc_t>(weight[weight_tap_offset(w_s, g, oc, i / g.kernel_w, i % g.kernel_w, flip)]);
   }
@@ -182,7 +192,7 @@ template <typename scalar_t, int VEC>
 __global__ void __launch_bounds__(kBlock)
     cnnops_depthwise_forward_nhwc_kernel(const scalar_t* input, const scalar_t* wt, const scalar_t* bias,
                                          scalar_t* output, Strides4d in_s, Strides4d out_s, Conv2dGeometry g,
-                                         int64_t col_groups, int64_t total) {
+                                         int64_t col_groups, int64_t total, int64_t spread_h, int64_t spread_w) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= total) return;
@@ -202,7 +212,7 @@ __global__ void __launch_bounds__(kBlock)
     for (int j = 0; j < kColsPerThread; ++j) acc[j][v] = b;
   }
   for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
-    const int64_t ih = source_index(oh * g.stride_h - g.pad_top + kh * g.dilation_h, g.in_h, g.mode);
+    const int64_t ih = unspread(source_index(oh * g.stride_h - g.pad_top + kh * g.dilation_h, g.in_h, g.mode), spread_h);
     if (ih < 0) continue;
     const scalar_t* in_row = input + n * in_s.n + ih * in_s.h;
     for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
@@ -212,7 +222,8 @@ __global__ void __launch_bounds__(kBlock)
       for (int j = 0; j < kColsPerThread; ++j) {
         const int64_t ow = ow0 + j;
         if (ow >= g.out_w) break;
-        const int64_t iw = source_index(ow * g.stride_w - g.pad_left + kw * g.dilation_w, g.in_w, g.mode);
+        const int64_t iw =
+            unspread(source_index(ow * g.stride_w - g.pad_left + kw * g.dilation_w, g.in_w, g.mode), spread_w);
         if (iw < 0) continue;
         if (VEC == 1) {
           acc[j][0] += static_cast<acc_t>(in_row[c0 * in_s.c + iw * in_s.w]) * static_cast<acc_t>(wv.v[0]);
@@ -256,7 +267,8 @@ bool channel_pairs_ok(const at::Tensor& input, const at::Tensor& output, const C
 }  // namespace
 
 bool depthwise_forward_fast(const at::Tensor& input, const at::Tensor& weight, const at::Tensor* bias,
-                            at::Tensor& output, const Conv2dGeometry& g, bool flip) {
+                            at::Tensor& output, const Conv2dGeometry& g, bool flip, int64_t spread_h,
+                            int64_t spread_w) {
   if (output.numel() == 0) return true;
   const bool channels_last = output.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
   bool launched = false;
@@ -272,7 +284,7 @@ bool depthwise_forward_fast(const at::Tensor& input, const at::Tensor& weight, c
           <<<static_cast<unsigned>(p.groups * p.tiles_h * p.tiles_w), threads, static_cast<size_t>(p.smem_bytes),
              stream>>>(input.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(), b,
                        output.mutable_data_ptr<scalar_t>(), strides4d(input), strides4d(weight), strides4d(output),
-                       g, p, flip);
+                       g, p, flip, spread_h, spread_w);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       launched = true;
       return;
@@ -291,7 +303,7 @@ bool depthwise_forward_fast(const at::Tensor& input, const at::Tensor& weight, c
     auto launch = [&](auto kernel) {
       kernel<<<static_cast<unsigned>(blocks), kBlock, 0, stream>>>(
           input.const_data_ptr<scalar_t>(), wt.const_data_ptr<scalar_t>(), b, output.mutable_data_ptr<scalar_t>(),
-          strides4d(input), strides4d(output), g, col_groups, total);
+          strides4d(input), strides4d(output), g, col_groups, total, spread_h, spread_w);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     if (pairs) launch(cnnops_depthwise_forward_nhwc_kernel<scalar_t, 2>);

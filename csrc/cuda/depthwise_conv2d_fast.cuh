@@ -9,10 +9,12 @@
 namespace cnnops {
 namespace cuda {
 
-// output = depthwise conv of input (geometry g), with the kernel flipped in both axes when
-// `flip` (grad_input as a forward: common/depthwise_index.h). bias may be null.
+// output = depthwise conv of input (geometry g), bias may be null. grad_input as a forward
+// (common/depthwise_index.h): `flip` the kernel in both axes, and read input (grad_output)
+// spread out by spread_h x spread_w, the convolution's stride, g being the spread geometry.
 bool depthwise_forward_fast(const at::Tensor& input, const at::Tensor& weight, const at::Tensor* bias,
-                            at::Tensor& output, const Conv2dGeometry& g, bool flip);
+                            at::Tensor& output, const Conv2dGeometry& g, bool flip = false, int64_t spread_h = 1,
+                            int64_t spread_w = 1);
 
 // grad_weight partial sums, [output channel][tap][slice] in the accumulate type, for the
 // default path's in-order reduction over slices; `slices` is set to their count.
