@@ -394,20 +394,21 @@ __global__ void __launch_bounds__(kBlock)
     __syncthreads();
     if (!works) continue;
     const int pixels = rows * out_w;
-    if (shared_taps) {
-      for (int q = group; q < pixels; q += groups) {
-        const int r = q / out_w, col = q - r * out_w;
-        sum[0] += go_band[q] * win[r * sh * p.win_cols + col * sw + tap_off[0]];
-      }
-    } else {
-      for (int q = 0; q < pixels; ++q) {
-        const int r = q / out_w, col = q - r * out_w;
-        const acc_t gv = go_band[q];
-        const acc_t* base = win + r * sh * p.win_cols + col * sw;
+    // Pixel q = (row r, column col) of the band; r and col advance without a division.
+    const int step = shared_taps ? groups : 1, step_r = step / out_w, step_c = step - step_r * out_w;
+    int r = (shared_taps ? group : 0) / out_w, col = (shared_taps ? group : 0) - r * out_w;
+    for (int q = shared_taps ? group : 0; q < pixels; q += step) {
+      const acc_t gv = go_band[q];
+      const acc_t* base = win + r * sh * p.win_cols + col * sw;
+      if (shared_taps) {
+        sum[0] += gv * base[tap_off[0]];
+      } else {
 #pragma unroll
         for (int s = 0; s < kMaxTapsPerThread; ++s)
           if (tid + s * kBlock < taps) sum[s] += gv * base[tap_off[s]];
       }
+      r += step_r, col += step_c;
+      if (col >= out_w) col -= out_w, ++r;
     }
   }
   const int64_t taps64 = taps;
