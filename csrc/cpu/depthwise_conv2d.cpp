@@ -1488,17 +1488,20 @@ ForwardPath forward_path() {
                     "to be one of 'auto', 'blocked', 'direct', got '", name, "'");
 }
 
-// The forward kernel for these operands: channels_last, shifted rows, staged K x K, direct
-// 3x3 or channel-blocked.
+// channels_last operands with a kernel of 9 x 9 or more at stride 1 go to the NCHW kernels
+// on NCHW copies: the channels_last kernel lists most pixels' taps one by one (a weight and
+// an input load per FMA) and its rows outgrow L1. Measured, copies included, 2 threads:
+// forward 1.3x (9x9, 8x128x28x28) to 4.8x (31x31, 2x64x32x32) faster; at stride 2 the
+// channels_last kernel stays faster (9x9 and 13x13: 0.66-0.69x), so it keeps those.
+bool large_kernel_via_nchw(const Conv2dGeometry& g) {
+  return g.kernel_h * g.kernel_w >= 81 && g.stride_h == 1 && g.stride_w == 1;
+}
+
+// The forward kernels for planes (any layout but the channels_last kernel's): shifted rows,
+// staged K x K, direct 3x3 or channel-blocked.
 template <typename scalar_t>
-void forward_any(const at::Tensor& input, const at::Tensor& weight, const at::Tensor* bias, at::Tensor& output,
-                 const Conv2dGeometry& g) {
-  using T = at::opmath_type<scalar_t>;
-  const ForwardPath path = forward_path();
-  if (path == ForwardPath::Auto && use_channels_last(g, std::is_same<T, scalar_t>::value, {&input, &output})) {
-    forward_channels_last<T>(input, weight, bias, output, g);
-    return;
-  }
+void forward_planes(const at::Tensor& input, const at::Tensor& weight, const at::Tensor* bias, at::Tensor& output,
+                    const Conv2dGeometry& g, ForwardPath path) {
 #if defined(CPU_CAPABILITY_AVX512)
   if (path != ForwardPath::Blocked && use_shifted(g, input, output)) {
     forward_shifted(input, weight, bias, output, g);
@@ -1514,6 +1517,26 @@ void forward_any(const at::Tensor& input, const at::Tensor& weight, const at::Te
   }
 #endif
   forward_blocked<scalar_t>(input, weight, bias, output, g);
+}
+
+// The forward kernel for these operands: channels_last (or, for large kernels, the plane
+// kernels on NCHW copies), else forward_planes.
+template <typename scalar_t>
+void forward_any(const at::Tensor& input, const at::Tensor& weight, const at::Tensor* bias, at::Tensor& output,
+                 const Conv2dGeometry& g) {
+  using T = at::opmath_type<scalar_t>;
+  const ForwardPath path = forward_path();
+  if (path == ForwardPath::Auto && use_channels_last(g, std::is_same<T, scalar_t>::value, {&input, &output})) {
+    if (large_kernel_via_nchw(g)) {
+      at::Tensor planar = at::empty(output.sizes(), output.options().memory_format(at::MemoryFormat::Contiguous));
+      forward_planes<scalar_t>(input.contiguous(), weight, bias, planar, g, path);
+      output.copy_(planar);
+    } else {
+      forward_channels_last<T>(input, weight, bias, output, g);
+    }
+    return;
+  }
+  forward_planes<scalar_t>(input, weight, bias, output, g, path);
 }
 
 at::Tensor depthwise_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
@@ -2098,8 +2121,12 @@ at::Tensor depthwise_conv2d_grad_weight_cpu(const at::Tensor& grad_output, const
   if (g.batch == 0) return grad_weight.zero_();
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, input.scalar_type(), "cnnops_depthwise_grad_weight_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
-    if (use_channels_last(g, std::is_same<T, scalar_t>::value, {&input}) &&
-        input.suggest_memory_format() == at::MemoryFormat::ChannelsLast) {
+    const bool cl = use_channels_last(g, std::is_same<T, scalar_t>::value, {&input}) &&
+                    input.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+    if (cl && large_kernel_via_nchw(g)) {  // as the forward; the backward (both gradients): 13x13
+                                           // 4x256x28x28 12.9 -> 6.5 ms, 31x31 2x64x32x32 14.3 -> 3.9 ms
+      grad_weight_blocked<scalar_t>(grad_output.contiguous(), input.contiguous(), grad_weight, g);
+    } else if (cl) {
       const at::Tensor go = grad_output.stride(1) == 1 ? grad_output
                                                        : grad_output.contiguous(at::MemoryFormat::ChannelsLast);
       grad_weight_channels_last<T>(go, input, grad_weight, g);
