@@ -204,6 +204,12 @@ BLOCKED_SHAPES = [
     ("same_5x5_on_7x7", (2, 20, 7, 7), 1, (5, 5), 1, 2, 1),  # trimmed taps, both layouts
     ("cl_rows_5x5", (1, 17, 10, 37), 1, (5, 5), 1, 2, 1),
     ("cl_rows_7x7_s2", (1, 16, 15, 44), 1, (7, 7), 2, 3, 1),
+    # the row kernel at column dilation 2 (5x5, 7x7; stride 1), "same" and uneven padding
+    ("cl_rows_5x5_d2", (1, 20, 11, 41), 1, (5, 5), 1, 4, 2),
+    ("cl_rows_7x7_d2", (1, 17, 14, 30), 1, (7, 7), 1, (5, 6), 2),
+    # channels_last 9x9 and up at stride 1: NCHW kernels on NCHW copies; at stride 2 not
+    ("cl_9x9_via_planes", (2, 18, 12, 13), 1, (9, 9), 1, 4, 1),
+    ("cl_9x9_s2", (1, 16, 15, 17), 1, (9, 9), 2, 4, 1),
     # kernel width 4 at column stride 11: no row kernel (its key once read as 5x5, stride 1)
     ("kw4_stride11", (1, 16, 5, 60), 1, (3, 4), (1, 11), (1, 0), 1),
 ]

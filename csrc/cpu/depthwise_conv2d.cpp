@@ -346,21 +346,22 @@ inline void cl_interior_quad(const T* base, const int64_t* off, int64_t kk, int6
 constexpr int64_t kMaxRowsInterior = 16;
 
 #if defined(CPU_CAPABILITY_AVX512)
-// channels_last, AVX-512 float, column dilation 1: P output pixels of one row, one vector
-// of 16 channels. Per kernel row, its KW weights sit in registers and each input pixel
-// vector is loaded once (into a register: GCC would fold it into every FMA) for every
-// output of the block that reads it, KW of them at stride 1: the quad kernel above loads
-// one input vector per FMA. rows[r]: kernel row r's input row at the block's first tap
+// channels_last, AVX-512 float: P output pixels of one row, one vector of 16 channels,
+// column stride SW and dilation DW. Per kernel row, its KW weights sit in registers and
+// each input pixel vector is loaded once (into a register: GCC would fold it into every
+// FMA) for every output of the block that reads it, KW of them at stride 1: the quad
+// kernel above loads one input vector per FMA. rows[r]: kernel row r's input row at the block's first tap
 // column, channel c; wrows[r]: its weights for channel c, one tap every cpad floats.
 // Masked: the loads and stores take only the lanes of `lanes`, and input pixel j only if
 // bit j of `inside` is set (zero padding columns and a channel tail, without branches).
 // Trim: the block is a whole row of P pixels with KW / 2 zero columns each side ("same",
 // stride 1); the pixels in those columns are not read at all (a quarter of a 7x7 on 7x7).
-template <int KW, int SW, int P, bool Masked, bool Trim = false>
+template <int KW, int SW, int DW, int P, bool Masked, bool Trim = false>
 inline void cl_row_block(const float* const* rows, const float* const* wrows, int64_t nrows, int64_t cpad,
                          const float* bias, __mmask16 lanes, uint64_t inside, int64_t pix, float* dst,
                          int64_t dst_pix) {
-  constexpr int J = (P - 1) * SW + KW;  // input pixels the block reads per kernel row
+  constexpr int J = (P - 1) * SW + (KW - 1) * DW + 1;  // input pixels the block reads per kernel row
+  static_assert(J <= 64 && (!Trim || DW == 1), "inside is a 64-bit mask; the trim is for dilation 1");
   __m512 acc[P];
   const __m512 b = _mm512_loadu_ps(bias);
   for (int p = 0; p < P; ++p) acc[p] = b;
@@ -375,7 +376,7 @@ inline void cl_row_block(const float* const* rows, const float* const* wrows, in
       __asm__("" : "+v"(v));
 #pragma GCC unroll 16
       for (int kw = 0; kw < KW; ++kw) {
-        const int d = j - kw;  // output p reads this pixel with tap kw when d == p * SW
+        const int d = j - kw * DW;  // output p reads this pixel with tap kw when d == p * SW
         if (d >= 0 && d % SW == 0 && d / SW < P) acc[d / SW] = _mm512_fmadd_ps(w[kw], v, acc[d / SW]);
       }
     }
@@ -392,14 +393,14 @@ inline void cl_row_block(const float* const* rows, const float* const* wrows, in
 // Input columns outside [0, in_w) read as zeros. One channel vector at a time over all the
 // task's rows, so that the input rows it reads stay in L1 from one output row to the next;
 // along a row, blocks of 16 pixels, then at most one of 8 and one of the rest.
-template <int KW, int SW>
+template <int KW, int SW, int DW>
 void cl_rows(const float* const* rows, const float* const* wrows, const int64_t* nrows, int64_t nout, int64_t cpad,
              const float* bias, int64_t channels, int64_t pix, int64_t col0, int64_t in_w, int64_t count, float* dst,
              int64_t dst_row, int64_t dst_pix) {
   constexpr int64_t V = 16;
   auto block = [&](auto p_const, int64_t i, int64_t c, int64_t ow) {
     constexpr int P = decltype(p_const)::value;
-    constexpr int J = (P - 1) * SW + KW;
+    constexpr int J = (P - 1) * SW + (KW - 1) * DW + 1;
     const float* r[kMaxRowsInterior];
     const float* wr[kMaxRowsInterior];
     const int64_t nr = nrows[i];
@@ -412,19 +413,19 @@ void cl_rows(const float* const* rows, const float* const* wrows, const int64_t*
     const int64_t first = col0 + ow * SW;  // input column of the block's pixel j = 0
     const int64_t lo = std::clamp<int64_t>(-first, 0, J), hi = std::clamp<int64_t>(in_w - first, lo, J);
     const uint64_t inside = ((uint64_t(1) << hi) - 1) & ~((uint64_t(1) << lo) - 1);
-    if constexpr (P == 7 && SW == 1) {  // 7-wide "same" rows (ConvNeXt's and MobileNet's 7x7 planes)
+    if constexpr (P == 7 && SW == 1 && DW == 1) {  // 7-wide "same" rows (ConvNeXt's and MobileNet's 7x7 planes)
       if (count == 7 && in_w == 7 && col0 == -(KW / 2)) {
         if (lanes == 0xFFFF)
-          cl_row_block<KW, SW, P, false, true>(r, wr, nr, cpad, bias + c, lanes, inside, pix, d, dst_pix);
+          cl_row_block<KW, SW, DW, P, false, true>(r, wr, nr, cpad, bias + c, lanes, inside, pix, d, dst_pix);
         else
-          cl_row_block<KW, SW, P, true, true>(r, wr, nr, cpad, bias + c, lanes, inside, pix, d, dst_pix);
+          cl_row_block<KW, SW, DW, P, true, true>(r, wr, nr, cpad, bias + c, lanes, inside, pix, d, dst_pix);
         return;
       }
     }
     if (lanes == 0xFFFF && lo == 0 && hi == J)
-      cl_row_block<KW, SW, P, false>(r, wr, nr, cpad, bias + c, lanes, inside, pix, d, dst_pix);
+      cl_row_block<KW, SW, DW, P, false>(r, wr, nr, cpad, bias + c, lanes, inside, pix, d, dst_pix);
     else
-      cl_row_block<KW, SW, P, true>(r, wr, nr, cpad, bias + c, lanes, inside, pix, d, dst_pix);
+      cl_row_block<KW, SW, DW, P, true>(r, wr, nr, cpad, bias + c, lanes, inside, pix, d, dst_pix);
   };
   auto any_block = [&](int64_t p, int64_t i, int64_t c, int64_t ow) {
     switch (p) {
@@ -460,14 +461,16 @@ using ClRowKernel = void (*)(const float* const*, const float* const*, const int
 template <typename T>
 ClRowKernel pick_cl_row_kernel(const Conv2dGeometry& g) {
 #if defined(CPU_CAPABILITY_AVX512)
-  if (!std::is_same<T, float>::value || g.dilation_w != 1 || g.kernel_h > kMaxRowsInterior) return nullptr;
-  if (g.stride_w != 1 && g.stride_w != 2) return nullptr;  // (kernel width 4, stride 11 would read as 51)
-  const int64_t key = g.kernel_w * 10 + g.stride_w;
-  switch (key) {
-    case 51: return cl_rows<5, 1>;
-    case 52: return cl_rows<5, 2>;
-    case 71: return cl_rows<7, 1>;
-    case 72: return cl_rows<7, 2>;
+  if (!std::is_same<T, float>::value || g.kernel_h > kMaxRowsInterior) return nullptr;
+  // (one digit each: kernel width 4 at stride 11 would read as 5x5 at stride 1)
+  if (g.stride_w < 1 || g.stride_w > 2 || g.dilation_w < 1 || g.dilation_w > 2) return nullptr;
+  switch (g.kernel_w * 100 + g.stride_w * 10 + g.dilation_w) {
+    case 511: return cl_rows<5, 1, 1>;
+    case 521: return cl_rows<5, 2, 1>;
+    case 711: return cl_rows<7, 1, 1>;
+    case 721: return cl_rows<7, 2, 1>;
+    case 512: return cl_rows<5, 1, 2>;
+    case 712: return cl_rows<7, 1, 2>;
     default: return nullptr;
   }
 #else
