@@ -2102,13 +2102,18 @@ void grad_weight_channels_last(const at::Tensor& grad_output, const at::Tensor& 
       }
     }
   });
+  // The chunks' sums in order, a vector of channels at a time (the element loop over
+  // chunks x taps x channels took a third of a 960-channel 7x7-plane call).
   const Strides4d gw_s = strides4d(grad_weight);
   T* gw = grad_weight.mutable_data_ptr<T>();
-  for (int64_t c = 0; c < C; ++c)
-    for (int64_t t = 0; t < kk; ++t) {
-      T sum = 0;
-      for (int64_t chunk = 0; chunk < chunks; ++chunk) sum += partial[(chunk * kk + t) * cpad + c];
-      gw[gw_s.offset(c, 0, t / g.kernel_w, t % g.kernel_w)] = sum;
+  T sum_lanes[V];
+  for (int64_t t = 0; t < kk; ++t)
+    for (int64_t c = 0; c < C; c += V) {
+      Vec sum(T(0));
+      for (int64_t chunk = 0; chunk < chunks; ++chunk) sum = sum + Vec::loadu(partial.data() + (chunk * kk + t) * cpad + c);
+      sum.store(sum_lanes);
+      for (int64_t l = 0; l < std::min<int64_t>(V, C - c); ++l)
+        gw[gw_s.offset(c + l, 0, t / g.kernel_w, t % g.kernel_w)] = sum_lanes[l];
     }
 }
 
