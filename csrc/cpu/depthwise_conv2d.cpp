@@ -1518,6 +1518,8 @@ void forward_planes(const at::Tensor& input, const at::Tensor& weight, const at:
     forward_direct(input, weight, bias, output, g);
     return;
   }
+#else
+  (void)path;  // channel-blocked is the only plane kernel without AVX-512
 #endif
   forward_blocked<scalar_t>(input, weight, bias, output, g);
 }
