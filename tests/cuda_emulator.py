@@ -103,7 +103,8 @@ def cuda_include_dirs():
     nvcc = shutil.which("nvcc")
     if nvcc:
         roots.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
-    toolkit = [os.path.join(r, "include") for r in roots if r and os.path.isfile(os.path.join(r, "include", "crt", "host_defines.h"))]
+    toolkit = [os.path.join(r, "include") for r in roots
+               if r and os.path.isfile(os.path.join(r, "include", "crt", "host_defines.h"))]
     if not toolkit:
         return None
     wheels = [d for p in sys.path for d in glob.glob(os.path.join(p, "nvidia", "*", "include"))]

@@ -29,8 +29,9 @@
 // channels_last (multiplier 1, float/double, channel stride 1): vectors along C, with the
 // tap enumeration of common/depthwise_index.h (source_index / padded_preimages); interior
 // pixels of the forward four at a time with fixed tap offsets, or, for float32 5x5 and 7x7
-// kernels at column stride 1 or 2 (AVX-512), a row kernel with a kernel row's weights in
-// registers and each input vector loaded once for the outputs that read it.
+// kernels at column stride 1 or 2, or stride 1 and dilation 2 (AVX-512), a row kernel with
+// a kernel row's weights in registers and each input vector loaded once for the outputs
+// that read it. Kernels of 9x9 and more at stride 1 run the NCHW kernels on NCHW copies.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -350,8 +351,9 @@ constexpr int64_t kMaxRowsInterior = 16;
 // column stride SW and dilation DW. Per kernel row, its KW weights sit in registers and
 // each input pixel vector is loaded once (into a register: GCC would fold it into every
 // FMA) for every output of the block that reads it, KW of them at stride 1: the quad
-// kernel above loads one input vector per FMA. rows[r]: kernel row r's input row at the block's first tap
-// column, channel c; wrows[r]: its weights for channel c, one tap every cpad floats.
+// kernel above loads one input vector per FMA. rows[r]: kernel row r's input row at the
+// block's first tap column, channel c; wrows[r]: its weights for channel c, one tap every
+// cpad floats.
 // Masked: the loads and stores take only the lanes of `lanes`, and input pixel j only if
 // bit j of `inside` is set (zero padding columns and a channel tail, without branches).
 // Trim: the block is a whole row of P pixels with KW / 2 zero columns each side ("same",
@@ -2041,8 +2043,8 @@ void cl_grad_weight_group(const T* go, int64_t go_step, const T* in, int64_t in_
 }
 
 // channels_last grad_weight of a KH x KW kernel on narrow planes (3x3 up to 8 columns, 5x5
-// up to kClNarrowWidth): rows [row_begin, row_end) of one vector of channels, every tap's sum in a
-// register over all the rows, added to the partial once. The general loop below adds each
+// up to kClNarrowWidth): rows [row_begin, row_end) of one vector of channels, every tap's
+// sum in a register over all the rows, added to the partial once. The general loop below adds each
 // row's sums to the partial (two memory operations per tap and row) and takes the border
 // pixels tap by tap: on 7- and 14-wide rows that was most of its time.
 constexpr int64_t kClNarrowWidth = 16;
@@ -2164,7 +2166,8 @@ void grad_weight_channels_last(const at::Tensor& grad_output, const at::Tensor& 
   for (int64_t t = 0; t < kk; ++t)
     for (int64_t c = 0; c < C; c += V) {
       Vec sum(T(0));
-      for (int64_t chunk = 0; chunk < chunks; ++chunk) sum = sum + Vec::loadu(partial.data() + (chunk * kk + t) * cpad + c);
+      for (int64_t chunk = 0; chunk < chunks; ++chunk)
+        sum = sum + Vec::loadu(partial.data() + (chunk * kk + t) * cpad + c);
       sum.store(sum_lanes);
       for (int64_t l = 0; l < std::min<int64_t>(V, C - c); ++l)
         gw[gw_s.offset(c + l, 0, t / g.kernel_w, t % g.kernel_w)] = sum_lanes[l];

@@ -136,7 +136,7 @@ at::Tensor depthwise_conv2d_cuda(const at::Tensor& input, const at::Tensor& weig
   const bool has_bias = bias.has_value() && bias->defined();
   // The kernels index the bias as bias[oc]: a strided (sliced, expanded) bias is copied.
   const at::Tensor bias_values = has_bias ? bias->contiguous() : at::Tensor();
-  if (experimental() && depthwise_forward_fast(input, weight, has_bias ? &bias_values : nullptr, output, g, /*flip=*/false))
+  if (experimental() && depthwise_forward_fast(input, weight, has_bias ? &bias_values : nullptr, output, g))
     return output;
   const bool channels_last = fmt == at::MemoryFormat::ChannelsLast;
   const int64_t tile_h = (kTile - 1) * g.stride_h + (g.kernel_h - 1) * g.dilation_h + 1;
@@ -283,7 +283,8 @@ at::Tensor depthwise_conv2d_grad_weight_cuda(const at::Tensor& grad_output, cons
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "cnnops_depthwise_grad_weight_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     if (!fast) {
-      partials = at::empty({g.out_channels * taps * slices}, input.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+      partials = at::empty({g.out_channels * taps * slices},
+                           input.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
       cnnops_depthwise_grad_weight_kernel<scalar_t, acc_t>
           <<<static_cast<unsigned>(blocks), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
               grad_output.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),

@@ -96,8 +96,12 @@ __device__ __forceinline__ int64_t weight_tap_offset(const Strides4d& w_s, const
 
 // Index i of a spread-out grad_output (spread - 1 zeros between neighbours; grad_input as a
 // forward, common/depthwise_index.h) in the real one, or -1 for a zero (or for i = -1).
+// 32-bit arithmetic (the host declines spread sizes past INT32_MAX): a 64-bit division is a
+// call, and its registers spilled.
 __device__ __forceinline__ int64_t unspread(int64_t i, int64_t spread) {
-  return spread == 1 ? i : (i < 0 || i % spread != 0 ? -1 : i / spread);
+  if (spread == 1 || i < 0) return i;
+  const uint32_t u = static_cast<uint32_t>(i), s = static_cast<uint32_t>(spread);
+  return u % s != 0 ? -1 : static_cast<int64_t>(u / s);
 }
 
 // Threads lane, lane + lanes, ... stage rows x cols of plane (n, c) of the padded input,
@@ -188,8 +192,10 @@ struct alignas(sizeof(T) * VEC) Lanes {
 // consecutive channels of the same pixel. wt: the weight as (tap, output channel),
 // already flipped where needed. VEC == 2 needs multiplier 1, unit channel strides and
 // even channel counts, strides and addresses (checked by the caller).
+// (__launch_bounds__ with a minimum of 1 block per SM: with the bound alone, nvcc 13's
+// ptxas kept it to 64 registers and spilled 16-32 bytes.)
 template <typename scalar_t, int VEC>
-__global__ void __launch_bounds__(kBlock)
+__global__ void __launch_bounds__(kBlock, 1)
     cnnops_depthwise_forward_nhwc_kernel(const scalar_t* input, const scalar_t* wt, const scalar_t* bias,
                                          scalar_t* output, Strides4d in_s, Strides4d out_s, Conv2dGeometry g,
                                          int64_t col_groups, int64_t total, int64_t spread_h, int64_t spread_w) {
@@ -212,7 +218,8 @@ __global__ void __launch_bounds__(kBlock)
     for (int j = 0; j < kColsPerThread; ++j) acc[j][v] = b;
   }
   for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
-    const int64_t ih = unspread(source_index(oh * g.stride_h - g.pad_top + kh * g.dilation_h, g.in_h, g.mode), spread_h);
+    const int64_t ih =
+        unspread(source_index(oh * g.stride_h - g.pad_top + kh * g.dilation_h, g.in_h, g.mode), spread_h);
     if (ih < 0) continue;
     const scalar_t* in_row = input + n * in_s.n + ih * in_s.h;
     for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
@@ -270,6 +277,7 @@ bool depthwise_forward_fast(const at::Tensor& input, const at::Tensor& weight, c
                             at::Tensor& output, const Conv2dGeometry& g, bool flip, int64_t spread_h,
                             int64_t spread_w) {
   if (output.numel() == 0) return true;
+  if ((spread_h > 1 || spread_w > 1) && (g.in_h > INT32_MAX || g.in_w > INT32_MAX)) return false;  // see unspread
   const bool channels_last = output.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
   bool launched = false;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "cnnops_depthwise_forward_fast", [&] {
