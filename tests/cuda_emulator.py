@@ -88,7 +88,7 @@ struct Launch {
 #define __device__
 #define __host__
 #define __forceinline__
-#define __launch_bounds__(x)
+#define __launch_bounds__(...)
 #undef C10_CUDA_KERNEL_LAUNCH_CHECK
 #define C10_CUDA_KERNEL_LAUNCH_CHECK() \
   do {                                 \
