@@ -211,10 +211,13 @@ BLOCKED_SHAPES = [
     ("cl_9x9_via_planes", (2, 18, 12, 13), 1, (9, 9), 1, 4, 1),
     ("cl_9x9_s2", (1, 16, 15, 17), 1, (9, 9), 2, 4, 1),
     # channels_last 3x3 grad_weight with a window of input pixels in registers (zero
-    # padding, column stride 1, up to 32 columns): row stride 2 with no column padding and
-    # a partial channel vector; a 31-wide row (its last input columns in the right padding)
+    # padding, column stride 1 or 2, up to 32 columns): row stride 2 with no column padding
+    # and a partial channel vector; a 31-wide row (its last input columns in the right
+    # padding); column stride 2 with an even and an odd input width
     ("cl_gw_window_s2_nopad", (2, 20, 9, 13), 1, (3, 3), (2, 1), (1, 0), 1),
     ("cl_gw_window_w31", (1, 17, 6, 31), 1, (3, 3), 1, 1, 1),
+    ("cl_gw_window_sw2", (2, 33, 8, 22), 1, (3, 3), (1, 2), 1, 1),
+    ("cl_gw_window_sw2_odd", (1, 16, 9, 21), 1, (3, 3), 2, (0, 1), 1),
     # kernel width 4 at column stride 11: no row kernel (its key once read as 5x5, stride 1)
     ("kw4_stride11", (1, 16, 5, 60), 1, (3, 4), (1, 11), (1, 0), 1),
 ]

@@ -2082,16 +2082,18 @@ void cl_grad_weight_narrow(const T* go, const Strides4d& go_s, const T* in, cons
 }
 
 #if defined(CPU_CAPABILITY_AVX512)
-// channels_last grad_weight of a float 3x3 kernel at column stride 1, dilation 1 and zero
-// padding (MobileNet's stride-1 blocks). Along an output row each kernel row keeps a window
-// of its last three input pixels in registers, so each input vector is loaded once per
-// kernel row rather than once per tap: 4 loads for 9 FMAs, against 10 in the loops below.
-// Input pixels in the padding are zero vectors (masked loads with no lanes), so the border
-// pixels need no loop of their own. Up to kClWindowMaxWidth columns: on wider planes (56,
-// 112) it was no faster than the tap loops, whose time there goes to memory.
+// channels_last grad_weight of a float 3x3 kernel at column stride SW (1 or 2), dilation 1
+// and zero padding (MobileNet's blocks). Along an output row each kernel row keeps a window
+// of three input pixels in registers, and each output pixel loads only the SW pixels it
+// does not share with the previous one: 4 loads for 9 FMAs at stride 1 and 7 at stride 2,
+// against 10 in the loops below. Input pixels in the padding are zero vectors (masked
+// loads with no lanes), so the border pixels need no loop of their own. Up to
+// kClWindowMaxWidth output columns: on wider planes (56, 112) it was no faster than the
+// tap loops, whose time there goes to memory.
 constexpr int64_t kClWindowMaxWidth = 32;
 
 // One output row (n, oh) of the 16 channels from c (`lanes` of them), added to acc[9].
+template <int SW>
 inline void cl_grad_weight_3x3_row(const float* go, const Strides4d& go_s, const float* in, const Strides4d& in_s,
                                    const Conv2dGeometry& g, int64_t n, int64_t oh, int64_t c, __mmask16 lanes,
                                    __m512* acc) {
@@ -2109,54 +2111,58 @@ inline void cl_grad_weight_3x3_row(const float* go, const Strides4d& go_s, const
     const bool inside = col >= 0 && col < g.in_w;
     return _mm512_maskz_loadu_ps(inside ? lanes : __mmask16(0), rows[kh] + (inside ? col : 0) * step[kh]);
   };
-  __m512 win[3][3];  // win[kh][(P + kw) % 3]: the pixel that tap kw of output ow reads, P = ow % 3
-  for (int kh = 0; kh < 3; ++kh) {
-    win[kh][0] = pixel(kh, -g.pad_left);
-    win[kh][1] = pixel(kh, 1 - g.pad_left);
-  }
-  // Output ow reads a new input column, ow + 2 - pad_left: inside the row up to `inner`
-  // (loads without the bounds test), then in the right padding.
-  const int64_t inner = std::clamp<int64_t>(g.in_w - 2 + g.pad_left, 0, g.out_w);
-  const float* next[3];
-  for (int kh = 0; kh < 3; ++kh) next[kh] = rows[kh] + (2 - g.pad_left) * step[kh];
+  // Tap kw of output ow reads column ow * SW - pad_left + kw, held in win[kh][(SW * ow + kw) % 3];
+  // taps kw < 3 - SW read what the previous output's taps kw + SW read.
+  __m512 win[3][3];
+  for (int kh = 0; kh < 3; ++kh)
+    for (int kw = 0; kw < 3 - SW; ++kw) win[kh][kw] = pixel(kh, kw - g.pad_left);
+  // Outputs [0, inner) read only columns inside the row (loads without the bounds test).
+  const int64_t last_inside = g.in_w - 3 + g.pad_left;  // ow * SW may reach this
+  const int64_t inner = last_inside < 0 ? 0 : std::min<int64_t>(last_inside / SW + 1, g.out_w);
   auto output_pixel = [&](auto phase, auto edge, int64_t ow) {
-    constexpr int P = decltype(phase)::value;
+    constexpr int P = decltype(phase)::value;  // ow % 3
     const __m512 gv = _mm512_maskz_loadu_ps(lanes, go_row + ow * go_s.w);
-    for (int kh = 0; kh < 3; ++kh) {
-      if constexpr (decltype(edge)::value) win[kh][(P + 2) % 3] = pixel(kh, ow + 2 - g.pad_left);
-      else win[kh][(P + 2) % 3] = _mm512_maskz_loadu_ps(lanes, next[kh] + ow * step[kh]);
-    }
     for (int kh = 0; kh < 3; ++kh)
-      for (int kw = 0; kw < 3; ++kw) acc[kh * 3 + kw] = _mm512_fmadd_ps(gv, win[kh][(P + kw) % 3], acc[kh * 3 + kw]);
+      for (int kw = 3 - SW; kw < 3; ++kw) {
+        const int64_t col = ow * SW - g.pad_left + kw;
+        win[kh][(SW * P + kw) % 3] = decltype(edge)::value ? pixel(kh, col)
+                                                           : _mm512_maskz_loadu_ps(lanes, rows[kh] + col * step[kh]);
+      }
+    for (int kh = 0; kh < 3; ++kh)
+      for (int kw = 0; kw < 3; ++kw)
+        acc[kh * 3 + kw] = _mm512_fmadd_ps(gv, win[kh][(SW * P + kw) % 3], acc[kh * 3 + kw]);
   };
   using Inner = std::false_type;
   using Edge = std::true_type;
+  using P0 = std::integral_constant<int, 0>;
+  using P1 = std::integral_constant<int, 1>;
+  using P2 = std::integral_constant<int, 2>;
   int64_t ow = 0;
   for (; ow + 3 <= inner; ow += 3) {
-    output_pixel(std::integral_constant<int, 0>(), Inner(), ow);
-    output_pixel(std::integral_constant<int, 1>(), Inner(), ow + 1);
-    output_pixel(std::integral_constant<int, 2>(), Inner(), ow + 2);
+    output_pixel(P0(), Inner(), ow);
+    output_pixel(P1(), Inner(), ow + 1);
+    output_pixel(P2(), Inner(), ow + 2);
   }
-  // At most 2 + pad_right more (pad_left <= 1): phases 0, 1, 2, 0, ...
-  for (; ow + 3 <= g.out_w; ow += 3) {
-    output_pixel(std::integral_constant<int, 0>(), Edge(), ow);
-    output_pixel(std::integral_constant<int, 1>(), Edge(), ow + 1);
-    output_pixel(std::integral_constant<int, 2>(), Edge(), ow + 2);
+  for (; ow + 3 <= g.out_w; ow += 3) {  // the phases go on: 0, 1, 2, 0, ...
+    output_pixel(P0(), Edge(), ow);
+    output_pixel(P1(), Edge(), ow + 1);
+    output_pixel(P2(), Edge(), ow + 2);
   }
-  if (ow < g.out_w) output_pixel(std::integral_constant<int, 0>(), Edge(), ow);
-  if (ow + 1 < g.out_w) output_pixel(std::integral_constant<int, 1>(), Edge(), ow + 1);
+  if (ow < g.out_w) output_pixel(P0(), Edge(), ow);
+  if (ow + 1 < g.out_w) output_pixel(P1(), Edge(), ow + 1);
 }
 
 // Rows [row_begin, row_end) of the 16 channels from c (fewer at the end), the sums in
 // registers over all the rows and then added to part.
-void cl_grad_weight_3x3_s1(const float* go, const Strides4d& go_s, const float* in, const Strides4d& in_s,
-                           const Conv2dGeometry& g, int64_t row_begin, int64_t row_end, int64_t c, int64_t count,
-                           float* part, int64_t cpad) {
+template <int SW>
+void cl_grad_weight_3x3(const float* go, const Strides4d& go_s, const float* in, const Strides4d& in_s,
+                        const Conv2dGeometry& g, const int64_t*, int64_t row_begin, int64_t row_end, int64_t c,
+                        int64_t count, float* part, int64_t cpad) {
   const __mmask16 lanes = count >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << count) - 1u);
   __m512 acc[9];
   for (int t = 0; t < 9; ++t) acc[t] = _mm512_setzero_ps();
   for (int64_t row = row_begin; row < row_end; ++row)
-    cl_grad_weight_3x3_row(go, go_s, in, in_s, g, row / g.out_h, row % g.out_h, c, lanes, acc);
+    cl_grad_weight_3x3_row<SW>(go, go_s, in, in_s, g, row / g.out_h, row % g.out_h, c, lanes, acc);
   for (int t = 0; t < 9; ++t)
     _mm512_storeu_ps(part + t * cpad, _mm512_add_ps(_mm512_loadu_ps(part + t * cpad), acc[t]));
 }
@@ -2193,20 +2199,18 @@ void grad_weight_channels_last(const at::Tensor& grad_output, const at::Tensor& 
   using Narrow = void (*)(const T*, const Strides4d&, const T*, const Strides4d&, const Conv2dGeometry&,
                           const int64_t*, int64_t, int64_t, int64_t, int64_t, T*, int64_t);
   Narrow narrow = nullptr;
-  // Measured (2 threads, float32, 8 images): 3x3 on 7x7 planes 0.22 -> 0.185 ms (960 channels),
-  // but 5-10% slower on 14x14 ones (the general loop's interior has fixed tap offsets, and
-  // a 3x3 leaves only 2 of 14 columns to the border); 5x5 on 14x14 1.20 -> 1.08 ms (672).
+  // Measured (2 threads, float32, 8 images): 5x5 on 14x14 1.20 -> 1.08 ms (672 channels);
+  // 3x3 on 7x7 planes 0.22 -> 0.185 ms (960), which the window kernel below takes in float32
+  // (0.18 -> 0.14 ms; 14x14 0.24 -> 0.15, 28x28 0.45 -> 0.35; stride 2, 56x56 input 0.44 -> 0.39).
   if (g.kernel_h == 3 && g.kernel_w == 3 && g.out_w <= 8) narrow = cl_grad_weight_narrow<T, 3, 3>;
   if (g.kernel_h == 5 && g.kernel_w == 5 && g.out_w <= kClNarrowWidth) narrow = cl_grad_weight_narrow<T, 5, 5>;
 #if defined(CPU_CAPABILITY_AVX512)
   if constexpr (std::is_same<T, float>::value) {
-    if (g.kernel_h == 3 && g.kernel_w == 3 && g.stride_w == 1 && g.dilation_h == 1 && g.dilation_w == 1 &&
-        g.mode == PaddingMode::Zeros && g.pad_left <= 1 && g.out_w <= kClWindowMaxWidth)
-      narrow = [](const float* go, const Strides4d& go_s, const float* in, const Strides4d& in_s,
-                  const Conv2dGeometry& g, const int64_t*, int64_t row_begin, int64_t row_end, int64_t c,
-                  int64_t count, float* part, int64_t cpad) {
-        cl_grad_weight_3x3_s1(go, go_s, in, in_s, g, row_begin, row_end, c, count, part, cpad);
-      };
+    const bool window = g.kernel_h == 3 && g.kernel_w == 3 && g.dilation_h == 1 && g.dilation_w == 1 &&
+                        g.mode == PaddingMode::Zeros && g.pad_left <= 1 &&
+                        g.out_w <= kClWindowMaxWidth;
+    if (window && g.stride_w == 1) narrow = cl_grad_weight_3x3<1>;
+    if (window && g.stride_w == 2) narrow = cl_grad_weight_3x3<2>;
   }
 #endif
   at::parallel_for(0, chunks * cvecs, grain_for(work), [&](int64_t begin, int64_t end) {
