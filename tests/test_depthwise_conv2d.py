@@ -219,6 +219,8 @@ BLOCKED_SHAPES = [
     ("cl_gw_window_w31", (1, 17, 6, 31), 1, (3, 3), 1, 1, 1),
     ("cl_gw_window_sw2", (2, 33, 8, 22), 1, (3, 3), (1, 2), 1, 1),
     ("cl_gw_window_sw2_odd", (1, 16, 9, 21), 1, (3, 3), 2, (0, 1), 1),
+    ("cl_gw_window_wide", (2, 20, 5, 40), 1, (3, 3), 1, 1, 1),  # over 32 columns: all channels a task
+    ("cl_gw_window_wide_sw2", (1, 18, 6, 75), 1, (3, 3), (1, 2), (1, 0), 1),
     # kernel width 4 at column stride 11: no row kernel (its key once read as 5x5, stride 1)
     ("kw4_stride11", (1, 16, 5, 60), 1, (3, 4), (1, 11), (1, 0), 1),
 ]
