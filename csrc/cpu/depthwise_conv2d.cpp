@@ -29,9 +29,11 @@
 // channels_last (multiplier 1, float/double, channel stride 1): vectors along C, with the
 // tap enumeration of common/depthwise_index.h (source_index / padded_preimages); interior
 // pixels of the forward four at a time with fixed tap offsets, or, for float32 5x5 and 7x7
-// kernels at column stride 1 or 2, or stride 1 and dilation 2 (AVX-512), a row kernel with
-// a kernel row's weights in registers and each input vector loaded once for the outputs
-// that read it. Kernels of 9x9 and more at stride 1 run the NCHW kernels on NCHW copies.
+// kernels at column stride 1 or 2, or stride 1 and dilation 2, and 3x3 on rows of up to 8
+// (AVX-512), a row kernel with a kernel row's weights in registers and each input vector
+// loaded once for the outputs that read it. The float32 3x3 grad_weight (zero padding,
+// column stride 1 or 2, AVX-512) keeps a window of input pixels per kernel row in
+// registers. Kernels of 9x9 and more at stride 1 run the NCHW kernels on NCHW copies.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -2222,7 +2224,7 @@ void grad_weight_channels_last(const at::Tensor& grad_output, const at::Tensor& 
   using Narrow = void (*)(const T*, const Strides4d&, const T*, const Strides4d&, const Conv2dGeometry&,
                           const int64_t*, int64_t, int64_t, int64_t, int64_t, T*, int64_t);
   Narrow narrow = nullptr;
-  bool summed = false;  // the window kernel for wide rows below took every task
+  bool partials_done = false;  // by the window kernel for wide rows below
   // Measured (2 threads, float32, 8 images): 5x5 on 14x14 1.20 -> 1.08 ms (672 channels);
   // 3x3 on 7x7 planes 0.22 -> 0.185 ms (960), which the window kernel below takes in float32
   // (0.18 -> 0.14 ms; 14x14 0.24 -> 0.15, 28x28 0.45 -> 0.35; stride 2, 56x56 input 0.44 -> 0.39).
@@ -2236,16 +2238,16 @@ void grad_weight_channels_last(const at::Tensor& grad_output, const at::Tensor& 
       const auto wide = g.stride_w == 1 ? cl_grad_weight_3x3_wide<1> : cl_grad_weight_3x3_wide<2>;
       at::parallel_for(0, chunks, grain_for(work * cvecs), [&](int64_t begin, int64_t end) {
         for (int64_t chunk = begin; chunk < end; ++chunk)
-          wide(go, go_s, in, in_s, g, chunk * rows / chunks, (chunk + 1) * rows / chunks, partial.data() + chunk * kk * cpad,
-               cpad);
+          wide(go, go_s, in, in_s, g, chunk * rows / chunks, (chunk + 1) * rows / chunks,
+               partial.data() + chunk * kk * cpad, cpad);
       });
-      summed = true;
+      partials_done = true;
     } else if (window) {
       narrow = g.stride_w == 1 ? cl_grad_weight_3x3<1> : cl_grad_weight_3x3<2>;
     }
   }
 #endif
-  if (!summed) at::parallel_for(0, chunks * cvecs, grain_for(work), [&](int64_t begin, int64_t end) {
+  if (!partials_done) at::parallel_for(0, chunks * cvecs, grain_for(work), [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t chunk = item / cvecs, c = (item % cvecs) * V;
       const int64_t count = std::min<int64_t>(V, C - c);
