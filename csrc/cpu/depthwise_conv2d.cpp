@@ -349,6 +349,10 @@ inline void cl_interior_quad(const T* base, const int64_t* off, int64_t kk, int6
 constexpr int64_t kMaxRowsInterior = 16;
 
 #if defined(CPU_CAPABILITY_AVX512)
+// The first min(n, 16) lanes of a float vector: the channels of a vector from c are
+// first_lanes(channels - c).
+inline __mmask16 first_lanes(int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1u); }
+
 // channels_last, AVX-512 float: P output pixels of one row, one vector of 16 channels,
 // column stride SW and dilation DW. Per kernel row, its KW weights sit in registers and
 // each input pixel vector is loaded once (into a register: GCC would fold it into every
@@ -413,7 +417,7 @@ void cl_rows(const float* const* rows, const float* const* wrows, const int64_t*
       wr[k] = wrows[i * kMaxRowsInterior + k] + c;
     }
     float* d = dst + i * dst_row + ow * dst_pix + c;
-    const __mmask16 lanes = c + V <= channels ? __mmask16(0xFFFF) : __mmask16((1u << (channels - c)) - 1u);
+    const __mmask16 lanes = first_lanes(channels - c);
     const int64_t first = col0 + ow * SW;  // input column of the block's pixel j = 0
     const int64_t lo = std::clamp<int64_t>(-first, 0, J), hi = std::clamp<int64_t>(in_w - first, lo, J);
     const uint64_t inside = ((uint64_t(1) << hi) - 1) & ~((uint64_t(1) << lo) - 1);
@@ -2164,7 +2168,7 @@ template <int SW>
 void cl_grad_weight_3x3(const float* go, const Strides4d& go_s, const float* in, const Strides4d& in_s,
                         const Conv2dGeometry& g, const int64_t*, int64_t row_begin, int64_t row_end, int64_t c,
                         int64_t count, float* part, int64_t cpad) {
-  const __mmask16 lanes = count >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << count) - 1u);
+  const __mmask16 lanes = first_lanes(count);
   __m512 acc[9];
   for (int t = 0; t < 9; ++t) acc[t] = _mm512_setzero_ps();
   for (int64_t row = row_begin; row < row_end; ++row)
@@ -2184,7 +2188,7 @@ void cl_grad_weight_3x3_wide(const float* go, const Strides4d& go_s, const float
   const int64_t C = g.in_channels;
   for (int64_t row = row_begin; row < row_end; ++row)
     for (int64_t c = 0; c < C; c += 16) {
-      const __mmask16 lanes = c + 16 <= C ? __mmask16(0xFFFF) : __mmask16((1u << (C - c)) - 1u);
+      const __mmask16 lanes = first_lanes(C - c);
       __m512 acc[9];
       for (int t = 0; t < 9; ++t) acc[t] = _mm512_loadu_ps(part + t * cpad + c);
       cl_grad_weight_3x3_row<SW>(go, go_s, in, in_s, g, row / g.out_h, row % g.out_h, c, lanes, acc);
