@@ -9,13 +9,14 @@ from cnnops.ops.pool2d import (AdaptiveAvgPool2dFunction, AdaptiveMaxPool2dFunct
                                MaxPool2dFunction, gather_at_indices, normalize_output_size, normalize_pool_args)
 from cnnops.ops.layer_norm import LayerNorm2dFunction, LayerNormFunction, normalize_shape_arg
 from cnnops.ops.batch_norm import BatchNormFunction
-from cnnops.ops.depthwise_conv2d import DepthwiseConv2dFunction
+from cnnops.ops.depthwise_conv2d import DepthwiseConv2dFunction, DepthwiseSeparableConv2dFunction
 
 __all__ = ["conv2d", "Conv2dFunction", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d",
            "MaxPool2dFunction", "AvgPool2dFunction", "AdaptiveAvgPool2dFunction", "AdaptiveMaxPool2dFunction",
            "layer_norm", "layer_norm2d", "LayerNormFunction", "LayerNorm2dFunction",
            "batch_norm", "BatchNormFunction",
-           "depthwise_conv2d", "DepthwiseConv2dFunction"]
+           "depthwise_conv2d", "DepthwiseConv2dFunction",
+           "depthwise_separable_conv2d", "DepthwiseSeparableConv2dFunction"]
 
 _ops = torch.ops.cnnops
 
@@ -358,3 +359,31 @@ def depthwise_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, 
         return _ops.depthwise_conv2d(input.unsqueeze(0), weight, bias, stride, padding, dilation,
                                      padding_mode).squeeze(0)
     return _ops.depthwise_conv2d(input, weight, bias, stride, padding, dilation, padding_mode)
+
+
+def depthwise_separable_conv2d(input, depthwise_weight, pointwise_weight, depthwise_bias=None, pointwise_bias=None,
+                               stride=1, padding=0, dilation=1, padding_mode="zeros"):
+    """conv2d(depthwise_conv2d(input, depthwise_weight, depthwise_bias, stride, padding, dilation,
+    padding_mode), pointwise_weight, pointwise_bias) as one op, pointwise_weight (C_out, C * m, 1, 1).
+    On the CPU the forward is fused: the depthwise rows go through the 1x1 GEMM band by band
+    and the intermediate tensor is never allocated (the backward recomputes it when the
+    pointwise weight needs a gradient). On CUDA the two kernels run in sequence. Accepts
+    unbatched (C, H, W) input, ints, pairs, 'same' and 'valid'."""
+    op = "cnnops.depthwise_separable_conv2d"
+    check_device(op, input)
+    dim = input.dim()
+    if dim not in (3, 4):
+        raise ValueError(
+            f"{op}: expected input to be 3-D (C, H, W) or 4-D (N, C, H, W), got shape {tuple(input.shape)}")
+    if depthwise_weight.dim() != 4:
+        raise ValueError(f"{op}: expected depthwise_weight to be a 4-D tensor (C * multiplier, 1, kH, kW), got shape "
+                         f"{tuple(depthwise_weight.shape)}")
+    stride, padding, dilation = normalize_conv2d_args(op, depthwise_weight.shape, stride, padding, dilation)
+    cast = autocast_dtype(input.device.type)
+    if cast is not None:  # torch's conv autocast policy
+        input, depthwise_weight, pointwise_weight, depthwise_bias, pointwise_bias = (
+            autocast_cast(t, cast) for t in (input, depthwise_weight, pointwise_weight, depthwise_bias, pointwise_bias))
+    batched = input if dim == 4 else input.unsqueeze(0)
+    out = _ops.depthwise_separable_conv2d(batched, depthwise_weight, depthwise_bias, pointwise_weight, pointwise_bias,
+                                          stride, padding, dilation, padding_mode)
+    return out if dim == 4 else out.squeeze(0)

@@ -1,9 +1,12 @@
 """Separable convolutions composed of cnnops.nn.Conv2d layers (DESIGN.md section 1).
 
 The depthwise layer of DepthwiseSeparableConv2d has groups == in_channels, so
-cnnops.functional.conv2d runs it on the dedicated depthwise kernels."""
+cnnops.functional.conv2d runs it on the dedicated depthwise kernels; on the CPU, without
+autograd, the pair runs as one fused op (cnnops.functional.depthwise_separable_conv2d)."""
 import torch
+from torch.nn.modules import module as _module
 
+from cnnops import functional as F
 from cnnops.nn.conv import Conv2d
 
 
@@ -42,7 +45,26 @@ class DepthwiseSeparableConv2d(torch.nn.Module):
         self.pointwise = Conv2d(mid, out_channels, 1, bias=bias, device=device, dtype=dtype)
 
     def forward(self, input):
+        if self._fusable(input):
+            dw, pw = self.depthwise, self.pointwise
+            return F.depthwise_separable_conv2d(input, dw.weight, pw.weight, dw.bias, pw.bias, dw.stride, dw.padding,
+                                                dw.dilation, dw.padding_mode)
         return self.pointwise(self.depthwise(input))
+
+    def _fusable(self, input):
+        """The fused forward gives what the two layers give, without the intermediate tensor:
+        used on the CPU when no autograd graph is recorded (its backward would recompute the
+        depthwise output) and nothing observes the layers (hooks, replaced layers)."""
+        if input.device.type != "cpu" or _module._global_forward_hooks or _module._global_forward_pre_hooks:
+            return False
+        if torch.is_grad_enabled() and (input.requires_grad or any(p.requires_grad for p in self.parameters())):
+            return False
+        layers = (self.depthwise, self.pointwise)
+        if any(type(m) is not Conv2d or m._forward_hooks or m._forward_pre_hooks for m in layers):
+            return False
+        pw = self.pointwise
+        return (pw.kernel_size == (1, 1) and pw.stride == (1, 1) and pw.padding == (0, 0) and pw.dilation == (1, 1)
+                and pw.groups == 1 and self.depthwise.groups == self.depthwise.in_channels)
 
 
 class SpatiallySeparableConv2d(torch.nn.Module):

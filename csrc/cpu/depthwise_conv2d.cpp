@@ -52,6 +52,7 @@
 
 #include "common/depthwise_checks.h"
 #include "common/depthwise_index.h"
+#include "cpu/depthwise_conv2d.h"
 #include "cpu/lane_transpose.h"
 
 namespace cnnops {
@@ -1567,9 +1568,7 @@ at::Tensor depthwise_conv2d_cpu(const at::Tensor& input, const at::Tensor& weigh
                                 input.options().memory_format(conv_memory_format(input, weight)));
   if (output.numel() == 0) return output;
   const at::Tensor* b = (bias.has_value() && bias->defined()) ? &*bias : nullptr;
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, input.scalar_type(), "cnnops_depthwise_conv2d_cpu", [&] {
-    forward_any<scalar_t>(input, weight, b, output, g);
-  });
+  depthwise_forward_cpu(input, weight, b, output, g);
   return output;
 }
 
@@ -2337,6 +2336,13 @@ at::Tensor depthwise_conv2d_grad_weight_cpu(const at::Tensor& grad_output, const
 }
 
 }  // namespace
+
+void depthwise_forward_cpu(const at::Tensor& input, const at::Tensor& weight, const at::Tensor* bias,
+                           at::Tensor& output, const Conv2dGeometry& g) {
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, input.scalar_type(), "cnnops_depthwise_forward_cpu", [&] {
+    forward_any<scalar_t>(input, weight, bias, output, g);
+  });
+}
 
 TORCH_LIBRARY_IMPL(cnnops, CPU, m) {
   m.impl("depthwise_conv2d", &depthwise_conv2d_cpu);
