@@ -9,14 +9,15 @@ from cnnops.ops.pool2d import (AdaptiveAvgPool2dFunction, AdaptiveMaxPool2dFunct
                                MaxPool2dFunction, gather_at_indices, normalize_output_size, normalize_pool_args)
 from cnnops.ops.layer_norm import LayerNorm2dFunction, LayerNormFunction, normalize_shape_arg
 from cnnops.ops.batch_norm import BatchNormFunction
-from cnnops.ops.depthwise_conv2d import DepthwiseConv2dFunction, DepthwiseSeparableConv2dFunction
+from cnnops.ops.depthwise_conv2d import DepthwiseConv2dFunction
 
 __all__ = ["conv2d", "Conv2dFunction", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d",
            "MaxPool2dFunction", "AvgPool2dFunction", "AdaptiveAvgPool2dFunction", "AdaptiveMaxPool2dFunction",
            "layer_norm", "layer_norm2d", "LayerNormFunction", "LayerNorm2dFunction",
            "batch_norm", "BatchNormFunction",
            "depthwise_conv2d", "DepthwiseConv2dFunction",
-           "depthwise_separable_conv2d", "DepthwiseSeparableConv2dFunction"]
+           "depthwise_separable_conv2d", "DepthwiseSeparableConv2dFunction",
+           "spatially_separable_conv2d", "SpatiallySeparableConv2dFunction"]
 
 _ops = torch.ops.cnnops
 
@@ -361,6 +362,34 @@ def depthwise_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, 
     return _ops.depthwise_conv2d(input, weight, bias, stride, padding, dilation, padding_mode)
 
 
+
+# ---------------------------------------------------------------- fused separable convolutions
+
+from cnnops.ops.separable_conv2d import (DepthwiseSeparableConv2dFunction,  # noqa: E402
+                                         SpatiallySeparableConv2dFunction, normalize_pair_args)
+
+
+def _separable(name, input, w1, w2, b1, b2, stride, padding, dilation, padding_mode):
+    op = f"cnnops.{name}"
+    check_device(op, input)
+    dim = input.dim()
+    if dim not in (3, 4):
+        raise ValueError(
+            f"{op}: expected input to be 3-D (C, H, W) or 4-D (N, C, H, W), got shape {tuple(input.shape)}")
+    names = {"depthwise_separable_conv2d": ("depthwise_weight", "pointwise_weight"),
+             "spatially_separable_conv2d": ("vertical_weight", "horizontal_weight")}[name]
+    for w, what in zip((w1, w2), names):
+        if w.dim() != 4:
+            raise ValueError(f"{op}: expected {what} to be a 4-D tensor, got shape {tuple(w.shape)}")
+    stride, padding, dilation = normalize_pair_args(name, w1.shape, w2.shape, stride, padding, dilation)
+    cast = autocast_dtype(input.device.type)
+    if cast is not None:  # torch's conv autocast policy
+        input, w1, w2, b1, b2 = (autocast_cast(t, cast) for t in (input, w1, w2, b1, b2))
+    batched = input if dim == 4 else input.unsqueeze(0)
+    out = getattr(_ops, name)(batched, w1, b1, w2, b2, stride, padding, dilation, padding_mode)
+    return out if dim == 4 else out.squeeze(0)
+
+
 def depthwise_separable_conv2d(input, depthwise_weight, pointwise_weight, depthwise_bias=None, pointwise_bias=None,
                                stride=1, padding=0, dilation=1, padding_mode="zeros"):
     """conv2d(depthwise_conv2d(input, depthwise_weight, depthwise_bias, stride, padding, dilation,
@@ -369,21 +398,18 @@ def depthwise_separable_conv2d(input, depthwise_weight, pointwise_weight, depthw
     and the intermediate tensor is never allocated (the backward recomputes it when the
     pointwise weight needs a gradient). On CUDA the two kernels run in sequence. Accepts
     unbatched (C, H, W) input, ints, pairs, 'same' and 'valid'."""
-    op = "cnnops.depthwise_separable_conv2d"
-    check_device(op, input)
-    dim = input.dim()
-    if dim not in (3, 4):
-        raise ValueError(
-            f"{op}: expected input to be 3-D (C, H, W) or 4-D (N, C, H, W), got shape {tuple(input.shape)}")
-    if depthwise_weight.dim() != 4:
-        raise ValueError(f"{op}: expected depthwise_weight to be a 4-D tensor (C * multiplier, 1, kH, kW), got shape "
-                         f"{tuple(depthwise_weight.shape)}")
-    stride, padding, dilation = normalize_conv2d_args(op, depthwise_weight.shape, stride, padding, dilation)
-    cast = autocast_dtype(input.device.type)
-    if cast is not None:  # torch's conv autocast policy
-        input, depthwise_weight, pointwise_weight, depthwise_bias, pointwise_bias = (
-            autocast_cast(t, cast) for t in (input, depthwise_weight, pointwise_weight, depthwise_bias, pointwise_bias))
-    batched = input if dim == 4 else input.unsqueeze(0)
-    out = _ops.depthwise_separable_conv2d(batched, depthwise_weight, depthwise_bias, pointwise_weight, pointwise_bias,
-                                          stride, padding, dilation, padding_mode)
-    return out if dim == 4 else out.squeeze(0)
+    return _separable("depthwise_separable_conv2d", input, depthwise_weight, pointwise_weight, depthwise_bias,
+                      pointwise_bias, stride, padding, dilation, padding_mode)
+
+
+def spatially_separable_conv2d(input, vertical_weight, horizontal_weight, vertical_bias=None, horizontal_bias=None,
+                               stride=1, padding=0, dilation=1, padding_mode="zeros"):
+    """conv2d(conv2d(input, vertical_weight (C_mid, C, kH, 1), vertical_bias, (s_v, 1), (p_rows, 0),
+    (d_v, 1)), horizontal_weight (C_out, C_mid, 1, kW), horizontal_bias, (1, s_h), (0, p_cols),
+    (1, d_h)), both with padding_mode, as one op: what nn.SpatiallySeparableConv2d computes.
+    stride and dilation are an int or (s_v, s_h); padding an int, (p_rows, p_cols), 'same' or
+    'valid'. On the CPU the forward is fused (bands of rows, no intermediate tensor; the
+    backward recomputes it for the horizontal weight's gradient); on CUDA the two kernels run
+    in sequence. Accepts unbatched (C, H, W) input."""
+    return _separable("spatially_separable_conv2d", input, vertical_weight, horizontal_weight, vertical_bias,
+                      horizontal_bias, stride, padding, dilation, padding_mode)

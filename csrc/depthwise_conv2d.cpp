@@ -16,12 +16,4 @@ TORCH_LIBRARY_FRAGMENT(cnnops, m) {
       "depthwise_conv2d_grad_weight(Tensor grad_output, Tensor input, SymInt[4] weight_size, "
       "SymInt[2] stride, SymInt[4] padding, SymInt[2] dilation, str padding_mode, "
       "bool channels_last) -> Tensor");
-  // pointwise(depthwise(input)) in one pass, pointwise_weight (C_out, C * multiplier, 1, 1):
-  // the forward of nn.DepthwiseSeparableConv2d without the intermediate tensor (CPU: fused
-  // kernel; CUDA: the two kernels in sequence, cnnops/ops/depthwise_conv2d.py). Its
-  // gradients are the two convs' gradient ops.
-  m.def(
-      "depthwise_separable_conv2d(Tensor input, Tensor depthwise_weight, Tensor? depthwise_bias, "
-      "Tensor pointwise_weight, Tensor? pointwise_bias, SymInt[2] stride, SymInt[4] padding, "
-      "SymInt[2] dilation, str padding_mode) -> Tensor");
 }

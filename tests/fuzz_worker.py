@@ -66,6 +66,36 @@ def depthwise_conv2d(a, dtype, gen):
             (lambda: _torch_conv2d(*args, groups, mode)), (x, w, b))
 
 
+def depthwise_separable_conv2d(a, dtype, gen):
+    _, depthwise, (x, w, b) = depthwise_conv2d(a, dtype, gen)
+    pw = _tensor(a["pointwise_weight"], dtype, gen)
+    pb = _tensor(a["pointwise_bias"], dtype, gen) if a["pointwise_bias"] is not None else None
+    padding = a["padding"] if isinstance(a["padding"], str) else tuple(a["padding"])
+    return ((lambda: cnnops.F.depthwise_separable_conv2d(x, w, pw, b, pb, tuple(a["stride"]), padding,
+                                                         tuple(a["dilation"]), a["padding_mode"])),
+            (lambda: TF.conv2d(depthwise(), pw, pb)), (x, w, b, pw, pb))
+
+
+def spatially_separable_conv2d(a, dtype, gen):
+    x = _tensor(a["input"], dtype, gen, a["channels_last"], a["nan"])
+    vw, hw = _tensor(a["vertical_weight"], dtype, gen), _tensor(a["horizontal_weight"], dtype, gen)
+    vb = _tensor(a["vertical_bias"], dtype, gen) if a["vertical_bias"] is not None else None
+    hb = _tensor(a["horizontal_bias"], dtype, gen) if a["horizontal_bias"] is not None else None
+    (sv, sh), (dv, dh), mode, padding = a["stride"], a["dilation"], a["padding_mode"], a["padding"]
+    if isinstance(padding, str):
+        rows = cols = padding
+    else:
+        padding = tuple(padding)
+        rows, cols = (padding[0], 0), (0, padding[1])
+
+    def theirs():
+        mid = _torch_conv2d(x, vw, vb, (sv, 1), rows, (dv, 1), 1, mode)
+        return _torch_conv2d(mid, hw, hb, (1, sh), cols, (1, dh), 1, mode)
+
+    return ((lambda: cnnops.F.spatially_separable_conv2d(x, vw, hw, vb, hb, (sv, sh), padding, (dv, dh), mode)),
+            theirs, (x, vw, vb, hw, hb))
+
+
 def batch_norm(a, dtype, gen):
     x = _tensor(a["input"], dtype, gen, a["channels_last"], a["nan"])
     c = a["channels"]
@@ -134,7 +164,9 @@ def _layer_norm_condition(a, leaves):
 
 GRAD_CONDITION = {"layer_norm": _layer_norm_condition}
 
-OPS = {f.__name__: f for f in (conv2d, conv_transpose2d, depthwise_conv2d, batch_norm, max_pool2d, avg_pool2d, adaptive_avg_pool2d, adaptive_max_pool2d, layer_norm)}
+OPS = {f.__name__: f for f in (conv2d, conv_transpose2d, depthwise_conv2d, depthwise_separable_conv2d,
+                               spatially_separable_conv2d, batch_norm, max_pool2d, avg_pool2d, adaptive_avg_pool2d,
+                               adaptive_max_pool2d, layer_norm)}
 
 
 def _outputs(result):

@@ -125,6 +125,36 @@ def depthwise_conv2d_args(draw):
 
 
 @st.composite
+def depthwise_separable_conv2d_args(draw):
+    a = draw(depthwise_conv2d_args())
+    cmid, cout = a["weight"][0], draw(st.integers(1, 4))
+    a["pointwise_weight"] = draw(mostly(st.just((cout, cmid, 1, 1)), st.tuples(
+        st.integers(0, 3), st.integers(0, 6), st.integers(1, 2), st.just(1))))
+    a["pointwise_bias"] = draw(mostly(st.sampled_from([None, (cout,)]), st.just((5,))))
+    return a
+
+
+@st.composite
+def spatially_separable_conv2d_args(draw):
+    cin, cmid, cout = draw(st.integers(1, 4)), draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    mode = draw(st.sampled_from(["zeros", "reflect", "replicate", "circular"]))
+    if mode == "zeros":
+        padding = draw(st.one_of(pair, st.sampled_from(["same", "valid"])))
+    else:
+        padding = draw(st.tuples(st.integers(0, 3), st.integers(0, 3)))
+    return dict(input=draw(input_shape(st.just(cin))), padding=padding, padding_mode=mode,
+                vertical_weight=draw(mostly(st.just((cmid, cin, kh, 1)), st.tuples(
+                    st.integers(0, 4), st.integers(0, 5), st.just(kh), st.integers(1, 2)))),
+                horizontal_weight=draw(mostly(st.just((cout, cmid, 1, kw)), st.tuples(
+                    st.integers(0, 4), st.integers(0, 5), st.integers(1, 2), st.just(kw)))),
+                vertical_bias=draw(mostly(st.sampled_from([None, (cmid,)]), st.just((6,)))),
+                horizontal_bias=draw(mostly(st.sampled_from([None, (cout,)]), st.just((6,)))),
+                stride=draw(positive_pair), dilation=draw(positive_pair),
+                channels_last=draw(st.booleans()), nan=draw(st.booleans()))
+
+
+@st.composite
 def batch_norm_args(draw):
     c = draw(st.integers(1, 5))
     rank = draw(mostly(st.integers(2, 5), st.integers(1, 2)))
@@ -166,6 +196,8 @@ OP_ARGS = {
     "conv2d": conv2d_args(),
     "conv_transpose2d": conv_transpose2d_args(),
     "depthwise_conv2d": depthwise_conv2d_args(),
+    "depthwise_separable_conv2d": depthwise_separable_conv2d_args(),
+    "spatially_separable_conv2d": spatially_separable_conv2d_args(),
     "batch_norm": batch_norm_args(),
     "max_pool2d": st.tuples(st.fixed_dictionaries(pool_common), pool_window(True)).map(lambda t: {**t[0], **t[1]}),
     "avg_pool2d": st.tuples(st.fixed_dictionaries(dict(
@@ -202,6 +234,8 @@ def _unary_cases():
     ln_w = torch.randn(7, dtype=torch.float64)
     c2_w = torch.randn(3, dtype=torch.float64)
     dw = torch.randn(6, 1, 5, 5, dtype=torch.float64)
+    pw = torch.randn(4, 6, 1, 1, dtype=torch.float64)
+    vw, hw = torch.randn(5, 3, 3, 1, dtype=torch.float64), torch.randn(4, 5, 1, 3, dtype=torch.float64)
     F = torch.nn.functional
     return [
         ("conv2d", lambda t: cnnops.F.conv2d(t, w, padding=1), lambda t: F.conv2d(t, w, padding=1), x),
@@ -209,6 +243,11 @@ def _unary_cases():
          lambda t: F.conv_transpose2d(t, w.transpose(0, 1), stride=2, padding=1), x),
         ("depthwise_conv2d", lambda t: cnnops.F.depthwise_conv2d(t, dw, padding=2, padding_mode="reflect"),
          lambda t: F.conv2d(F.pad(t, (2, 2, 2, 2), mode="reflect"), dw, groups=3), x),
+        ("depthwise_separable_conv2d",
+         lambda t: cnnops.F.depthwise_separable_conv2d(t, dw, pw, padding=2, padding_mode="reflect"),
+         lambda t: F.conv2d(F.conv2d(F.pad(t, (2, 2, 2, 2), mode="reflect"), dw, groups=3), pw), x),
+        ("spatially_separable_conv2d", lambda t: cnnops.F.spatially_separable_conv2d(t, vw, hw, padding=1),
+         lambda t: F.conv2d(F.conv2d(t, vw, padding=(1, 0)), hw, padding=(0, 1)), x),
         ("batch_norm", lambda t: cnnops.F.batch_norm(t, None, None, c2_w, c2_w, training=True, activation="relu"),
          lambda t: F.relu(F.batch_norm(t, None, None, c2_w, c2_w, training=True)), x),
         ("max_pool2d", lambda t: cnnops.F.max_pool2d(t, 2), lambda t: F.max_pool2d(t, 2), x),

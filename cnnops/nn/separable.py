@@ -2,7 +2,8 @@
 
 The depthwise layer of DepthwiseSeparableConv2d has groups == in_channels, so
 cnnops.functional.conv2d runs it on the dedicated depthwise kernels; on the CPU, without
-autograd, the pair runs as one fused op (cnnops.functional.depthwise_separable_conv2d)."""
+autograd, each pair runs as one fused op (cnnops.functional.depthwise_separable_conv2d,
+spatially_separable_conv2d)."""
 import torch
 from torch.nn.modules import module as _module
 
@@ -45,26 +46,12 @@ class DepthwiseSeparableConv2d(torch.nn.Module):
         self.pointwise = Conv2d(mid, out_channels, 1, bias=bias, device=device, dtype=dtype)
 
     def forward(self, input):
-        if self._fusable(input):
-            dw, pw = self.depthwise, self.pointwise
+        dw, pw = self.depthwise, self.pointwise
+        if (_fusable(self, input, dw, pw) and dw.groups == dw.in_channels and pw.kernel_size == (1, 1)
+                and pw.stride == (1, 1) and pw.padding == (0, 0) and pw.dilation == (1, 1) and pw.groups == 1):
             return F.depthwise_separable_conv2d(input, dw.weight, pw.weight, dw.bias, pw.bias, dw.stride, dw.padding,
                                                 dw.dilation, dw.padding_mode)
-        return self.pointwise(self.depthwise(input))
-
-    def _fusable(self, input):
-        """The fused forward gives what the two layers give, without the intermediate tensor:
-        used on the CPU when no autograd graph is recorded (its backward would recompute the
-        depthwise output) and nothing observes the layers (hooks, replaced layers)."""
-        if input.device.type != "cpu" or _module._global_forward_hooks or _module._global_forward_pre_hooks:
-            return False
-        if torch.is_grad_enabled() and (input.requires_grad or any(p.requires_grad for p in self.parameters())):
-            return False
-        layers = (self.depthwise, self.pointwise)
-        if any(type(m) is not Conv2d or m._forward_hooks or m._forward_pre_hooks for m in layers):
-            return False
-        pw = self.pointwise
-        return (pw.kernel_size == (1, 1) and pw.stride == (1, 1) and pw.padding == (0, 0) and pw.dilation == (1, 1)
-                and pw.groups == 1 and self.depthwise.groups == self.depthwise.in_channels)
+        return pw(dw(input))
 
 
 class SpatiallySeparableConv2d(torch.nn.Module):
@@ -99,4 +86,30 @@ class SpatiallySeparableConv2d(torch.nn.Module):
                                  padding_mode=padding_mode, device=device, dtype=dtype)
 
     def forward(self, input):
-        return self.horizontal(self.vertical(input))
+        v, h = self.vertical, self.horizontal
+        padding = self._fused_padding()
+        if (padding is not None and _fusable(self, input, v, h) and v.groups == 1 and h.groups == 1
+                and v.padding_mode == h.padding_mode and v.kernel_size[1] == h.kernel_size[0] == 1
+                and v.stride[1] == h.stride[0] == 1 and v.dilation[1] == h.dilation[0] == 1):
+            return F.spatially_separable_conv2d(input, v.weight, h.weight, v.bias, h.bias, (v.stride[0], h.stride[1]),
+                                                padding, (v.dilation[0], h.dilation[1]), v.padding_mode)
+        return h(v(input))
+
+    def _fused_padding(self):
+        """The fused op's padding (rows, columns) or string, None where the layers pad otherwise."""
+        pv, ph = self.vertical.padding, self.horizontal.padding
+        if isinstance(pv, str) or isinstance(ph, str):
+            return pv if pv == ph else None
+        return (pv[0], ph[1]) if pv[1] == 0 and ph[0] == 0 else None
+
+
+def _fusable(module, input, first, second):
+    """Whether a fused separable op may replace the two layers' forwards: it gives what they
+    give, without the intermediate tensor. Used on the CPU when no autograd graph is recorded
+    (its backward would recompute the intermediate) and nothing observes the layers (hooks,
+    layers replaced by other classes); the caller checks the layers' shapes of kernel."""
+    if input.device.type != "cpu" or _module._global_forward_hooks or _module._global_forward_pre_hooks:
+        return False
+    if torch.is_grad_enabled() and (input.requires_grad or any(p.requires_grad for p in module.parameters())):
+        return False
+    return not any(type(m) is not Conv2d or m._forward_hooks or m._forward_pre_hooks for m in (first, second))

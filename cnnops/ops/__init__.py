@@ -6,3 +6,4 @@ from cnnops.ops import layer_norm  # noqa: F401
 from cnnops.ops import conv_transpose2d  # noqa: F401
 from cnnops.ops import batch_norm  # noqa: F401
 from cnnops.ops import depthwise_conv2d  # noqa: F401
+from cnnops.ops import separable_conv2d  # noqa: F401

@@ -76,42 +76,4 @@ inline Conv2dGeometry check_depthwise_grad_weight(const char* op, const at::Tens
   return g;
 }
 
-// The fused depthwise-separable forward: the depthwise operands as check_depthwise_forward,
-// then the pointwise weight (C_out, C * multiplier, 1, 1) and bias (C_out).
-inline Conv2dGeometry check_depthwise_separable_forward(
-    const char* op, const at::Tensor& input, const at::Tensor& depthwise_weight,
-    const c10::optional<at::Tensor>& depthwise_bias, const at::Tensor& pointwise_weight,
-    const c10::optional<at::Tensor>& pointwise_bias, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation, c10::string_view padding_mode) {
-  check_same_dtype_device(op, input, "input", depthwise_weight, "depthwise_weight");
-  TORCH_CHECK_VALUE(input.dim() == 4, op, ": expected input to be a 4-D tensor (N, C, H, W), got shape ",
-                    shape_str(input.sizes()));
-  const int64_t channels = input.size(1);
-  const auto dw = depthwise_weight.sizes();
-  TORCH_CHECK_VALUE(dw.size() == 4 && dw[1] == 1 && (channels < 1 || (dw[0] >= 1 && dw[0] % channels == 0)),
-                    op, ": expected depthwise_weight to have shape (C * multiplier, 1, kH, kW) with C = ",
-                    channels, " and an integer multiplier, got shape ", shape_str(dw));
-  const Conv2dGeometry g =
-      depthwise_geometry(op, input.sizes(), dw, stride, padding, dilation, padding_mode);
-  if (depthwise_bias.has_value() && depthwise_bias->defined()) {
-    check_same_dtype_device(op, input, "input", *depthwise_bias, "depthwise_bias");
-    TORCH_CHECK_VALUE(depthwise_bias->dim() == 1 && depthwise_bias->size(0) == g.out_channels, op,
-                      ": expected depthwise_bias to have shape (", g.out_channels,
-                      ",) (C * multiplier), got shape ", shape_str(depthwise_bias->sizes()));
-  }
-  check_dtype_supported(op, input, /*half_ok=*/false);
-  check_same_dtype_device(op, input, "input", pointwise_weight, "pointwise_weight");
-  const auto pw = pointwise_weight.sizes();
-  TORCH_CHECK_VALUE(pw.size() == 4 && pw[0] >= 1 && pw[1] == g.out_channels && pw[2] == 1 && pw[3] == 1,
-                    op, ": expected pointwise_weight to have shape (C_out, ", g.out_channels,
-                    ", 1, 1) (C * multiplier input channels), got shape ", shape_str(pw));
-  if (pointwise_bias.has_value() && pointwise_bias->defined()) {
-    check_same_dtype_device(op, input, "input", *pointwise_bias, "pointwise_bias");
-    TORCH_CHECK_VALUE(pointwise_bias->dim() == 1 && pointwise_bias->size(0) == pw[0], op,
-                      ": expected pointwise_bias to have shape (", pw[0], ",) (C_out), got shape ",
-                      shape_str(pointwise_bias->sizes()));
-  }
-  return g;
-}
-
 }  // namespace cnnops

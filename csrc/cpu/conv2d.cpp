@@ -20,6 +20,7 @@
 #include "common/conv_checks.h"
 #include "common/conv_index.h"
 #include "cpu/conv2d_panel.h"
+#include "cpu/conv_forward.h"
 
 namespace cnnops {
 namespace {
@@ -371,6 +372,13 @@ at::Tensor conv2d_grad_bias_cpu(const at::Tensor& grad_output) {
 }
 
 }  // namespace
+
+at::Tensor conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
+                              const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                              at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                              c10::string_view padding_mode) {
+  return conv2d_cpu(input, weight, bias, stride, padding, dilation, groups, padding_mode);
+}
 
 TORCH_LIBRARY_IMPL(cnnops, CPU, m) {
   m.impl("conv2d", &conv2d_cpu);

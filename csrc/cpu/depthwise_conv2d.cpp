@@ -52,7 +52,7 @@
 
 #include "common/depthwise_checks.h"
 #include "common/depthwise_index.h"
-#include "cpu/depthwise_conv2d.h"
+#include "cpu/conv_forward.h"
 #include "cpu/lane_transpose.h"
 
 namespace cnnops {
