@@ -112,6 +112,17 @@ def test_matches_torch(pair, device, dtype, case, layout, mode):
     compare(pair, tensors, stride, padding, dilation, mode, msg=f"{pair} {case} {layout} {mode} {dtype}")
 
 
+@pytest.mark.parametrize("device,dtype", [p for p in device_dtype_params() if p.values[0] == "cuda"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("case", list(CASES))
+def test_cuda_fused_matches_torch(device, dtype, case, layout, mode, monkeypatch):
+    """The opt-in fused depthwise-separable CUDA kernel (separable_conv2d_fused.cu;
+    tests/test_separable_cuda_emulated.py runs it on the CPU) on the same cases."""
+    monkeypatch.setenv("CNNOPS_EXPERIMENTAL", "1")
+    test_matches_torch("depthwise", device, dtype, case, layout, mode)
+
+
 @pytest.mark.parametrize("biases", [(True, True), (False, False)], ids=["bias", "no_bias"])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("shape,kernel,stride,dilation,layout,mode", [

@@ -42,6 +42,7 @@ FAMILIES = (
     "pool2d",
     "layer_norm",
     "depthwise_conv2d",
+    "separable_conv2d",
     "conv_transpose2d",
     "batch_norm",
     "models",  # end-to-end rows: whole converted networks

@@ -1,8 +1,8 @@
 """separable_conv2d family, Python side: the fused separable forwards
 depthwise_separable_conv2d (a depthwise conv, then a 1x1 conv) and spatially_separable_conv2d
 (a (kH x 1) conv, then a (1 x kW) conv). Fake kernels (same checks and messages as
-csrc/common/separable_checks.h), the CUDA kernels (the two convs' kernels in sequence, not
-fused yet), autograd (the two convs' gradient ops; the intermediate tensor is recomputed for
+csrc/common/separable_checks.h), spatially_separable_conv2d's CUDA kernel (the two conv
+kernels in sequence; depthwise_separable_conv2d's is csrc/cuda/separable_conv2d.cu), autograd (the two convs' gradient ops; the intermediate tensor is recomputed for
 the second weight's gradient, since the forward keeps none), and the torch.autograd.Functions.
 Schemas: csrc/separable_conv2d.cpp; CPU kernels: csrc/cpu/separable_conv2d.cpp."""
 from typing import NamedTuple
@@ -124,9 +124,9 @@ def normalize_pair_args(name, w1_shape, w2_shape, stride, padding, dilation):
     return normalize_spatially_separable_args(op, w1_shape, w2_shape, stride, padding, dilation)
 
 
-PAIRS = {  # op name: (geometry, convs)
-    "depthwise_separable_conv2d": (depthwise_separable_geometry, depthwise_separable_convs),
-    "spatially_separable_conv2d": (spatially_separable_geometry, spatially_separable_convs),
+PAIRS = {  # op name: (geometry, convs, whether the CUDA kernel is registered here)
+    "depthwise_separable_conv2d": (depthwise_separable_geometry, depthwise_separable_convs, False),
+    "spatially_separable_conv2d": (spatially_separable_geometry, spatially_separable_convs, True),
 }
 
 
@@ -140,7 +140,7 @@ def pair_layouts(input, first_weight, second_weight):
 # ---------------------------------------------------------------- fake, CUDA, autograd
 
 def _register(name):
-    geometry, convs = PAIRS[name]
+    geometry, convs, python_cuda = PAIRS[name]
     op = f"cnnops.{name}"
 
     @torch.library.register_fake(f"cnnops::{name}")
@@ -148,12 +148,14 @@ def _register(name):
         _, out_shape = geometry(op, input, w1, b1, w2, b2, stride, padding, dilation, padding_mode)
         return empty_like_shape(out_shape, input, pair_layouts(input, w1, w2)[1])
 
-    @torch.library.impl(f"cnnops::{name}", "CUDA")
     def _cuda(input, w1, b1, w2, b2, stride, padding, dilation, padding_mode):
-        # Not fused on CUDA yet: the first conv's kernel, then the second's.
+        # Not fused on CUDA: the first conv's kernel, then the second's.
         geometry(op, input, w1, b1, w2, b2, stride, padding, dilation, padding_mode)
         first, second = convs(stride, padding, dilation, padding_mode)
         return second.forward(first.forward(input, w1, b1), w2, b2)
+
+    if python_cuda:  # else csrc/cuda/separable_conv2d.cu registers it
+        torch.library.impl(f"cnnops::{name}", "CUDA")(_cuda)
 
     def setup(ctx, inputs, output):
         pair_setup(ctx, name, *inputs)
@@ -165,7 +167,7 @@ def _register(name):
 
 
 def pair_setup(ctx, name, input, w1, b1, w2, b2, stride, padding, dilation, padding_mode):
-    geometry, convs = PAIRS[name]
+    geometry, convs, _ = PAIRS[name]
     ctx.convs = convs(stride, padding, dilation, padding_mode)
     ctx.mid_shape, _ = geometry(f"cnnops.{name}", input, w1, b1, w2, b2, stride, padding, dilation, padding_mode)
     mid_format, out_format = pair_layouts(input, w1, w2)

@@ -20,7 +20,7 @@ inline Conv2dGeometry check_depthwise_separable_forward(
     const char* op, const at::Tensor& input, const at::Tensor& depthwise_weight,
     const c10::optional<at::Tensor>& depthwise_bias, const at::Tensor& pointwise_weight,
     const c10::optional<at::Tensor>& pointwise_bias, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation, c10::string_view padding_mode) {
+    at::IntArrayRef padding, at::IntArrayRef dilation, c10::string_view padding_mode, bool half_ok) {
   check_same_dtype_device(op, input, "input", depthwise_weight, "depthwise_weight");
   TORCH_CHECK_VALUE(input.dim() == 4, op, ": expected input to be a 4-D tensor (N, C, H, W), got shape ",
                     shape_str(input.sizes()));
@@ -32,7 +32,7 @@ inline Conv2dGeometry check_depthwise_separable_forward(
   const Conv2dGeometry g =
       depthwise_geometry(op, input.sizes(), dw, stride, padding, dilation, padding_mode);
   check_separable_bias(op, input, depthwise_bias, "depthwise_bias", g.out_channels, "C * multiplier");
-  check_dtype_supported(op, input, /*half_ok=*/false);
+  check_dtype_supported(op, input, half_ok);
   check_same_dtype_device(op, input, "input", pointwise_weight, "pointwise_weight");
   const auto pw = pointwise_weight.sizes();
   TORCH_CHECK_VALUE(pw.size() == 4 && pw[0] >= 1 && pw[1] == g.out_channels && pw[2] == 1 && pw[3] == 1,
@@ -40,6 +40,15 @@ inline Conv2dGeometry check_depthwise_separable_forward(
                     ", 1, 1) (C * multiplier input channels), got shape ", shape_str(pw));
   check_separable_bias(op, input, pointwise_bias, "pointwise_bias", pw[0], "C_out");
   return g;
+}
+
+// The output's memory format, as the two convs in sequence give it: channels_last when the
+// input or either weight is.
+inline at::MemoryFormat separable_output_format(const at::Tensor& input, const at::Tensor& first_weight,
+                                                const at::Tensor& second_weight) {
+  const bool cl = conv_memory_format(input, first_weight) == at::MemoryFormat::ChannelsLast ||
+                  second_weight.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+  return cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
 }
 
 // The fused spatially separable forward: a (kH x 1) conv C_in -> C_mid with stride

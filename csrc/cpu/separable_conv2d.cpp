@@ -110,20 +110,6 @@ Band band_input(const at::Tensor& images, const Conv2dGeometry& g, int64_t oh0, 
   return {rows, b};
 }
 
-// The intermediate's and the output's layouts, as the two convs in sequence give them.
-struct PairLayouts {
-  bool mid_cl, out_cl;
-  PairLayouts(const at::Tensor& input, const at::Tensor& first_weight, const at::Tensor& second_weight)
-      : mid_cl(conv_memory_format(input, first_weight) == at::MemoryFormat::ChannelsLast),
-        out_cl(mid_cl || second_weight.suggest_memory_format() == at::MemoryFormat::ChannelsLast) {}
-  static at::MemoryFormat memory_format(bool cl) {
-    return cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-  }
-  at::Tensor empty_output(const at::Tensor& input, at::IntArrayRef sizes) const {
-    return at::empty(sizes, input.options().memory_format(memory_format(out_cl)));
-  }
-};
-
 const at::Tensor* optional_ptr(const c10::optional<at::Tensor>& t) {
   return (t.has_value() && t->defined()) ? &*t : nullptr;
 }
@@ -137,11 +123,13 @@ at::Tensor depthwise_separable_conv2d_cpu(const at::Tensor& input, const at::Ten
   const char* op = "cnnops.depthwise_separable_conv2d";
   const Conv2dGeometry g =
       check_depthwise_separable_forward(op, input, depthwise_weight, depthwise_bias, pointwise_weight,
-                                        pointwise_bias, stride, padding, dilation, padding_mode);
+                                        pointwise_bias, stride, padding, dilation, padding_mode,
+                                        /*half_ok=*/false);
   const int64_t mid_channels = g.out_channels, out_channels = pointwise_weight.size(0);
-  const PairLayouts layouts(input, depthwise_weight, pointwise_weight);
-  const bool mid_cl = layouts.mid_cl, out_cl = layouts.out_cl;
-  at::Tensor output = layouts.empty_output(input, {g.batch, out_channels, g.out_h, g.out_w});
+  const bool mid_cl = conv_memory_format(input, depthwise_weight) == at::MemoryFormat::ChannelsLast;
+  const at::MemoryFormat out_format = separable_output_format(input, depthwise_weight, pointwise_weight);
+  const bool out_cl = out_format == at::MemoryFormat::ChannelsLast;
+  at::Tensor output = at::empty({g.batch, out_channels, g.out_h, g.out_w}, input.options().memory_format(out_format));
   if (output.numel() == 0) return output;
   const at::Tensor* dw_bias = optional_ptr(depthwise_bias);
   const at::Tensor* pw_bias = optional_ptr(pointwise_bias);
@@ -154,7 +142,7 @@ at::Tensor depthwise_separable_conv2d_cpu(const at::Tensor& input, const at::Ten
   for_each_band(plan, g.batch, g.out_h, [&](int64_t n0, int64_t count, int64_t oh0, int64_t oh1) {
     const Band band = band_input(input.narrow(0, n0, count), g, oh0, oh1);
     at::Tensor mid = at::empty({count, mid_channels, oh1 - oh0, g.out_w},
-                               input.options().memory_format(layouts.memory_format(mid_cl)));
+                               input.options().memory_format(conv_memory_format(input, depthwise_weight)));
     depthwise_forward_cpu(band.input, depthwise_weight, dw_bias, mid, band.g);
     // (pixels x mid channels): contiguous rows for channels_last, a transposed view else
     const int64_t pixels = count * (oh1 - oh0) * g.out_w;
@@ -194,8 +182,9 @@ at::Tensor spatially_separable_conv2d_cpu(const at::Tensor& input, const at::Ten
                                         horizontal_bias, stride, padding, dilation, padding_mode);
   const Conv2dGeometry& gv = pair.vertical;
   const Conv2dGeometry& gh = pair.horizontal;
-  at::Tensor output = PairLayouts(input, vertical_weight, horizontal_weight)
-                          .empty_output(input, {gh.batch, gh.out_channels, gh.out_h, gh.out_w});
+  at::Tensor output = at::empty({gh.batch, gh.out_channels, gh.out_h, gh.out_w},
+                                input.options().memory_format(
+                                    separable_output_format(input, vertical_weight, horizontal_weight)));
   if (output.numel() == 0) return output;
 
   const int64_t row_bytes = gv.out_channels * gv.out_w * static_cast<int64_t>(input.element_size());
