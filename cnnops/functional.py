@@ -362,7 +362,6 @@ def depthwise_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, 
     return _ops.depthwise_conv2d(input, weight, bias, stride, padding, dilation, padding_mode)
 
 
-
 # ---------------------------------------------------------------- fused separable convolutions
 
 from cnnops.ops.separable_conv2d import (DepthwiseSeparableConv2dFunction,  # noqa: E402
@@ -396,8 +395,9 @@ def depthwise_separable_conv2d(input, depthwise_weight, pointwise_weight, depthw
     padding_mode), pointwise_weight, pointwise_bias) as one op, pointwise_weight (C_out, C * m, 1, 1).
     On the CPU the forward is fused: the depthwise rows go through the 1x1 GEMM band by band
     and the intermediate tensor is never allocated (the backward recomputes it when the
-    pointwise weight needs a gradient). On CUDA the two kernels run in sequence. Accepts
-    unbatched (C, H, W) input, ints, pairs, 'same' and 'valid'."""
+    pointwise weight needs a gradient). On CUDA the two kernels run in sequence (with
+    CNNOPS_EXPERIMENTAL=1, one fused kernel, not yet run on a GPU). Accepts unbatched
+    (C, H, W) input, ints, pairs, 'same' and 'valid'."""
     return _separable("depthwise_separable_conv2d", input, depthwise_weight, pointwise_weight, depthwise_bias,
                       pointwise_bias, stride, padding, dilation, padding_mode)
 
