@@ -1,5 +1,6 @@
 """A small run of every cnnops CUDA kernel (forward and backward, every dtype, padding
-mode and memory format; conv2d, pool2d, layer_norm, conv_transpose2d, batch_norm, depthwise_conv2d), for
+mode and memory format; conv2d, pool2d, layer_norm, conv_transpose2d, batch_norm, depthwise_conv2d,
+the separable pairs), for
 compute-sanitizer. Exits non-zero on a wrong result."""
 import sys
 
@@ -329,10 +330,46 @@ def _check_depthwise_conv2d(tag):
     return bad
 
 
+def check_separable_conv2d():
+    """depthwise_separable_conv2d's forward (the two kernels, then with CNNOPS_EXPERIMENTAL=1
+    the fused kernel of separable_conv2d_fused.cu) and spatially_separable_conv2d's, every
+    dtype, padding mode and layout, against float64 torch on the CPU."""
+    import os
+    bad = 0
+    tol = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
+    F = torch.nn.functional
+    for experimental in ("0", "1"):
+        os.environ["CNNOPS_EXPERIMENTAL"] = experimental
+        for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+            for mode in ("zeros", "reflect", "replicate", "circular"):
+                for channels_last in (False, True):
+                    x = torch.randn(2, 20, 13, 11, dtype=torch.float64)
+                    dw, db = torch.randn(40, 1, 3, 3, dtype=torch.float64) / 3, torch.randn(40, dtype=torch.float64)
+                    pw, pb = torch.randn(70, 40, 1, 1, dtype=torch.float64) / 6, torch.randn(70, dtype=torch.float64)
+                    vw, hw = torch.randn(8, 20, 3, 1, dtype=torch.float64) / 8, torch.randn(6, 8, 1, 3, dtype=torch.float64) / 5
+                    xc = x.to("cuda", dtype)
+                    if channels_last:
+                        xc = xc.contiguous(memory_format=torch.channels_last)
+                    on = lambda t: t.to("cuda", dtype)  # noqa: E731
+                    y = cnnops.F.depthwise_separable_conv2d(xc, on(dw), on(pw), on(db), on(pb), (2, 1), 1, (1, 2), mode)
+                    xp = F.pad(x, (1, 1, 1, 1), mode="constant" if mode == "zeros" else mode)
+                    r = F.conv2d(F.conv2d(xp, dw, db, (2, 1), 0, (1, 2), 20), pw, pb)
+                    z = cnnops.F.spatially_separable_conv2d(xc, on(vw), on(hw), None, None, 1, 1, 1, mode)
+                    zr = F.conv2d(F.pad(F.conv2d(F.pad(x, (0, 0, 1, 1), mode="constant" if mode == "zeros" else mode), vw),
+                                        (1, 1, 0, 0), mode="constant" if mode == "zeros" else mode), hw)
+                    errs = [_rel(y.cpu(), r), _rel(z.cpu(), zr)]
+                    ok = max(errs) < tol[dtype]
+                    bad += not ok
+                    print(f"separable experimental={experimental} {dtype} {mode} channels_last={channels_last}: "
+                          f"rel err depthwise/spatial {' '.join(f'{e:.1e}' for e in errs)} {'ok' if ok else 'WRONG'}")
+    os.environ.pop("CNNOPS_EXPERIMENTAL", None)
+    return bad
+
+
 if __name__ == "__main__":
     assert torch.cuda.is_available(), "no CUDA device"
     failures = (check_conv2d() + check_pool2d() + check_layer_norm() + check_conv2d_mma() + check_conv_transpose2d()
-                + check_batch_norm() + check_depthwise_conv2d())
+                + check_batch_norm() + check_depthwise_conv2d() + check_separable_conv2d())
     torch.cuda.synchronize()
     print(f"smoke: {failures} wrong")
     sys.exit(1 if failures else 0)
