@@ -1,7 +1,8 @@
 // separable_conv2d family: schemas of the fused separable forwards, each one op for a pair
 // of convolutions (the two layers of nn.DepthwiseSeparableConv2d / nn.SpatiallySeparableConv2d).
 // On the CPU the pair runs band by band without the intermediate tensor; on CUDA the two
-// kernels run in sequence (cnnops/ops/separable_conv2d.py). Their gradients are the two
+// kernels run in sequence (depthwise pair: csrc/cuda/separable_conv2d.cu, with an opt-in
+// fused kernel; spatial pair: cnnops/ops/separable_conv2d.py). Their gradients are the two
 // convs' gradient ops.
 #include <torch/library.h>
 

@@ -357,15 +357,21 @@ BAD = [
     ("depthwise", "kernel too large", (2, 4, 2, 2), (4, 1, 5, 5), None, (3, 4, 1, 1), None, ValueError,
      r"at least as large as the dilated kernel"),
     ("spatial", "vertical kernel width", (2, 4, 8, 8), (5, 4, 3, 3), None, (3, 5, 1, 3), None, ValueError,
-     r"spatially_separable_conv2d: expected vertical_weight to have shape \(C_mid, 4, kH, 1\), got shape \(5, 4, 3, 3"),
+     r"spatially_separable_conv2d: expected vertical_weight to have shape \(C_mid, 4, kH, 1\) .*got shape \(5, 4, 3, 3"),
     ("spatial", "vertical in channels", (2, 4, 8, 8), (5, 3, 3, 1), None, (3, 5, 1, 3), None, ValueError,
      r"expected vertical_weight to have shape \(C_mid, 4, kH, 1\)"),
     ("spatial", "vertical bias", (2, 4, 8, 8), (5, 4, 3, 1), (4,), (3, 5, 1, 3), None, ValueError,
      r"expected vertical_bias to have shape \(5,\) \(C_mid\), got shape \(4,\)"),
     ("spatial", "horizontal channels", (2, 4, 8, 8), (5, 4, 3, 1), None, (3, 4, 1, 3), None, ValueError,
-     r"expected horizontal_weight to have shape \(C_out, 5, 1, kW\), got shape \(3, 4, 1, 3\)"),
+     r"expected horizontal_weight to have shape \(C_out, 5, 1, kW\) with kW >= 1, got shape \(3, 4, 1, 3\)"),
     ("spatial", "horizontal bias", (2, 4, 8, 8), (5, 4, 3, 1), None, (3, 5, 1, 3), (5,), ValueError,
      r"expected horizontal_bias to have shape \(3,\) \(C_out\), got shape \(5,\)"),
+    ("depthwise", "zero kernel height", (2, 4, 8, 8), (4, 1, 0, 3), None, (3, 4, 1, 1), None, ValueError,
+     r"expected depthwise_weight to have shape .* kH, kW >= 1, got shape \(4, 1, 0, 3\)"),
+    ("spatial", "zero vertical kernel", (2, 4, 8, 8), (5, 4, 0, 1), None, (3, 5, 1, 3), None, ValueError,
+     r"expected vertical_weight to have shape \(C_mid, 4, kH, 1\) with kH >= 1, got shape \(5, 4, 0, 1\)"),
+    ("spatial", "zero horizontal kernel", (2, 4, 8, 8), (5, 4, 3, 1), None, (3, 5, 1, 0), None, ValueError,
+     r"expected horizontal_weight to have shape \(C_out, 5, 1, kW\) with kW >= 1, got shape \(3, 5, 1, 0\)"),
     ("spatial", "kernel too large", (2, 4, 2, 9), (5, 4, 7, 1), None, (3, 5, 1, 3), None, ValueError,
      r"at least as large as the dilated kernel"),
 ]
@@ -403,6 +409,10 @@ def test_bad_dtypes_and_arguments():
         cnnops.F.spatially_separable_conv2d(x, vw, hw, stride=(2, 1), padding="same")
     with pytest.raises(ValueError, match=r"expected stride to be an int or a pair of ints"):
         cnnops.F.spatially_separable_conv2d(x, vw, hw, stride=(1, 1, 1))
+    with pytest.raises(ValueError, match=r"stride to be two integers >= 1 \(vertical, horizontal\), got \(1, 0\)"):
+        cnnops.F.spatially_separable_conv2d(x, vw, hw, stride=(1, 0))
+    with pytest.raises(ValueError, match=r"expected padding to be four integers >= 0 .*got \(1, 1, -1, 1\)"):
+        ops.spatially_separable_conv2d(x, vw, None, hw, None, [1, 1], [1, 1, -1, 1], [1, 1], "zeros")
     with pytest.raises(ValueError, match=r"expected stride and dilation as \(vertical, horizontal\)"):
         ops.spatially_separable_conv2d(x, vw, None, hw, None, [1, 1], [1, 1], [1, 1], "zeros")
 

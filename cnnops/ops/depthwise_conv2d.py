@@ -79,23 +79,19 @@ def depthwise_setup(ctx, input, weight, bias, stride, padding, dilation, padding
 def depthwise_backward(ctx, grad_output):
     """(grad_input, grad_weight, grad_bias), each None unless needed."""
     input, weight = ctx.saved_tensors
-    return depthwise_gradients(grad_output, input, weight, ctx.input_shape, ctx.weight_shape, ctx.conv_args,
-                               ctx.channels_last, ctx.has_bias, ctx.needs_input_grad[:3])
-
-
-def depthwise_gradients(grad_output, input, weight, input_shape, weight_shape, args, channels_last, has_bias, needs):
-    """(grad_input, grad_weight, grad_bias) of a depthwise conv, each None unless needs[i]."""
+    args = ctx.conv_args
     grad_input = grad_weight = grad_bias = None
-    if (channels_last and grad_output.device.type == "cpu" and needs[0] and needs[1] and grad_output.dim() == 4
+    if (ctx.channels_last and grad_output.device.type == "cpu" and ctx.needs_input_grad[0]
+            and ctx.needs_input_grad[1] and grad_output.dim() == 4
             and not grad_output.is_contiguous(memory_format=torch.channels_last)):
         # The CPU channels_last kernels need a unit channel stride and would each copy an
         # NCHW grad_output: one copy for both.
         grad_output = grad_output.contiguous(memory_format=torch.channels_last)
-    if needs[0]:
-        grad_input = ops.depthwise_conv2d_grad_input(grad_output, weight, input_shape, *args, channels_last)
-    if needs[1]:
-        grad_weight = ops.depthwise_conv2d_grad_weight(grad_output, input, weight_shape, *args, channels_last)
-    if has_bias and needs[2]:
+    if ctx.needs_input_grad[0]:
+        grad_input = ops.depthwise_conv2d_grad_input(grad_output, weight, ctx.input_shape, *args, ctx.channels_last)
+    if ctx.needs_input_grad[1]:
+        grad_weight = ops.depthwise_conv2d_grad_weight(grad_output, input, ctx.weight_shape, *args, ctx.channels_last)
+    if ctx.has_bias and ctx.needs_input_grad[2]:
         grad_bias = ops.conv2d_grad_bias(grad_output)
     return grad_input, grad_weight, grad_bias
 
@@ -131,4 +127,3 @@ class DepthwiseConv2dFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         return (*depthwise_backward(ctx, grad_output), None, None, None, None)
-

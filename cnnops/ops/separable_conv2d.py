@@ -2,8 +2,9 @@
 depthwise_separable_conv2d (a depthwise conv, then a 1x1 conv) and spatially_separable_conv2d
 (a (kH x 1) conv, then a (1 x kW) conv). Fake kernels (same checks and messages as
 csrc/common/separable_checks.h), spatially_separable_conv2d's CUDA kernel (the two conv
-kernels in sequence; depthwise_separable_conv2d's is csrc/cuda/separable_conv2d.cu), autograd (the two convs' gradient ops; the intermediate tensor is recomputed for
-the second weight's gradient, since the forward keeps none), and the torch.autograd.Functions.
+kernels in sequence; depthwise_separable_conv2d's is csrc/cuda/separable_conv2d.cu),
+autograd (the two convs' gradient ops; the intermediate tensor is recomputed for the second
+weight's gradient, since the forward keeps none), and the torch.autograd.Functions.
 Schemas: csrc/separable_conv2d.cpp; CPU kernels: csrc/cpu/separable_conv2d.cpp."""
 from typing import NamedTuple
 
@@ -49,9 +50,10 @@ def depthwise_separable_geometry(op, input, depthwise_weight, depthwise_bias, po
     check(input.dim() == 4, lambda: (
         f"{op}: expected input to be a 4-D tensor (N, C, H, W), got shape {shape_str(input.shape)}"))
     channels, dw = input.shape[1], tuple(depthwise_weight.shape)
-    check(len(dw) == 4 and dw[1] == 1 and (channels < 1 or (dw[0] >= 1 and dw[0] % channels == 0)), lambda: (
-        f"{op}: expected depthwise_weight to have shape (C * multiplier, 1, kH, kW) with C = {channels} and an "
-        f"integer multiplier, got shape {shape_str(dw)}"))
+    check(len(dw) == 4 and dw[1] == 1 and dw[2] >= 1 and dw[3] >= 1
+          and (channels < 1 or (dw[0] >= 1 and dw[0] % channels == 0)), lambda: (
+              f"{op}: expected depthwise_weight to have shape (C * multiplier, 1, kH, kW) with C = {channels}, an "
+              f"integer multiplier and kH, kW >= 1, got shape {shape_str(dw)}"))
     mid = tuple(depthwise_geometry(op, input.shape, dw, stride, padding, dilation, padding_mode))
     _check_bias(op, input, depthwise_bias, "depthwise_bias", mid[1], "C * multiplier")
     check_dtype(op, input)
@@ -79,17 +81,26 @@ def spatially_separable_geometry(op, input, vertical_weight, vertical_bias, hori
     check(len(stride) == 2 and len(dilation) == 2 and len(padding) == 4, lambda: (
         f"{op}: expected stride and dilation as (vertical, horizontal) and padding as (top, bottom, left, right), "
         f"got {shape_str(stride)}, {shape_str(dilation)}, {shape_str(padding)}"))
+    # checked here, as given: each conv below sees only its half of them
+    check(stride[0] >= 1 and stride[1] >= 1, lambda: (
+        f"{op}: expected stride to be two integers >= 1 (vertical, horizontal), got {shape_str(stride)}"))
+    check(dilation[0] >= 1 and dilation[1] >= 1, lambda: (
+        f"{op}: expected dilation to be two integers >= 1 (vertical, horizontal), got {shape_str(dilation)}"))
+    check(all(p >= 0 for p in padding), lambda: (
+        f"{op}: expected padding to be four integers >= 0 (top, bottom, left, right), got {shape_str(padding)}"))
     vw = tuple(vertical_weight.shape)
-    check(len(vw) == 4 and vw[0] >= 1 and vw[1] == input.shape[1] and vw[3] == 1, lambda: (
-        f"{op}: expected vertical_weight to have shape (C_mid, {input.shape[1]}, kH, 1), got shape {shape_str(vw)}"))
+    check(len(vw) == 4 and vw[0] >= 1 and vw[1] == input.shape[1] and vw[2] >= 1 and vw[3] == 1, lambda: (
+        f"{op}: expected vertical_weight to have shape (C_mid, {input.shape[1]}, kH, 1) with kH >= 1, got shape "
+        f"{shape_str(vw)}"))
     first, second = spatially_separable_convs(stride, padding, dilation, padding_mode)
     mid = tuple(conv2d_geometry(op, input.shape, vw, *first.args))
     _check_bias(op, input, vertical_bias, "vertical_bias", vw[0], "C_mid")
     check_dtype(op, input)
     _check_same_dtype_device(op, input, "input", horizontal_weight, "horizontal_weight")
     hw = tuple(horizontal_weight.shape)
-    check(len(hw) == 4 and hw[0] >= 1 and hw[1] == vw[0] and hw[2] == 1, lambda: (
-        f"{op}: expected horizontal_weight to have shape (C_out, {vw[0]}, 1, kW), got shape {shape_str(hw)}"))
+    check(len(hw) == 4 and hw[0] >= 1 and hw[1] == vw[0] and hw[2] == 1 and hw[3] >= 1, lambda: (
+        f"{op}: expected horizontal_weight to have shape (C_out, {vw[0]}, 1, kW) with kW >= 1, got shape "
+        f"{shape_str(hw)}"))
     out = tuple(conv2d_geometry(op, mid, hw, *second.args))
     _check_bias(op, input, horizontal_bias, "horizontal_bias", hw[0], "C_out")
     return mid, out

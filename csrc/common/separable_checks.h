@@ -26,9 +26,10 @@ inline Conv2dGeometry check_depthwise_separable_forward(
                     shape_str(input.sizes()));
   const int64_t channels = input.size(1);
   const auto dw = depthwise_weight.sizes();
-  TORCH_CHECK_VALUE(dw.size() == 4 && dw[1] == 1 && (channels < 1 || (dw[0] >= 1 && dw[0] % channels == 0)),
+  TORCH_CHECK_VALUE(dw.size() == 4 && dw[1] == 1 && dw[2] >= 1 && dw[3] >= 1 &&
+                        (channels < 1 || (dw[0] >= 1 && dw[0] % channels == 0)),
                     op, ": expected depthwise_weight to have shape (C * multiplier, 1, kH, kW) with C = ",
-                    channels, " and an integer multiplier, got shape ", shape_str(dw));
+                    channels, ", an integer multiplier and kH, kW >= 1, got shape ", shape_str(dw));
   const Conv2dGeometry g =
       depthwise_geometry(op, input.sizes(), dw, stride, padding, dilation, padding_mode);
   check_separable_bias(op, input, depthwise_bias, "depthwise_bias", g.out_channels, "C * multiplier");
@@ -70,10 +71,18 @@ inline SeparablePair check_spatially_separable_forward(
   TORCH_CHECK_VALUE(stride.size() == 2 && dilation.size() == 2 && padding.size() == 4, op,
                     ": expected stride and dilation as (vertical, horizontal) and padding as (top, bottom, "
                     "left, right), got ", shape_str(stride), ", ", shape_str(dilation), ", ", shape_str(padding));
+  // checked here, as given: each conv below sees only its half of them
+  TORCH_CHECK_VALUE(stride[0] >= 1 && stride[1] >= 1, op,
+                    ": expected stride to be two integers >= 1 (vertical, horizontal), got ", shape_str(stride));
+  TORCH_CHECK_VALUE(dilation[0] >= 1 && dilation[1] >= 1, op,
+                    ": expected dilation to be two integers >= 1 (vertical, horizontal), got ", shape_str(dilation));
+  TORCH_CHECK_VALUE(padding[0] >= 0 && padding[1] >= 0 && padding[2] >= 0 && padding[3] >= 0, op,
+                    ": expected padding to be four integers >= 0 (top, bottom, left, right), got ",
+                    shape_str(padding));
   const auto vw = vertical_weight.sizes();
-  TORCH_CHECK_VALUE(vw.size() == 4 && vw[0] >= 1 && vw[1] == input.size(1) && vw[3] == 1, op,
-                    ": expected vertical_weight to have shape (C_mid, ", input.size(1), ", kH, 1), got shape ",
-                    shape_str(vw));
+  TORCH_CHECK_VALUE(vw.size() == 4 && vw[0] >= 1 && vw[1] == input.size(1) && vw[2] >= 1 && vw[3] == 1, op,
+                    ": expected vertical_weight to have shape (C_mid, ", input.size(1),
+                    ", kH, 1) with kH >= 1, got shape ", shape_str(vw));
   SeparablePair p;
   const int64_t v_stride[2] = {stride[0], 1}, v_padding[4] = {padding[0], padding[1], 0, 0};
   const int64_t v_dilation[2] = {dilation[0], 1};
@@ -82,8 +91,8 @@ inline SeparablePair check_spatially_separable_forward(
   check_dtype_supported(op, input, /*half_ok=*/false);
   check_same_dtype_device(op, input, "input", horizontal_weight, "horizontal_weight");
   const auto hw = horizontal_weight.sizes();
-  TORCH_CHECK_VALUE(hw.size() == 4 && hw[0] >= 1 && hw[1] == vw[0] && hw[2] == 1, op,
-                    ": expected horizontal_weight to have shape (C_out, ", vw[0], ", 1, kW), got shape ",
+  TORCH_CHECK_VALUE(hw.size() == 4 && hw[0] >= 1 && hw[1] == vw[0] && hw[2] == 1 && hw[3] >= 1, op,
+                    ": expected horizontal_weight to have shape (C_out, ", vw[0], ", 1, kW) with kW >= 1, got shape ",
                     shape_str(hw));
   const int64_t mid_size[4] = {p.vertical.batch, p.vertical.out_channels, p.vertical.out_h, p.vertical.out_w};
   const int64_t h_stride[2] = {1, stride[1]}, h_padding[4] = {0, 0, padding[2], padding[3]};

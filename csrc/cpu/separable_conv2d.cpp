@@ -43,7 +43,7 @@ BandPlan plan_bands(int64_t batch, int64_t out_h, int64_t mid_row_bytes, bool al
   p.rows = std::clamp<int64_t>(kBandBytes / std::max<int64_t>(mid_row_bytes, 1), 1, out_h);
   if (batch * ((out_h + p.rows - 1) / p.rows) < threads) {  // a band for every thread
     const int64_t want = (threads + batch - 1) / batch;
-    p.rows = std::max<int64_t>(1, out_h / want);
+    p.rows = std::max<int64_t>(1, (out_h + want - 1) / want);
   }
   p.bands = (out_h + p.rows - 1) / p.rows;
   p.rows = (out_h + p.bands - 1) / p.bands;  // even bands, no short last one

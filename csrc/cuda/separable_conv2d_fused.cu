@@ -28,18 +28,21 @@ constexpr int kTilePixels = 64;  // 16 thread columns x 4 pixels
 constexpr int kTileOut = 64;     // 16 thread rows x 4 output channels
 constexpr int kChunk = 16;       // depthwise channels staged at a time
 constexpr int kPerThread = 4;
+// The weight tile's rows are padded by one: its stores walk down a column (consecutive
+// threads along C_mid, for coalesced global reads), which would hit one bank at 64 floats.
+constexpr int kWeightPitch = kTileOut + 1;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
-    depthwise_separable_fused_kernel(const scalar_t* input, const scalar_t* dw, const scalar_t* dw_bias,
+    cnnops_depthwise_separable_fused_kernel(const scalar_t* input, const scalar_t* dw, const scalar_t* dw_bias,
                                      const scalar_t* pw, const scalar_t* pw_bias, scalar_t* output,
                                      Strides4d in_s, Strides4d dw_s, Strides4d pw_s, Strides4d out_s,
                                      Conv2dGeometry g, int64_t out_channels, int64_t pixel_tiles) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   acc_t* mid = reinterpret_cast<acc_t*>(smem_raw);  // [kChunk][kTilePixels]
-  acc_t* pw_tile = mid + kChunk * kTilePixels;      // [kChunk][kTileOut]
+  acc_t* pw_tile = mid + kChunk * kTilePixels;      // [kChunk][kWeightPitch]
   const int t = threadIdx.x;
   const int64_t n = blockIdx.x / pixel_tiles;
   const int64_t p0 = (blockIdx.x % pixel_tiles) * kTilePixels, co0 = int64_t(blockIdx.y) * kTileOut;
@@ -70,14 +73,14 @@ __global__ void __launch_bounds__(kThreads)
     }
     for (int i = t; i < kChunk * kTileOut; i += kThreads) {  // consecutive threads: along C_mid
       const int64_t c = c0 + i % kChunk, co = co0 + i / kChunk;
-      pw_tile[(i % kChunk) * kTileOut + i / kChunk] =
+      pw_tile[(i % kChunk) * kWeightPitch + i / kChunk] =
           (c < g.out_channels && co < out_channels) ? acc_t(pw[co * pw_s.n + c * pw_s.c]) : acc_t(0);
     }
     __syncthreads();
     for (int cc = 0; cc < kChunk; ++cc) {
       acc_t a[kPerThread], b[kPerThread];
       for (int i = 0; i < kPerThread; ++i) {
-        a[i] = pw_tile[cc * kTileOut + tc * kPerThread + i];
+        a[i] = pw_tile[cc * kWeightPitch + tc * kPerThread + i];
         b[i] = mid[cc * kTilePixels + tp * kPerThread + i];
       }
       for (int i = 0; i < kPerThread; ++i)
@@ -113,8 +116,8 @@ bool depthwise_separable_forward_fused(const at::Tensor& input, const at::Tensor
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "cnnops_depthwise_separable_fused",
                                   [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const size_t smem = kChunk * (kTilePixels + kTileOut) * sizeof(acc_t);
-    depthwise_separable_fused_kernel<scalar_t, acc_t><<<grid, kThreads, smem, at::cuda::getCurrentCUDAStream()>>>(
+    const size_t smem = kChunk * (kTilePixels + kWeightPitch) * sizeof(acc_t);
+    cnnops_depthwise_separable_fused_kernel<scalar_t, acc_t><<<grid, kThreads, smem, at::cuda::getCurrentCUDAStream()>>>(
         input.const_data_ptr<scalar_t>(), depthwise_weight.const_data_ptr<scalar_t>(),
         dw_bias.defined() ? dw_bias.const_data_ptr<scalar_t>() : nullptr, pointwise_weight.const_data_ptr<scalar_t>(),
         pw_bias.defined() ? pw_bias.const_data_ptr<scalar_t>() : nullptr, output.mutable_data_ptr<scalar_t>(),
