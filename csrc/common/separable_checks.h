@@ -14,8 +14,9 @@ inline void check_separable_bias(const char* op, const at::Tensor& input, const 
                     ",) (", what, "), got shape ", shape_str(bias->sizes()));
 }
 
-// The fused depthwise-separable forward: the depthwise operands as check_depthwise_forward,
-// then the pointwise weight (C_out, C * multiplier, 1, 1) and bias (C_out).
+// The fused depthwise-separable forward: the depthwise operands as check_depthwise_forward
+// checks them, under this op's argument names, then the pointwise weight
+// (C_out, C * multiplier, 1, 1) and bias (C_out).
 inline Conv2dGeometry check_depthwise_separable_forward(
     const char* op, const at::Tensor& input, const at::Tensor& depthwise_weight,
     const c10::optional<at::Tensor>& depthwise_bias, const at::Tensor& pointwise_weight,
