@@ -43,9 +43,11 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
                  and weight.shape[0] % groups == 0)
     op_fn = _ops.depthwise_conv2d if depthwise else _ops.conv2d
     extra = () if depthwise else (groups,)
-    if dim == 3:
-        return op_fn(input.unsqueeze(0), weight, bias, stride, padding, dilation, *extra, padding_mode).squeeze(0)
-    return op_fn(input, weight, bias, stride, padding, dilation, *extra, padding_mode)
+    x = input.unsqueeze(0) if dim == 3 else input
+    out = op_fn(x, weight, bias, stride, padding, dilation, *extra, padding_mode)
+    out = _with_bilinear_tangent(out, lambda a, w: op_fn(a, w, None, stride, padding, dilation, *extra, padding_mode),
+                                 x, weight, bias)
+    return out.squeeze(0) if dim == 3 else out
 
 
 # ---------------------------------------------------------------- pooling
@@ -70,6 +72,24 @@ def _tangent(x):
     if _fwad._current_level < 0:
         return None
     return _fwad.unpack_dual(x).tangent
+
+
+def _with_bilinear_tangent(out, fn, x, weight, bias):
+    """out, with the forward-mode AD tangent of an op bilinear in (x, weight) plus a channel
+    bias (custom ops drop tangents): fn(a, w) is the op without bias on plain tensors.
+    out itself is returned where nothing has a tangent."""
+    tx, tw = _tangent(x), _tangent(weight)
+    tb = None if bias is None else _tangent(bias)
+    if tx is None and tw is None and tb is None:
+        return out
+    primal = lambda t: _fwad.unpack_dual(t).primal  # noqa: E731
+    out = primal(out)
+    total = torch.zeros_like(out) if tb is None else tb.reshape(1, -1, 1, 1).expand(out.shape)
+    if tx is not None:
+        total = total + fn(tx, primal(weight))
+    if tw is not None:
+        total = total + fn(primal(x), tw)
+    return _fwad.make_dual(out, total)
 
 
 def _pool_input(op, input):
@@ -263,22 +283,8 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
             out = _ops.conv_transpose2d.default(x, weight, bias, *args)
     else:
         out = _ops.conv_transpose2d(x, weight, bias, *args)
-    tangents = (_tangent(x), _tangent(weight), None if bias is None else _tangent(bias))
-    if any(t is not None for t in tangents):  # forward-mode AD: custom ops drop tangents
-        out = _fwad.make_dual(out, _conv_transpose2d_tangent(x, weight, tangents, out, args))
+    out = _with_bilinear_tangent(out, lambda a, w: conv_transpose2d(a, w, None, *args), x, weight, bias)
     return out.squeeze(0) if dim == 3 else out
-
-
-def _conv_transpose2d_tangent(x, weight, tangents, out, args):
-    """The output's tangent: the op is bilinear in (input, weight), plus the bias."""
-    tx, tw, tb = tangents
-    primal = lambda t: _fwad.unpack_dual(t).primal  # noqa: E731
-    total = torch.zeros_like(out) if tb is None else tb.reshape(1, -1, 1, 1).expand(out.shape)
-    if tx is not None:
-        total = total + conv_transpose2d(tx, primal(weight), None, *args)
-    if tw is not None:
-        total = total + conv_transpose2d(primal(x), tw, None, *args)
-    return total
 
 # ---------------------------------------------------------------- batch norm
 
@@ -356,14 +362,16 @@ def depthwise_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, 
     cast = autocast_dtype(input.device.type)
     if cast is not None:  # torch's conv autocast policy
         input, weight, bias = autocast_cast(input, cast), autocast_cast(weight, cast), autocast_cast(bias, cast)
-    if dim == 3:
-        return _ops.depthwise_conv2d(input.unsqueeze(0), weight, bias, stride, padding, dilation,
-                                     padding_mode).squeeze(0)
-    return _ops.depthwise_conv2d(input, weight, bias, stride, padding, dilation, padding_mode)
+    x = input.unsqueeze(0) if dim == 3 else input
+    out = _ops.depthwise_conv2d(x, weight, bias, stride, padding, dilation, padding_mode)
+    out = _with_bilinear_tangent(
+        out, lambda a, w: _ops.depthwise_conv2d(a, w, None, stride, padding, dilation, padding_mode), x, weight, bias)
+    return out.squeeze(0) if dim == 3 else out
 
 
 # ---------------------------------------------------------------- fused separable convolutions
 
+from cnnops.ops.separable_conv2d import PAIRS as SEPARABLE_PAIRS  # noqa: E402
 from cnnops.ops.separable_conv2d import (DepthwiseSeparableConv2dFunction,  # noqa: E402
                                          SpatiallySeparableConv2dFunction, normalize_pair_args)
 
@@ -386,6 +394,13 @@ def _separable(name, input, w1, w2, b1, b2, stride, padding, dilation, padding_m
         input, w1, w2, b1, b2 = (autocast_cast(t, cast) for t in (input, w1, w2, b1, b2))
     batched = input if dim == 4 else input.unsqueeze(0)
     out = getattr(_ops, name)(batched, w1, b1, w2, b2, stride, padding, dilation, padding_mode)
+    if any(t is not None and _tangent(t) is not None for t in (batched, w1, b1, w2, b2)):
+        # forward-mode AD (custom ops drop tangents): through the intermediate, conv by conv
+        first, second = SEPARABLE_PAIRS[name][1](stride, padding, dilation, padding_mode)
+        primal = lambda t: None if t is None else _fwad.unpack_dual(t).primal  # noqa: E731
+        mid = _with_bilinear_tangent(first.forward(primal(batched), primal(w1), primal(b1)),
+                                     lambda a, w: first.forward(a, w, None), batched, w1, b1)
+        out = _with_bilinear_tangent(out, lambda a, w: second.forward(a, w, None), mid, w2, b2)
     return out if dim == 4 else out.squeeze(0)
 
 

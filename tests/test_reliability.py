@@ -295,11 +295,17 @@ def test_forward_mode_ad(name, ours, theirs, x):
 
     def jvp(fn):
         with fwAD.dual_level():
-            return fwAD.unpack_dual(fn(fwAD.make_dual(x, tangent))).tangent
+            t = fwAD.unpack_dual(fn(fwAD.make_dual(x, tangent))).tangent
+        assert t is not None, f"{name}: forward-mode AD dropped the tangent without an error"
+        return t
 
     got = _works_or_names_op(name, lambda: jvp(ours))
     if got is not None:
         assert_close(got, jvp(theirs))
+    # torch.func.jvp too (a tangent of zeros, not None, is what a dropped one looks like there)
+    got = _works_or_names_op(name, lambda: torch.func.jvp(ours, (x,), (tangent,))[1])
+    if got is not None:
+        assert_close(got, torch.func.jvp(theirs, (x,), (tangent,))[1])
 
 
 @pytest.mark.parametrize("name,ours,theirs,x", UNARY, ids=IDS)

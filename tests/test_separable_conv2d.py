@@ -217,6 +217,25 @@ def test_gradcheck(pair, mode, layout):
 
 
 @pytest.mark.parametrize("pair", PAIRS)
+def test_forward_mode_ad(pair):
+    """Tangents on every operand (custom ops drop them; the functional adds them back)."""
+    import torch.autograd.forward_ad as fwAD
+    tensors = [t.detach() for t in operands(pair, (2, 3, 7, 6), 2, 4, (3, 3), "channels_last", (True, True))]
+    tangents = [torch.randn_like(t) for t in tensors]
+
+    def tangent(fn):
+        with fwAD.dual_level():
+            t = fwAD.unpack_dual(fn(*[fwAD.make_dual(p, d) for p, d in zip(tensors, tangents)])).tangent
+        assert t is not None
+        return t
+
+    ours = tangent(fused(pair, 2, 1, 1, "reflect"))
+    assert_close(ours, tangent(lambda *t: torch_pair(pair, *t, 2, 1, 1, "reflect")))
+    jvp = torch.func.jvp(fused(pair, 2, 1, 1, "reflect"), tuple(tensors), tuple(tangents))[1]
+    assert_close(jvp, ours)
+
+
+@pytest.mark.parametrize("pair", PAIRS)
 def test_gradcheck_function(pair):
     x, w1, b1, w2, _ = operands(pair, (1, 3, 5, 5), 1, 2, (3, 3), "contiguous", (True, False))
     function = {"depthwise": cnnops.functional.DepthwiseSeparableConv2dFunction,
