@@ -62,6 +62,11 @@ inline Strides4d strides4d(const at::Tensor& t) {
 }
 
 // `other` (called `name`) must match the dtype and device of `ref` (called `ref_name`).
+// An optional tensor (a bias) as a pointer: nullptr when absent or undefined.
+inline const at::Tensor* defined_or_null(const c10::optional<at::Tensor>& t) {
+  return (t.has_value() && t->defined()) ? &*t : nullptr;
+}
+
 inline void check_same_dtype_device(const char* op, const at::Tensor& ref, const char* ref_name,
                                     const at::Tensor& other, const char* name) {
   TORCH_CHECK_TYPE(other.scalar_type() == ref.scalar_type(), op, ": expected ", name,

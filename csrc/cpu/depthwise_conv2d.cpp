@@ -1567,8 +1567,7 @@ at::Tensor depthwise_conv2d_cpu(const at::Tensor& input, const at::Tensor& weigh
   at::Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w},
                                 input.options().memory_format(conv_memory_format(input, weight)));
   if (output.numel() == 0) return output;
-  const at::Tensor* b = (bias.has_value() && bias->defined()) ? &*bias : nullptr;
-  depthwise_forward_cpu(input, weight, b, output, g);
+  depthwise_forward_cpu(input, weight, defined_or_null(bias), output, g);
   return output;
 }
 

@@ -110,10 +110,6 @@ Band band_input(const at::Tensor& images, const Conv2dGeometry& g, int64_t oh0, 
   return {rows, b};
 }
 
-const at::Tensor* optional_ptr(const c10::optional<at::Tensor>& t) {
-  return (t.has_value() && t->defined()) ? &*t : nullptr;
-}
-
 at::Tensor depthwise_separable_conv2d_cpu(const at::Tensor& input, const at::Tensor& depthwise_weight,
                                           const c10::optional<at::Tensor>& depthwise_bias,
                                           const at::Tensor& pointwise_weight,
@@ -131,8 +127,8 @@ at::Tensor depthwise_separable_conv2d_cpu(const at::Tensor& input, const at::Ten
   const bool out_cl = out_format == at::MemoryFormat::ChannelsLast;
   at::Tensor output = at::empty({g.batch, out_channels, g.out_h, g.out_w}, input.options().memory_format(out_format));
   if (output.numel() == 0) return output;
-  const at::Tensor* dw_bias = optional_ptr(depthwise_bias);
-  const at::Tensor* pw_bias = optional_ptr(pointwise_bias);
+  const at::Tensor* dw_bias = defined_or_null(depthwise_bias);
+  const at::Tensor* pw_bias = defined_or_null(pointwise_bias);
   const at::Tensor pw = pointwise_weight.reshape({out_channels, mid_channels});
 
   // Several whole images per task only where both layouts are channels_last: their pixels

@@ -52,7 +52,7 @@ at::Tensor conv2d_cuda(const at::Tensor& input, const at::Tensor& weight,
   at::Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w},
                                 input.options().memory_format(conv_memory_format(input, weight)));
   if (output.numel() == 0) return output;
-  if (tc::experimental_enabled()) {  // tensor cores, opt-in until run on a GPU
+  if (experimental_enabled()) {  // tensor cores, opt-in until run on a GPU
     const char* why = tc::conv2d_forward(input, weight, bias, g, output);
     if (why == nullptr) return output;
     tc::declined("cnnops.conv2d", why);

@@ -49,7 +49,7 @@ at::Tensor conv2d_grad_input_cuda(const at::Tensor& grad_output, const at::Tenso
       at::empty(input_size, grad_output.options().memory_format(layout_from_flag(channels_last)));
   const int64_t total = grad_input.numel();
   if (total == 0) return grad_input;
-  if (tc::experimental_enabled()) {  // tensor cores, opt-in until run on a GPU
+  if (experimental_enabled()) {  // tensor cores, opt-in until run on a GPU
     const char* why = tc::conv2d_grad_input(grad_output, weight, g, grad_input);
     if (why == nullptr) return grad_input;
     tc::declined(op, why);
@@ -129,7 +129,7 @@ at::Tensor conv2d_grad_weight_cuda(const at::Tensor& grad_output, const at::Tens
   at::Tensor grad_weight =
       at::empty(weight_size, input.options().memory_format(layout_from_flag(channels_last)));
 
-  if (grad_weight.numel() > 0 && tc::experimental_enabled()) {  // opt-in until run on a GPU
+  if (grad_weight.numel() > 0 && experimental_enabled()) {  // opt-in until run on a GPU
     const char* why = tc::conv2d_grad_weight(grad_output, input, g, grad_weight);
     if (why == nullptr) return grad_weight;
     tc::declined(op, why);

@@ -30,6 +30,7 @@
 
 #include "common/conv_checks.h"
 #include "common/conv_index.h"
+#include "cuda/experimental.h"
 
 namespace cnnops {
 namespace cuda {
@@ -45,12 +46,6 @@ constexpr int kStageBytes = kBlockM * 64;  // one operand tile of one stage: 8 K
 // Both kernels: kStages x (A, B) x 8 KiB = 48 KiB, the static shared-memory limit.
 
 // ------------------------------------------------------------------------ host side
-
-// The switch, read per call (like pool2d.cu), so tests can flip it.
-inline bool experimental_enabled() {
-  const char* v = std::getenv("CNNOPS_EXPERIMENTAL");
-  return v != nullptr && v[0] == '1';
-}
 
 // A call the tensor-core path declined goes to the default kernels, unless
 // CNNOPS_MMA_REQUIRE=1 (tests), which turns the silent fallback into an error naming why.

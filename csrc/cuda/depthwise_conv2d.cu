@@ -28,6 +28,7 @@
 #include "common/depthwise_checks.h"
 #include "common/depthwise_index.h"
 #include "cuda/depthwise_conv2d_fast.cuh"
+#include "cuda/experimental.h"
 
 namespace cnnops {
 namespace cuda {
@@ -36,13 +37,6 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kTile = 16;  // forward tile: kTile x kTile outputs, one per thread
 constexpr int64_t kMaxTileBytes = 32 * 1024;
-
-// The tiled kernels of depthwise_conv2d_fast.cu run only when asked for: they have not yet
-// run on a GPU (DESIGN.md section 3).
-bool experimental() {
-  const char* v = std::getenv("CNNOPS_EXPERIMENTAL");
-  return v != nullptr && v[0] == '1';
-}
 
 // Thread idx -> (n, c, h, w) in the order of a tensor's memory: channels_last walks
 // c fastest, everything else w fastest.
@@ -136,7 +130,7 @@ at::Tensor depthwise_conv2d_cuda(const at::Tensor& input, const at::Tensor& weig
   const bool has_bias = bias.has_value() && bias->defined();
   // The kernels index the bias as bias[oc]: a strided (sliced, expanded) bias is copied.
   const at::Tensor bias_values = has_bias ? bias->contiguous() : at::Tensor();
-  if (experimental() && depthwise_forward_fast(input, weight, has_bias ? &bias_values : nullptr, output, g))
+  if (experimental_enabled() && depthwise_forward_fast(input, weight, has_bias ? &bias_values : nullptr, output, g))
     return output;
   const bool channels_last = fmt == at::MemoryFormat::ChannelsLast;
   const int64_t tile_h = (kTile - 1) * g.stride_h + (g.kernel_h - 1) * g.dilation_h + 1;
@@ -194,7 +188,7 @@ at::Tensor depthwise_conv2d_grad_input_cuda(const at::Tensor& grad_output, const
       at::empty(input_size, grad_output.options().memory_format(layout_from_flag(channels_last)));
   const int64_t total = grad_input.numel();
   if (total == 0) return grad_input;
-  if (experimental() && grad_input_as_forward(g) &&
+  if (experimental_enabled() && grad_input_as_forward(g) &&
       depthwise_forward_fast(grad_output, weight, nullptr, grad_input, flipped_forward_geometry(g), /*flip=*/true,
                              g.stride_h, g.stride_w))
     return grad_input;
@@ -279,7 +273,8 @@ at::Tensor depthwise_conv2d_grad_weight_cuda(const at::Tensor& grad_output, cons
   TORCH_CHECK(blocks <= INT32_MAX, op, ": too many (channel, tap) pairs (", g.out_channels * taps, ")");
   at::Tensor partials;
   int64_t fast_slices = 0;
-  const bool fast = experimental() && depthwise_grad_weight_partials_fast(grad_output, input, g, partials, fast_slices);
+  const bool fast =
+      experimental_enabled() && depthwise_grad_weight_partials_fast(grad_output, input, g, partials, fast_slices);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "cnnops_depthwise_grad_weight_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     if (!fast) {

@@ -26,17 +26,13 @@
 
 #include "common/pool_checks.h"
 #include "common/pool_index.h"
+#include "cuda/experimental.h"
 
 namespace cnnops {
 namespace cuda {
 namespace {
 
 constexpr int kThreads = 256;
-
-bool experimental() {
-  const char* v = std::getenv("CNNOPS_EXPERIMENTAL");
-  return v != nullptr && v[0] == '1';
-}
 
 struct Coord {
   int64_t n, c, h, w;
@@ -355,7 +351,7 @@ std::tuple<at::Tensor, at::Tensor> adaptive_pool2d_cuda(const char* op, bool is_
   if (total == 0) return {output, indices};
   const bool channels_last = fmt == at::MemoryFormat::ChannelsLast;
   const bool warp_global = g.out_h == 1 && g.out_w == 1 && !channels_last && input.stride(3) == 1 &&
-                           input.stride(2) == g.in_w && experimental();
+                           input.stride(2) == g.in_w && experimental_enabled();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "cnnops_adaptive_pool2d_cuda", [&] {
     const scalar_t* in = input.const_data_ptr<scalar_t>();
     scalar_t* out = output.mutable_data_ptr<scalar_t>();

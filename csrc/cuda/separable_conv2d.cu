@@ -8,19 +8,14 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include <cstdlib>
 
 #include "common/separable_checks.h"
 #include "cuda/separable_conv2d_fused.cuh"
+#include "cuda/experimental.h"
 
 namespace cnnops {
 namespace cuda {
 namespace {
-
-bool experimental() {
-  const char* v = std::getenv("CNNOPS_EXPERIMENTAL");
-  return v != nullptr && v[0] == '1';
-}
 
 c10::SymIntArrayRef sym(at::IntArrayRef v) { return c10::fromIntArrayRefSlow(v); }
 
@@ -58,14 +53,13 @@ at::Tensor depthwise_separable_conv2d_cuda(const at::Tensor& input, const at::Te
       check_depthwise_separable_forward(op, input, depthwise_weight, depthwise_bias, pointwise_weight,
                                         pointwise_bias, stride, padding, dilation, padding_mode, /*half_ok=*/true);
   const c10::cuda::CUDAGuard guard(input.device());
-  if (experimental()) {
+  if (experimental_enabled()) {
     at::Tensor output = at::empty({g.batch, pointwise_weight.size(0), g.out_h, g.out_w},
                                   input.options().memory_format(
                                       separable_output_format(input, depthwise_weight, pointwise_weight)));
     if (output.numel() == 0) return output;
-    const at::Tensor* dw_bias = depthwise_bias.has_value() && depthwise_bias->defined() ? &*depthwise_bias : nullptr;
-    const at::Tensor* pw_bias = pointwise_bias.has_value() && pointwise_bias->defined() ? &*pointwise_bias : nullptr;
-    if (depthwise_separable_forward_fused(input, depthwise_weight, dw_bias, pointwise_weight, pw_bias, output, g))
+    if (depthwise_separable_forward_fused(input, depthwise_weight, defined_or_null(depthwise_bias), pointwise_weight,
+                                          defined_or_null(pointwise_bias), output, g))
       return output;
   }
   const at::Tensor mid = depthwise_conv2d(input, depthwise_weight, depthwise_bias, stride, padding, dilation,
