@@ -3,6 +3,7 @@ import os
 
 import pytest
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 from hypothesis import HealthCheck, settings
 
 import cnnops  # noqa: F401  loads the extension and registers the ops
@@ -107,6 +108,25 @@ def _seed():
     """Every test starts from the same RNG state, so failures reproduce."""
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def dynamo_reset():
+    """A fresh torch.compile cache before and after the test (the torch.compile tests)."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def assert_raises_eager_and_fake(run, exc, pattern, fake):
+    """run() raises exc matching pattern: eagerly, or under FakeTensorMode (the fake kernels'
+    checks, which mirror the C++ ones)."""
+    if fake:
+        with FakeTensorMode(), pytest.raises(exc, match=pattern):
+            run()
+    else:
+        with pytest.raises(exc, match=pattern):
+            run()
 
 
 @pytest.fixture

@@ -126,6 +126,14 @@ def translate(source):
     return "\n".join(includes) + _PRELUDE + "\n".join(body)
 
 
+def build_or_skip(name, cu_path, harness):
+    """build(), or skips the calling test where the CUDA runtime headers are missing."""
+    if cuda_include_dirs() is None:
+        import pytest
+        pytest.skip("CUDA runtime headers not found: the emulated kernels cannot be compiled")
+    return build(name, cu_path, harness)
+
+
 def build(name, cu_path, harness):
     """Compiles cu_path (relative to the repository) with the harness; returns the module."""
     includes = cuda_include_dirs()

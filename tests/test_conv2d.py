@@ -413,13 +413,6 @@ def test_ops_match_torch_gradients():
 
 # ---------------------------------------------------------------- 6. torch.compile
 
-@pytest.fixture
-def dynamo_reset():
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
-
-
 COMPILE_CONFIGS = {
     "same_even_kernel": (dict(in_channels=4, out_channels=6, kernel_size=(3, 4), padding="same"), (2, 4, 9, 9), None),
     "reflect_stride2": (dict(in_channels=4, out_channels=6, kernel_size=3, stride=2, padding=2,

@@ -397,13 +397,6 @@ def test_gradient_ops_match_torch():
 
 # ---------------------------------------------------------------- 6. torch.compile
 
-@pytest.fixture
-def dynamo_reset():
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
-
-
 COMPILE_CONFIGS = {
     "dcgan_output_size": (dict(in_channels=4, out_channels=6, kernel_size=4, stride=2, padding=1), (2, 4, 5, 5),
                           None, [11, 10]),

@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as TF
 from hypothesis import given
 from hypothesis import strategies as st
-from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.proxy_tensor import make_fx
 
 import cnnops
-from conftest import assert_close, device_dtype_params, significant_strides, torch_rule_strides
+from conftest import (assert_close, assert_raises_eager_and_fake, device_dtype_params, significant_strides,
+                      torch_rule_strides)
 
 ops = torch.ops.cnnops
 # One intra-op thread by default (many small calls on a busy 2-core machine); the threaded
@@ -480,13 +480,6 @@ def test_opcheck(op, name, single_thread):
 
 # ---------------------------------------------------------------- 6. torch.compile
 
-@pytest.fixture
-def dynamo_reset():
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
-
-
 @pytest.mark.parametrize("module", ["conv2d_groups", "separable", "spatial"])
 def test_compile_aot_eager(module, dynamo_reset):
     if module == "conv2d_groups":
@@ -635,12 +628,7 @@ def test_bad_input(desc, xs, ws, bs, kwargs, exc, pattern, fake):
         b = torch.randn(bs) if bs else None
         return cnnops.F.depthwise_conv2d(x, w, b, **kwargs)
 
-    if fake:
-        with FakeTensorMode(), pytest.raises(exc, match=pattern):
-            run()
-    else:
-        with pytest.raises(exc, match=pattern):
-            run()
+    assert_raises_eager_and_fake(run, exc, pattern, fake)
 
 
 def test_bad_dtypes_and_devices():

@@ -6,10 +6,10 @@ convs in float64 (outputs, all five gradients, output strides); plus gradcheck, 
 torch.compile, the band splits of the CPU kernels, and the error messages of bad input."""
 import pytest
 import torch
-from torch._subclasses.fake_tensor import FakeTensorMode
 
 import cnnops
-from conftest import assert_close, device_dtype_params, leaf, rand, significant_strides, torch_rule_strides
+from conftest import (assert_close, assert_raises_eager_and_fake, device_dtype_params, leaf, rand,
+                      significant_strides, torch_rule_strides)
 
 ops = torch.ops.cnnops
 CL = torch.channels_last
@@ -256,13 +256,6 @@ def test_opcheck(pair, layout, mode):
     assert result and all(v == "SUCCESS" for v in result.values()), result
 
 
-@pytest.fixture
-def dynamo_reset():
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
-
-
 MODULES = {
     "depthwise": lambda: cnnops.nn.DepthwiseSeparableConv2d(4, 6, 3, padding=1, dtype=torch.float64),
     "spatial": lambda: cnnops.nn.SpatiallySeparableConv2d(4, 6, 3, padding=1, dtype=torch.float64),
@@ -405,12 +398,7 @@ def test_bad_input(pair, desc, xs, w1s, b1s, w2s, b2s, exc, pattern, fake):
         b2 = torch.randn(b2s) if b2s else None
         return FUSED[pair](x, w1, w2, b1, b2, padding=1)
 
-    if fake:
-        with FakeTensorMode(), pytest.raises(exc, match=pattern):
-            run()
-    else:
-        with pytest.raises(exc, match=pattern):
-            run()
+    assert_raises_eager_and_fake(run, exc, pattern, fake)
 
 
 def test_bad_dtypes_and_arguments():
