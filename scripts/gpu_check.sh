@@ -16,6 +16,9 @@
 # on in stage 3, and in stage 5 the channels_last bench cases (fp16, bf16 on the tensor-core
 # path, fp16 on the default path, TF32 dilated) instead of the full bench. Each of those four
 # bench stages has its own T_BENCH limit: lower the T_* limits to fit one 10-minute command.
+# Separable pairs (`bash scripts/gpu_check.sh separable_conv2d`): stage 2 runs their tests (the
+# opt-in fused kernel's included), stage 5 benches them with the fused kernel (CNNOPS_EXPERIMENTAL=1)
+# and with the default two kernels; DW_BENCH=1 runs the two depthwise benches before them.
 set -u
 OUT=${OUT:-$PWD/gpu_out}
 FAMILY=${1:-conv2d}
@@ -57,6 +60,9 @@ fi
 # -v: one line per test as it ends, so a stage cut by its timeout still shows what passed
 # and failed; --tb=short -rf: the reasons at the end.
 PYTEST="python3 -m pytest -v --tb=short -rf --timeout=120 -p no:cacheprovider"
+# The *_emulated.py files run CUDA kernels on the CPU (tests/cuda_emulator.py): CI runs them,
+# and -k cuda would only pick them up for their file names.
+PYTEST="$PYTEST --ignore-glob=tests/*_emulated.py"
 stage "tests-$FAMILY" "$T_FAMILY" "$OUT/pytest_family.log" $PYTEST -k cuda "tests/test_$FAMILY.py"
 # EXPERIMENTAL=1 (default): the opt-in fast paths forced on; 0: the default paths users get.
 CNNOPS_EXPERIMENTAL=${ALL_EXPERIMENTAL:-1} stage tests-all-cuda "$T_ALL" "$OUT/pytest_cuda.log" \
@@ -82,6 +88,26 @@ else
   stage smoke 60 "$OUT/sanitizer.log" python3 scripts/cuda_smoke.py
 fi
 
+bench_depthwise() {
+  # The issue's GPU targets, fp32 NCHW and fp16 channels_last, on the opt-in tiled kernels
+  # (depthwise_conv2d_fast.cu), against torch in the same run (the default kernels' numbers:
+  # benchmarks/results/cuda-h100-depthwise_batch_norm-2026-11-26.json; DW_DEFAULT=1 adds them).
+  for exp in 1 $([ "${DW_DEFAULT:-0}" = 1 ] && echo 0); do
+    CNNOPS_EXPERIMENTAL=$exp stage "bench-dw-fp32-exp$exp" "$T_BENCH" "$OUT/bench_dw_fp32_exp$exp.log" \
+      python3 -m cnnops.bench --device cuda --ops depthwise_conv2d --json "$OUT/bench_cuda_dw_fp32_exp$exp.json"
+    CNNOPS_EXPERIMENTAL=$exp stage "bench-dw-fp16-nhwc-exp$exp" "$T_BENCH" "$OUT/bench_dw_fp16_nhwc_exp$exp.log" \
+      python3 -m cnnops.bench --device cuda --ops depthwise_conv2d --dtype float16 --channels-last --no-roofline \
+      --json "$OUT/bench_cuda_dw_fp16_nhwc_exp$exp.json"
+  done
+}
+bench_separable() {
+  # The fused kernel (separable_conv2d_fused.cu, opt-in) and the default two kernels, each
+  # against torch's two convs in the same run.
+  for exp in 1 0; do
+    CNNOPS_EXPERIMENTAL=$exp stage "bench-sep-exp$exp" "$T_BENCH" "$OUT/bench_sep_exp$exp.log" \
+      python3 -m cnnops.bench --device cuda --ops separable_conv2d --no-roofline --json "$OUT/bench_cuda_sep_exp$exp.json"
+  done
+}
 if [ "${SKIP_BENCH:-0}" = 1 ]; then
   note "stage bench: skipped (SKIP_BENCH=1)"
 elif [ "$FAMILY" = conv2d_mma ]; then
@@ -94,16 +120,11 @@ elif [ "$FAMILY" = conv2d_mma ]; then
   CNNOPS_EXPERIMENTAL=1 stage bench-mma-tf32 "$T_BENCH" "$OUT/bench_mma_tf32.log" python3 -m cnnops.bench \
     --device cuda --ops conv2d --dtype float32 --tf32 on --filter "nhwc deeplab" --no-roofline --json "$OUT/bench_cuda_mma_tf32.json"
 elif [ "$FAMILY" = depthwise_conv2d ]; then
-  # The issue's GPU targets, fp32 NCHW and fp16 channels_last, on the opt-in tiled kernels
-  # (depthwise_conv2d_fast.cu), against torch in the same run (the default kernels' numbers:
-  # benchmarks/results/cuda-h100-depthwise_batch_norm-2026-11-26.json; DW_DEFAULT=1 adds them).
-  for exp in 1 $([ "${DW_DEFAULT:-0}" = 1 ] && echo 0); do
-    CNNOPS_EXPERIMENTAL=$exp stage "bench-dw-fp32-exp$exp" "$T_BENCH" "$OUT/bench_dw_fp32_exp$exp.log" \
-      python3 -m cnnops.bench --device cuda --ops depthwise_conv2d --json "$OUT/bench_cuda_dw_fp32_exp$exp.json"
-    CNNOPS_EXPERIMENTAL=$exp stage "bench-dw-fp16-nhwc-exp$exp" "$T_BENCH" "$OUT/bench_dw_fp16_nhwc_exp$exp.log" \
-      python3 -m cnnops.bench --device cuda --ops depthwise_conv2d --dtype float16 --channels-last --no-roofline \
-      --json "$OUT/bench_cuda_dw_fp16_nhwc_exp$exp.json"
-  done
+  bench_depthwise
+elif [ "$FAMILY" = separable_conv2d ]; then
+  # DW_BENCH=1: the depthwise benches first (separable pairs build on those kernels).
+  [ "${DW_BENCH:-0}" = 1 ] && bench_depthwise
+  bench_separable
 else
   stage bench "$T_BENCH" "$OUT/bench.log" python3 -m cnnops.bench --device cuda --ops "${BENCH_OPS:-all}" \
     --json "$OUT/bench_cuda.json"
