@@ -8,9 +8,9 @@
 #   4 compute-sanitizer memcheck + racecheck over scripts/cuda_smoke.py, cnnops_ kernels only
 #   5 the benchmark, JSON to $OUT/bench_cuda.json
 # Later op families only add tests, smoke cases and bench cases; this script stays.
-# Depthwise (`bash scripts/gpu_check.sh depthwise_conv2d`): stage 2 runs its tests, the opt-in
-# tiled kernels included (test_depthwise_cuda_tiled_matches_torch sets the switch itself), and
-# stage 5 two depthwise benches on the opt-in kernels: fp32 NCHW and fp16 channels_last.
+# Depthwise (`bash scripts/gpu_check.sh depthwise_conv2d`): stage 2 runs its tests, the simple
+# kernels included (test_depthwise_cuda_simple_matches_torch forces them), and stage 5 two
+# depthwise benches on the default (tiled) kernels: fp32 NCHW and fp16 channels_last.
 # Tensor-core conv2d (opt-in kernels, csrc/cuda/conv2d_mma*.cu): `bash scripts/gpu_check.sh conv2d_mma`
 # runs tests/test_conv2d_mma.py in stage 2, the foundation's conv2d CUDA tests with the switch
 # on in stage 3, and in stage 5 the channels_last bench cases (fp16, bf16 on the tensor-core
@@ -26,7 +26,7 @@ mkdir -p "$OUT"
 SUMMARY="$OUT/summary.txt"
 : > "$SUMMARY"
 export PYTHONUNBUFFERED=1 CI=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # scripts/*.py import cnnops
-# SKIP_BENCH=1 leaves out the benchmark; ALL_EXPERIMENTAL=0 runs stage 3 on the default paths;
+# SKIP_BENCH=1 leaves out the benchmark, SKIP_SANITIZER=1 stage 4; ALL_EXPERIMENTAL=0 runs stage 3 on the default paths;
 # CUDA_TESTS="tests/test_a.py tests/test_b.py ..." sets which files stage 3 runs, in that order;
 # BENCH_OPS=depthwise_conv2d,batch_norm limits the benchmark to those families.
 T_BUILD=${T_BUILD:-300} T_FAMILY=${T_FAMILY:-180} T_ALL=${T_ALL:-180} T_SAN=${T_SAN:-150} T_BENCH=${T_BENCH:-200}
@@ -68,7 +68,9 @@ stage "tests-$FAMILY" "$T_FAMILY" "$OUT/pytest_family.log" $PYTEST -k cuda "test
 CNNOPS_EXPERIMENTAL=${ALL_EXPERIMENTAL:-1} stage tests-all-cuda "$T_ALL" "$OUT/pytest_cuda.log" \
   $PYTEST -k cuda ${CUDA_TESTS:-tests} --ignore "tests/test_$FAMILY.py"
 
-if command -v compute-sanitizer > /dev/null; then
+if [ "${SKIP_SANITIZER:-0}" = 1 ]; then
+  note "stage sanitizer: skipped (SKIP_SANITIZER=1)"
+elif command -v compute-sanitizer > /dev/null; then
   {
     for tool in memcheck racecheck; do
       echo "=== $tool"
@@ -89,15 +91,15 @@ else
 fi
 
 bench_depthwise() {
-  # The issue's GPU targets, fp32 NCHW and fp16 channels_last, on the opt-in tiled kernels
-  # (depthwise_conv2d_fast.cu), against torch in the same run (the default kernels' numbers:
-  # benchmarks/results/cuda-h100-depthwise_batch_norm-2026-11-26.json; DW_DEFAULT=1 adds them).
-  for exp in 1 $([ "${DW_DEFAULT:-0}" = 1 ] && echo 0); do
-    CNNOPS_EXPERIMENTAL=$exp stage "bench-dw-fp32-exp$exp" "$T_BENCH" "$OUT/bench_dw_fp32_exp$exp.log" \
-      python3 -m cnnops.bench --device cuda --ops depthwise_conv2d --json "$OUT/bench_cuda_dw_fp32_exp$exp.json"
-    CNNOPS_EXPERIMENTAL=$exp stage "bench-dw-fp16-nhwc-exp$exp" "$T_BENCH" "$OUT/bench_dw_fp16_nhwc_exp$exp.log" \
-      python3 -m cnnops.bench --device cuda --ops depthwise_conv2d --dtype float16 --channels-last --no-roofline \
-      --json "$OUT/bench_cuda_dw_fp16_nhwc_exp$exp.json"
+  # The issue's GPU targets, fp32 NCHW and fp16 channels_last (DW_DTYPES="fp32" for the first
+  # alone), against torch in the same run, on the default kernels (the tiled ones of
+  # depthwise_conv2d_fast.cu); DW_SIMPLE=1 adds the simple kernels (CNNOPS_DEPTHWISE_CUDA_PATH=simple).
+  for path in auto $([ "${DW_SIMPLE:-0}" = 1 ] && echo simple); do
+    for dt in ${DW_DTYPES:-fp32 fp16}; do
+      if [ $dt = fp32 ]; then args=""; else args="--dtype float16 --channels-last --no-roofline"; fi
+      CNNOPS_DEPTHWISE_CUDA_PATH=$path stage "bench-dw-$dt-$path" "$T_BENCH" "$OUT/bench_dw_${dt}_$path.log" \
+        python3 -m cnnops.bench --device cuda --ops depthwise_conv2d $args --json "$OUT/bench_cuda_dw_${dt}_$path.json"
+    done
   done
 }
 bench_separable() {

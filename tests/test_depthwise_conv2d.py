@@ -138,11 +138,20 @@ def test_depthwise_matches_torch(device, dtype, case, layout, mode):
 
 @pytest.mark.parametrize("case,layout,mode", _params())
 @pytest.mark.parametrize("device,dtype", [p for p in device_dtype_params() if p.values[0] == "cuda"])
-def test_depthwise_cuda_tiled_matches_torch(device, dtype, case, layout, mode, monkeypatch):
-    """The opt-in tiled CUDA kernels (depthwise_conv2d_fast.cu; tests/test_depthwise_cuda_emulated.py
-    runs them on the CPU) on the same cases."""
-    monkeypatch.setenv("CNNOPS_EXPERIMENTAL", "1")
+def test_depthwise_cuda_simple_matches_torch(device, dtype, case, layout, mode, monkeypatch):
+    """The simple CUDA kernels of depthwise_conv2d.cu, which run where the tiled ones
+    (depthwise_conv2d_fast.cu, the default; tests/test_depthwise_cuda_emulated.py runs them
+    on the CPU) decline, forced everywhere on the same cases."""
+    monkeypatch.setenv("CNNOPS_DEPTHWISE_CUDA_PATH", "simple")
     test_depthwise_matches_torch(device, dtype, case, layout, mode)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible")
+def test_depthwise_cuda_path_rejects_unknown_names(monkeypatch):
+    monkeypatch.setenv("CNNOPS_DEPTHWISE_CUDA_PATH", "tiled")
+    x = torch.randn(1, 2, 5, 5, device="cuda")
+    with pytest.raises(ValueError, match="CNNOPS_DEPTHWISE_CUDA_PATH to be 'auto' or 'simple', got 'tiled'"):
+        cnnops.F.depthwise_conv2d(x, torch.randn(2, 1, 3, 3, device="cuda"))
 
 
 # ---------------------------------------------------------------- 1b. channel-blocked forward
@@ -380,17 +389,19 @@ def test_strided_weight(size, kernel, layout):
 
 # Weight and bias views (an odd storage offset, every other element) on every device: the
 # CUDA kernels index the bias as bias[oc] and read channel pairs of a weight copy.
-@pytest.mark.parametrize("experimental", ["0", "1"])
+@pytest.mark.parametrize("cuda_path", ["auto", "simple"])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("device,dtype", device_dtype_params())
-def test_weight_and_bias_views(device, dtype, layout, experimental, monkeypatch):
-    monkeypatch.setenv("CNNOPS_EXPERIMENTAL", experimental)
+def test_weight_and_bias_views(device, dtype, layout, cuda_path, monkeypatch):
+    if device == "cpu" and cuda_path == "simple":
+        pytest.skip("CNNOPS_DEPTHWISE_CUDA_PATH changes nothing on the CPU")
+    monkeypatch.setenv("CNNOPS_DEPTHWISE_CUDA_PATH", cuda_path)
     x = make_input((2, 8, 9, 10), layout, dtype, device)
     for k in (1, 3):
         w = leaf(rand(8 * k * k + 1, dtype=dtype, device=device)[1:].view(8, 1, k, k))
         b = leaf(rand(16, dtype=dtype, device=device)[::2])
         assert w.storage_offset() == 1 and b.stride() == (2,)
-        compare(x, w, b, 1, k // 2, 1, "zeros", msg=f"{device} {dtype} {layout} k={k} experimental={experimental}")
+        compare(x, w, b, 1, k // 2, 1, "zeros", msg=f"{device} {dtype} {layout} k={k} cuda_path={cuda_path}")
 
 
 @pytest.mark.parametrize("shape,kernel", [((4, 32, 40, 41), 5), ((2, 48, 9, 9), 7), ((2, 16, 30, 30), 13)])

@@ -1,9 +1,9 @@
-"""The tiled CUDA depthwise kernels (csrc/cuda/depthwise_conv2d_fast.cu, opt-in with
-CNNOPS_EXPERIMENTAL=1) run on the CPU through tests/cuda_emulator.py, against torch in
+"""The tiled CUDA depthwise kernels (csrc/cuda/depthwise_conv2d_fast.cu, the default CUDA
+path) run on the CPU through tests/cuda_emulator.py, against torch in
 float64: forward (NCHW planes and channels_last), grad_input as the flipped forward, and
 grad_weight's partial sums (NCHW bands and channels_last runs). This checks their index
 math, tiling and shared-memory staging where no GPU is at hand; races and speed need the
-GPU (tests/test_depthwise_conv2d.py runs them there with the switch on)."""
+GPU (tests/test_depthwise_conv2d.py runs them there)."""
 import random
 
 import pytest

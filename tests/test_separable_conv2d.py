@@ -82,7 +82,21 @@ def compare(pair, tensors, stride, padding, dilation, mode, fn=None, msg=""):
     inputs = [t for t in tensors if t is not None]
     grads = torch.autograd.grad(out, inputs, go.to(device=x.device, dtype=x.dtype))
     grads_ref = torch.autograd.grad(ref, [t for t in refs if t is not None], go)
+    torch_grads = None
+    if x.dtype in (torch.float16, torch.bfloat16):
+        # The first bias's gradient sums the intermediate's gradient, rounded to x.dtype
+        # first, in torch's two convs as here; with cancellation the rounding outgrows the
+        # tolerance (2.5% seen, fp16, spatial pair, H100). Twice torch's own error at this
+        # dtype is accepted.
+        same = [None if t is None else leaf(t.detach()) for t in tensors]
+        torch_out = torch_pair(pair, *same, stride, padding, dilation, mode)
+        torch_grads = torch.autograd.grad(torch_out, [t for t in same if t is not None],
+                                          go.to(device=x.device, dtype=x.dtype))
     for i, (a, e) in enumerate(zip(grads, grads_ref)):
+        if torch_grads is not None:
+            torch_error = (torch_grads[i].detach().cpu().double() - e).abs().max().item()
+            if (a.detach().cpu().double() - e).abs().max().item() <= 2 * torch_error:
+                continue
         assert_close(a, e.to(x.dtype), x.dtype, x.device, msg=f"{msg} gradient {i}")
 
 

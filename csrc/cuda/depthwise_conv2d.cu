@@ -1,7 +1,9 @@
-// Depthwise convolution on CUDA: simple kernels, written to be obviously correct (all
-// CUDA tests pass on the H100; they run at 0.1-0.6x of torch). With CNNOPS_EXPERIMENTAL=1
-// the tiled kernels of depthwise_conv2d_fast.cu run first where they apply (not yet run on
-// a GPU). All index math is common/depthwise_index.h and
+// Depthwise convolution on CUDA. The tiled kernels of depthwise_conv2d_fast.cu run first
+// where they apply (every CUDA test and the compute-sanitizer smoke run passed on the H100,
+// 2026-11-27); this file's simple kernels, written to be obviously correct, run where they
+// decline (shared memory over 48 KiB; grad_input other than zero padding at multiplier 1)
+// and for every call with CNNOPS_DEPTHWISE_CUDA_PATH=simple, which the tests use to keep
+// them checked. All index math is common/depthwise_index.h and
 // common/conv_index.h, which the CPU tests exercise. Accumulation in at::opmath_type
 // (float for half/bfloat16); 64-bit indices; no float atomics anywhere (deterministic).
 //  - forward, NCHW output: a block computes a 16 x 16 output tile of one plane from an
@@ -24,17 +26,28 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <string>
 
 #include "common/depthwise_checks.h"
 #include "common/depthwise_index.h"
 #include "cuda/depthwise_conv2d_fast.cuh"
-#include "cuda/experimental.h"
 
 namespace cnnops {
 namespace cuda {
 namespace {
 
 constexpr int kThreads = 256;
+
+// CNNOPS_DEPTHWISE_CUDA_PATH, read on every call so that tests can force each path: auto
+// (default: the tiled kernels where they apply) or simple (this file's kernels everywhere).
+bool tiled_kernels_enabled() {
+  const char* env = std::getenv("CNNOPS_DEPTHWISE_CUDA_PATH");
+  const std::string name = env ? env : "";
+  if (name.empty() || name == "auto") return true;
+  if (name == "simple") return false;
+  TORCH_CHECK_VALUE(false, "cnnops.depthwise_conv2d: expected the environment variable CNNOPS_DEPTHWISE_CUDA_PATH "
+                    "to be 'auto' or 'simple', got '", name, "'");
+}
 constexpr int kTile = 16;  // forward tile: kTile x kTile outputs, one per thread
 constexpr int64_t kMaxTileBytes = 32 * 1024;
 
@@ -130,7 +143,7 @@ at::Tensor depthwise_conv2d_cuda(const at::Tensor& input, const at::Tensor& weig
   const bool has_bias = bias.has_value() && bias->defined();
   // The kernels index the bias as bias[oc]: a strided (sliced, expanded) bias is copied.
   const at::Tensor bias_values = has_bias ? bias->contiguous() : at::Tensor();
-  if (experimental_enabled() && depthwise_forward_fast(input, weight, has_bias ? &bias_values : nullptr, output, g))
+  if (tiled_kernels_enabled() && depthwise_forward_fast(input, weight, has_bias ? &bias_values : nullptr, output, g))
     return output;
   const bool channels_last = fmt == at::MemoryFormat::ChannelsLast;
   const int64_t tile_h = (kTile - 1) * g.stride_h + (g.kernel_h - 1) * g.dilation_h + 1;
@@ -188,7 +201,7 @@ at::Tensor depthwise_conv2d_grad_input_cuda(const at::Tensor& grad_output, const
       at::empty(input_size, grad_output.options().memory_format(layout_from_flag(channels_last)));
   const int64_t total = grad_input.numel();
   if (total == 0) return grad_input;
-  if (experimental_enabled() && grad_input_as_forward(g) &&
+  if (tiled_kernels_enabled() && grad_input_as_forward(g) &&
       depthwise_forward_fast(grad_output, weight, nullptr, grad_input, flipped_forward_geometry(g), /*flip=*/true,
                              g.stride_h, g.stride_w))
     return grad_input;
@@ -274,7 +287,7 @@ at::Tensor depthwise_conv2d_grad_weight_cuda(const at::Tensor& grad_output, cons
   at::Tensor partials;
   int64_t fast_slices = 0;
   const bool fast =
-      experimental_enabled() && depthwise_grad_weight_partials_fast(grad_output, input, g, partials, fast_slices);
+      tiled_kernels_enabled() && depthwise_grad_weight_partials_fast(grad_output, input, g, partials, fast_slices);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "cnnops_depthwise_grad_weight_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     if (!fast) {

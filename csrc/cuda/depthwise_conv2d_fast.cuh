@@ -1,7 +1,7 @@
 #pragma once
-// The tiled depthwise kernels of depthwise_conv2d_fast.cu, opt-in with CNNOPS_EXPERIMENTAL=1
-// until a GPU run has tested them (DESIGN.md section 3). Each returns false, having
-// launched nothing, where it does not apply; the caller then runs the default kernel.
+// The tiled depthwise kernels of depthwise_conv2d_fast.cu, the default CUDA path since
+// their first GPU run (2026-11-27). Each returns false, having launched nothing, where it
+// does not apply; the caller then runs a simple kernel of depthwise_conv2d.cu.
 #include <ATen/ATen.h>
 
 #include "common/conv_index.h"
@@ -17,7 +17,7 @@ bool depthwise_forward_fast(const at::Tensor& input, const at::Tensor& weight, c
                             int64_t spread_w = 1);
 
 // grad_weight partial sums, [output channel][tap][slice] in the accumulate type, for the
-// default path's in-order reduction over slices; `slices` is set to their count.
+// in-order reduction over slices in depthwise_conv2d.cu; `slices` is set to their count.
 bool depthwise_grad_weight_partials_fast(const at::Tensor& grad_output, const at::Tensor& input,
                                          const Conv2dGeometry& g, at::Tensor& partials, int64_t& slices);
 
