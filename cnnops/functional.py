@@ -4,12 +4,12 @@ import torch
 import torch.autograd.forward_ad as _fwad
 
 from cnnops.ops._common import autocast_cast, autocast_dtype, check_device
-from cnnops.ops.conv2d import Conv2dFunction, normalize_conv2d_args
+from cnnops.ops.conv2d import Conv2dEager, Conv2dFunction, normalize_conv2d_args
 from cnnops.ops.pool2d import (AdaptiveAvgPool2dFunction, AdaptiveMaxPool2dFunction, AvgPool2dFunction,
                                MaxPool2dFunction, gather_at_indices, normalize_output_size, normalize_pool_args)
 from cnnops.ops.layer_norm import LayerNorm2dFunction, LayerNormFunction, normalize_shape_arg
 from cnnops.ops.batch_norm import BatchNormFunction
-from cnnops.ops.depthwise_conv2d import DepthwiseConv2dFunction
+from cnnops.ops.depthwise_conv2d import DepthwiseConv2dEager, DepthwiseConv2dFunction
 
 __all__ = ["conv2d", "Conv2dFunction", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d",
            "MaxPool2dFunction", "AvgPool2dFunction", "AdaptiveAvgPool2dFunction", "AdaptiveMaxPool2dFunction",
@@ -44,7 +44,8 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     op_fn = _ops.depthwise_conv2d if depthwise else _ops.conv2d
     extra = () if depthwise else (groups,)
     x = input.unsqueeze(0) if dim == 3 else input
-    out = op_fn(x, weight, bias, stride, padding, dilation, *extra, padding_mode)
+    out = _call_op(op_fn, DepthwiseConv2dEager if depthwise else Conv2dEager, x, weight, bias, stride, padding,
+                   dilation, *extra, padding_mode)
     out = _with_bilinear_tangent(out, lambda a, w: op_fn(a, w, None, stride, padding, dilation, *extra, padding_mode),
                                  x, weight, bias)
     return out.squeeze(0) if dim == 3 else out
@@ -202,6 +203,21 @@ def _transform_active():
     return torch.autograd.forward_ad._current_level >= 0 or _peek_functorch() is not None
 
 
+def _call_op(op, eager_function, *args):
+    """op(*args): below the Autograd key where no gradient can flow; through eager_function
+    (ops/_common.py eager_autograd_function) where one can, in plain eager mode; the op
+    itself, with its register_autograd kernel, when a compiler traces or forward AD or a
+    torch.func transform is active."""
+    if _is_compiling():
+        return op(*args)
+    if not torch.is_grad_enabled() or not any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
+        with _below_autograd():
+            return op.default(*args)
+    if _transform_active():
+        return op(*args)
+    return eager_function.apply(*args)
+
+
 def _skip_autograd(input, weight, bias):
     """True when no gradient can flow (grad mode off, or nothing requires grad) in eager
     mode: the op is then called below the Autograd key, which saves the ~10 us of the
@@ -248,8 +264,8 @@ def layer_norm2d(input, weight=None, bias=None, eps=1e-6):
 
 # ---------------------------------------------------------------- transposed convolution
 
-from cnnops.ops.conv_transpose2d import (ConvTranspose2dFunction, normalize_conv_transpose2d_args,  # noqa: E402
-                                         output_padding_for_size)
+from cnnops.ops.conv_transpose2d import (ConvTranspose2dEager, ConvTranspose2dFunction,  # noqa: E402
+                                         normalize_conv_transpose2d_args, output_padding_for_size)
 
 __all__ += ["conv_transpose2d", "ConvTranspose2dFunction"]
 
@@ -278,11 +294,7 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
         input, weight, bias = autocast_cast(input, cast), autocast_cast(weight, cast), autocast_cast(bias, cast)
     x = input.unsqueeze(0) if dim == 3 else input
     args = (stride, padding, output_padding, groups, dilation)
-    if _skip_autograd(input, weight, bias):
-        with _below_autograd():
-            out = _ops.conv_transpose2d.default(x, weight, bias, *args)
-    else:
-        out = _ops.conv_transpose2d(x, weight, bias, *args)
+    out = _call_op(_ops.conv_transpose2d, ConvTranspose2dEager, x, weight, bias, *args)
     out = _with_bilinear_tangent(out, lambda a, w: conv_transpose2d(a, w, None, *args), x, weight, bias)
     return out.squeeze(0) if dim == 3 else out
 
@@ -363,7 +375,8 @@ def depthwise_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, 
     if cast is not None:  # torch's conv autocast policy
         input, weight, bias = autocast_cast(input, cast), autocast_cast(weight, cast), autocast_cast(bias, cast)
     x = input.unsqueeze(0) if dim == 3 else input
-    out = _ops.depthwise_conv2d(x, weight, bias, stride, padding, dilation, padding_mode)
+    out = _call_op(_ops.depthwise_conv2d, DepthwiseConv2dEager, x, weight, bias, stride, padding, dilation,
+                   padding_mode)
     out = _with_bilinear_tangent(
         out, lambda a, w: _ops.depthwise_conv2d(a, w, None, stride, padding, dilation, padding_mode), x, weight, bias)
     return out.squeeze(0) if dim == 3 else out
@@ -371,6 +384,7 @@ def depthwise_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, 
 
 # ---------------------------------------------------------------- fused separable convolutions
 
+from cnnops.ops.separable_conv2d import EAGER as SEPARABLE_EAGER  # noqa: E402
 from cnnops.ops.separable_conv2d import PAIRS as SEPARABLE_PAIRS  # noqa: E402
 from cnnops.ops.separable_conv2d import (DepthwiseSeparableConv2dFunction,  # noqa: E402
                                          SpatiallySeparableConv2dFunction, normalize_pair_args)
@@ -393,7 +407,8 @@ def _separable(name, input, w1, w2, b1, b2, stride, padding, dilation, padding_m
     if cast is not None:  # torch's conv autocast policy
         input, w1, w2, b1, b2 = (autocast_cast(t, cast) for t in (input, w1, w2, b1, b2))
     batched = input if dim == 4 else input.unsqueeze(0)
-    out = getattr(_ops, name)(batched, w1, b1, w2, b2, stride, padding, dilation, padding_mode)
+    out = _call_op(getattr(_ops, name), SEPARABLE_EAGER[name], batched, w1, b1, w2, b2, stride, padding, dilation,
+                   padding_mode)
     if any(t is not None and _tangent(t) is not None for t in (batched, w1, b1, w2, b2)):
         # forward-mode AD (custom ops drop tangents): through the intermediate, conv by conv
         first, second = SEPARABLE_PAIRS[name][1](stride, padding, dilation, padding_mode)
@@ -411,7 +426,7 @@ def depthwise_separable_conv2d(input, depthwise_weight, pointwise_weight, depthw
     On the CPU the forward is fused: the depthwise rows go through the 1x1 GEMM band by band
     and the intermediate tensor is never allocated (the backward recomputes it when the
     pointwise weight needs a gradient). On CUDA the two kernels run in sequence (with
-    CNNOPS_EXPERIMENTAL=1, one fused kernel, not yet run on a GPU). Accepts unbatched
+    CNNOPS_EXPERIMENTAL=1, one fused kernel, slower on the H100 than the two). Accepts unbatched
     (C, H, W) input, ints, pairs, 'same' and 'valid'."""
     return _separable("depthwise_separable_conv2d", input, depthwise_weight, pointwise_weight, depthwise_bias,
                       pointwise_bias, stride, padding, dilation, padding_mode)

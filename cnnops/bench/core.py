@@ -1090,6 +1090,8 @@ def _main(args, ops, directions, cases):
                    "channels_last": args.channels_last,
                    # the opt-in CUDA kernels (DESIGN.md section 3) ran instead of the default ones
                    "experimental": os.environ.get("CNNOPS_EXPERIMENTAL", "") == "1",
+                   # every kernel-choice switch set (CNNOPS_DEPTHWISE_CUDA_PATH, ...)
+                   "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("CNNOPS_")},
                    "timing": ("torch.utils.benchmark.Timer.blocked_autorange, best block of each round"
                               if args.device == "cpu" else "CUDA events around a loop of calls after warm-up"),
                    "best": "each side's best round"},

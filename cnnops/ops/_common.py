@@ -1,4 +1,5 @@
 """Helpers shared by the op families' Python code."""
+import functools
 import operator
 
 import torch
@@ -148,3 +149,37 @@ def register_conv_gradient_autograd(family):
                                     setup_context=setup_grad_input)
     torch.library.register_autograd(f"cnnops::{family}_grad_weight", backward_grad_weight,
                                     setup_context=setup_grad_weight)
+
+
+def gradient_ops_below_autograd(backward):
+    """Decorator for a backward that calls gradient ops: unless grad mode is on (a graph for
+    double backward is being recorded) or a compiler traces, they are called below the
+    Autograd key, skipping the Python wrapper register_autograd gives each (about 10 us per
+    call, which launch-bound CUDA shapes pay in full)."""
+    @functools.wraps(backward)
+    def wrapper(*args):
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return backward(*args)
+        with torch._C._AutoDispatchBelowAutograd():
+            return backward(*args)
+    return wrapper
+
+
+def eager_autograd_function(name, op, setup, backward):
+    """A torch.autograd.Function that does in eager mode what `op`'s register_autograd
+    kernel does: setup(ctx, *args), then op(*args) below the Autograd key; its backward is
+    backward(ctx, grad_output) padded with None for the other arguments. It skips the Python
+    layers of torch.library's autograd wrapper (about 25 us a call); the functionals use it
+    where nothing needs them: no compiler tracing, no forward AD, no torch.func transform."""
+    def forward(ctx, *args):
+        ctx.n_args = len(args)
+        setup(ctx, *args)
+        with torch._C._AutoDispatchBelowAutograd():
+            return op(*args)
+
+    def function_backward(ctx, grad_output):
+        grads = backward(ctx, grad_output)
+        return (*grads, *(None,) * (ctx.n_args - len(grads)))
+
+    return type(name, (torch.autograd.Function,), {
+        "forward": staticmethod(forward), "backward": staticmethod(function_backward), "__doc__": f"{op}, eagerly."})

@@ -3,8 +3,9 @@ messages as csrc/common/conv_checks.h), autograd for all four ops (so double bac
 works), and Conv2dFunction for .apply users. Op schemas are in csrc/conv2d.cpp."""
 import torch
 
-from cnnops.ops._common import (check_dtype, conv_memory_format, dtype_name, empty_like_shape, layout_from_flag,
-                                pair, register_conv_gradient_autograd, shape_str)
+from cnnops.ops._common import (check_dtype, conv_memory_format, dtype_name, eager_autograd_function,
+                               empty_like_shape, gradient_ops_below_autograd, layout_from_flag, pair,
+                               register_conv_gradient_autograd, shape_str)
 
 ops = torch.ops.cnnops
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
@@ -142,6 +143,7 @@ def conv2d_setup(ctx, input, weight, bias, stride, padding, dilation, groups, pa
     ctx.save_for_backward(input if need_weight else None, weight if need_input else None)
 
 
+@gradient_ops_below_autograd
 def conv2d_backward(ctx, grad_output):
     """(grad_input, grad_weight, grad_bias), each None unless needed."""
     input, weight = ctx.saved_tensors
@@ -174,6 +176,7 @@ def _backward_grad_bias(ctx, gg):
 
 
 torch.library.register_autograd("cnnops::conv2d", _backward_conv2d, setup_context=_setup_conv2d)
+Conv2dEager = eager_autograd_function("Conv2dEager", ops.conv2d.default, conv2d_setup, conv2d_backward)
 register_conv_gradient_autograd("conv2d")  # double backward: bilinear gradient ops
 torch.library.register_autograd("cnnops::conv2d_grad_bias", _backward_grad_bias, setup_context=_setup_grad_bias)
 

@@ -5,8 +5,9 @@ ConvTranspose2dFunction for .apply users. Schemas are in csrc/conv_transpose2d.c
 kernels are the conv2d family's (csrc/common/conv_transpose2d_impl.h)."""
 import torch
 
-from cnnops.ops._common import (check_dtype, conv_memory_format, empty_like_shape, layout_from_flag, pair,
-                               register_conv_gradient_autograd, shape_str)
+from cnnops.ops._common import (check_dtype, conv_memory_format, eager_autograd_function, empty_like_shape,
+                               gradient_ops_below_autograd, layout_from_flag, pair, register_conv_gradient_autograd,
+                               shape_str)
 from cnnops.ops.conv2d import _check_same_dtype_device
 
 ops = torch.ops.cnnops
@@ -151,6 +152,7 @@ def conv_transpose2d_setup(ctx, input, weight, bias, stride, padding, output_pad
     ctx.save_for_backward(input if need_weight else None, weight if need_input else None)
 
 
+@gradient_ops_below_autograd
 def conv_transpose2d_backward(ctx, grad_output):
     """(grad_input, grad_weight, grad_bias), each None unless needed."""
     input, weight = ctx.saved_tensors
@@ -175,6 +177,8 @@ def _backward(ctx, grad_output):
 
 
 torch.library.register_autograd("cnnops::conv_transpose2d", _backward, setup_context=_setup)
+ConvTranspose2dEager = eager_autograd_function("ConvTranspose2dEager", ops.conv_transpose2d.default,
+                                               conv_transpose2d_setup, conv_transpose2d_backward)
 register_conv_gradient_autograd("conv_transpose2d")  # double backward: bilinear gradient ops
 
 

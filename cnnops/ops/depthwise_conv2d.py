@@ -4,8 +4,9 @@ works), and DepthwiseConv2dFunction for .apply users. Schemas: csrc/depthwise_co
 The bias gradient is conv2d's channel sum (cnnops::conv2d_grad_bias)."""
 import torch
 
-from cnnops.ops._common import (check_dtype, conv_memory_format, empty_like_shape, layout_from_flag,
-                               register_conv_gradient_autograd, shape_str)
+from cnnops.ops._common import (check_dtype, conv_memory_format, eager_autograd_function, empty_like_shape,
+                               gradient_ops_below_autograd, layout_from_flag, register_conv_gradient_autograd,
+                               shape_str)
 from cnnops.ops.conv2d import _check_grad_output, _check_same_dtype_device, conv2d_geometry, normalize_conv2d_args
 
 ops = torch.ops.cnnops
@@ -76,6 +77,7 @@ def depthwise_setup(ctx, input, weight, bias, stride, padding, dilation, padding
     ctx.save_for_backward(input if need_weight else None, weight if need_input else None)
 
 
+@gradient_ops_below_autograd
 def depthwise_backward(ctx, grad_output):
     """(grad_input, grad_weight, grad_bias), each None unless needed."""
     input, weight = ctx.saved_tensors
@@ -105,6 +107,8 @@ def _backward_forward(ctx, grad_output):
 
 
 torch.library.register_autograd("cnnops::depthwise_conv2d", _backward_forward, setup_context=_setup_forward)
+DepthwiseConv2dEager = eager_autograd_function("DepthwiseConv2dEager", ops.depthwise_conv2d.default, depthwise_setup,
+                                               depthwise_backward)
 register_conv_gradient_autograd("depthwise_conv2d")  # double backward: bilinear gradient ops
 
 

@@ -1,0 +1,113 @@
+"""The convolution functionals' three ways into an op (cnnops/functional.py _call_op): below
+the Autograd key where no gradient can flow, through a lean torch.autograd.Function
+(ops/_common.py eager_autograd_function) in plain eager mode, and through the op's
+register_autograd kernel otherwise. The first two exist to cut host overhead (launch-bound
+CUDA shapes pay it in full); they must give exactly what the op gives."""
+import pytest
+import torch
+
+import cnnops
+from conftest import CUDA_AVAILABLE, leaf, rand
+
+F = cnnops.F
+OPS = torch.ops.cnnops
+
+# name: (functional call, the same through the op, tensor shapes (input, weights..., biases...))
+CASES = {
+    "conv2d": (lambda x, w, b: F.conv2d(x, w, b, 2, 1, 1, 2, "reflect"),
+               lambda x, w, b: OPS.conv2d(x, w, b, [2, 2], [1, 1, 1, 1], [1, 1], 2, "reflect"),
+               [(2, 4, 7, 6), (6, 2, 3, 3), (6,)]),
+    "depthwise_conv2d": (lambda x, w, b: F.depthwise_conv2d(x, w, b, 1, 2, 2, "circular"),
+                         lambda x, w, b: OPS.depthwise_conv2d(x, w, b, [1, 1], [2, 2, 2, 2], [2, 2], "circular"),
+                         [(2, 3, 8, 7), (6, 1, 3, 3), (6,)]),
+    "conv2d groups == C": (lambda x, w, b: F.conv2d(x, w, b, 1, 1, 1, 3),
+                           lambda x, w, b: OPS.depthwise_conv2d(x, w, b, [1, 1], [1, 1, 1, 1], [1, 1], "zeros"),
+                           [(1, 3, 6, 6), (3, 1, 3, 3), (3,)]),
+    "conv_transpose2d": (lambda x, w, b: F.conv_transpose2d(x, w, b, 2, 1, 1),
+                         lambda x, w, b: OPS.conv_transpose2d(x, w, b, [2, 2], [1, 1], [1, 1], 1, [1, 1]),
+                         [(2, 4, 5, 5), (4, 3, 3, 3), (3,)]),
+    "depthwise_separable_conv2d": (
+        lambda x, w1, w2, b1, b2: F.depthwise_separable_conv2d(x, w1, w2, b1, b2, 1, 1, 1, "replicate"),
+        lambda x, w1, w2, b1, b2: OPS.depthwise_separable_conv2d(x, w1, b1, w2, b2, [1, 1], [1, 1, 1, 1], [1, 1],
+                                                                 "replicate"),
+        [(2, 3, 6, 5), (6, 1, 3, 3), (4, 6, 1, 1), (6,), (4,)]),
+    "spatially_separable_conv2d": (
+        lambda x, w1, w2, b1, b2: F.spatially_separable_conv2d(x, w1, w2, b1, b2, 1, 1, 1),
+        lambda x, w1, w2, b1, b2: OPS.spatially_separable_conv2d(x, w1, b1, w2, b2, [1, 1], [1, 1, 1, 1], [1, 1],
+                                                                 "zeros"),
+        [(2, 3, 6, 5), (5, 3, 3, 1), (4, 5, 1, 3), (5,), (4,)]),
+}
+
+
+def _devices():
+    return ["cpu"] + (["cuda"] if CUDA_AVAILABLE else [])
+
+
+def _tensors(shapes, device, dtype=torch.float64):
+    torch.manual_seed(0)
+    return [leaf(rand(*s, dtype=dtype, device=device)) for s in shapes]
+
+
+@pytest.mark.parametrize("device", _devices())
+@pytest.mark.parametrize("name", list(CASES))
+def test_eager_function_matches_the_op(name, device):
+    """Output and every gradient through the eager Function equal (bitwise: same kernels)
+    those through the op's register_autograd kernel; the graph node is the eager one."""
+    functional, through_op, shapes = CASES[name]
+    tensors = _tensors(shapes, device)
+    out = functional(*tensors)
+    assert "Eager" in type(out.grad_fn).__name__, type(out.grad_fn).__name__
+    ref = through_op(*tensors)
+    assert "Eager" not in type(ref.grad_fn).__name__
+    assert torch.equal(out, ref) and out.stride() == ref.stride()
+    go = rand(*out.shape, device=device)
+    for subset in (range(len(tensors)), [0], [1], range(1, len(tensors))):
+        wanted = [tensors[i] for i in subset]
+        grads = torch.autograd.grad(functional(*tensors), wanted, go)
+        grads_ref = torch.autograd.grad(through_op(*tensors), wanted, go)
+        for i, a, e in zip(subset, grads, grads_ref):
+            assert torch.equal(a, e), f"{name}: gradient {i}"
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_eager_function_double_backward(name):
+    """The eager backward calls the gradient ops below autograd only when no graph is being
+    recorded: with create_graph=True they record, and second derivatives are right."""
+    functional, _, shapes = CASES[name]
+    tensors = _tensors([(1,) + s[1:] if i == 0 else s for i, s in enumerate(shapes)], "cpu")
+    assert torch.autograd.gradgradcheck(functional, tensors)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_no_graph_where_no_gradient_flows(name):
+    """Below the Autograd key where nothing requires grad or grad mode is off: no graph."""
+    functional, through_op, shapes = CASES[name]
+    tensors = [t.detach() for t in _tensors(shapes, "cpu")]
+    out = functional(*tensors)
+    assert out.grad_fn is None and torch.equal(out, through_op(*tensors))
+    with torch.no_grad():
+        assert functional(*[t.requires_grad_() for t in tensors]).grad_fn is None
+
+
+@pytest.mark.parametrize("name", ["conv2d", "depthwise_conv2d", "depthwise_separable_conv2d"])
+def test_compile_takes_the_op(name):
+    """torch.compile traces the op's register_autograd kernel, not the eager Function."""
+    functional, through_op, shapes = CASES[name]
+    tensors = _tensors(shapes, "cpu")
+    traced = []
+
+    def backend(gm, example_inputs):  # dynamo's graph, then AOTAutograd as aot_eager does
+        traced.extend(str(node.target) for node in gm.graph.nodes if node.op == "call_function")
+        from torch._dynamo.backends.common import aot_autograd
+        return aot_autograd(fw_compiler=lambda g, _: g.forward)(gm, example_inputs)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(functional, fullgraph=True, backend=backend)
+    out = compiled(*tensors)
+    assert traced == [f"cnnops.{name}"], traced
+    go = rand(*out.shape)
+    grads = torch.autograd.grad(out, tensors, go)
+    grads_ref = torch.autograd.grad(through_op(*tensors), tensors, go)
+    for a, e in zip(grads, grads_ref):
+        assert torch.allclose(a, e, rtol=1e-12, atol=1e-12)
+    torch._dynamo.reset()
