@@ -5,9 +5,11 @@ import torch.autograd.forward_ad as _fwad
 
 from cnnops.ops._common import autocast_cast, autocast_dtype, check_device
 from cnnops.ops.conv2d import Conv2dEager, Conv2dFunction, normalize_conv2d_args
-from cnnops.ops.pool2d import (AdaptiveAvgPool2dFunction, AdaptiveMaxPool2dFunction, AvgPool2dFunction,
+from cnnops.ops.pool2d import (AdaptiveAvgPool2dEager, AdaptiveAvgPool2dFunction, AdaptiveMaxPool2dEager,
+                               AdaptiveMaxPool2dFunction, AvgPool2dEager, AvgPool2dFunction, MaxPool2dEager,
                                MaxPool2dFunction, gather_at_indices, normalize_output_size, normalize_pool_args)
-from cnnops.ops.layer_norm import LayerNorm2dFunction, LayerNormFunction, normalize_shape_arg
+from cnnops.ops.layer_norm import (LayerNorm2dEager, LayerNorm2dFunction, LayerNormEager, LayerNormFunction,
+                                   normalize_shape_arg)
 from cnnops.ops.batch_norm import BatchNormFunction
 from cnnops.ops.depthwise_conv2d import DepthwiseConv2dEager, DepthwiseConv2dFunction
 
@@ -116,7 +118,8 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
             output, indices = _ops.max_pool2d.default(x, kernel_size, stride, padding, dilation, ceil_mode,
                                                       return_indices or tangent is not None)
     else:
-        output, indices = _ops.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode, True)
+        output, indices = _with_autograd(_ops.max_pool2d, MaxPool2dEager, x, kernel_size, stride, padding, dilation,
+                                         ceil_mode, True)
     if tangent is not None:
         output = _fwad.make_dual(output, gather_at_indices(tangent, indices))
     if unbatched:
@@ -136,7 +139,8 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
             output = _ops.avg_pool2d.default(x, kernel_size, stride, padding, ceil_mode, count_include_pad,
                                              divisor_override)
     else:
-        output = _ops.avg_pool2d(x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+        output = _with_autograd(_ops.avg_pool2d, AvgPool2dEager, x, kernel_size, stride, padding, ceil_mode,
+                                count_include_pad, divisor_override)
     tangent = _tangent(x)
     if tangent is not None:
         output = _fwad.make_dual(output, _ops.avg_pool2d(tangent, kernel_size, stride, padding, ceil_mode,
@@ -154,7 +158,7 @@ def adaptive_avg_pool2d(input, output_size):
         with _below_autograd():
             output = _ops.adaptive_avg_pool2d.default(x, output_size)
     else:
-        output = _ops.adaptive_avg_pool2d(x, output_size)
+        output = _with_autograd(_ops.adaptive_avg_pool2d, AdaptiveAvgPool2dEager, x, output_size)
     tangent = _tangent(x)
     if tangent is not None:
         output = _fwad.make_dual(output, _ops.adaptive_avg_pool2d(tangent, output_size))
@@ -170,7 +174,7 @@ def adaptive_max_pool2d(input, output_size, return_indices=False):
         with _below_autograd():
             output, indices = _ops.adaptive_max_pool2d.default(x, output_size)
     else:
-        output, indices = _ops.adaptive_max_pool2d(x, output_size)
+        output, indices = _with_autograd(_ops.adaptive_max_pool2d, AdaptiveMaxPool2dEager, x, output_size)
     tangent = _tangent(x)
     if tangent is not None:
         output = _fwad.make_dual(output, gather_at_indices(tangent, indices))
@@ -203,19 +207,23 @@ def _transform_active():
     return torch.autograd.forward_ad._current_level >= 0 or _peek_functorch() is not None
 
 
-def _call_op(op, eager_function, *args):
-    """op(*args): below the Autograd key where no gradient can flow; through eager_function
-    (ops/_common.py eager_autograd_function) where one can, in plain eager mode; the op
-    itself, with its register_autograd kernel, when a compiler traces or forward AD or a
-    torch.func transform is active."""
-    if _is_compiling():
-        return op(*args)
-    if not torch.is_grad_enabled() or not any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
-        with _below_autograd():
-            return op.default(*args)
-    if _transform_active():
+def _with_autograd(op, eager_function, *args):
+    """op(*args) where a gradient can flow: through eager_function, the op's lean
+    autograd.Function (ops/_common.py register_autograd), in plain eager mode; through the
+    op itself, with its register_autograd kernel, when a compiler traces or forward AD or a
+    torch.func transform is active (the autograd.Function supports none of those)."""
+    if _is_compiling() or _transform_active():
         return op(*args)
     return eager_function.apply(*args)
+
+
+def _call_op(op, eager_function, *args):
+    """op(*args): below the Autograd key where no gradient can flow, else _with_autograd."""
+    if not _is_compiling() and (not torch.is_grad_enabled()
+                                or not any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)):
+        with _below_autograd():
+            return op.default(*args)
+    return _with_autograd(op, eager_function, *args)
 
 
 def _skip_autograd(input, weight, bias):
@@ -241,7 +249,7 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
     if _skip_autograd(input, weight, bias):
         with _below_autograd():
             return _ops.layer_norm.default(input, normalized_shape, weight, bias, eps)[0]
-    return _ops.layer_norm.default(input, normalized_shape, weight, bias, eps)[0]
+    return _with_autograd(_ops.layer_norm.default, LayerNormEager, input, normalized_shape, weight, bias, eps)[0]
 
 
 def layer_norm2d(input, weight=None, bias=None, eps=1e-6):
@@ -259,7 +267,7 @@ def layer_norm2d(input, weight=None, bias=None, eps=1e-6):
     if _skip_autograd(input, weight, bias):
         with _below_autograd():
             return _ops.layer_norm2d.default(input, weight, bias, eps)[0]
-    return _ops.layer_norm2d.default(input, weight, bias, eps)[0]
+    return _with_autograd(_ops.layer_norm2d.default, LayerNorm2dEager, input, weight, bias, eps)[0]
 
 
 # ---------------------------------------------------------------- transposed convolution

@@ -148,9 +148,9 @@ def test_depthwise_cuda_simple_matches_torch(device, dtype, case, layout, mode, 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible")
 def test_depthwise_cuda_path_rejects_unknown_names(monkeypatch):
-    monkeypatch.setenv("CNNOPS_DEPTHWISE_CUDA_PATH", "tiled")
+    monkeypatch.setenv("CNNOPS_DEPTHWISE_CUDA_PATH", "fast")
     x = torch.randn(1, 2, 5, 5, device="cuda")
-    with pytest.raises(ValueError, match="CNNOPS_DEPTHWISE_CUDA_PATH to be 'auto' or 'simple', got 'tiled'"):
+    with pytest.raises(ValueError, match="CNNOPS_DEPTHWISE_CUDA_PATH to be 'auto' or 'simple', got 'fast'"):
         cnnops.F.depthwise_conv2d(x, torch.randn(2, 1, 3, 3, device="cuda"))
 
 

@@ -1,6 +1,6 @@
-"""The convolution functionals' three ways into an op (cnnops/functional.py _call_op): below
-the Autograd key where no gradient can flow, through a lean torch.autograd.Function
-(ops/_common.py eager_autograd_function) in plain eager mode, and through the op's
+"""The functionals' three ways into an op (cnnops/functional.py _call_op, _with_autograd):
+below the Autograd key where no gradient can flow, through a lean torch.autograd.Function
+(ops/_common.py register_autograd) in plain eager mode, and through the op's
 register_autograd kernel otherwise. The first two exist to cut host overhead (launch-bound
 CUDA shapes pay it in full); they must give exactly what the op gives."""
 import pytest
@@ -36,6 +36,20 @@ CASES = {
         lambda x, w1, w2, b1, b2: OPS.spatially_separable_conv2d(x, w1, b1, w2, b2, [1, 1], [1, 1, 1, 1], [1, 1],
                                                                  "zeros"),
         [(2, 3, 6, 5), (5, 3, 3, 1), (4, 5, 1, 3), (5,), (4,)]),
+    "max_pool2d": (lambda x: F.max_pool2d(x, 3, 2, 1, 1, True),
+                   lambda x: OPS.max_pool2d(x, [3, 3], [2, 2], [1, 1], [1, 1], True, True)[0],
+                   [(2, 3, 9, 8)]),
+    "avg_pool2d": (lambda x: F.avg_pool2d(x, 3, 2, 1, False, False),
+                   lambda x: OPS.avg_pool2d(x, [3, 3], [2, 2], [1, 1], False, False, None),
+                   [(2, 3, 9, 8)]),
+    "adaptive_avg_pool2d": (lambda x: F.adaptive_avg_pool2d(x, (3, 2)),
+                            lambda x: OPS.adaptive_avg_pool2d(x, [3, 2]), [(2, 3, 7, 5)]),
+    "adaptive_max_pool2d": (lambda x: F.adaptive_max_pool2d(x, (3, 2)),
+                            lambda x: OPS.adaptive_max_pool2d(x, [3, 2])[0], [(2, 3, 7, 5)]),
+    "layer_norm": (lambda x, w, b: F.layer_norm(x, (5, 4), w, b),
+                   lambda x, w, b: OPS.layer_norm(x, [5, 4], w, b, 1e-5)[0], [(3, 5, 4), (5, 4), (5, 4)]),
+    "layer_norm2d": (lambda x, w, b: F.layer_norm2d(x, w, b),
+                     lambda x, w, b: OPS.layer_norm2d(x, w, b, 1e-6)[0], [(2, 4, 3, 5), (4,), (4,)]),
 }
 
 
@@ -61,7 +75,8 @@ def test_eager_function_matches_the_op(name, device):
     assert "Eager" not in type(ref.grad_fn).__name__
     assert torch.equal(out, ref) and out.stride() == ref.stride()
     go = rand(*out.shape, device=device)
-    for subset in (range(len(tensors)), [0], [1], range(1, len(tensors))):
+    n = len(tensors)
+    for subset in [range(n), [0]] + ([[1], range(1, n)] if n > 1 else []):
         wanted = [tensors[i] for i in subset]
         grads = torch.autograd.grad(functional(*tensors), wanted, go)
         grads_ref = torch.autograd.grad(through_op(*tensors), wanted, go)
@@ -98,8 +113,9 @@ def test_compile_takes_the_op(name):
 
     def backend(gm, example_inputs):  # dynamo's graph, then AOTAutograd as aot_eager does
         traced.extend(str(node.target) for node in gm.graph.nodes if node.op == "call_function")
+        from functorch.compile import make_boxed_func
         from torch._dynamo.backends.common import aot_autograd
-        return aot_autograd(fw_compiler=lambda g, _: g.forward)(gm, example_inputs)
+        return aot_autograd(fw_compiler=lambda g, _: make_boxed_func(g.forward))(gm, example_inputs)
 
     torch._dynamo.reset()
     compiled = torch.compile(functional, fullgraph=True, backend=backend)

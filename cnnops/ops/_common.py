@@ -165,21 +165,22 @@ def gradient_ops_below_autograd(backward):
     return wrapper
 
 
-def eager_autograd_function(name, op, setup, backward):
-    """A torch.autograd.Function that does in eager mode what `op`'s register_autograd
-    kernel does: setup(ctx, *args), then op(*args) below the Autograd key; its backward is
-    backward(ctx, grad_output) padded with None for the other arguments. It skips the Python
-    layers of torch.library's autograd wrapper (about 25 us a call); the functionals use it
-    where nothing needs them: no compiler tracing, no forward AD, no torch.func transform."""
+def register_autograd(qualname, backward, setup_context):
+    """torch.library.register_autograd(qualname, backward, setup_context=setup_context), and
+    returned, a torch.autograd.Function with the same setup_context and backward that calls
+    the op below the Autograd key. It skips the Python layers of torch.library's autograd
+    wrapper (about 25 us a call, which launch-bound CUDA shapes pay in full); the
+    functionals use it in plain eager mode, and the op itself under a compiler, forward AD
+    or a torch.func transform (functional.py _with_autograd)."""
+    torch.library.register_autograd(qualname, backward, setup_context=setup_context)
+    namespace, name = qualname.split("::")
+    op = getattr(getattr(torch.ops, namespace), name).default
+
     def forward(ctx, *args):
-        ctx.n_args = len(args)
-        setup(ctx, *args)
         with torch._C._AutoDispatchBelowAutograd():
-            return op(*args)
+            output = op(*args)
+        setup_context(ctx, args, output)
+        return output
 
-    def function_backward(ctx, grad_output):
-        grads = backward(ctx, grad_output)
-        return (*grads, *(None,) * (ctx.n_args - len(grads)))
-
-    return type(name, (torch.autograd.Function,), {
-        "forward": staticmethod(forward), "backward": staticmethod(function_backward), "__doc__": f"{op}, eagerly."})
+    return type("".join(part.capitalize() for part in name.split("_")) + "Eager", (torch.autograd.Function,), {
+        "forward": staticmethod(forward), "backward": staticmethod(backward), "__doc__": f"{qualname}, eagerly."})

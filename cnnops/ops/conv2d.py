@@ -3,8 +3,8 @@ messages as csrc/common/conv_checks.h), autograd for all four ops (so double bac
 works), and Conv2dFunction for .apply users. Op schemas are in csrc/conv2d.cpp."""
 import torch
 
-from cnnops.ops._common import (check_dtype, conv_memory_format, dtype_name, eager_autograd_function,
-                               empty_like_shape, gradient_ops_below_autograd, layout_from_flag, pair,
+from cnnops.ops._common import (check_dtype, conv_memory_format, dtype_name, empty_like_shape,
+                               gradient_ops_below_autograd, layout_from_flag, pair, register_autograd,
                                register_conv_gradient_autograd, shape_str)
 
 ops = torch.ops.cnnops
@@ -175,8 +175,7 @@ def _backward_grad_bias(ctx, gg):
     return gg.reshape((1, shape[1]) + (1,) * (len(shape) - 2)).expand(shape)
 
 
-torch.library.register_autograd("cnnops::conv2d", _backward_conv2d, setup_context=_setup_conv2d)
-Conv2dEager = eager_autograd_function("Conv2dEager", ops.conv2d.default, conv2d_setup, conv2d_backward)
+Conv2dEager = register_autograd("cnnops::conv2d", _backward_conv2d, _setup_conv2d)
 register_conv_gradient_autograd("conv2d")  # double backward: bilinear gradient ops
 torch.library.register_autograd("cnnops::conv2d_grad_bias", _backward_grad_bias, setup_context=_setup_grad_bias)
 

@@ -5,9 +5,8 @@ ConvTranspose2dFunction for .apply users. Schemas are in csrc/conv_transpose2d.c
 kernels are the conv2d family's (csrc/common/conv_transpose2d_impl.h)."""
 import torch
 
-from cnnops.ops._common import (check_dtype, conv_memory_format, eager_autograd_function, empty_like_shape,
-                               gradient_ops_below_autograd, layout_from_flag, pair, register_conv_gradient_autograd,
-                               shape_str)
+from cnnops.ops._common import (check_dtype, conv_memory_format, empty_like_shape, gradient_ops_below_autograd,
+                               layout_from_flag, pair, register_autograd, register_conv_gradient_autograd, shape_str)
 from cnnops.ops.conv2d import _check_same_dtype_device
 
 ops = torch.ops.cnnops
@@ -176,9 +175,7 @@ def _backward(ctx, grad_output):
     return (*conv_transpose2d_backward(ctx, grad_output), None, None, None, None, None)
 
 
-torch.library.register_autograd("cnnops::conv_transpose2d", _backward, setup_context=_setup)
-ConvTranspose2dEager = eager_autograd_function("ConvTranspose2dEager", ops.conv_transpose2d.default,
-                                               conv_transpose2d_setup, conv_transpose2d_backward)
+ConvTranspose2dEager = register_autograd("cnnops::conv_transpose2d", _backward, _setup)
 register_conv_gradient_autograd("conv_transpose2d")  # double backward: bilinear gradient ops
 
 

@@ -4,9 +4,8 @@ works), and DepthwiseConv2dFunction for .apply users. Schemas: csrc/depthwise_co
 The bias gradient is conv2d's channel sum (cnnops::conv2d_grad_bias)."""
 import torch
 
-from cnnops.ops._common import (check_dtype, conv_memory_format, eager_autograd_function, empty_like_shape,
-                               gradient_ops_below_autograd, layout_from_flag, register_conv_gradient_autograd,
-                               shape_str)
+from cnnops.ops._common import (check_dtype, conv_memory_format, empty_like_shape, gradient_ops_below_autograd,
+                               layout_from_flag, register_autograd, register_conv_gradient_autograd, shape_str)
 from cnnops.ops.conv2d import _check_grad_output, _check_same_dtype_device, conv2d_geometry, normalize_conv2d_args
 
 ops = torch.ops.cnnops
@@ -106,9 +105,7 @@ def _backward_forward(ctx, grad_output):
     return (*depthwise_backward(ctx, grad_output), None, None, None, None)
 
 
-torch.library.register_autograd("cnnops::depthwise_conv2d", _backward_forward, setup_context=_setup_forward)
-DepthwiseConv2dEager = eager_autograd_function("DepthwiseConv2dEager", ops.depthwise_conv2d.default, depthwise_setup,
-                                               depthwise_backward)
+DepthwiseConv2dEager = register_autograd("cnnops::depthwise_conv2d", _backward_forward, _setup_forward)
 register_conv_gradient_autograd("depthwise_conv2d")  # double backward: bilinear gradient ops
 
 

@@ -4,7 +4,7 @@ backward ops (double backward, as a composite of torch ops), and LayerNormFuncti
 LayerNorm2dFunction for .apply users. Op schemas are in csrc/layer_norm.cpp."""
 import torch
 
-from cnnops.ops._common import check_dtype, dtype_name, shape_str
+from cnnops.ops._common import check_dtype, dtype_name, gradient_ops_below_autograd, register_autograd, shape_str
 
 ops = torch.ops.cnnops
 _REDUCED = (torch.float16, torch.bfloat16)
@@ -161,6 +161,7 @@ def layer_norm_setup(ctx, input, normalized_shape, weight, bias, mean, rstd):
         ctx.save_for_backward(input, mean, rstd, weight, bias if ctx.mask[2] else None)
 
 
+@gradient_ops_below_autograd
 def layer_norm_backward(ctx, grad_out):
     """(grad_input, grad_weight, grad_bias), each None unless needed."""
     if not any(ctx.mask):
@@ -178,6 +179,7 @@ def layer_norm2d_setup(ctx, input, weight, bias, mean, rstd):
         ctx.save_for_backward(input, mean, rstd, weight, bias if ctx.mask[2] else None)
 
 
+@gradient_ops_below_autograd
 def layer_norm2d_backward(ctx, grad_out):
     if not any(ctx.mask):
         return None, None, None
@@ -310,8 +312,8 @@ def _backward_ln2d_backward(ctx, ggx, ggw, ggb):
             None, None, None if d_w is None else d_w.to(weight.dtype), None, None)
 
 
-torch.library.register_autograd("cnnops::layer_norm", _backward_layer_norm, setup_context=_setup_layer_norm)
-torch.library.register_autograd("cnnops::layer_norm2d", _backward_layer_norm2d, setup_context=_setup_layer_norm2d)
+LayerNormEager = register_autograd("cnnops::layer_norm", _backward_layer_norm, _setup_layer_norm)
+LayerNorm2dEager = register_autograd("cnnops::layer_norm2d", _backward_layer_norm2d, _setup_layer_norm2d)
 torch.library.register_autograd("cnnops::layer_norm_backward", _backward_ln_backward, setup_context=_setup_ln_backward)
 torch.library.register_autograd("cnnops::layer_norm2d_backward", _backward_ln2d_backward, setup_context=_setup_ln2d_backward)
 

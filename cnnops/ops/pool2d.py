@@ -5,7 +5,8 @@ in csrc/pool2d.cpp."""
 import torch
 from torch._prims_common import suggest_memory_format
 
-from cnnops.ops._common import check_dtype, dtype_name, empty_like_shape, layout_from_flag, pair, shape_str
+from cnnops.ops._common import (check_dtype, dtype_name, empty_like_shape, gradient_ops_below_autograd,
+                               layout_from_flag, pair, register_autograd, shape_str)
 
 ops = torch.ops.cnnops
 
@@ -216,6 +217,7 @@ def max_pool2d_setup(ctx, input, kernel_size, stride, padding, dilation, ceil_mo
         ctx.has_indices = indices is not None
 
 
+@gradient_ops_below_autograd
 def max_pool2d_backward(ctx, grad_output):
     if not ctx.needs_input_grad[0]:
         return None
@@ -242,6 +244,7 @@ def avg_pool2d_setup(ctx, input, kernel_size, stride, padding, ceil_mode, count_
     ctx.channels_last = _is_channels_last(input)
 
 
+@gradient_ops_below_autograd
 def avg_pool2d_backward(ctx, grad_output):
     if not ctx.needs_input_grad[0]:
         return None
@@ -261,6 +264,7 @@ def adaptive_avg_pool2d_setup(ctx, input, output_size):
     ctx.channels_last = _is_channels_last(input)
 
 
+@gradient_ops_below_autograd
 def adaptive_avg_pool2d_backward(ctx, grad_output):
     if not ctx.needs_input_grad[0]:
         return None
@@ -282,6 +286,7 @@ def adaptive_max_pool2d_setup(ctx, input, output_size, indices):
         ctx.save_for_backward(indices)
 
 
+@gradient_ops_below_autograd
 def adaptive_max_pool2d_backward(ctx, grad_output):
     if not ctx.needs_input_grad[0]:
         return None
@@ -353,12 +358,12 @@ def _backward_adaptive_max_pool2d_backward(ctx, gg):
     return gather_at_indices(gg, indices), None, None, None
 
 
-torch.library.register_autograd("cnnops::max_pool2d", _backward_max_pool2d, setup_context=_setup_max_pool2d)
-torch.library.register_autograd("cnnops::avg_pool2d", _backward_avg_pool2d, setup_context=_setup_avg_pool2d)
-torch.library.register_autograd("cnnops::adaptive_avg_pool2d", _backward_adaptive_avg_pool2d,
-                                setup_context=_setup_adaptive_avg_pool2d)
-torch.library.register_autograd("cnnops::adaptive_max_pool2d", _backward_adaptive_max_pool2d,
-                                setup_context=_setup_adaptive_max_pool2d)
+MaxPool2dEager = register_autograd("cnnops::max_pool2d", _backward_max_pool2d, _setup_max_pool2d)
+AvgPool2dEager = register_autograd("cnnops::avg_pool2d", _backward_avg_pool2d, _setup_avg_pool2d)
+AdaptiveAvgPool2dEager = register_autograd("cnnops::adaptive_avg_pool2d", _backward_adaptive_avg_pool2d,
+                                           _setup_adaptive_avg_pool2d)
+AdaptiveMaxPool2dEager = register_autograd("cnnops::adaptive_max_pool2d", _backward_adaptive_max_pool2d,
+                                           _setup_adaptive_max_pool2d)
 torch.library.register_autograd("cnnops::max_pool2d_backward", _backward_max_pool2d_backward,
                                 setup_context=_setup_max_pool2d_backward)
 torch.library.register_autograd("cnnops::avg_pool2d_backward", _backward_avg_pool2d_backward,

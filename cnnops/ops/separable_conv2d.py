@@ -10,8 +10,8 @@ from typing import NamedTuple
 
 import torch
 
-from cnnops.ops._common import (check_dtype, conv_memory_format, eager_autograd_function, empty_like_shape,
-                               gradient_ops_below_autograd, pair, shape_str, suggest_memory_format)
+from cnnops.ops._common import (check_dtype, conv_memory_format, empty_like_shape, gradient_ops_below_autograd, pair,
+                               register_autograd, shape_str, suggest_memory_format)
 from cnnops.ops.conv2d import _check_same_dtype_device, conv2d_geometry, normalize_conv2d_args
 from cnnops.ops.depthwise_conv2d import depthwise_geometry
 
@@ -150,7 +150,7 @@ def pair_layouts(input, first_weight, second_weight):
 
 # ---------------------------------------------------------------- fake, CUDA, autograd
 
-EAGER = {}  # name: its eager_autograd_function
+EAGER = {}  # name: its eager autograd.Function (ops/_common.py register_autograd)
 
 
 def _register(name):
@@ -177,10 +177,7 @@ def _register(name):
     def backward(ctx, grad_output):
         return (*pair_backward(ctx, grad_output), None, None, None, None)
 
-    torch.library.register_autograd(f"cnnops::{name}", backward, setup_context=setup)
-    EAGER[name] = eager_autograd_function("".join(part.capitalize() for part in name.split("_")) + "Eager",
-                                          getattr(ops, name).default,
-                                          lambda ctx, *args: pair_setup(ctx, name, *args), pair_backward)
+    EAGER[name] = register_autograd(f"cnnops::{name}", backward, setup)
 
 
 def pair_setup(ctx, name, input, w1, b1, w2, b2, stride, padding, dilation, padding_mode):

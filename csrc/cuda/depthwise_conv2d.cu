@@ -37,6 +37,8 @@ namespace cuda {
 namespace {
 
 constexpr int kThreads = 256;
+constexpr int kTile = 16;  // forward tile: kTile x kTile outputs, one per thread
+constexpr int64_t kMaxTileBytes = 32 * 1024;
 
 // CNNOPS_DEPTHWISE_CUDA_PATH, read on every call so that tests can force each path: auto
 // (default: the tiled kernels where they apply) or simple (this file's kernels everywhere).
@@ -48,8 +50,6 @@ bool tiled_kernels_enabled() {
   TORCH_CHECK_VALUE(false, "cnnops.depthwise_conv2d: expected the environment variable CNNOPS_DEPTHWISE_CUDA_PATH "
                     "to be 'auto' or 'simple', got '", name, "'");
 }
-constexpr int kTile = 16;  // forward tile: kTile x kTile outputs, one per thread
-constexpr int64_t kMaxTileBytes = 32 * 1024;
 
 // Thread idx -> (n, c, h, w) in the order of a tensor's memory: channels_last walks
 // c fastest, everything else w fastest.
