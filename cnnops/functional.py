@@ -10,7 +10,7 @@ from cnnops.ops.pool2d import (AdaptiveAvgPool2dEager, AdaptiveAvgPool2dFunction
                                MaxPool2dFunction, gather_at_indices, normalize_output_size, normalize_pool_args)
 from cnnops.ops.layer_norm import (LayerNorm2dEager, LayerNorm2dFunction, LayerNormEager, LayerNormFunction,
                                    normalize_shape_arg)
-from cnnops.ops.batch_norm import BatchNormFunction
+from cnnops.ops.batch_norm import BatchNormEager, BatchNormFunction
 from cnnops.ops.depthwise_conv2d import DepthwiseConv2dEager, DepthwiseConv2dFunction
 
 __all__ = ["conv2d", "Conv2dFunction", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d",
@@ -350,7 +350,7 @@ def _batch_norm(input, running_mean, running_var, weight, bias, training, moment
     if _skip_autograd(input, weight, bias) and (residual is None or not residual.requires_grad):
         with _below_autograd():
             return _ops.batch_norm.default(*args)[0]
-    return _ops.batch_norm.default(*args)[0]
+    return _with_autograd(_ops.batch_norm.default, BatchNormEager, *args)[0]
 
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5,

@@ -48,6 +48,9 @@ CASES = {
                             lambda x: OPS.adaptive_max_pool2d(x, [3, 2])[0], [(2, 3, 7, 5)]),
     "layer_norm": (lambda x, w, b: F.layer_norm(x, (5, 4), w, b),
                    lambda x, w, b: OPS.layer_norm(x, [5, 4], w, b, 1e-5)[0], [(3, 5, 4), (5, 4), (5, 4)]),
+    "batch_norm": (lambda x, w, b: F.batch_norm(x, None, None, w, b, True, activation="relu"),
+                   lambda x, w, b: OPS.batch_norm(x, w, b, None, None, None, None, True, 0.1, 1e-5, "relu")[0],
+                   [(3, 4, 5, 2), (4,), (4,)]),
     "layer_norm2d": (lambda x, w, b: F.layer_norm2d(x, w, b),
                      lambda x, w, b: OPS.layer_norm2d(x, w, b, 1e-6)[0], [(2, 4, 3, 5), (4,), (4,)]),
 }
@@ -72,7 +75,8 @@ def test_eager_function_matches_the_op(name, device):
     out = functional(*tensors)
     assert "Eager" in type(out.grad_fn).__name__, type(out.grad_fn).__name__
     ref = through_op(*tensors)
-    assert "Eager" not in type(ref.grad_fn).__name__
+    if name != "batch_norm":  # whose Autograd-key kernel is BatchNormEager itself
+        assert "Eager" not in type(ref.grad_fn).__name__
     assert torch.equal(out, ref) and out.stride() == ref.stride()
     go = rand(*out.shape, device=device)
     n = len(tensors)
@@ -84,7 +88,7 @@ def test_eager_function_matches_the_op(name, device):
             assert torch.equal(a, e), f"{name}: gradient {i}"
 
 
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name", [name for name in CASES if name != "batch_norm"])  # batch_norm: no double backward
 def test_eager_function_double_backward(name):
     """The eager backward calls the gradient ops below autograd only when no graph is being
     recorded: with create_graph=True they record, and second derivatives are right."""

@@ -6,7 +6,7 @@ Op schemas are in csrc/batch_norm.cpp."""
 import torch
 from torch._prims_common import suggest_memory_format
 
-from cnnops.ops._common import check_dtype, dtype_name, shape_str
+from cnnops.ops._common import check_dtype, dtype_name, gradient_ops_below_autograd, shape_str
 
 ops = torch.ops.cnnops
 _REDUCED = (torch.float16, torch.bfloat16)
@@ -271,6 +271,7 @@ def batch_norm_setup(ctx, input, weight, bias, residual, training, activation, o
                               save_mean, save_invstd)
 
 
+@gradient_ops_below_autograd
 def batch_norm_backward(ctx, grad_out):
     """(grad_input, grad_weight, grad_bias, grad_residual), each None unless needed."""
     if not any(ctx.mask):
@@ -282,11 +283,12 @@ def batch_norm_backward(ctx, grad_out):
     return (gi if m[0] else None, gw if m[1] else None, gb if m[2] else None, gr if m[3] else None)
 
 
-class _BatchNormOp(torch.autograd.Function):
+class BatchNormEager(torch.autograd.Function):
     """The Autograd kernel of cnnops::batch_norm. register_autograd refuses ops that mutate
     an argument (the running statistics), so the op's autograd is this Function, registered
     for the Autograd dispatch key; it redispatches below autograd (and under torch.compile,
-    functionalization turns the mutation into auto_functionalized)."""
+    functionalization turns the mutation into auto_functionalized). In plain eager mode the
+    functional applies it directly, without the dispatcher's hop into Python."""
 
     @staticmethod
     def forward(ctx, input, weight, bias, running_mean, running_var, num_batches_tracked, residual, training,
@@ -309,7 +311,7 @@ class _BatchNormOp(torch.autograd.Function):
 
 def _batch_norm_autograd(input, weight, bias, running_mean, running_var, num_batches_tracked, residual, training,
                          momentum, eps, activation):
-    return _BatchNormOp.apply(input, weight, bias, running_mean, running_var, num_batches_tracked, residual,
+    return BatchNormEager.apply(input, weight, bias, running_mean, running_var, num_batches_tracked, residual,
                               training, momentum, eps, activation)
 
 
