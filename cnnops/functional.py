@@ -210,9 +210,15 @@ def _transform_active():
 def _with_autograd(op, eager_function, *args):
     """op(*args) where a gradient can flow: through eager_function, the op's lean
     autograd.Function (ops/_common.py register_autograd), in plain eager mode; through the
-    op itself, with its register_autograd kernel, when a compiler traces or forward AD or a
-    torch.func transform is active (the autograd.Function supports none of those)."""
-    if _is_compiling() or _transform_active():
+    op itself, with its register_autograd kernel, when a compiler traces or a torch.func
+    transform is active. Under forward AD neither has a jvp (a dual input that requires grad,
+    such as a module's parameter, would raise): they run on the primals, which keep the
+    reverse-mode graph, and the caller adds the output's tangent."""
+    if _is_compiling():
+        return op(*args)
+    if _fwad._current_level >= 0:
+        args = tuple(_fwad.unpack_dual(a).primal if isinstance(a, torch.Tensor) else a for a in args)
+    if _peek_functorch() is not None:
         return op(*args)
     return eager_function.apply(*args)
 

@@ -131,3 +131,25 @@ def test_compile_takes_the_op(name):
     for a, e in zip(grads, grads_ref):
         assert torch.allclose(a, e, rtol=1e-12, atol=1e-12)
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_forward_ad_with_tensors_that_require_grad(name):
+    """Forward AD where the operands also require grad (a module's parameters always do):
+    the output's primal and tangent equal those of the no-grad path, and reverse-mode
+    gradients flow through the primal. (The ops' autograd has no jvp: this used to raise.)"""
+    import torch.autograd.forward_ad as fwAD
+    functional, _, shapes = CASES[name]
+    tensors = _tensors(shapes, "cpu")
+    tangent = torch.randn_like(tensors[0])
+    with fwAD.dual_level():
+        plain = functional(fwAD.make_dual(tensors[0].detach(), tangent), *[t.detach() for t in tensors[1:]])
+        expected_primal, expected_tangent = fwAD.unpack_dual(plain)
+        out = functional(fwAD.make_dual(tensors[0], tangent), *tensors[1:])
+        primal, out_tangent = fwAD.unpack_dual(out)
+        assert torch.allclose(primal, expected_primal, rtol=1e-12, atol=1e-12)
+        assert torch.allclose(out_tangent, expected_tangent, rtol=1e-12, atol=1e-12)
+        grads = torch.autograd.grad(primal.sum(), tensors)
+    expected = torch.autograd.grad(functional(*tensors).sum(), tensors)
+    for i, (a, e) in enumerate(zip(grads, expected)):
+        assert torch.allclose(a, e, rtol=1e-12, atol=1e-12), f"{name}: gradient {i}"
