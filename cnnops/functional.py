@@ -62,12 +62,6 @@ _below_autograd = torch._C._AutoDispatchBelowAutograd
 _is_compiling = torch.compiler.is_compiling
 
 
-def _no_grad_call(input):
-    """True when the op can skip its (Python) autograd kernel: no gradient is wanted and
-    no compiler is tracing. Saves several microseconds per call on small tensors."""
-    return not (input.requires_grad and torch.is_grad_enabled()) and not _is_compiling()
-
-
 def _tangent(x):
     """The forward-mode AD tangent of x, or None. Custom ops drop tangents silently, so the
     pooling wrappers compute the output's tangent themselves (pooling is linear in the
@@ -113,7 +107,7 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     kernel_size, stride, padding, dilation = normalize_pool_args(op, kernel_size, stride, padding, dilation)
     tangent = _tangent(x)
     # Indices are only computed when returned or needed for a derivative.
-    if _no_grad_call(input):
+    if _skip_autograd(input):
         with _below_autograd():
             output, indices = _ops.max_pool2d.default(x, kernel_size, stride, padding, dilation, ceil_mode,
                                                       return_indices or tangent is not None)
@@ -134,13 +128,8 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
     op = "cnnops.avg_pool2d"
     x, unbatched = _pool_input(op, input)
     kernel_size, stride, padding, _ = normalize_pool_args(op, kernel_size, stride, padding)
-    if _no_grad_call(input):
-        with _below_autograd():
-            output = _ops.avg_pool2d.default(x, kernel_size, stride, padding, ceil_mode, count_include_pad,
-                                             divisor_override)
-    else:
-        output = _with_autograd(_ops.avg_pool2d, AvgPool2dEager, x, kernel_size, stride, padding, ceil_mode,
-                                count_include_pad, divisor_override)
+    output = _call_op(_ops.avg_pool2d, AvgPool2dEager, x, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                      divisor_override)
     tangent = _tangent(x)
     if tangent is not None:
         output = _fwad.make_dual(output, _ops.avg_pool2d(tangent, kernel_size, stride, padding, ceil_mode,
@@ -154,11 +143,7 @@ def adaptive_avg_pool2d(input, output_size):
     op = "cnnops.adaptive_avg_pool2d"
     x, unbatched = _pool_input(op, input)
     output_size = normalize_output_size(op, output_size, x.shape)
-    if _no_grad_call(input):
-        with _below_autograd():
-            output = _ops.adaptive_avg_pool2d.default(x, output_size)
-    else:
-        output = _with_autograd(_ops.adaptive_avg_pool2d, AdaptiveAvgPool2dEager, x, output_size)
+    output = _call_op(_ops.adaptive_avg_pool2d, AdaptiveAvgPool2dEager, x, output_size)
     tangent = _tangent(x)
     if tangent is not None:
         output = _fwad.make_dual(output, _ops.adaptive_avg_pool2d(tangent, output_size))
@@ -170,11 +155,7 @@ def adaptive_max_pool2d(input, output_size, return_indices=False):
     op = "cnnops.adaptive_max_pool2d"
     x, unbatched = _pool_input(op, input)
     output_size = normalize_output_size(op, output_size, x.shape)
-    if _no_grad_call(input):
-        with _below_autograd():
-            output, indices = _ops.adaptive_max_pool2d.default(x, output_size)
-    else:
-        output, indices = _with_autograd(_ops.adaptive_max_pool2d, AdaptiveMaxPool2dEager, x, output_size)
+    output, indices = _call_op(_ops.adaptive_max_pool2d, AdaptiveMaxPool2dEager, x, output_size)
     tangent = _tangent(x)
     if tangent is not None:
         output = _fwad.make_dual(output, gather_at_indices(tangent, indices))
@@ -225,23 +206,21 @@ def _with_autograd(op, eager_function, *args):
 
 def _call_op(op, eager_function, *args):
     """op(*args): below the Autograd key where no gradient can flow, else _with_autograd."""
-    if not _is_compiling() and (not torch.is_grad_enabled()
-                                or not any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)):
+    if _skip_autograd(*args):
         with _below_autograd():
             return op.default(*args)
     return _with_autograd(op, eager_function, *args)
 
 
-def _skip_autograd(input, weight, bias):
-    """True when no gradient can flow (grad mode off, or nothing requires grad) in eager
-    mode: the op is then called below the Autograd key, which saves the ~10 us of the
-    Python autograd wrapper that register_autograd installs. Small tensors are common."""
+def _skip_autograd(*args):
+    """True when no gradient can flow (grad mode off, or no tensor among args requires grad)
+    in eager mode: the op is then called below the Autograd key, which saves the ~10 us of
+    the Python autograd wrapper that register_autograd installs. Small tensors are common."""
     if _is_compiling():
         return False
     if not torch.is_grad_enabled():
         return True
-    return not (input.requires_grad or (weight is not None and weight.requires_grad)
-                or (bias is not None and bias.requires_grad))
+    return not any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
 
 
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
@@ -252,10 +231,7 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
     normalized_shape = normalize_shape_arg(normalized_shape)
     if _transform_active():
         return torch.nn.functional.layer_norm(input, tuple(normalized_shape), weight, bias, eps)
-    if _skip_autograd(input, weight, bias):
-        with _below_autograd():
-            return _ops.layer_norm.default(input, normalized_shape, weight, bias, eps)[0]
-    return _with_autograd(_ops.layer_norm.default, LayerNormEager, input, normalized_shape, weight, bias, eps)[0]
+    return _call_op(_ops.layer_norm, LayerNormEager, input, normalized_shape, weight, bias, eps)[0]
 
 
 def layer_norm2d(input, weight=None, bias=None, eps=1e-6):
@@ -270,10 +246,7 @@ def layer_norm2d(input, weight=None, bias=None, eps=1e-6):
                              f"got shape {tuple(input.shape)}")
         out = torch.nn.functional.layer_norm(input.permute(0, 2, 3, 1), (input.shape[1],), weight, bias, eps)
         return out.permute(0, 3, 1, 2)
-    if _skip_autograd(input, weight, bias):
-        with _below_autograd():
-            return _ops.layer_norm2d.default(input, weight, bias, eps)[0]
-    return _with_autograd(_ops.layer_norm2d.default, LayerNorm2dEager, input, weight, bias, eps)[0]
+    return _call_op(_ops.layer_norm2d, LayerNorm2dEager, input, weight, bias, eps)[0]
 
 
 # ---------------------------------------------------------------- transposed convolution
@@ -353,7 +326,7 @@ def _batch_norm(input, running_mean, running_var, weight, bias, training, moment
                                      activation, residual)
     args = (input, weight, bias, running_mean, running_var, num_batches_tracked, residual, bool(training),
             momentum, eps, activation)
-    if _skip_autograd(input, weight, bias) and (residual is None or not residual.requires_grad):
+    if _skip_autograd(input, weight, bias, residual):
         with _below_autograd():
             return _ops.batch_norm.default(*args)[0]
     return _with_autograd(_ops.batch_norm.default, BatchNormEager, *args)[0]
