@@ -4,14 +4,14 @@ import torch
 import torch.autograd.forward_ad as _fwad
 
 from cnnops.ops._common import autocast_cast, autocast_dtype, check_device
-from cnnops.ops.conv2d import Conv2dEager, Conv2dFunction, normalize_conv2d_args
+from cnnops.ops.conv2d import Conv2dFunction, conv2d_eager, normalize_conv2d_args
 from cnnops.ops.pool2d import (AdaptiveAvgPool2dEager, AdaptiveAvgPool2dFunction, AdaptiveMaxPool2dEager,
                                AdaptiveMaxPool2dFunction, AvgPool2dEager, AvgPool2dFunction, MaxPool2dEager,
                                MaxPool2dFunction, gather_at_indices, normalize_output_size, normalize_pool_args)
 from cnnops.ops.layer_norm import (LayerNorm2dEager, LayerNorm2dFunction, LayerNormEager, LayerNormFunction,
                                    normalize_shape_arg)
 from cnnops.ops.batch_norm import BatchNormEager, BatchNormFunction
-from cnnops.ops.depthwise_conv2d import DepthwiseConv2dEager, DepthwiseConv2dFunction
+from cnnops.ops.depthwise_conv2d import DepthwiseConv2dFunction, depthwise_conv2d_eager
 
 __all__ = ["conv2d", "Conv2dFunction", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d",
            "MaxPool2dFunction", "AvgPool2dFunction", "AdaptiveAvgPool2dFunction", "AdaptiveMaxPool2dFunction",
@@ -36,7 +36,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
         raise ValueError(
             f"{op}: expected weight to be a 4-D tensor (out_channels, in_channels / groups, kH, kW), got shape {tuple(weight.shape)}")
     stride, padding, dilation = normalize_conv2d_args(op, weight.shape, stride, padding, dilation)
-    cast = autocast_dtype(input.device.type)
+    cast = autocast_dtype(input)
     if cast is not None:  # custom ops ignore autocast: apply torch's conv policy here
         input, weight, bias = autocast_cast(input, cast), autocast_cast(weight, cast), autocast_cast(bias, cast)
     # Depthwise (torch's definition: groups == in_channels) runs the dedicated kernels; a
@@ -46,7 +46,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     op_fn = _ops.depthwise_conv2d if depthwise else _ops.conv2d
     extra = () if depthwise else (groups,)
     x = input.unsqueeze(0) if dim == 3 else input
-    out = _call_op(op_fn, DepthwiseConv2dEager if depthwise else Conv2dEager, x, weight, bias, stride, padding,
+    out = _call_op(op_fn, depthwise_conv2d_eager if depthwise else conv2d_eager, x, weight, bias, stride, padding,
                    dilation, *extra, padding_mode)
     out = _with_bilinear_tangent(out, lambda a, w: op_fn(a, w, None, stride, padding, dilation, *extra, padding_mode),
                                  x, weight, bias)
@@ -112,8 +112,8 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
             output, indices = _ops.max_pool2d.default(x, kernel_size, stride, padding, dilation, ceil_mode,
                                                       return_indices or tangent is not None)
     else:
-        output, indices = _with_autograd(_ops.max_pool2d, MaxPool2dEager, x, kernel_size, stride, padding, dilation,
-                                         ceil_mode, True)
+        output, indices = _with_autograd(_ops.max_pool2d, MaxPool2dEager.apply, x, kernel_size, stride, padding,
+                                         dilation, ceil_mode, True)
     if tangent is not None:
         output = _fwad.make_dual(output, gather_at_indices(tangent, indices))
     if unbatched:
@@ -128,8 +128,8 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
     op = "cnnops.avg_pool2d"
     x, unbatched = _pool_input(op, input)
     kernel_size, stride, padding, _ = normalize_pool_args(op, kernel_size, stride, padding)
-    output = _call_op(_ops.avg_pool2d, AvgPool2dEager, x, kernel_size, stride, padding, ceil_mode, count_include_pad,
-                      divisor_override)
+    output = _call_op(_ops.avg_pool2d, AvgPool2dEager.apply, x, kernel_size, stride, padding, ceil_mode,
+                      count_include_pad, divisor_override)
     tangent = _tangent(x)
     if tangent is not None:
         output = _fwad.make_dual(output, _ops.avg_pool2d(tangent, kernel_size, stride, padding, ceil_mode,
@@ -143,7 +143,7 @@ def adaptive_avg_pool2d(input, output_size):
     op = "cnnops.adaptive_avg_pool2d"
     x, unbatched = _pool_input(op, input)
     output_size = normalize_output_size(op, output_size, x.shape)
-    output = _call_op(_ops.adaptive_avg_pool2d, AdaptiveAvgPool2dEager, x, output_size)
+    output = _call_op(_ops.adaptive_avg_pool2d, AdaptiveAvgPool2dEager.apply, x, output_size)
     tangent = _tangent(x)
     if tangent is not None:
         output = _fwad.make_dual(output, _ops.adaptive_avg_pool2d(tangent, output_size))
@@ -155,7 +155,7 @@ def adaptive_max_pool2d(input, output_size, return_indices=False):
     op = "cnnops.adaptive_max_pool2d"
     x, unbatched = _pool_input(op, input)
     output_size = normalize_output_size(op, output_size, x.shape)
-    output, indices = _call_op(_ops.adaptive_max_pool2d, AdaptiveMaxPool2dEager, x, output_size)
+    output, indices = _call_op(_ops.adaptive_max_pool2d, AdaptiveMaxPool2dEager.apply, x, output_size)
     tangent = _tangent(x)
     if tangent is not None:
         output = _fwad.make_dual(output, gather_at_indices(tangent, indices))
@@ -188,10 +188,11 @@ def _transform_active():
     return torch.autograd.forward_ad._current_level >= 0 or _peek_functorch() is not None
 
 
-def _with_autograd(op, eager_function, *args):
-    """op(*args) where a gradient can flow: through eager_function, the op's lean
-    autograd.Function (ops/_common.py register_autograd), in plain eager mode; through the
-    op itself, with its register_autograd kernel, when a compiler traces or a torch.func
+def _with_autograd(op, eager, *args):
+    """op(*args) where a gradient can flow: through eager, the op's lean autograd path
+    (the C++ one of csrc/conv_eager_autograd.cpp for the convolutions, the .apply of an
+    ops/_common.py register_autograd Function for the others), in plain eager mode; through
+    the op itself, with its register_autograd kernel, when a compiler traces or a torch.func
     transform is active. Under forward AD neither has a jvp (a dual input that requires grad,
     such as a module's parameter, would raise): they run on the primals, which keep the
     reverse-mode graph, and the caller adds the output's tangent."""
@@ -201,26 +202,27 @@ def _with_autograd(op, eager_function, *args):
         args = tuple(_fwad.unpack_dual(a).primal if isinstance(a, torch.Tensor) else a for a in args)
     if _peek_functorch() is not None:
         return op(*args)
-    return eager_function.apply(*args)
+    return eager(*args)
 
 
-def _call_op(op, eager_function, *args):
+def _call_op(op, eager, *args):
     """op(*args): below the Autograd key where no gradient can flow, else _with_autograd."""
     if _skip_autograd(*args):
         with _below_autograd():
             return op.default(*args)
-    return _with_autograd(op, eager_function, *args)
+    return _with_autograd(op, eager, *args)
 
 
 def _skip_autograd(*args):
     """True when no gradient can flow (grad mode off, or no tensor among args requires grad)
     in eager mode: the op is then called below the Autograd key, which saves the ~10 us of
     the Python autograd wrapper that register_autograd installs. Small tensors are common."""
-    if _is_compiling():
-        return False
     if not torch.is_grad_enabled():
-        return True
-    return not any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
+        return not _is_compiling()
+    for a in args:  # a plain loop: this runs on every call
+        if isinstance(a, torch.Tensor) and a.requires_grad:
+            return False
+    return not _is_compiling()
 
 
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
@@ -231,7 +233,7 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
     normalized_shape = normalize_shape_arg(normalized_shape)
     if _transform_active():
         return torch.nn.functional.layer_norm(input, tuple(normalized_shape), weight, bias, eps)
-    return _call_op(_ops.layer_norm, LayerNormEager, input, normalized_shape, weight, bias, eps)[0]
+    return _call_op(_ops.layer_norm, LayerNormEager.apply, input, normalized_shape, weight, bias, eps)[0]
 
 
 def layer_norm2d(input, weight=None, bias=None, eps=1e-6):
@@ -246,12 +248,12 @@ def layer_norm2d(input, weight=None, bias=None, eps=1e-6):
                              f"got shape {tuple(input.shape)}")
         out = torch.nn.functional.layer_norm(input.permute(0, 2, 3, 1), (input.shape[1],), weight, bias, eps)
         return out.permute(0, 3, 1, 2)
-    return _call_op(_ops.layer_norm2d, LayerNorm2dEager, input, weight, bias, eps)[0]
+    return _call_op(_ops.layer_norm2d, LayerNorm2dEager.apply, input, weight, bias, eps)[0]
 
 
 # ---------------------------------------------------------------- transposed convolution
 
-from cnnops.ops.conv_transpose2d import (ConvTranspose2dEager, ConvTranspose2dFunction,  # noqa: E402
+from cnnops.ops.conv_transpose2d import (ConvTranspose2dFunction, conv_transpose2d_eager,  # noqa: E402
                                          normalize_conv_transpose2d_args, output_padding_for_size)
 
 __all__ += ["conv_transpose2d", "ConvTranspose2dFunction"]
@@ -276,12 +278,12 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     if output_size is not None:
         output_padding = output_padding_for_size(op, input.shape, weight.shape, stride, padding, dilation,
                                                  output_size)
-    cast = autocast_dtype(input.device.type)
+    cast = autocast_dtype(input)
     if cast is not None:  # custom ops ignore autocast: apply torch's conv policy here
         input, weight, bias = autocast_cast(input, cast), autocast_cast(weight, cast), autocast_cast(bias, cast)
     x = input.unsqueeze(0) if dim == 3 else input
     args = (stride, padding, output_padding, groups, dilation)
-    out = _call_op(_ops.conv_transpose2d, ConvTranspose2dEager, x, weight, bias, *args)
+    out = _call_op(_ops.conv_transpose2d, conv_transpose2d_eager, x, weight, bias, *args)
     out = _with_bilinear_tangent(out, lambda a, w: conv_transpose2d(a, w, None, *args), x, weight, bias)
     return out.squeeze(0) if dim == 3 else out
 
@@ -329,7 +331,7 @@ def _batch_norm(input, running_mean, running_var, weight, bias, training, moment
     if _skip_autograd(input, weight, bias, residual):
         with _below_autograd():
             return _ops.batch_norm.default(*args)[0]
-    return _with_autograd(_ops.batch_norm.default, BatchNormEager, *args)[0]
+    return _with_autograd(_ops.batch_norm.default, BatchNormEager.apply, *args)[0]
 
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5,
@@ -358,11 +360,11 @@ def depthwise_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, 
         raise ValueError(
             f"{op}: expected weight to be a 4-D tensor (C * multiplier, 1, kH, kW), got shape {tuple(weight.shape)}")
     stride, padding, dilation = normalize_conv2d_args(op, weight.shape, stride, padding, dilation)
-    cast = autocast_dtype(input.device.type)
+    cast = autocast_dtype(input)
     if cast is not None:  # torch's conv autocast policy
         input, weight, bias = autocast_cast(input, cast), autocast_cast(weight, cast), autocast_cast(bias, cast)
     x = input.unsqueeze(0) if dim == 3 else input
-    out = _call_op(_ops.depthwise_conv2d, DepthwiseConv2dEager, x, weight, bias, stride, padding, dilation,
+    out = _call_op(_ops.depthwise_conv2d, depthwise_conv2d_eager, x, weight, bias, stride, padding, dilation,
                    padding_mode)
     out = _with_bilinear_tangent(
         out, lambda a, w: _ops.depthwise_conv2d(a, w, None, stride, padding, dilation, padding_mode), x, weight, bias)
@@ -390,11 +392,11 @@ def _separable(name, input, w1, w2, b1, b2, stride, padding, dilation, padding_m
         if w.dim() != 4:
             raise ValueError(f"{op}: expected {what} to be a 4-D tensor, got shape {tuple(w.shape)}")
     stride, padding, dilation = normalize_pair_args(name, w1.shape, w2.shape, stride, padding, dilation)
-    cast = autocast_dtype(input.device.type)
+    cast = autocast_dtype(input)
     if cast is not None:  # torch's conv autocast policy
         input, w1, w2, b1, b2 = (autocast_cast(t, cast) for t in (input, w1, w2, b1, b2))
     batched = input if dim == 4 else input.unsqueeze(0)
-    out = _call_op(getattr(_ops, name), SEPARABLE_EAGER[name], batched, w1, b1, w2, b2, stride, padding, dilation,
+    out = _call_op(getattr(_ops, name), SEPARABLE_EAGER[name].apply, batched, w1, b1, w2, b2, stride, padding, dilation,
                    padding_mode)
     if any(t is not None and _tangent(t) is not None for t in (batched, w1, b1, w2, b2)):
         # forward-mode AD (custom ops drop tangents): through the intermediate, conv by conv

@@ -73,10 +73,10 @@ def test_eager_function_matches_the_op(name, device):
     functional, through_op, shapes = CASES[name]
     tensors = _tensors(shapes, device)
     out = functional(*tensors)
-    assert "Eager" in type(out.grad_fn).__name__, type(out.grad_fn).__name__
+    assert "Eager" in out.grad_fn.name(), out.grad_fn.name()  # a Python Function or the C++ ConvEagerFunction
     ref = through_op(*tensors)
     if name != "batch_norm":  # whose Autograd-key kernel is BatchNormEager itself
-        assert "Eager" not in type(ref.grad_fn).__name__
+        assert "Eager" not in ref.grad_fn.name()
     assert torch.equal(out, ref) and out.stride() == ref.stride()
     go = rand(*out.shape, device=device)
     n = len(tensors)
@@ -153,3 +153,71 @@ def test_forward_ad_with_tensors_that_require_grad(name):
     expected = torch.autograd.grad(functional(*tensors).sum(), tensors)
     for i, (a, e) in enumerate(zip(grads, expected)):
         assert torch.allclose(a, e, rtol=1e-12, atol=1e-12), f"{name}: gradient {i}"
+
+
+# ---------------------------------------------------------------- the convolutions' C++ eager path
+# conv2d, depthwise_conv2d and conv_transpose2d record csrc/conv_eager_autograd.cpp's node
+# (through the private ops cnnops::_<family>_eager) instead of a Python Function.
+
+CONV_CASES = ["conv2d", "depthwise_conv2d", "conv2d groups == C", "conv_transpose2d"]
+
+
+@pytest.mark.parametrize("device", _devices())
+@pytest.mark.parametrize("name", CONV_CASES)
+def test_conv_eager_node_is_cpp(name, device):
+    functional, _, shapes = CASES[name]
+    out = functional(*_tensors(shapes, device))
+    assert "ConvEagerFunction" in out.grad_fn.name(), out.grad_fn.name()
+
+
+@pytest.mark.parametrize("device", _devices())
+@pytest.mark.parametrize("name", CONV_CASES)
+def test_conv_eager_channels_last(name, device):
+    """channels_last input with a grad_output that is not channels_last (the depthwise CPU
+    backward makes one channels_last copy for both gradients): values and strides equal
+    the op path's; the gradients take the forward's layout."""
+    functional, through_op, shapes = CASES[name]
+    tensors = _tensors(shapes, device)
+    x = leaf(tensors[0].detach().contiguous(memory_format=torch.channels_last))
+    tensors = [x] + tensors[1:]
+    out, ref = functional(*tensors), through_op(*tensors)
+    assert torch.equal(out, ref) and out.stride() == ref.stride()
+    go = rand(*out.shape, device=device)  # NCHW
+    grads = torch.autograd.grad(out, tensors, go)
+    grads_ref = torch.autograd.grad(ref, tensors, go)
+    for i, (a, e) in enumerate(zip(grads, grads_ref)):
+        assert torch.equal(a, e) and a.stride() == e.stride(), f"{name}: gradient {i}"
+    assert grads[0].is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("name", CONV_CASES)
+def test_conv_eager_backward_twice_and_saved_tensor_hooks(name):
+    """retain_graph: a second backward gives the same gradients; saved-tensor hooks see what
+    the node saves (input and weight, each only where the other needs a gradient)."""
+    functional, _, shapes = CASES[name]
+    tensors = _tensors(shapes, "cpu")
+    packed = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: packed.append(t.shape) or t, lambda t: t):
+        out = functional(*tensors)
+    assert sorted(packed) == sorted([tensors[0].shape, tensors[1].shape])
+    go = rand(*out.shape)
+    first = torch.autograd.grad(out, tensors, go, retain_graph=True)
+    second = torch.autograd.grad(out, tensors, go)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    packed.clear()
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: packed.append(t.shape) or t, lambda t: t):
+        functional(tensors[0].detach(), *tensors[1:])  # input needs no gradient: weight not saved
+    assert packed == [tensors[0].shape]
+
+
+@pytest.mark.parametrize("name", CONV_CASES)
+def test_conv_eager_errors_match_the_op(name):
+    """Bad arguments raise the op's own error, whether or not a gradient can flow."""
+    functional, _, shapes = CASES[name]
+    tensors = _tensors(shapes, "cpu")
+    bad = tensors[1].float()  # a float32 weight for a float64 input
+    with pytest.raises(TypeError) as no_grad_error:
+        functional(tensors[0].detach(), bad.detach(), tensors[2].detach())
+    with pytest.raises(TypeError) as grad_error:
+        functional(tensors[0], leaf(bad), tensors[2])
+    assert "weight" in str(grad_error.value) and str(grad_error.value) == str(no_grad_error.value)

@@ -27,8 +27,11 @@ def cuda_built():
 def check_device(op, t):
     """NotImplementedError for devices without a kernel (MPS, or CUDA in a CPU-only build).
     The meta device runs the fake kernels: shapes, dtypes and checks without data."""
-    kind = t.device.type
-    if kind == "cpu" or kind == "meta" or (kind == "cuda" and cuda_built()):
+    # Eagerly the is_* attributes, cheaper than building t.device; a compiler would record them.
+    if not torch.compiler.is_compiling():
+        if t.is_cpu or t.is_meta or (t.is_cuda and cuda_built()):
+            return
+    elif t.device.type in ("cpu", "meta") or (t.device.type == "cuda" and cuda_built()):
         return
     supported = "cpu, cuda" if cuda_built() else "cpu (this build has no CUDA kernels; rebuild with CNNOPS_WITH_CUDA=1)"
     raise NotImplementedError(
@@ -65,8 +68,14 @@ def empty_like_shape(shape, like, memory_format, dtype=None):
     return torch.empty(shape, dtype=dtype or like.dtype, device=like.device, memory_format=memory_format)
 
 
-def autocast_dtype(device_type):
-    """The autocast dtype for device_type, or None when autocast is off there."""
+_any_autocast = getattr(torch._C, "_is_any_autocast_enabled", lambda: True)
+
+
+def autocast_dtype(t):
+    """The autocast dtype for tensor t's device, or None when autocast is off there."""
+    if not _any_autocast():  # the common case, without building t.device
+        return None
+    device_type = t.device.type
     if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
     return None

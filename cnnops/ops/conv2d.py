@@ -4,7 +4,7 @@ works), and Conv2dFunction for .apply users. Op schemas are in csrc/conv2d.cpp."
 import torch
 
 from cnnops.ops._common import (check_dtype, conv_memory_format, dtype_name, empty_like_shape,
-                               gradient_ops_below_autograd, layout_from_flag, pair, register_autograd,
+                               gradient_ops_below_autograd, layout_from_flag, pair,
                                register_conv_gradient_autograd, shape_str)
 
 ops = torch.ops.cnnops
@@ -16,6 +16,8 @@ PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 def normalize_conv2d_args(op, weight_shape, stride, padding, dilation):
     """stride, dilation as [sh, sw]; padding as [top, bottom, left, right], resolving
     'same' (extra padding at the bottom/right for even kernels, as torch) and 'valid'."""
+    if type(stride) is int and type(padding) is int and type(dilation) is int:  # the common call, fast
+        return [stride, stride], [padding] * 4, [dilation, dilation]
     stride = pair(stride, "stride", op)
     dilation = pair(dilation, "dilation", op)
     if isinstance(padding, str):
@@ -175,7 +177,9 @@ def _backward_grad_bias(ctx, gg):
     return gg.reshape((1, shape[1]) + (1,) * (len(shape) - 2)).expand(shape)
 
 
-Conv2dEager = register_autograd("cnnops::conv2d", _backward_conv2d, _setup_conv2d)
+torch.library.register_autograd("cnnops::conv2d", _backward_conv2d, setup_context=_setup_conv2d)
+# The functionals' plain-eager path: the same backward, in C++ (csrc/conv_eager_autograd.cpp).
+conv2d_eager = ops._conv2d_eager.default
 register_conv_gradient_autograd("conv2d")  # double backward: bilinear gradient ops
 torch.library.register_autograd("cnnops::conv2d_grad_bias", _backward_grad_bias, setup_context=_setup_grad_bias)
 

@@ -6,7 +6,7 @@ kernels are the conv2d family's (csrc/common/conv_transpose2d_impl.h)."""
 import torch
 
 from cnnops.ops._common import (check_dtype, conv_memory_format, empty_like_shape, gradient_ops_below_autograd,
-                               layout_from_flag, pair, register_autograd, register_conv_gradient_autograd, shape_str)
+                               layout_from_flag, pair, register_conv_gradient_autograd, shape_str)
 from cnnops.ops.conv2d import _check_same_dtype_device
 
 ops = torch.ops.cnnops
@@ -175,7 +175,9 @@ def _backward(ctx, grad_output):
     return (*conv_transpose2d_backward(ctx, grad_output), None, None, None, None, None)
 
 
-ConvTranspose2dEager = register_autograd("cnnops::conv_transpose2d", _backward, _setup)
+torch.library.register_autograd("cnnops::conv_transpose2d", _backward, setup_context=_setup)
+# The functionals' plain-eager path: the same backward, in C++ (csrc/conv_eager_autograd.cpp).
+conv_transpose2d_eager = ops._conv_transpose2d_eager.default
 register_conv_gradient_autograd("conv_transpose2d")  # double backward: bilinear gradient ops
 
 

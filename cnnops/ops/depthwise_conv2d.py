@@ -5,7 +5,7 @@ The bias gradient is conv2d's channel sum (cnnops::conv2d_grad_bias)."""
 import torch
 
 from cnnops.ops._common import (check_dtype, conv_memory_format, empty_like_shape, gradient_ops_below_autograd,
-                               layout_from_flag, register_autograd, register_conv_gradient_autograd, shape_str)
+                               layout_from_flag, register_conv_gradient_autograd, shape_str)
 from cnnops.ops.conv2d import _check_grad_output, _check_same_dtype_device, conv2d_geometry, normalize_conv2d_args
 
 ops = torch.ops.cnnops
@@ -105,7 +105,9 @@ def _backward_forward(ctx, grad_output):
     return (*depthwise_backward(ctx, grad_output), None, None, None, None)
 
 
-DepthwiseConv2dEager = register_autograd("cnnops::depthwise_conv2d", _backward_forward, _setup_forward)
+torch.library.register_autograd("cnnops::depthwise_conv2d", _backward_forward, setup_context=_setup_forward)
+# The functionals' plain-eager path: the same backward, in C++ (csrc/conv_eager_autograd.cpp).
+depthwise_conv2d_eager = ops._depthwise_conv2d_eager.default
 register_conv_gradient_autograd("depthwise_conv2d")  # double backward: bilinear gradient ops
 
 
