@@ -50,12 +50,23 @@ c10::optional<at::Tensor> grad_weight_partials(const at::Tensor& grad_output, co
   if (!cuda::depthwise_grad_weight_partials_fast(grad_output, input, g, partials, slices)) return c10::nullopt;
   return partials.view({g.out_channels, g.kernel_h * g.kernel_w, slices});
 }
+// The NCHW forward's block plan for a zero-padded input: (cols, rows, planes, out_rows,
+// tiles_h, tiles_w, smem_bytes), or empty where the kernel declines.
+std::vector<int64_t> forward_plan(const at::Tensor& input, const at::Tensor& weight, std::vector<int64_t> stride,
+                                  std::vector<int64_t> padding, std::vector<int64_t> dilation, int64_t acc_size) {
+  const Conv2dGeometry g = check_depthwise_forward("emulated", input, weight, c10::nullopt, stride, padding, dilation,
+                                                   "zeros", true);
+  cuda::PlaneTiles p;
+  if (!cuda::plan_plane_tiles(g, acc_size, p)) return {};
+  return {p.cols, p.rows, p.planes, p.out_rows, p.tiles_h, p.tiles_w, p.smem_bytes};
+}
 }  // namespace emulated
 }  // namespace cnnops
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &cnnops::emulated::forward);
   m.def("grad_input", &cnnops::emulated::grad_input);
   m.def("grad_weight_partials", &cnnops::emulated::grad_weight_partials);
+  m.def("forward_plan", &cnnops::emulated::forward_plan);
 }
 """
 
@@ -153,6 +164,11 @@ TARGETED = [
     # grad_input as a flipped forward with uneven padding, and a batch of one row
     (2, 4, 1, 13, 17, (5, 3), (1, 1), (2, 1), (8, 0, 1, 2), "zeros", "contiguous", torch.float32, False),
     (3, 2, 1, 1, 20, (1, 4), (1, 1), (1, 1), (0, 0, 3, 0), "zeros", "contiguous", torch.float64, True),
+    # planes split into even tiles of a width that is no power of two: 33 -> 2 x 17 columns
+    # (DeepLab's 5x5 dilation 2), 29 at stride 2, 70 -> 3 x 24 with 3 tiles down
+    (1, 3, 1, 33, 33, (5, 5), (1, 1), (2, 2), (4, 4, 4, 4), "zeros", "contiguous", torch.float32, True),
+    (2, 2, 1, 57, 58, (3, 3), (2, 2), (1, 1), (1, 1, 1, 1), "reflect", "contiguous", torch.float32, False),
+    (1, 2, 1, 140, 70, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), "zeros", "contiguous", torch.float64, True),
 ]
 
 
@@ -250,3 +266,28 @@ def test_declines_what_does_not_fit(kernels):
     wide = torch.randn(1, 1, 2, 5000, dtype=torch.float64)
     go = torch.randn(1, 1, 2, 5000, dtype=torch.float64)
     assert kernels.grad_weight_partials(go, wide, [1, 1, 1, 1], [1, 1], [0, 0, 0, 0], [1, 1], "zeros") is None
+
+
+# (N, C, H, W, kernel, stride, dilation): the NCHW shapes of cnnops.bench's depthwise cases
+BENCH_SHAPES = [(8, 32, 112, 112, 3, 1, 1), (8, 144, 56, 56, 3, 1, 1), (8, 96, 112, 112, 3, 2, 1),
+                (8, 144, 56, 56, 3, 2, 1), (8, 384, 14, 14, 3, 1, 1), (8, 960, 7, 7, 3, 1, 1),
+                (8, 240, 28, 28, 5, 1, 1), (8, 672, 14, 14, 5, 1, 1), (8, 96, 56, 56, 7, 1, 1),
+                (8, 384, 14, 14, 7, 1, 1), (8, 768, 7, 7, 7, 1, 1), (4, 256, 28, 28, 13, 1, 1),
+                (2, 64, 32, 32, 31, 1, 1), (4, 320, 33, 33, 5, 1, 2)]
+
+
+@pytest.mark.parametrize("shape", BENCH_SHAPES, ids=["x".join(map(str, s)) for s in BENCH_SHAPES])
+def test_forward_plan(kernels, shape):
+    """The NCHW forward's tiles cover each plane with whole tiles, fit a block of 256 threads
+    and 48 KiB, and leave few threads without an output: at least three quarters of the
+    outputs the tiles span are real on these shapes (fixed 32 x 32 tiles spanned 64 x 64 for
+    a 33 x 33 plane, 27%)."""
+    n, c, h, w, k, s, d = shape
+    pad = d * (k - 1) // 2
+    x, wt = torch.empty(n, c, h, w), torch.empty(c, 1, k, k)
+    out_h, out_w = (h + 2 * pad - d * (k - 1) - 1) // s + 1, (w + 2 * pad - d * (k - 1) - 1) // s + 1
+    cols, rows, planes, out_rows, tiles_h, tiles_w, smem = kernels.forward_plan(x, wt, [s, s], [pad] * 4, [d, d], 4)
+    assert out_rows == rows * 4 and cols * rows * planes <= 256 and smem <= 48 * 1024
+    assert (tiles_w - 1) * cols < out_w <= tiles_w * cols and (tiles_h - 1) * out_rows < out_h <= tiles_h * out_rows
+    covered = out_h * out_w / (tiles_h * out_rows * tiles_w * cols)
+    assert covered >= 0.75, (cols, rows, tiles_h, tiles_w, covered)

@@ -48,8 +48,10 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // ---------------------------------------------------------------- NCHW forward
 
 // Block shape and shared memory of the NCHW forward. A block is (cols, rows, planes)
-// threads: `cols` output columns (a power of two, at least 8, covering narrow planes in one
-// tile), rows * kRowsPerThread output rows, `planes` planes with their own windows.
+// threads: `cols` output columns, rows * kRowsPerThread output rows, `planes` planes with
+// their own windows. Tiles split a plane evenly: a 33 x 33 output takes 2 x 1 tiles of
+// 17 columns and 36 rows, where fixed 32 x 32 tiles took 2 x 2 and staged a window for each
+// (about a quarter of their threads had an output; the H100 ran that case at 0.33x of torch).
 struct PlaneTiles {
   int cols, rows, planes;
   int out_rows;          // rows * kRowsPerThread
@@ -71,19 +73,24 @@ bool plan_plane_tiles(const Conv2dGeometry& g, int64_t acc_size, PlaneTiles& p) 
   if (g.kernel_h * g.dilation_h > 4096 || g.kernel_w * g.dilation_w > 4096 || g.stride_h > 4096 ||
       g.stride_w > 4096)
     return false;
-  p.cols = g.out_w > 16 ? 32 : (g.out_w > 8 ? 16 : 8);
-  p.rows = static_cast<int>(std::min<int64_t>(ceil_div(g.out_h, kRowsPerThread), kBlock / p.cols));
+  // Columns: the fewest tiles of at most 32, split evenly; at least 8 (a narrow plane then
+  // shares its warps with other planes rather than leaving lanes idle).
+  p.tiles_w = ceil_div(g.out_w, 32);
+  p.cols = static_cast<int>(std::max<int64_t>(8, ceil_div(g.out_w, p.tiles_w)));
+  // Rows of threads (kRowsPerThread outputs each): the fewest tiles that fit the block and
+  // shared memory, split evenly.
+  const int64_t row_groups = ceil_div(g.out_h, kRowsPerThread);
   int64_t per_plane = 0;
-  for (;; p.rows /= 2) {
+  for (int max_rows = kBlock / p.cols;; max_rows /= 2) {
+    p.tiles_h = ceil_div(row_groups, max_rows);
+    p.rows = static_cast<int>(ceil_div(row_groups, p.tiles_h));
     per_plane = plane_window_bytes(g, p.cols, p.rows, acc_size, p.win_rows, p.win_cols);
-    if (per_plane <= kSmemBytes || p.rows == 1) break;
+    if (per_plane <= kSmemBytes || max_rows == 1) break;
   }
   if (per_plane > kSmemBytes) return false;
   const int64_t planes_total = g.batch * g.out_channels;
   p.planes = static_cast<int>(std::min<int64_t>({kBlock / (p.cols * p.rows), kSmemBytes / per_plane, planes_total}));
   p.out_rows = p.rows * kRowsPerThread;
-  p.tiles_h = ceil_div(g.out_h, p.out_rows);
-  p.tiles_w = ceil_div(g.out_w, p.cols);
   p.groups = ceil_div(planes_total, p.planes);
   p.smem_bytes = per_plane * p.planes;
   return p.groups * p.tiles_h * p.tiles_w <= INT32_MAX;
