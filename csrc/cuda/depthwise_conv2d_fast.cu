@@ -93,7 +93,7 @@ bool plan_plane_tiles(const Conv2dGeometry& g, int64_t acc_size, PlaneTiles& p) 
   p.out_rows = p.rows * kRowsPerThread;
   p.groups = ceil_div(planes_total, p.planes);
   p.smem_bytes = per_plane * p.planes;
-  return p.groups * p.tiles_h * p.tiles_w <= INT32_MAX;
+  return p.groups * p.tiles_h * p.tiles_w <= INT32_MAX && p.groups * p.planes <= UINT32_MAX;  // 32-bit indices
 }
 
 // Tap (kh, kw) of the kernel as the forward uses it: flipped for grad_input.
@@ -141,8 +141,10 @@ __device__ __forceinline__ void stage_window(acc_t* win, int rows, int cols, con
   }
 }
 
+// (kBlock, 6): 40 registers, no spills with nvcc 13 for sm_90; (kBlock) alone gave fp32 32 registers
+// and a spill, (kBlock, 1) 79 registers.
 template <typename scalar_t>
-__global__ void __launch_bounds__(kBlock)
+__global__ void __launch_bounds__(kBlock, 6)
     cnnops_depthwise_forward_planes_kernel(const scalar_t* input, const scalar_t* weight, const scalar_t* bias,
                                            scalar_t* output, Strides4d in_s, Strides4d w_s, Strides4d out_s,
                                            Conv2dGeometry g, PlaneTiles p, bool flip, int64_t spread_h,
@@ -154,13 +156,16 @@ __global__ void __launch_bounds__(kBlock)
   acc_t* win = reinterpret_cast<acc_t*>(smem_raw) + threadIdx.z * (window + taps);
   acc_t* wts = win + window;
 
-  const int64_t tiles = p.tiles_h * p.tiles_w;
-  const int64_t t = blockIdx.x % tiles;
-  const int64_t plane = (blockIdx.x / tiles) * p.planes + threadIdx.z;
-  const bool active = plane < g.batch * g.out_channels;  // no early return before the barrier
-  const int64_t n = plane / g.out_channels, oc = plane % g.out_channels;
-  const int64_t c = oc / (g.out_channels / g.in_channels);
-  const int64_t oh0 = (t / p.tiles_w) * p.out_rows, ow0 = (t % p.tiles_w) * p.cols;
+  // 32-bit divisions (plan_plane_tiles keeps tiles and planes below 2^32): a 64-bit one is
+  // a software routine of dozens of instructions, as many as a 3x3 thread's arithmetic.
+  const uint32_t tiles = static_cast<uint32_t>(p.tiles_h * p.tiles_w), tiles_w = static_cast<uint32_t>(p.tiles_w);
+  const uint32_t out_channels = static_cast<uint32_t>(g.out_channels);
+  const uint32_t t = blockIdx.x % tiles;
+  const uint32_t plane = (blockIdx.x / tiles) * static_cast<uint32_t>(p.planes) + threadIdx.z;
+  const bool active = plane < static_cast<uint32_t>(g.batch * g.out_channels);  // no return before the barrier
+  const uint32_t n = plane / out_channels, oc = plane % out_channels;
+  const uint32_t c = oc / (out_channels / static_cast<uint32_t>(g.in_channels));
+  const int64_t oh0 = static_cast<int64_t>(t / tiles_w) * p.out_rows, ow0 = static_cast<int64_t>(t % tiles_w) * p.cols;
   // Virtual (padded) coordinates of the window's first row and column.
   const int64_t vh0 = oh0 * g.stride_h - g.pad_top, vw0 = ow0 * g.stride_w - g.pad_left;
   const int lane = threadIdx.y * blockDim.x + threadIdx.x, lanes = blockDim.x * blockDim.y;
@@ -220,14 +225,17 @@ __global__ void __launch_bounds__(kBlock, 1)
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= total) return;
-  const int64_t channel_groups = g.out_channels / VEC;
-  const int64_t oc0 = (idx % channel_groups) * VEC;
-  int64_t rest = idx / channel_groups;
-  const int64_t ow0 = (rest % col_groups) * kColsPerThread;
-  rest /= col_groups;
-  const int64_t oh = rest % g.out_h, n = rest / g.out_h;
-  const int64_t multiplier = g.out_channels / g.in_channels;
-  const int64_t c0 = oc0 / multiplier;
+  // 32-bit divisions (the host keeps total below 2^32; see the planes kernel).
+  const uint32_t channel_groups = static_cast<uint32_t>(g.out_channels) / VEC;
+  const uint32_t cols = static_cast<uint32_t>(col_groups), out_h = static_cast<uint32_t>(g.out_h);
+  uint32_t rest = static_cast<uint32_t>(idx);
+  const int64_t oc0 = static_cast<int64_t>(rest % channel_groups) * VEC;
+  rest /= channel_groups;
+  const int64_t ow0 = static_cast<int64_t>(rest % cols) * kColsPerThread;
+  rest /= cols;
+  const int64_t oh = rest % out_h, n = rest / out_h;
+  const uint32_t multiplier = static_cast<uint32_t>(g.out_channels) / static_cast<uint32_t>(g.in_channels);
+  const int64_t c0 = static_cast<uint32_t>(oc0) / multiplier;
   acc_t acc[kColsPerThread][VEC];
 #pragma unroll
   for (int v = 0; v < VEC; ++v) {
@@ -324,8 +332,8 @@ bool depthwise_forward_fast(const at::Tensor& input, const at::Tensor& weight, c
     const int64_t col_groups = ceil_div(g.out_w, kColsPerThread);
     const bool pairs = channel_pairs_ok(input, output, g);
     const int64_t total = g.batch * g.out_h * col_groups * (pairs ? g.out_channels / 2 : g.out_channels);
+    if (total > UINT32_MAX) return;  // the kernel's 32-bit index math
     const int64_t blocks = ceil_div(total, kBlock);
-    if (blocks > INT32_MAX) return;
     auto launch = [&](auto kernel) {
       kernel<<<static_cast<unsigned>(blocks), kBlock, 0, stream>>>(
           input.const_data_ptr<scalar_t>(), wt.const_data_ptr<scalar_t>(), b, output.mutable_data_ptr<scalar_t>(),
