@@ -174,6 +174,16 @@ def gradient_ops_below_autograd(backward):
     return wrapper
 
 
+def forward_below_autograd(op, *args):
+    """op(*args) for an autograd.Function's forward: below the Autograd key (grad mode is off
+    there, and torch.library's autograd wrapper would only add its Python layers, about 10 us
+    a call); the op itself when a compiler traces the Function."""
+    if torch.compiler.is_compiling():
+        return op(*args)
+    with torch._C._AutoDispatchBelowAutograd():
+        return op.default(*args)
+
+
 def register_autograd(qualname, backward, setup_context):
     """torch.library.register_autograd(qualname, backward, setup_context=setup_context), and
     returned, a torch.autograd.Function with the same setup_context and backward that calls

@@ -6,7 +6,7 @@ Op schemas are in csrc/batch_norm.cpp."""
 import torch
 from torch._prims_common import suggest_memory_format
 
-from cnnops.ops._common import check_dtype, dtype_name, gradient_ops_below_autograd, shape_str
+from cnnops.ops._common import check_dtype, dtype_name, forward_below_autograd, gradient_ops_below_autograd, shape_str
 
 ops = torch.ops.cnnops
 _REDUCED = (torch.float16, torch.bfloat16)
@@ -337,8 +337,9 @@ class BatchNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
                 eps=1e-5, activation=None, residual=None, num_batches_tracked=None):
-        out, mean, invstd = ops.batch_norm(input, weight, bias, running_mean, running_var, num_batches_tracked,
-                                           residual, training, momentum, eps, activation)
+        out, mean, invstd = forward_below_autograd(ops.batch_norm, input, weight, bias, running_mean, running_var,
+                                                   num_batches_tracked, residual, training, momentum, eps,
+                                                   activation)
         need = ctx.needs_input_grad
         batch_norm_setup(ctx, input, weight, bias, residual, training, activation, out, mean, invstd,
                          need[0], need[3], need[4], need[9])

@@ -4,7 +4,7 @@ works), and Conv2dFunction for .apply users. Op schemas are in csrc/conv2d.cpp."
 import torch
 
 from cnnops.ops._common import (check_dtype, conv_memory_format, dtype_name, empty_like_shape,
-                               gradient_ops_below_autograd, layout_from_flag, pair,
+                               forward_below_autograd, gradient_ops_below_autograd, layout_from_flag, pair,
                                register_conv_gradient_autograd, shape_str)
 
 ops = torch.ops.cnnops
@@ -192,7 +192,8 @@ class Conv2dFunction(torch.autograd.Function):
     def forward(ctx, input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros"):
         stride, padding, dilation = normalize_conv2d_args("cnnops.conv2d", weight.shape, stride, padding, dilation)
         conv2d_setup(ctx, input, weight, bias, stride, padding, dilation, groups, padding_mode)
-        return ops.conv2d(input, weight, bias, stride, padding, dilation, groups, padding_mode)
+        return forward_below_autograd(ops.conv2d, input, weight, bias, stride, padding, dilation, groups,
+                                      padding_mode)
 
     @staticmethod
     def backward(ctx, grad_output):

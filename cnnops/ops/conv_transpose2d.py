@@ -5,8 +5,9 @@ ConvTranspose2dFunction for .apply users. Schemas are in csrc/conv_transpose2d.c
 kernels are the conv2d family's (csrc/common/conv_transpose2d_impl.h)."""
 import torch
 
-from cnnops.ops._common import (check_dtype, conv_memory_format, empty_like_shape, gradient_ops_below_autograd,
-                               layout_from_flag, pair, register_conv_gradient_autograd, shape_str)
+from cnnops.ops._common import (check_dtype, conv_memory_format, empty_like_shape, forward_below_autograd,
+                               gradient_ops_below_autograd, layout_from_flag, pair, register_conv_gradient_autograd,
+                               shape_str)
 from cnnops.ops.conv2d import _check_same_dtype_device
 
 ops = torch.ops.cnnops
@@ -195,7 +196,8 @@ class ConvTranspose2dFunction(torch.autograd.Function):
             output_padding = output_padding_for_size(op, input.shape, weight.shape, stride, padding, dilation,
                                                      output_size)
         conv_transpose2d_setup(ctx, input, weight, bias, stride, padding, output_padding, groups, dilation)
-        return ops.conv_transpose2d(input, weight, bias, stride, padding, output_padding, groups, dilation)
+        return forward_below_autograd(ops.conv_transpose2d, input, weight, bias, stride, padding, output_padding,
+                                      groups, dilation)
 
     @staticmethod
     def backward(ctx, grad_output):

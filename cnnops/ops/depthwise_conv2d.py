@@ -4,8 +4,9 @@ works), and DepthwiseConv2dFunction for .apply users. Schemas: csrc/depthwise_co
 The bias gradient is conv2d's channel sum (cnnops::conv2d_grad_bias)."""
 import torch
 
-from cnnops.ops._common import (check_dtype, conv_memory_format, empty_like_shape, gradient_ops_below_autograd,
-                               layout_from_flag, register_conv_gradient_autograd, shape_str)
+from cnnops.ops._common import (check_dtype, conv_memory_format, empty_like_shape, forward_below_autograd,
+                               gradient_ops_below_autograd, layout_from_flag, register_conv_gradient_autograd,
+                               shape_str)
 from cnnops.ops.conv2d import _check_grad_output, _check_same_dtype_device, conv2d_geometry, normalize_conv2d_args
 
 ops = torch.ops.cnnops
@@ -125,7 +126,8 @@ class DepthwiseConv2dFunction(torch.autograd.Function):
         stride, padding, dilation = normalize_depthwise_args("cnnops.depthwise_conv2d", weight.shape, stride, padding,
                                                              dilation)
         depthwise_setup(ctx, input, weight, bias, stride, padding, dilation, padding_mode)
-        return ops.depthwise_conv2d(input, weight, bias, stride, padding, dilation, padding_mode)
+        return forward_below_autograd(ops.depthwise_conv2d, input, weight, bias, stride, padding, dilation,
+                                      padding_mode)
 
     @staticmethod
     def backward(ctx, grad_output):

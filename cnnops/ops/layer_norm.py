@@ -4,7 +4,8 @@ backward ops (double backward, as a composite of torch ops), and LayerNormFuncti
 LayerNorm2dFunction for .apply users. Op schemas are in csrc/layer_norm.cpp."""
 import torch
 
-from cnnops.ops._common import check_dtype, dtype_name, gradient_ops_below_autograd, register_autograd, shape_str
+from cnnops.ops._common import (check_dtype, dtype_name, forward_below_autograd, gradient_ops_below_autograd,
+                               register_autograd, shape_str)
 
 ops = torch.ops.cnnops
 _REDUCED = (torch.float16, torch.bfloat16)
@@ -332,7 +333,7 @@ class LayerNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, normalized_shape, weight=None, bias=None, eps=1e-5):
         normalized_shape = normalize_shape_arg(normalized_shape)
-        out, mean, rstd = ops.layer_norm(input, normalized_shape, weight, bias, eps)
+        out, mean, rstd = forward_below_autograd(ops.layer_norm, input, normalized_shape, weight, bias, eps)
         layer_norm_setup(ctx, input, normalized_shape, weight, bias, mean, rstd)
         return out
 
@@ -348,7 +349,7 @@ class LayerNorm2dFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input, weight=None, bias=None, eps=1e-6):
-        out, mean, rstd = ops.layer_norm2d(input, weight, bias, eps)
+        out, mean, rstd = forward_below_autograd(ops.layer_norm2d, input, weight, bias, eps)
         layer_norm2d_setup(ctx, input, weight, bias, mean, rstd)
         return out
 

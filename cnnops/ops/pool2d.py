@@ -5,8 +5,8 @@ in csrc/pool2d.cpp."""
 import torch
 from torch._prims_common import suggest_memory_format
 
-from cnnops.ops._common import (check_dtype, dtype_name, empty_like_shape, gradient_ops_below_autograd,
-                               layout_from_flag, pair, register_autograd, shape_str)
+from cnnops.ops._common import (check_dtype, dtype_name, empty_like_shape, forward_below_autograd,
+                               gradient_ops_below_autograd, layout_from_flag, pair, register_autograd, shape_str)
 
 ops = torch.ops.cnnops
 
@@ -384,7 +384,7 @@ class MaxPool2dFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
         args = normalize_pool_args("cnnops.max_pool2d", kernel_size, stride, padding, dilation)
-        output, indices = ops.max_pool2d(input, *args, ceil_mode, True)
+        output, indices = forward_below_autograd(ops.max_pool2d, input, *args, ceil_mode, True)
         max_pool2d_setup(ctx, input, *args, ceil_mode, indices)
         if return_indices:
             ctx.mark_non_differentiable(indices)
@@ -405,7 +405,7 @@ class AvgPool2dFunction(torch.autograd.Function):
         kernel_size, stride, padding, _ = normalize_pool_args("cnnops.avg_pool2d", kernel_size, stride, padding)
         args = (kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
         avg_pool2d_setup(ctx, input, *args)
-        return ops.avg_pool2d(input, *args)
+        return forward_below_autograd(ops.avg_pool2d, input, *args)
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -419,7 +419,7 @@ class AdaptiveAvgPool2dFunction(torch.autograd.Function):
     def forward(ctx, input, output_size):
         output_size = normalize_output_size("cnnops.adaptive_avg_pool2d", output_size, input.shape)
         adaptive_avg_pool2d_setup(ctx, input, output_size)
-        return ops.adaptive_avg_pool2d(input, output_size)
+        return forward_below_autograd(ops.adaptive_avg_pool2d, input, output_size)
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -433,7 +433,7 @@ class AdaptiveMaxPool2dFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, output_size, return_indices=False):
         output_size = normalize_output_size("cnnops.adaptive_max_pool2d", output_size, input.shape)
-        output, indices = ops.adaptive_max_pool2d(input, output_size)
+        output, indices = forward_below_autograd(ops.adaptive_max_pool2d, input, output_size)
         adaptive_max_pool2d_setup(ctx, input, output_size, indices)
         if return_indices:
             ctx.mark_non_differentiable(indices)

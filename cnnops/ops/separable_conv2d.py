@@ -10,8 +10,8 @@ from typing import NamedTuple
 
 import torch
 
-from cnnops.ops._common import (check_dtype, conv_memory_format, empty_like_shape, gradient_ops_below_autograd, pair,
-                               register_autograd, shape_str, suggest_memory_format)
+from cnnops.ops._common import (check_dtype, conv_memory_format, empty_like_shape, forward_below_autograd,
+                               gradient_ops_below_autograd, pair, register_autograd, shape_str, suggest_memory_format)
 from cnnops.ops.conv2d import _check_same_dtype_device, conv2d_geometry, normalize_conv2d_args
 from cnnops.ops.depthwise_conv2d import depthwise_geometry
 
@@ -233,7 +233,8 @@ class _PairFunction(torch.autograd.Function):
     def forward(cls, ctx, input, w1, b1, w2, b2, stride=1, padding=0, dilation=1, padding_mode="zeros"):
         stride, padding, dilation = normalize_pair_args(cls.name, w1.shape, w2.shape, stride, padding, dilation)
         pair_setup(ctx, cls.name, input, w1, b1, w2, b2, stride, padding, dilation, padding_mode)
-        return getattr(ops, cls.name)(input, w1, b1, w2, b2, stride, padding, dilation, padding_mode)
+        return forward_below_autograd(getattr(ops, cls.name), input, w1, b1, w2, b2, stride, padding, dilation,
+                                      padding_mode)
 
     @staticmethod
     def backward(ctx, grad_output):
