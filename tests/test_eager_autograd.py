@@ -1,7 +1,8 @@
 """The functionals' three ways into an op (cnnops/functional.py _call_op, _with_autograd):
-below the Autograd key where no gradient can flow, through a lean torch.autograd.Function
-(ops/_common.py register_autograd) in plain eager mode, and through the op's
-register_autograd kernel otherwise. The first two exist to cut host overhead (launch-bound
+below the Autograd key where no gradient can flow; in plain eager mode through a C++
+autograd node for the convolutions (csrc/conv_eager_autograd.cpp) and a lean
+torch.autograd.Function (ops/_common.py register_autograd) for the others; and through the
+op's register_autograd kernel otherwise. The first two exist to cut host overhead (launch-bound
 CUDA shapes pay it in full); they must give exactly what the op gives."""
 import pytest
 import torch
