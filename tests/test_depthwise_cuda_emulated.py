@@ -169,6 +169,10 @@ TARGETED = [
     (1, 3, 1, 33, 33, (5, 5), (1, 1), (2, 2), (4, 4, 4, 4), "zeros", "contiguous", torch.float32, True),
     (2, 2, 1, 57, 58, (3, 3), (2, 2), (1, 1), (1, 1, 1, 1), "reflect", "contiguous", torch.float32, False),
     (1, 2, 1, 140, 70, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), "zeros", "contiguous", torch.float64, True),
+    # a window wider than the threads staging it (their steps then only wrap columns): the
+    # grad_weight band kernel's 256 threads on 302 columns (test_window_wider_than_its_threads:
+    # the planes kernel)
+    (1, 2, 1, 5, 300, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), "zeros", "contiguous", torch.float32, False),
 ]
 
 
@@ -240,6 +244,17 @@ def test_strided_grad_input(kernels, cfg):
     """grad_input at stride > 1: the flipped forward over grad_output spread out by the stride."""
     torch.manual_seed(5)
     assert check(kernels, cfg) == ["forward", "grad_weight", "grad_input"]
+
+
+def test_window_wider_than_its_threads(kernels):
+    """The planes kernel with one row of 20 threads staging an 80-column window (float64 31x31
+    at dilation 2: larger blocks pass 48 KiB); grad_weight's band would too, so it declines."""
+    torch.manual_seed(6)
+    cfg = (1, 1, 1, 40, 40, (31, 31), (1, 1), (2, 2), (30, 30, 30, 30), "zeros", "contiguous", torch.float64, True)
+    x, w = torch.empty(1, 1, 40, 40, dtype=torch.float64), torch.empty(1, 1, 31, 31, dtype=torch.float64)
+    cols, rows = kernels.forward_plan(x, w, [1, 1], [30] * 4, [2, 2], 8)[:2]
+    assert cols * rows < (cols - 1) + 30 * 2 + 1  # fewer threads than window columns
+    assert check(kernels, cfg) == ["forward", "grad_input"]
 
 
 def test_grad_weight_band_halving(kernels):
