@@ -193,11 +193,10 @@ def register_autograd(qualname, backward, setup_context):
     or a torch.func transform (functional.py _with_autograd)."""
     torch.library.register_autograd(qualname, backward, setup_context=setup_context)
     namespace, name = qualname.split("::")
-    op = getattr(getattr(torch.ops, namespace), name).default
+    op = getattr(getattr(torch.ops, namespace), name)
 
     def forward(ctx, *args):
-        with torch._C._AutoDispatchBelowAutograd():
-            output = op(*args)
+        output = forward_below_autograd(op, *args)
         setup_context(ctx, args, output)
         return output
 
