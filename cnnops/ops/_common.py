@@ -111,6 +111,56 @@ def pair(value, name, op):
     return [value, value]
 
 
+def register_conv_autograd(family, one_channels_last_grad_output=False):
+    """Autograd of the convolution op `family`(input, weight, bias, *args) (conv2d,
+    depthwise_conv2d, conv_transpose2d): its setup_context and backward, registered on the
+    op and returned as (setup, backward) for the family's public autograd.Function, with
+    the double backward of its gradient ops (register_conv_gradient_autograd). The backward
+    calls `family`_grad_input, `family`_grad_weight and conv2d_grad_bias (the channel sum
+    every convolution shares); csrc/conv_eager_autograd.cpp is its C++ twin, which the
+    functionals use eagerly.
+    setup(ctx, input, weight, bias, *args); backward(ctx, grad_output) returns the
+    gradients of (input, weight, bias) and a None for each of *args.
+    one_channels_last_grad_output: on the CPU, when both gradients are wanted for a
+    channels_last forward, copy a grad_output of another layout to channels_last once
+    (the depthwise CPU kernels need a unit channel stride and would each copy it)."""
+    ops = torch.ops.cnnops
+    grad_input_op = getattr(ops, f"{family}_grad_input")
+    grad_weight_op = getattr(ops, f"{family}_grad_weight")
+
+    def setup(ctx, input, weight, bias, *args):
+        ctx.conv_args = args
+        # Gradients take the forward's layout, as torch's do (and AccumulateGrad then needs no copy).
+        ctx.channels_last = conv_memory_format(input, weight) == torch.channels_last
+        ctx.input_shape = tuple(input.shape)
+        ctx.weight_shape = tuple(weight.shape)
+        ctx.has_bias = bias is not None
+        need_input, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        ctx.save_for_backward(input if need_weight else None, weight if need_input else None)
+
+    @gradient_ops_below_autograd
+    def backward(ctx, grad_output):
+        input, weight = ctx.saved_tensors
+        args = ctx.conv_args
+        grad_input = grad_weight = grad_bias = None
+        if (one_channels_last_grad_output and ctx.channels_last and grad_output.device.type == "cpu"
+                and ctx.needs_input_grad[0] and ctx.needs_input_grad[1] and grad_output.dim() == 4
+                and not grad_output.is_contiguous(memory_format=torch.channels_last)):
+            grad_output = grad_output.contiguous(memory_format=torch.channels_last)
+        if ctx.needs_input_grad[0]:
+            grad_input = grad_input_op(grad_output, weight, ctx.input_shape, *args, ctx.channels_last)
+        if ctx.needs_input_grad[1]:
+            grad_weight = grad_weight_op(grad_output, input, ctx.weight_shape, *args, ctx.channels_last)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = ops.conv2d_grad_bias(grad_output)
+        return (grad_input, grad_weight, grad_bias) + (None,) * len(args)
+
+    torch.library.register_autograd(f"cnnops::{family}", backward,
+                                    setup_context=lambda ctx, inputs, output: setup(ctx, *inputs))
+    register_conv_gradient_autograd(family)  # double backward: the gradient ops are bilinear
+    return setup, backward
+
+
 def register_conv_gradient_autograd(family):
     """Autograd of `family`_grad_input(gO, w, input_size, *args, channels_last) and
     `family`_grad_weight(gO, x, weight_size, *args, channels_last), for the convolution

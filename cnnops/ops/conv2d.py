@@ -4,8 +4,7 @@ works), and Conv2dFunction for .apply users. Op schemas are in csrc/conv2d.cpp."
 import torch
 
 from cnnops.ops._common import (check_dtype, conv_memory_format, dtype_name, empty_like_shape,
-                               forward_below_autograd, gradient_ops_below_autograd, layout_from_flag, pair,
-                               register_conv_gradient_autograd, shape_str)
+                               forward_below_autograd, layout_from_flag, pair, register_conv_autograd, shape_str)
 
 ops = torch.ops.cnnops
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
@@ -132,40 +131,11 @@ def _conv2d_grad_bias_fake(grad_output):
 
 
 # ---------------------------------------------------------------- autograd
-# One setup and one backward, used by register_autograd on the op and by Conv2dFunction.
-
-def conv2d_setup(ctx, input, weight, bias, stride, padding, dilation, groups, padding_mode):
-    ctx.conv_args = (stride, padding, dilation, groups, padding_mode)
-    # Gradients take the forward's layout, as torch's do (and AccumulateGrad then needs no copy).
-    ctx.channels_last = conv_memory_format(input, weight) == torch.channels_last
-    ctx.input_shape = tuple(input.shape)
-    ctx.weight_shape = tuple(weight.shape)
-    ctx.has_bias = bias is not None
-    need_input, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-    ctx.save_for_backward(input if need_weight else None, weight if need_input else None)
-
-
-@gradient_ops_below_autograd
-def conv2d_backward(ctx, grad_output):
-    """(grad_input, grad_weight, grad_bias), each None unless needed."""
-    input, weight = ctx.saved_tensors
-    args = ctx.conv_args
-    grad_input = grad_weight = grad_bias = None
-    if ctx.needs_input_grad[0]:
-        grad_input = ops.conv2d_grad_input(grad_output, weight, ctx.input_shape, *args, ctx.channels_last)
-    if ctx.needs_input_grad[1]:
-        grad_weight = ops.conv2d_grad_weight(grad_output, input, ctx.weight_shape, *args, ctx.channels_last)
-    if ctx.has_bias and ctx.needs_input_grad[2]:
-        grad_bias = ops.conv2d_grad_bias(grad_output)
-    return grad_input, grad_weight, grad_bias
-
-
-def _setup_conv2d(ctx, inputs, output):
-    conv2d_setup(ctx, *inputs)
-
-
-def _backward_conv2d(ctx, grad_output):
-    return (*conv2d_backward(ctx, grad_output), None, None, None, None, None)
+# One setup and one backward (ops/_common.py), used by register_autograd on the op and by
+# Conv2dFunction.
+conv2d_setup, conv2d_backward = register_conv_autograd("conv2d")
+# The functionals' plain-eager path: the same backward, in C++ (csrc/conv_eager_autograd.cpp).
+conv2d_eager = ops._conv2d_eager.default
 
 
 def _setup_grad_bias(ctx, inputs, output):
@@ -177,10 +147,6 @@ def _backward_grad_bias(ctx, gg):
     return gg.reshape((1, shape[1]) + (1,) * (len(shape) - 2)).expand(shape)
 
 
-torch.library.register_autograd("cnnops::conv2d", _backward_conv2d, setup_context=_setup_conv2d)
-# The functionals' plain-eager path: the same backward, in C++ (csrc/conv_eager_autograd.cpp).
-conv2d_eager = ops._conv2d_eager.default
-register_conv_gradient_autograd("conv2d")  # double backward: bilinear gradient ops
 torch.library.register_autograd("cnnops::conv2d_grad_bias", _backward_grad_bias, setup_context=_setup_grad_bias)
 
 
@@ -197,4 +163,4 @@ class Conv2dFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output):
-        return (*conv2d_backward(ctx, grad_output), None, None, None, None, None)
+        return conv2d_backward(ctx, grad_output)

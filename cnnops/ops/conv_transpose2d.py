@@ -6,8 +6,7 @@ kernels are the conv2d family's (csrc/common/conv_transpose2d_impl.h)."""
 import torch
 
 from cnnops.ops._common import (check_dtype, conv_memory_format, empty_like_shape, forward_below_autograd,
-                               gradient_ops_below_autograd, layout_from_flag, pair, register_conv_gradient_autograd,
-                               shape_str)
+                               layout_from_flag, pair, register_conv_autograd, shape_str)
 from cnnops.ops.conv2d import _check_same_dtype_device
 
 ops = torch.ops.cnnops
@@ -139,47 +138,11 @@ def _grad_weight_fake(grad_output, input, weight_size, stride, padding, output_p
 
 
 # ---------------------------------------------------------------- autograd
-# One setup and one backward, used by register_autograd on the op and by ConvTranspose2dFunction.
-
-def conv_transpose2d_setup(ctx, input, weight, bias, stride, padding, output_padding, groups, dilation):
-    ctx.conv_args = (stride, padding, output_padding, groups, dilation)
-    # Gradients take the forward's layout, as torch's do.
-    ctx.channels_last = conv_memory_format(input, weight) == torch.channels_last
-    ctx.input_shape = tuple(input.shape)
-    ctx.weight_shape = tuple(weight.shape)
-    ctx.has_bias = bias is not None
-    need_input, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-    ctx.save_for_backward(input if need_weight else None, weight if need_input else None)
-
-
-@gradient_ops_below_autograd
-def conv_transpose2d_backward(ctx, grad_output):
-    """(grad_input, grad_weight, grad_bias), each None unless needed."""
-    input, weight = ctx.saved_tensors
-    args = ctx.conv_args
-    grad_input = grad_weight = grad_bias = None
-    if ctx.needs_input_grad[0]:
-        grad_input = ops.conv_transpose2d_grad_input(grad_output, weight, ctx.input_shape, *args, ctx.channels_last)
-    if ctx.needs_input_grad[1]:
-        grad_weight = ops.conv_transpose2d_grad_weight(grad_output, input, ctx.weight_shape, *args,
-                                                       ctx.channels_last)
-    if ctx.has_bias and ctx.needs_input_grad[2]:
-        grad_bias = ops.conv2d_grad_bias(grad_output)  # the channel sum, shared with conv2d
-    return grad_input, grad_weight, grad_bias
-
-
-def _setup(ctx, inputs, output):
-    conv_transpose2d_setup(ctx, *inputs)
-
-
-def _backward(ctx, grad_output):
-    return (*conv_transpose2d_backward(ctx, grad_output), None, None, None, None, None)
-
-
-torch.library.register_autograd("cnnops::conv_transpose2d", _backward, setup_context=_setup)
+# One setup and one backward (ops/_common.py), used by register_autograd on the op and by
+# ConvTranspose2dFunction.
+conv_transpose2d_setup, conv_transpose2d_backward = register_conv_autograd("conv_transpose2d")
 # The functionals' plain-eager path: the same backward, in C++ (csrc/conv_eager_autograd.cpp).
 conv_transpose2d_eager = ops._conv_transpose2d_eager.default
-register_conv_gradient_autograd("conv_transpose2d")  # double backward: bilinear gradient ops
 
 
 class ConvTranspose2dFunction(torch.autograd.Function):
@@ -201,4 +164,4 @@ class ConvTranspose2dFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output):
-        return (*conv_transpose2d_backward(ctx, grad_output), None, None, None, None, None, None)
+        return (*conv_transpose2d_backward(ctx, grad_output), None)  # and output_size

@@ -5,8 +5,7 @@ The bias gradient is conv2d's channel sum (cnnops::conv2d_grad_bias)."""
 import torch
 
 from cnnops.ops._common import (check_dtype, conv_memory_format, empty_like_shape, forward_below_autograd,
-                               gradient_ops_below_autograd, layout_from_flag, register_conv_gradient_autograd,
-                               shape_str)
+                               layout_from_flag, register_conv_autograd, shape_str)
 from cnnops.ops.conv2d import _check_grad_output, _check_same_dtype_device, conv2d_geometry, normalize_conv2d_args
 
 ops = torch.ops.cnnops
@@ -65,51 +64,12 @@ def _depthwise_grad_weight_fake(grad_output, input, weight_size, stride, padding
 
 
 # ---------------------------------------------------------------- autograd
-# One setup and one backward, used by register_autograd on the op and by DepthwiseConv2dFunction.
-
-def depthwise_setup(ctx, input, weight, bias, stride, padding, dilation, padding_mode):
-    ctx.conv_args = (stride, padding, dilation, padding_mode)
-    ctx.channels_last = conv_memory_format(input, weight) == torch.channels_last
-    ctx.input_shape = tuple(input.shape)
-    ctx.weight_shape = tuple(weight.shape)
-    ctx.has_bias = bias is not None
-    need_input, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-    ctx.save_for_backward(input if need_weight else None, weight if need_input else None)
-
-
-@gradient_ops_below_autograd
-def depthwise_backward(ctx, grad_output):
-    """(grad_input, grad_weight, grad_bias), each None unless needed."""
-    input, weight = ctx.saved_tensors
-    args = ctx.conv_args
-    grad_input = grad_weight = grad_bias = None
-    if (ctx.channels_last and grad_output.device.type == "cpu" and ctx.needs_input_grad[0]
-            and ctx.needs_input_grad[1] and grad_output.dim() == 4
-            and not grad_output.is_contiguous(memory_format=torch.channels_last)):
-        # The CPU channels_last kernels need a unit channel stride and would each copy an
-        # NCHW grad_output: one copy for both.
-        grad_output = grad_output.contiguous(memory_format=torch.channels_last)
-    if ctx.needs_input_grad[0]:
-        grad_input = ops.depthwise_conv2d_grad_input(grad_output, weight, ctx.input_shape, *args, ctx.channels_last)
-    if ctx.needs_input_grad[1]:
-        grad_weight = ops.depthwise_conv2d_grad_weight(grad_output, input, ctx.weight_shape, *args, ctx.channels_last)
-    if ctx.has_bias and ctx.needs_input_grad[2]:
-        grad_bias = ops.conv2d_grad_bias(grad_output)
-    return grad_input, grad_weight, grad_bias
-
-
-def _setup_forward(ctx, inputs, output):
-    depthwise_setup(ctx, *inputs)
-
-
-def _backward_forward(ctx, grad_output):
-    return (*depthwise_backward(ctx, grad_output), None, None, None, None)
-
-
-torch.library.register_autograd("cnnops::depthwise_conv2d", _backward_forward, setup_context=_setup_forward)
+# One setup and one backward (ops/_common.py), used by register_autograd on the op and by
+# DepthwiseConv2dFunction. The CPU channels_last kernels need a unit channel stride and
+# would each copy an NCHW grad_output: the backward makes one copy for both.
+depthwise_setup, depthwise_backward = register_conv_autograd("depthwise_conv2d", one_channels_last_grad_output=True)
 # The functionals' plain-eager path: the same backward, in C++ (csrc/conv_eager_autograd.cpp).
 depthwise_conv2d_eager = ops._depthwise_conv2d_eager.default
-register_conv_gradient_autograd("depthwise_conv2d")  # double backward: bilinear gradient ops
 
 
 def normalize_depthwise_args(op, weight_shape, stride, padding, dilation):
@@ -131,4 +91,4 @@ class DepthwiseConv2dFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output):
-        return (*depthwise_backward(ctx, grad_output), None, None, None, None)
+        return depthwise_backward(ctx, grad_output)
