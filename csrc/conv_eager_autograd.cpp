@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "common/conv_checks.h"
+#include "cpu/layout_copy.h"
 
 namespace cnnops {
 namespace {
@@ -99,10 +100,12 @@ struct ConvEagerFunction : public torch::autograd::Function<ConvEagerFunction> {
     // through the gradient ops' register_autograd, as the Python backward's calls do).
     std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
     if (!at::GradMode::is_enabled()) below_autograd.emplace();
+    // (A recorded graph needs the differentiable copy; else the faster one of cpu/layout_copy.h.)
     if (family.channels_last_grad_output_on_cpu && channels_last && need_input && need_weight &&
         grad_output.is_cpu() && grad_output.dim() == 4 &&
         !grad_output.is_contiguous(at::MemoryFormat::ChannelsLast))
-      grad_output = grad_output.contiguous(at::MemoryFormat::ChannelsLast);
+      grad_output = below_autograd ? contiguous_cpu(grad_output, at::MemoryFormat::ChannelsLast)
+                                   : grad_output.contiguous(at::MemoryFormat::ChannelsLast);
     auto gradient = [&](const c10::OperatorHandle& op, const at::Tensor& other, const char* size_key) {
       torch::jit::Stack stack{grad_output, other, ctx->saved_data[size_key]};
       for (const c10::IValue& a : args->elements()) stack.push_back(a);

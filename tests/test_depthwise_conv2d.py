@@ -375,6 +375,51 @@ def test_grad_strides_match_torch(layout, go_layout):
         assert significant_strides(a) == significant_strides(e), f"{a.stride()} vs torch {e.stride()}"
 
 
+# NCHW <-> channels_last copies of float32 operands, made on the CPU by 16 x 16 in-register
+# transposes masked at the edges (cpu/layout_copy.cpp): the eager backward's one copy of an
+# NCHW grad_output for a channels_last forward, the kernels' own copies where one gradient is
+# wanted, the NCHW detour of 9x9 channels_last kernels, conv2d's panels. Every path must give
+# bitwise what it gives on operands converted beforehand, for channel and pixel counts that
+# are and are not multiples of 16.
+@pytest.mark.parametrize("need", ["both", "input", "weight"])
+@pytest.mark.parametrize("kernel", [3, 9])
+@pytest.mark.parametrize("channels,size", [(1, (5, 7)), (5, (3, 19)), (16, (4, 4)), (17, (1, 1)), (33, (6, 5))])
+def test_layout_copies_float32(channels, size, kernel, need):
+    x = leaf(torch.randn(2, channels, *size).contiguous(memory_format=CL))
+    w = leaf(torch.randn(channels, 1, kernel, kernel))
+    targets = {"both": (x, w), "input": (x,), "weight": (w,)}[need]
+    out = cnnops.F.depthwise_conv2d(x, w, None, 1, kernel // 2)
+    go = torch.randn(out.shape)  # NCHW, against a channels_last forward
+    got = torch.autograd.grad(out, targets, go)
+    want = torch.autograd.grad(cnnops.F.depthwise_conv2d(x, w, None, 1, kernel // 2), targets,
+                               go.contiguous(memory_format=CL))
+    for a, e in zip(got, want):
+        assert torch.equal(a, e) and a.stride() == e.stride()
+    ref = TF.conv2d(x, w, None, 1, kernel // 2, 1, channels)
+    assert_close(out, ref)
+    for a, e in zip(got, torch.autograd.grad(ref, targets, go)):
+        assert_close(a, e)
+    assert out.is_contiguous(memory_format=CL)  # (9x9: the NCHW result copied back)
+
+
+@pytest.mark.parametrize("channels,size", [(1, (5, 7)), (17, (3, 19)), (32, (4, 4))])
+def test_conv2d_layout_copies_float32(channels, size):
+    x = leaf(torch.randn(2, channels, *size))
+    w = leaf(torch.randn(6, channels, 3, 3).contiguous(memory_format=CL))  # a channels_last conv of NCHW input
+    out = cnnops.F.conv2d(x, w, None, 1, 1)
+    go = torch.randn(out.shape)
+    got = torch.autograd.grad(out, (x, w), go)
+    x_cl = leaf(x.detach().contiguous(memory_format=CL))
+    out_cl = cnnops.F.conv2d(x_cl, w, None, 1, 1)
+    want = torch.autograd.grad(out_cl, (x_cl, w), go.contiguous(memory_format=CL))
+    assert torch.equal(out, out_cl)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    ref = TF.conv2d(x, w, None, 1, 1)
+    assert_close(out, ref)
+    for a, e in zip(got, torch.autograd.grad(ref, (x, w), go)):
+        assert_close(a, e)
+
+
 # A weight that is not contiguous (every other column of a wider tensor): the kernels' weight
 # packing takes its element loops instead of the one-go copy and the transposes.
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])

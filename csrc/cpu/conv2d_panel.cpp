@@ -7,6 +7,7 @@
 // The GEMMs write into the output in place (row stride = the output's), so there is no
 // scatter pass; grad_input does the reverse (GEMM into a panel, then add the runs back).
 #include "cpu/conv2d_panel.h"
+#include "cpu/layout_copy.h"
 
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
@@ -521,7 +522,7 @@ void grad_weight_impl(const at::Tensor& go_t, const at::Tensor& x_t, const Conv2
 void conv2d_forward_panel(const at::Tensor& input, const at::Tensor& weight,
                           const at::Tensor& bias, const Conv2dGeometry& g, at::Tensor& output,
                           bool cl, bool shortcut_1x1) {
-  const at::Tensor x = input.contiguous(format_of(cl));
+  const at::Tensor x = contiguous_cpu(input, format_of(cl));
   const at::Tensor w = weight_rows(weight, cl);
   const at::Tensor b = bias.defined() ? bias.contiguous() : bias;
   const bool shortcut = shortcut_1x1 && is_1x1_shortcut(g);
@@ -533,7 +534,7 @@ void conv2d_forward_panel(const at::Tensor& input, const at::Tensor& weight,
 void conv2d_grad_input_panel(const at::Tensor& grad_output, const at::Tensor& weight,
                              const Conv2dGeometry& g, at::Tensor& grad_input, bool cl,
                              bool shortcut_1x1) {
-  const at::Tensor go = grad_output.contiguous(format_of(cl));
+  const at::Tensor go = contiguous_cpu(grad_output, format_of(cl));
   const at::Tensor w = weight_rows(weight, cl);
   const bool shortcut = shortcut_1x1 && is_1x1_shortcut(g);
   AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "cnnops_conv2d_grad_input_panel", [&] {
@@ -544,8 +545,8 @@ void conv2d_grad_input_panel(const at::Tensor& grad_output, const at::Tensor& we
 void conv2d_grad_weight_panel(const at::Tensor& grad_output, const at::Tensor& input,
                               const Conv2dGeometry& g, at::Tensor& grad_weight, bool cl,
                               bool shortcut_1x1) {
-  const at::Tensor go = grad_output.contiguous(format_of(cl));
-  const at::Tensor x = input.contiguous(format_of(cl));
+  const at::Tensor go = contiguous_cpu(grad_output, format_of(cl));
+  const at::Tensor x = contiguous_cpu(input, format_of(cl));
   const bool shortcut = shortcut_1x1 && is_1x1_shortcut(g);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "cnnops_conv2d_grad_weight_panel", [&] {
     grad_weight_impl<scalar_t>(go, x, g, grad_weight, cl, shortcut);

@@ -54,6 +54,7 @@
 #include "common/depthwise_index.h"
 #include "cpu/conv_forward.h"
 #include "cpu/lane_transpose.h"
+#include "cpu/layout_copy.h"
 
 namespace cnnops {
 namespace {
@@ -1547,8 +1548,8 @@ void forward_any(const at::Tensor& input, const at::Tensor& weight, const at::Te
   if (path == ForwardPath::Auto && use_channels_last(g, std::is_same<T, scalar_t>::value, {&input, &output})) {
     if (large_kernel_via_nchw(g)) {
       at::Tensor planar = at::empty(output.sizes(), output.options().memory_format(at::MemoryFormat::Contiguous));
-      forward_planes<scalar_t>(input.contiguous(), weight, bias, planar, g, path);
-      output.copy_(planar);
+      forward_planes<scalar_t>(contiguous_cpu(input, at::MemoryFormat::Contiguous), weight, bias, planar, g, path);
+      copy_cpu(output, planar);
     } else {
       forward_channels_last<T>(input, weight, bias, output, g);
     }
@@ -1987,14 +1988,14 @@ at::Tensor depthwise_conv2d_grad_input_cpu(const at::Tensor& grad_output, const 
       // The channels_last kernel needs unit channel stride: a named copy when grad_output lacks it.
       const bool cl_copy = channels_last && grad_output.stride(1) != 1 &&
                            use_channels_last(f, std::is_same<T, scalar_t>::value, {&grad_input});
-      forward_any<scalar_t>(cl_copy ? grad_output.contiguous(at::MemoryFormat::ChannelsLast) : grad_output, flipped,
-                            nullptr, grad_input, f);
+      forward_any<scalar_t>(cl_copy ? contiguous_cpu(grad_output, at::MemoryFormat::ChannelsLast) : grad_output,
+                            flipped, nullptr, grad_input, f);
     } else if (!channels_last && use_strided_grad_input(g, std::is_same<T, scalar_t>::value, grad_output, grad_input)) {
       if constexpr (std::is_same<T, scalar_t>::value) grad_input_strided<T>(grad_output, weight, grad_input, g);
     } else if (channels_last && use_channels_last(g, std::is_same<T, scalar_t>::value, {&grad_input})) {
       // The channel loop needs unit channel stride: a named copy when grad_output lacks it.
       const at::Tensor go = grad_output.stride(1) == 1 ? grad_output
-                                                       : grad_output.contiguous(at::MemoryFormat::ChannelsLast);
+                                                       : contiguous_cpu(grad_output, at::MemoryFormat::ChannelsLast);
       grad_input_channels_last<T>(go, weight, grad_input, g);
     } else if (use_blocked_grad_input(g, at::vec::Vectorized<T>::size(), sizeof(T))) {
       grad_input_blocked<scalar_t>(grad_output, weight, grad_input, g);
@@ -2322,10 +2323,11 @@ at::Tensor depthwise_conv2d_grad_weight_cpu(const at::Tensor& grad_output, const
                     input.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
     if (cl && large_kernel_via_nchw(g)) {  // as the forward; the backward (both gradients): 13x13
                                            // 4x256x28x28 12.9 -> 6.5 ms, 31x31 2x64x32x32 14.3 -> 3.9 ms
-      grad_weight_blocked<scalar_t>(grad_output.contiguous(), input.contiguous(), grad_weight, g);
+      grad_weight_blocked<scalar_t>(contiguous_cpu(grad_output, at::MemoryFormat::Contiguous),
+                                    contiguous_cpu(input, at::MemoryFormat::Contiguous), grad_weight, g);
     } else if (cl) {
       const at::Tensor go = grad_output.stride(1) == 1 ? grad_output
-                                                       : grad_output.contiguous(at::MemoryFormat::ChannelsLast);
+                                                       : contiguous_cpu(grad_output, at::MemoryFormat::ChannelsLast);
       grad_weight_channels_last<T>(go, input, grad_weight, g);
     } else {
       grad_weight_blocked<scalar_t>(grad_output, input, grad_weight, g);
