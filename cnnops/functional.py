@@ -3,7 +3,7 @@ plus the extras in DESIGN.md section 1 (padding_mode for conv2d, ...)."""
 import torch
 import torch.autograd.forward_ad as _fwad
 
-from cnnops.ops._common import autocast_cast, autocast_dtype, check_device
+from cnnops.ops._common import _peek_functorch, autocast_cast, autocast_dtype, autograd_call, check_device
 from cnnops.ops.conv2d import Conv2dFunction, conv2d_eager, normalize_conv2d_args
 from cnnops.ops.pool2d import (AdaptiveAvgPool2dEager, AdaptiveAvgPool2dFunction, AdaptiveMaxPool2dEager,
                                AdaptiveMaxPool2dFunction, AvgPool2dEager, AvgPool2dFunction, MaxPool2dEager,
@@ -60,6 +60,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
 
 _below_autograd = torch._C._AutoDispatchBelowAutograd
 _is_compiling = torch.compiler.is_compiling
+_is_tracing = torch.jit.is_tracing
 
 
 def _tangent(x):
@@ -106,11 +107,12 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     x, unbatched = _pool_input(op, input)
     kernel_size, stride, padding, dilation = normalize_pool_args(op, kernel_size, stride, padding, dilation)
     tangent = _tangent(x)
-    # Indices are only computed when returned or needed for a derivative.
+    # Indices are only computed when returned or needed for a derivative (or traced: the
+    # trace check's run without grad must record what the traced run with grad recorded).
     if _skip_autograd(input):
         with _below_autograd():
             output, indices = _ops.max_pool2d.default(x, kernel_size, stride, padding, dilation, ceil_mode,
-                                                      return_indices or tangent is not None)
+                                                      return_indices or tangent is not None or _is_tracing())
     else:
         output, indices = _with_autograd(_ops.max_pool2d, MaxPool2dEager.apply, x, kernel_size, stride, padding,
                                          dilation, ceil_mode, True)
@@ -175,9 +177,6 @@ def _layer_norm_autocast(input, weight, bias):
     return input, weight, bias
 
 
-_peek_functorch = getattr(getattr(torch._C, "_functorch", None), "peek_interpreter_stack", lambda: None)
-
-
 def _transform_active():
     """Forward-mode AD or a torch.func transform (grad, vjp, jacrev, vmap, ...) is active
     in eager mode. The register_autograd machinery supports neither forward AD (it would
@@ -191,17 +190,22 @@ def _transform_active():
 def _with_autograd(op, eager, *args):
     """op(*args) where a gradient can flow: through eager, the op's lean autograd path
     (the C++ one of csrc/conv_eager_autograd.cpp for the convolutions, the .apply of an
-    ops/_common.py register_autograd Function for the others), in plain eager mode; through
-    the op itself, with its register_autograd kernel, when a compiler traces or a torch.func
-    transform is active. Under forward AD neither has a jvp (a dual input that requires grad,
+    ops/_common.py register_autograd Function for the others), in plain eager mode; under a
+    torch.func transform through the op's register_autograd Function (autograd_call), which
+    those transforms accept; through the op itself, with its register_autograd kernel, when a
+    compiler traces. Under forward AD neither has a jvp (a dual input that requires grad,
     such as a module's parameter, would raise): they run on the primals, which keep the
-    reverse-mode graph, and the caller adds the output's tangent."""
+    reverse-mode graph, and the caller adds the output's tangent. torch.jit.trace records the
+    op itself too, as op.default: its check re-runs the module without grad, which calls
+    that, and compares the two graphs down to their source lines."""
     if _is_compiling():
         return op(*args)
+    if _is_tracing():
+        return op.default(*args)
     if _fwad._current_level >= 0:
         args = tuple(_fwad.unpack_dual(a).primal if isinstance(a, torch.Tensor) else a for a in args)
     if _peek_functorch() is not None:
-        return op(*args)
+        return autograd_call(op, *args)
     return eager(*args)
 
 

@@ -101,8 +101,11 @@ struct ConvEagerFunction : public torch::autograd::Function<ConvEagerFunction> {
     std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
     if (!at::GradMode::is_enabled()) below_autograd.emplace();
     // (A recorded graph needs the differentiable copy; else the faster one of cpu/layout_copy.h.)
+    // (A grad_output of vmap, as in is_grads_batched backwards, cannot be asked its layout.)
+    const bool batched = grad_output.key_set().has(c10::DispatchKey::FuncTorchBatched) ||
+                         grad_output.key_set().has(c10::DispatchKey::Batched);
     if (family.channels_last_grad_output_on_cpu && channels_last && need_input && need_weight &&
-        grad_output.is_cpu() && grad_output.dim() == 4 &&
+        grad_output.is_cpu() && grad_output.dim() == 4 && !batched &&
         !grad_output.is_contiguous(at::MemoryFormat::ChannelsLast))
       grad_output = below_autograd ? contiguous_cpu(grad_output, at::MemoryFormat::ChannelsLast)
                                    : grad_output.contiguous(at::MemoryFormat::ChannelsLast);

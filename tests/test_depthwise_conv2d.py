@@ -671,7 +671,7 @@ BAD = [
      r"reflect padding must be smaller than the input size"),
     ("bad stride", (2, 4, 8, 8), (4, 1, 3, 3), None, dict(stride=0), ValueError, r"expected stride to be two integers >= 1"),
     ("bad padding mode", (2, 4, 8, 8), (4, 1, 3, 3), None, dict(padding_mode="mirror"), ValueError,
-     r"expected padding_mode to be one of"),
+     r"cnnops.depthwise_conv2d: expected padding_mode to be one of"),
     ("zero channels", (2, 0, 8, 8), (4, 1, 3, 3), None, {}, ValueError, r"non-zero channels"),
 ]
 

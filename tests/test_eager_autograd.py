@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import cnnops
-from conftest import CUDA_AVAILABLE, leaf, rand
+from conftest import CUDA_AVAILABLE, assert_close, leaf, rand
 
 F = cnnops.F
 OPS = torch.ops.cnnops
@@ -222,3 +222,73 @@ def test_conv_eager_errors_match_the_op(name):
     with pytest.raises(TypeError) as grad_error:
         functional(tensors[0], leaf(bad), tensors[2])
     assert "weight" in str(grad_error.value) and str(grad_error.value) == str(no_grad_error.value)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_torch_func_gradients(name):
+    """torch.func.grad, and per-sample gradients through vmap(grad), equal autograd's.
+    torch.library's own autograd kernel refuses torch.func's grad transforms; the functionals
+    go through the ops' register_autograd Functions there (ops/_common.py autograd_call)."""
+    functional, _, shapes = CASES[name]
+    tensors = _tensors(shapes, "cpu")
+
+    def loss(*t):
+        return functional(*t).square().sum()
+
+    grads = torch.func.grad(loss, argnums=tuple(range(len(tensors))))(*tensors)
+    for a, e in zip(grads, torch.autograd.grad(loss(*tensors), tensors)):
+        assert_close(a, e)
+    if len(tensors) > 1:  # the second operand's gradient per sample of the first
+        x, rest = tensors[0].detach(), tensors[1:]
+        per_sample = torch.func.vmap(torch.func.grad(lambda xi, *r: loss(xi.unsqueeze(0), *r), argnums=1),
+                                     in_dims=(0,) + (None,) * len(rest))(x, *rest)
+        loop = [torch.autograd.grad(loss(x[i:i + 1], *rest), rest[0])[0] for i in range(x.shape[0])]
+        assert_close(per_sample, torch.stack(loop))
+
+
+@pytest.mark.parametrize("name", CONV_CASES)
+def test_torch_func_second_order(name):
+    """grad of grad under torch.func: the backward's gradient ops go through their own
+    register_autograd Functions, whose derivatives are the convolutions again."""
+    functional, _, shapes = CASES[name]
+    x, w, *rest = _tensors(shapes, "cpu")
+
+    def loss(x, w):
+        return functional(x, w, *rest).square().sum()
+
+    got = torch.func.grad(lambda x, w: torch.func.grad(loss)(x, w).square().sum(), argnums=1)(x, w)
+    (gx,) = torch.autograd.grad(loss(x, w), x, create_graph=True)
+    assert_close(got, torch.autograd.grad(gx.square().sum(), w)[0])
+
+
+@pytest.mark.parametrize("name", CONV_CASES + ["depthwise_separable_conv2d", "spatially_separable_conv2d"])
+def test_batched_grads_with_channels_last(name):
+    """is_grads_batched backward of a channels_last convolution: the backward's one
+    channels_last copy of grad_output is skipped for a tensor of vmap (whose layout cannot be
+    asked for); the gradients equal those of one backward per row."""
+    functional, _, shapes = CASES[name]
+    x, *rest = _tensors(shapes, "cpu")
+    x = leaf(x.detach().contiguous(memory_format=torch.channels_last))
+    wanted = (x, rest[0])
+    out = functional(x, *rest)
+    gos = rand(3, *out.shape)
+    got = torch.autograd.grad(out, wanted, gos, is_grads_batched=True)
+    rows = [torch.autograd.grad(functional(x, *rest), wanted, go) for go in gos]
+    for i, g in enumerate(got):
+        assert_close(g, torch.stack([r[i] for r in rows]))
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit is deprecated, and still used
+@pytest.mark.parametrize("module", ["depthwise", "conv2d", "max_pool2d", "separable"])
+def test_jit_trace_check_passes(module):
+    """torch.jit.trace's check re-runs the module without grad, where the functionals call
+    the op: with grad they record the op too (not the eager path's private op), so the two
+    graphs agree and the trace check passes."""
+    torch.manual_seed(0)
+    m = {"depthwise": lambda: cnnops.nn.Conv2d(4, 4, 3, padding=1, groups=4),
+         "conv2d": lambda: cnnops.nn.Conv2d(4, 6, 3),
+         "max_pool2d": lambda: torch.nn.Sequential(cnnops.nn.Conv2d(4, 4, 1), cnnops.nn.MaxPool2d(2)),
+         "separable": lambda: cnnops.nn.DepthwiseSeparableConv2d(4, 6, 3, padding=1)}[module]()
+    x = torch.randn(2, 4, 8, 8)
+    traced = torch.jit.trace(m, (x,))
+    assert_close(traced(x), m(x))

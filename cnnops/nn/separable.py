@@ -110,6 +110,8 @@ def _fusable(module, input, first, second):
     layers replaced by other classes); the caller checks the layers' shapes of kernel."""
     if input.device.type != "cpu" or _module._global_forward_hooks or _module._global_forward_pre_hooks:
         return False
+    if torch.jit.is_tracing():  # torch.jit.trace's check re-runs without grad: one graph for both runs
+        return False
     if torch.is_grad_enabled() and (input.requires_grad or any(p.requires_grad for p in module.parameters())):
         return False
     return not any(type(m) is not Conv2d or m._forward_hooks or m._forward_pre_hooks for m in (first, second))

@@ -145,18 +145,18 @@ def register_conv_autograd(family, one_channels_last_grad_output=False):
         grad_input = grad_weight = grad_bias = None
         if (one_channels_last_grad_output and ctx.channels_last and grad_output.device.type == "cpu"
                 and ctx.needs_input_grad[0] and ctx.needs_input_grad[1] and grad_output.dim() == 4
-                and not grad_output.is_contiguous(memory_format=torch.channels_last)):
+                and not is_batched(grad_output) and not grad_output.is_contiguous(memory_format=torch.channels_last)):
             grad_output = grad_output.contiguous(memory_format=torch.channels_last)
         if ctx.needs_input_grad[0]:
-            grad_input = grad_input_op(grad_output, weight, ctx.input_shape, *args, ctx.channels_last)
+            grad_input = autograd_call(grad_input_op, grad_output, weight, ctx.input_shape, *args, ctx.channels_last)
         if ctx.needs_input_grad[1]:
-            grad_weight = grad_weight_op(grad_output, input, ctx.weight_shape, *args, ctx.channels_last)
+            grad_weight = autograd_call(grad_weight_op, grad_output, input, ctx.weight_shape, *args,
+                                        ctx.channels_last)
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_bias = ops.conv2d_grad_bias(grad_output)
+            grad_bias = autograd_call(ops.conv2d_grad_bias, grad_output)
         return (grad_input, grad_weight, grad_bias) + (None,) * len(args)
 
-    torch.library.register_autograd(f"cnnops::{family}", backward,
-                                    setup_context=lambda ctx, inputs, output: setup(ctx, *inputs))
+    register_autograd(f"cnnops::{family}", backward, lambda ctx, inputs, output: setup(ctx, *inputs))
     register_conv_gradient_autograd(family)  # double backward: the gradient ops are bilinear
     return setup, backward
 
@@ -183,9 +183,9 @@ def register_conv_gradient_autograd(family):
         grad_output, weight = ctx.saved_tensors
         d_grad_output = d_weight = None
         if ctx.needs_input_grad[0]:
-            d_grad_output = forward(gg, weight, None, *ctx.args)
+            d_grad_output = autograd_call(forward, gg, weight, None, *ctx.args)
         if ctx.needs_input_grad[1]:
-            d_weight = grad_weight(grad_output, gg, ctx.weight_shape, *ctx.args, ctx.channels_last)
+            d_weight = autograd_call(grad_weight, grad_output, gg, ctx.weight_shape, *ctx.args, ctx.channels_last)
         return (d_grad_output, d_weight) + (None,) * (ctx.n_inputs - 2)
 
     def setup_grad_weight(ctx, inputs, output):
@@ -199,15 +199,13 @@ def register_conv_gradient_autograd(family):
         grad_output, input = ctx.saved_tensors
         d_grad_output = d_input = None
         if ctx.needs_input_grad[0]:
-            d_grad_output = forward(input, gg, None, *ctx.args)
+            d_grad_output = autograd_call(forward, input, gg, None, *ctx.args)
         if ctx.needs_input_grad[1]:
-            d_input = grad_input(grad_output, gg, ctx.input_shape, *ctx.args, ctx.channels_last)
+            d_input = autograd_call(grad_input, grad_output, gg, ctx.input_shape, *ctx.args, ctx.channels_last)
         return (d_grad_output, d_input) + (None,) * (ctx.n_inputs - 2)
 
-    torch.library.register_autograd(f"cnnops::{family}_grad_input", backward_grad_input,
-                                    setup_context=setup_grad_input)
-    torch.library.register_autograd(f"cnnops::{family}_grad_weight", backward_grad_weight,
-                                    setup_context=setup_grad_weight)
+    register_autograd(f"cnnops::{family}_grad_input", backward_grad_input, setup_grad_input)
+    register_autograd(f"cnnops::{family}_grad_weight", backward_grad_weight, setup_grad_weight)
 
 
 def gradient_ops_below_autograd(backward):
@@ -234,21 +232,60 @@ def forward_below_autograd(op, *args):
         return op.default(*args)
 
 
+# Every register_autograd op's autograd.Function for torch.func transforms, by qualified
+# name, for autograd_call.
+_TRANSFORMABLE = {}
+_functorch = getattr(torch._C, "_functorch", None)
+_peek_functorch = getattr(_functorch, "peek_interpreter_stack", lambda: None)
+_is_batched = getattr(_functorch, "is_batchedtensor", lambda t: False)
+_is_legacy_batched = getattr(_functorch, "is_legacy_batchedtensor", lambda t: False)
+
+
+def is_batched(t):
+    """t is a tensor of vmap: torch.func's, or the older one of is_grads_batched backwards.
+    Its layout cannot be asked for (is_contiguous(memory_format=...) raises)."""
+    return _is_batched(t) or _is_legacy_batched(t)
+
+
 def register_autograd(qualname, backward, setup_context):
     """torch.library.register_autograd(qualname, backward, setup_context=setup_context), and
     returned, a torch.autograd.Function with the same setup_context and backward that calls
     the op below the Autograd key. It skips the Python layers of torch.library's autograd
     wrapper (about 25 us a call, which launch-bound CUDA shapes pay in full); the
-    functionals use it in plain eager mode, and the op itself under a compiler, forward AD
-    or a torch.func transform (functional.py _with_autograd)."""
+    functionals use it in plain eager mode, and the op itself under a compiler or forward AD
+    (functional.py _with_autograd).
+    A second Function with the same two, in the form torch.func's transforms accept (a
+    forward without ctx, setup_context, a generated vmap rule), serves under those
+    (autograd_call): torch.library's wrapper refuses their grad transforms. The eager one
+    keeps the old form, which costs about 30 us less a forward+backward."""
     torch.library.register_autograd(qualname, backward, setup_context=setup_context)
     namespace, name = qualname.split("::")
     op = getattr(getattr(torch.ops, namespace), name)
+    title = "".join(part.capitalize() for part in name.split("_"))
 
     def forward(ctx, *args):
         output = forward_below_autograd(op, *args)
         setup_context(ctx, args, output)
         return output
 
-    return type("".join(part.capitalize() for part in name.split("_")) + "Eager", (torch.autograd.Function,), {
+    def transformable_forward(*args):
+        return forward_below_autograd(op, *args)
+
+    _TRANSFORMABLE[qualname] = type(title + "Transformable", (torch.autograd.Function,), {
+        "forward": staticmethod(transformable_forward), "setup_context": staticmethod(setup_context),
+        "backward": staticmethod(backward), "generate_vmap_rule": True,
+        "__doc__": f"{qualname} under torch.func transforms."})
+    return type(title + "Eager", (torch.autograd.Function,), {
         "forward": staticmethod(forward), "backward": staticmethod(backward), "__doc__": f"{qualname}, eagerly."})
+
+
+def autograd_call(op, *args):
+    """op(*args) where autograd may record it. Under a torch.func transform with grad mode on
+    (torch.func.grad and the like, or a backward recording a graph inside one), through the
+    op's transformable Function (register_autograd): torch.library's own autograd kernel
+    refuses torch.func's grad transforms. Elsewhere the op itself."""
+    if _peek_functorch() is not None and torch.is_grad_enabled():
+        function = _TRANSFORMABLE.get(op._qualified_op_name)
+        if function is not None:
+            return function.apply(*args)
+    return op(*args)

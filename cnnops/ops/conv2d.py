@@ -4,7 +4,8 @@ works), and Conv2dFunction for .apply users. Op schemas are in csrc/conv2d.cpp."
 import torch
 
 from cnnops.ops._common import (check_dtype, conv_memory_format, dtype_name, empty_like_shape,
-                               forward_below_autograd, layout_from_flag, pair, register_conv_autograd, shape_str)
+                               forward_below_autograd, layout_from_flag, pair, register_autograd,
+                               register_conv_autograd, shape_str)
 
 ops = torch.ops.cnnops
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
@@ -57,7 +58,7 @@ def conv2d_geometry(op, input_size, weight_size, stride, padding, dilation, grou
         f"{op}: expected padding to be four integers >= 0 (top, bottom, left, right), got {shape_str(padding)}"))
     check(groups >= 1, lambda: f"{op}: expected groups >= 1, got {groups}")
     check(padding_mode in PADDING_MODES, lambda: (
-        f"cnnops.conv2d: expected padding_mode to be one of 'zeros', 'reflect', 'replicate', 'circular', got '{padding_mode}'"))
+        f"{op}: expected padding_mode to be one of 'zeros', 'reflect', 'replicate', 'circular', got '{padding_mode}'"))
     n, c, h, w = input_size
     oc, wc, kh, kw = weight_size
     pt, pb, pl, pr = padding
@@ -147,7 +148,7 @@ def _backward_grad_bias(ctx, gg):
     return gg.reshape((1, shape[1]) + (1,) * (len(shape) - 2)).expand(shape)
 
 
-torch.library.register_autograd("cnnops::conv2d_grad_bias", _backward_grad_bias, setup_context=_setup_grad_bias)
+register_autograd("cnnops::conv2d_grad_bias", _backward_grad_bias, _setup_grad_bias)
 
 
 class Conv2dFunction(torch.autograd.Function):

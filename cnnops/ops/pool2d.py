@@ -5,7 +5,7 @@ in csrc/pool2d.cpp."""
 import torch
 from torch._prims_common import suggest_memory_format
 
-from cnnops.ops._common import (check_dtype, dtype_name, empty_like_shape, forward_below_autograd,
+from cnnops.ops._common import (autograd_call, check_dtype, dtype_name, empty_like_shape, forward_below_autograd,
                                gradient_ops_below_autograd, layout_from_flag, pair, register_autograd, shape_str)
 
 ops = torch.ops.cnnops
@@ -223,7 +223,8 @@ def max_pool2d_backward(ctx, grad_output):
         return None
     (saved,) = ctx.saved_tensors
     indices = saved if ctx.has_indices else ops.max_pool2d(saved, *ctx.pool_args, True)[1]
-    return ops.max_pool2d_backward(grad_output, indices, ctx.input_shape, *ctx.pool_args, ctx.channels_last)
+    return autograd_call(ops.max_pool2d_backward, grad_output, indices, ctx.input_shape, *ctx.pool_args,
+                         ctx.channels_last)
 
 
 def _setup_max_pool2d(ctx, inputs, output):
@@ -248,7 +249,7 @@ def avg_pool2d_setup(ctx, input, kernel_size, stride, padding, ceil_mode, count_
 def avg_pool2d_backward(ctx, grad_output):
     if not ctx.needs_input_grad[0]:
         return None
-    return ops.avg_pool2d_backward(grad_output, ctx.input_shape, *ctx.pool_args, ctx.channels_last)
+    return autograd_call(ops.avg_pool2d_backward, grad_output, ctx.input_shape, *ctx.pool_args, ctx.channels_last)
 
 
 def _setup_avg_pool2d(ctx, inputs, output):
@@ -268,7 +269,7 @@ def adaptive_avg_pool2d_setup(ctx, input, output_size):
 def adaptive_avg_pool2d_backward(ctx, grad_output):
     if not ctx.needs_input_grad[0]:
         return None
-    return ops.adaptive_avg_pool2d_backward(grad_output, ctx.input_shape, ctx.channels_last)
+    return autograd_call(ops.adaptive_avg_pool2d_backward, grad_output, ctx.input_shape, ctx.channels_last)
 
 
 def _setup_adaptive_avg_pool2d(ctx, inputs, output):
@@ -291,7 +292,7 @@ def adaptive_max_pool2d_backward(ctx, grad_output):
     if not ctx.needs_input_grad[0]:
         return None
     (indices,) = ctx.saved_tensors
-    return ops.adaptive_max_pool2d_backward(grad_output, indices, ctx.input_shape, ctx.channels_last)
+    return autograd_call(ops.adaptive_max_pool2d_backward, grad_output, indices, ctx.input_shape, ctx.channels_last)
 
 
 def _setup_adaptive_max_pool2d(ctx, inputs, output):
@@ -333,7 +334,7 @@ def _setup_avg_pool2d_backward(ctx, inputs, output):
 
 
 def _backward_avg_pool2d_backward(ctx, gg):
-    d = ops.avg_pool2d(gg, *ctx.pool_args) if ctx.needs_input_grad[0] else None
+    d = autograd_call(ops.avg_pool2d, gg, *ctx.pool_args) if ctx.needs_input_grad[0] else None
     return (d,) + (None,) * 8
 
 
@@ -342,7 +343,7 @@ def _setup_adaptive_avg_pool2d_backward(ctx, inputs, output):
 
 
 def _backward_adaptive_avg_pool2d_backward(ctx, gg):
-    d = ops.adaptive_avg_pool2d(gg, ctx.output_size) if ctx.needs_input_grad[0] else None
+    d = autograd_call(ops.adaptive_avg_pool2d, gg, ctx.output_size) if ctx.needs_input_grad[0] else None
     return d, None, None
 
 
@@ -364,14 +365,12 @@ AdaptiveAvgPool2dEager = register_autograd("cnnops::adaptive_avg_pool2d", _backw
                                            _setup_adaptive_avg_pool2d)
 AdaptiveMaxPool2dEager = register_autograd("cnnops::adaptive_max_pool2d", _backward_adaptive_max_pool2d,
                                            _setup_adaptive_max_pool2d)
-torch.library.register_autograd("cnnops::max_pool2d_backward", _backward_max_pool2d_backward,
-                                setup_context=_setup_max_pool2d_backward)
-torch.library.register_autograd("cnnops::avg_pool2d_backward", _backward_avg_pool2d_backward,
-                                setup_context=_setup_avg_pool2d_backward)
-torch.library.register_autograd("cnnops::adaptive_avg_pool2d_backward", _backward_adaptive_avg_pool2d_backward,
-                                setup_context=_setup_adaptive_avg_pool2d_backward)
-torch.library.register_autograd("cnnops::adaptive_max_pool2d_backward", _backward_adaptive_max_pool2d_backward,
-                                setup_context=_setup_adaptive_max_pool2d_backward)
+register_autograd("cnnops::max_pool2d_backward", _backward_max_pool2d_backward, _setup_max_pool2d_backward)
+register_autograd("cnnops::avg_pool2d_backward", _backward_avg_pool2d_backward, _setup_avg_pool2d_backward)
+register_autograd("cnnops::adaptive_avg_pool2d_backward", _backward_adaptive_avg_pool2d_backward,
+                  _setup_adaptive_avg_pool2d_backward)
+register_autograd("cnnops::adaptive_max_pool2d_backward", _backward_adaptive_max_pool2d_backward,
+                  _setup_adaptive_max_pool2d_backward)
 
 
 # ---------------------------------------------------------------- autograd.Function classes

@@ -10,8 +10,9 @@ from typing import NamedTuple
 
 import torch
 
-from cnnops.ops._common import (check_dtype, conv_memory_format, empty_like_shape, forward_below_autograd,
-                               gradient_ops_below_autograd, pair, register_autograd, shape_str, suggest_memory_format)
+from cnnops.ops._common import (autograd_call, check_dtype, conv_memory_format, empty_like_shape,
+                               forward_below_autograd, gradient_ops_below_autograd, is_batched, pair, register_autograd,
+                               shape_str, suggest_memory_format)
 from cnnops.ops.conv2d import _check_same_dtype_device, conv2d_geometry, normalize_conv2d_args
 from cnnops.ops.depthwise_conv2d import depthwise_geometry
 
@@ -24,13 +25,15 @@ class _Conv(NamedTuple):
     args: tuple
 
     def forward(self, x, weight, bias):
-        return getattr(ops, self.family)(x, weight, bias, *self.args)
+        return autograd_call(getattr(ops, self.family), x, weight, bias, *self.args)
 
     def grad_input(self, grad_output, weight, input_shape, channels_last):
-        return getattr(ops, f"{self.family}_grad_input")(grad_output, weight, input_shape, *self.args, channels_last)
+        return autograd_call(getattr(ops, f"{self.family}_grad_input"), grad_output, weight, input_shape, *self.args,
+                             channels_last)
 
     def grad_weight(self, grad_output, x, weight_shape, channels_last):
-        return getattr(ops, f"{self.family}_grad_weight")(grad_output, x, weight_shape, *self.args, channels_last)
+        return autograd_call(getattr(ops, f"{self.family}_grad_weight"), grad_output, x, weight_shape, *self.args,
+                             channels_last)
 
 
 def _check_bias(op, input, bias, name, size, what):
@@ -206,10 +209,10 @@ def pair_backward(ctx, grad_output):
         mid = first.forward(input, w1, b1)
         grads[3] = second.grad_weight(grad_output, mid, ctx.weight_shapes[1], ctx.out_cl)
     if ctx.has_bias[1] and need[4]:
-        grads[4] = ops.conv2d_grad_bias(grad_output)
+        grads[4] = autograd_call(ops.conv2d_grad_bias, grad_output)
     if need[0] or need[1] or need[2]:
         grad_mid = second.grad_input(grad_output, w2, ctx.mid_shape, ctx.out_cl)
-        if ctx.mid_cl and grad_mid.device.type == "cpu":
+        if ctx.mid_cl and grad_mid.device.type == "cpu" and not is_batched(grad_mid):
             # the CPU channels_last kernels want a unit channel stride: one copy for both gradients
             grad_mid = grad_mid.contiguous(memory_format=torch.channels_last)
         if need[0]:
@@ -217,7 +220,7 @@ def pair_backward(ctx, grad_output):
         if need[1]:
             grads[1] = first.grad_weight(grad_mid, input, ctx.weight_shapes[0], ctx.mid_cl)
         if ctx.has_bias[0] and need[2]:
-            grads[2] = ops.conv2d_grad_bias(grad_mid)
+            grads[2] = autograd_call(ops.conv2d_grad_bias, grad_mid)
     return tuple(grads)
 
 

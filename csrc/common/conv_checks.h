@@ -13,11 +13,11 @@ namespace cnnops {
 
 inline const char* kPaddingModeNames[] = {"zeros", "reflect", "replicate", "circular"};
 
-inline PaddingMode parse_padding_mode(c10::string_view name) {
+inline PaddingMode parse_padding_mode(const char* op, c10::string_view name) {
   for (int64_t i = 0; i < 4; ++i) {
     if (name == kPaddingModeNames[i]) return static_cast<PaddingMode>(i);
   }
-  TORCH_CHECK_VALUE(false, "cnnops.conv2d: expected padding_mode to be one of 'zeros', "
+  TORCH_CHECK_VALUE(false, op, ": expected padding_mode to be one of 'zeros', "
                     "'reflect', 'replicate', 'circular', got '", std::string(name), "'");
 }
 
@@ -99,7 +99,7 @@ inline Conv2dGeometry conv2d_geometry(const char* op, at::IntArrayRef input_size
                     op, ": expected padding to be four integers >= 0 (top, bottom, left, right), got ",
                     shape_str(padding));
   TORCH_CHECK_VALUE(groups >= 1, op, ": expected groups >= 1, got ", groups);
-  const PaddingMode mode = parse_padding_mode(padding_mode);
+  const PaddingMode mode = parse_padding_mode(op, padding_mode);
 
   Conv2dGeometry g{};
   g.batch = input_size[0];

@@ -18,7 +18,7 @@ namespace {
 // 16 x 16 tiles; the edges are masked.
 void transpose_matrices(const float* src, float* dst, int64_t batch, int64_t rows, int64_t cols) {
   const int64_t strips = (cols + 15) / 16, matrix = rows * cols;
-  // About 64 KB moved per task at the least: smaller ones cost more to hand out than to do.
+  // About 16 KB moved per task at the least: smaller ones cost more to hand out than to do.
   const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(rows * 16, 1));
   at::parallel_for(0, batch * strips, grain, [&](int64_t begin, int64_t end) {
     __m512 r[16];
