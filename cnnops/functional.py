@@ -3,7 +3,8 @@ plus the extras in DESIGN.md section 1 (padding_mode for conv2d, ...)."""
 import torch
 import torch.autograd.forward_ad as _fwad
 
-from cnnops.ops._common import _peek_functorch, autocast_cast, autocast_dtype, autograd_call, check_device
+from cnnops.ops._common import (_peek_functorch, autocast_cast, autocast_dtype, autograd_call, check_device,
+                               check_tensor)
 from cnnops.ops.conv2d import Conv2dFunction, conv2d_eager, normalize_conv2d_args
 from cnnops.ops.pool2d import (AdaptiveAvgPool2dEager, AdaptiveAvgPool2dFunction, AdaptiveMaxPool2dEager,
                                AdaptiveMaxPool2dFunction, AvgPool2dEager, AvgPool2dFunction, MaxPool2dEager,
@@ -29,6 +30,8 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     padding_mode ('zeros', 'reflect', 'replicate', 'circular'). Accepts unbatched (C, H, W) input."""
     op = "cnnops.conv2d"
     check_device(op, input)
+    check_tensor(op, "weight", weight)
+    check_tensor(op, "bias", bias, optional=True)
     dim = input.dim()
     if dim not in (3, 4):
         raise ValueError(f"{op}: expected input to be 3-D (C, H, W) or 4-D (N, C, H, W), got shape {tuple(input.shape)}")
@@ -357,6 +360,8 @@ def depthwise_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, 
     ints, pairs, 'same' and 'valid'."""
     op = "cnnops.depthwise_conv2d"
     check_device(op, input)
+    check_tensor(op, "weight", weight)
+    check_tensor(op, "bias", bias, optional=True)
     dim = input.dim()
     if dim not in (3, 4):
         raise ValueError(f"{op}: expected input to be 3-D (C, H, W) or 4-D (N, C, H, W), got shape {tuple(input.shape)}")
@@ -390,9 +395,13 @@ def _separable(name, input, w1, w2, b1, b2, stride, padding, dilation, padding_m
     if dim not in (3, 4):
         raise ValueError(
             f"{op}: expected input to be 3-D (C, H, W) or 4-D (N, C, H, W), got shape {tuple(input.shape)}")
-    names = {"depthwise_separable_conv2d": ("depthwise_weight", "pointwise_weight"),
-             "spatially_separable_conv2d": ("vertical_weight", "horizontal_weight")}[name]
+    first, second = {"depthwise_separable_conv2d": ("depthwise", "pointwise"),
+                     "spatially_separable_conv2d": ("vertical", "horizontal")}[name]
+    names = (f"{first}_weight", f"{second}_weight")
+    check_tensor(op, f"{first}_bias", b1, optional=True)
+    check_tensor(op, f"{second}_bias", b2, optional=True)
     for w, what in zip((w1, w2), names):
+        check_tensor(op, what, w)
         if w.dim() != 4:
             raise ValueError(f"{op}: expected {what} to be a 4-D tensor, got shape {tuple(w.shape)}")
     stride, padding, dilation = normalize_pair_args(name, w1.shape, w2.shape, stride, padding, dilation)

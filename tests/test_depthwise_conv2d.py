@@ -706,3 +706,17 @@ def test_meta_shapes_match_eager():
     eager = cnnops.F.depthwise_conv2d(x, w, None, (2, 1), "valid", (1, 2), "reflect")
     meta = cnnops.F.depthwise_conv2d(x.to("meta"), w.to("meta"), None, (2, 1), "valid", (1, 2), "reflect")
     assert meta.shape == eager.shape and meta.stride() == eager.stride()
+
+
+@pytest.mark.parametrize("call,pattern", [
+    (lambda x, w: cnnops.F.depthwise_conv2d(x.tolist(), w), r"depthwise_conv2d: expected input to be a Tensor, got list"),
+    (lambda x, w: cnnops.F.depthwise_conv2d(x, None), r"depthwise_conv2d: expected weight to be a Tensor, got NoneType"),
+    (lambda x, w: cnnops.F.depthwise_conv2d(x, w, 3), r"expected bias to be a Tensor or None, got int"),
+    (lambda x, w: cnnops.F.conv2d(x, w.tolist(), groups=4), r"conv2d: expected weight to be a Tensor, got list"),
+    (lambda x, w: cnnops.F.depthwise_separable_conv2d(x, w, "w"), r"expected pointwise_weight to be a Tensor, got str"),
+    (lambda x, w: cnnops.F.spatially_separable_conv2d(x, w, w, 1.0), r"expected vertical_bias to be a Tensor or None"),
+])
+def test_non_tensor_arguments(call, pattern):
+    """A TypeError naming the argument, not an AttributeError from inside the functional."""
+    with pytest.raises(TypeError, match=pattern):
+        call(torch.randn(1, 4, 5, 5), torch.randn(4, 1, 3, 3))

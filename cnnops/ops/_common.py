@@ -24,9 +24,20 @@ def cuda_built():
     return _CUDA_BUILT
 
 
+def check_tensor(op, name, value, optional=False):
+    """TypeError naming the argument where value is not a tensor (nor None, if optional)."""
+    if isinstance(value, torch.Tensor) or (optional and value is None):
+        return
+    raise TypeError(f"{op}: expected {name} to be a Tensor{' or None' if optional else ''}, "
+                    f"got {type(value).__name__}")
+
+
 def check_device(op, t):
     """NotImplementedError for devices without a kernel (MPS, or CUDA in a CPU-only build).
-    The meta device runs the fake kernels: shapes, dtypes and checks without data."""
+    The meta device runs the fake kernels: shapes, dtypes and checks without data. t is
+    the functional's input: a TypeError where it is not a tensor."""
+    if not isinstance(t, torch.Tensor):
+        check_tensor(op, "input", t)
     # Eagerly the is_* attributes, cheaper than building t.device; a compiler would record them.
     if not torch.compiler.is_compiling():
         if t.is_cpu or t.is_meta or (t.is_cuda and cuda_built()):
