@@ -100,8 +100,8 @@ struct ConvEagerFunction : public torch::autograd::Function<ConvEagerFunction> {
     // through the gradient ops' register_autograd, as the Python backward's calls do).
     std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
     if (!at::GradMode::is_enabled()) below_autograd.emplace();
-    // (A recorded graph needs the differentiable copy; else the faster one of cpu/layout_copy.h.)
-    // (A grad_output of vmap, as in is_grads_batched backwards, cannot be asked its layout.)
+    // Not for a grad_output of vmap (is_grads_batched backwards): its layout cannot be asked
+    // for. The differentiable copy where a graph is recorded, else cpu/layout_copy.h's.
     const bool batched = grad_output.key_set().has(c10::DispatchKey::FuncTorchBatched) ||
                          grad_output.key_set().has(c10::DispatchKey::Batched);
     if (family.channels_last_grad_output_on_cpu && channels_last && need_input && need_weight &&

@@ -1,8 +1,8 @@
 #pragma once
-// A CPU tensor in another memory format. ATen's copy between NCHW and channels_last walks
-// the destination element by element through the source's strides: on this project's
-// 2-core machine it moved a 14 MB float tensor at about a third of a plain copy's speed.
-// The backward of a channels_last convolution meets it whenever grad_output arrives NCHW.
+// A CPU tensor in another memory format. On this project's 2-core machine ATen's copy
+// between NCHW and channels_last moved a 14 MB float tensor at about a third of a plain
+// copy's speed (8x144x56x56: 1.7-2.1 ms against 0.6-0.7 ms for a clone), and the backward
+// of a channels_last convolution makes one whenever grad_output arrives NCHW.
 #include <ATen/ATen.h>
 
 namespace cnnops {
