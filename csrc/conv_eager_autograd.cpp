@@ -102,8 +102,8 @@ struct ConvEagerFunction : public torch::autograd::Function<ConvEagerFunction> {
     if (!at::GradMode::is_enabled()) below_autograd.emplace();
     // Not for a grad_output of vmap (is_grads_batched backwards): its layout cannot be asked
     // for. The differentiable copy where a graph is recorded, else cpu/layout_copy.h's.
-    const bool batched = grad_output.key_set().has(c10::DispatchKey::FuncTorchBatched) ||
-                         grad_output.key_set().has(c10::DispatchKey::Batched);
+    const c10::DispatchKeySet keys = grad_output.key_set();
+    const bool batched = keys.has(c10::DispatchKey::FuncTorchBatched) || keys.has(c10::DispatchKey::Batched);
     if (family.channels_last_grad_output_on_cpu && channels_last && need_input && need_weight &&
         grad_output.is_cpu() && grad_output.dim() == 4 && !batched &&
         !grad_output.is_contiguous(at::MemoryFormat::ChannelsLast))

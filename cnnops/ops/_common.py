@@ -36,8 +36,7 @@ def check_device(op, t):
     """NotImplementedError for devices without a kernel (MPS, or CUDA in a CPU-only build).
     The meta device runs the fake kernels: shapes, dtypes and checks without data. t is
     the functional's input: a TypeError where it is not a tensor."""
-    if not isinstance(t, torch.Tensor):
-        check_tensor(op, "input", t)
+    check_tensor(op, "input", t)
     # Eagerly the is_* attributes, cheaper than building t.device; a compiler would record them.
     if not torch.compiler.is_compiling():
         if t.is_cpu or t.is_meta or (t.is_cuda and cuda_built()):
