@@ -3,8 +3,8 @@ plus the extras in DESIGN.md section 1 (padding_mode for conv2d, ...)."""
 import torch
 import torch.autograd.forward_ad as _fwad
 
-from cnnops.ops._common import (_peek_functorch, autocast_cast, autocast_dtype, autograd_call, check_device,
-                               check_tensor)
+from cnnops.ops._common import (_peek_functorch, autocast_cast, autocast_dtype, autograd_call, bilinear_tangent,
+                               check_device, check_tensor)
 from cnnops.ops.conv2d import Conv2dFunction, conv2d_eager, normalize_conv2d_args
 from cnnops.ops.pool2d import (AdaptiveAvgPool2dEager, AdaptiveAvgPool2dFunction, AdaptiveMaxPool2dEager,
                                AdaptiveMaxPool2dFunction, AvgPool2dEager, AvgPool2dFunction, MaxPool2dEager,
@@ -85,12 +85,7 @@ def _with_bilinear_tangent(out, fn, x, weight, bias):
         return out
     primal = lambda t: _fwad.unpack_dual(t).primal  # noqa: E731
     out = primal(out)
-    total = torch.zeros_like(out) if tb is None else tb.reshape(1, -1, 1, 1).expand(out.shape)
-    if tx is not None:
-        total = total + fn(tx, primal(weight))
-    if tw is not None:
-        total = total + fn(primal(x), tw)
-    return _fwad.make_dual(out, total)
+    return _fwad.make_dual(out, bilinear_tangent(fn, primal(x), tx, primal(weight), tw, tb, out))
 
 
 def _pool_input(op, input):
@@ -384,6 +379,7 @@ def depthwise_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, 
 
 from cnnops.ops.separable_conv2d import EAGER as SEPARABLE_EAGER  # noqa: E402
 from cnnops.ops.separable_conv2d import PAIRS as SEPARABLE_PAIRS  # noqa: E402
+from cnnops.ops.separable_conv2d import pair_tangent as separable_pair_tangent  # noqa: E402
 from cnnops.ops.separable_conv2d import (DepthwiseSeparableConv2dFunction,  # noqa: E402
                                          SpatiallySeparableConv2dFunction, normalize_pair_args)
 
@@ -413,11 +409,12 @@ def _separable(name, input, w1, w2, b1, b2, stride, padding, dilation, padding_m
                    padding_mode)
     if any(t is not None and _tangent(t) is not None for t in (batched, w1, b1, w2, b2)):
         # forward-mode AD (custom ops drop tangents): through the intermediate, conv by conv
-        first, second = SEPARABLE_PAIRS[name][1](stride, padding, dilation, padding_mode)
-        primal = lambda t: None if t is None else _fwad.unpack_dual(t).primal  # noqa: E731
-        mid = _with_bilinear_tangent(first.forward(primal(batched), primal(w1), primal(b1)),
-                                     lambda a, w: first.forward(a, w, None), batched, w1, b1)
-        out = _with_bilinear_tangent(out, lambda a, w: second.forward(a, w, None), mid, w2, b2)
+        convs = SEPARABLE_PAIRS[name][1](stride, padding, dilation, padding_mode)
+        operands = (batched, w1, b1, w2, b2)
+        primals = [None if t is None else _fwad.unpack_dual(t).primal for t in operands]
+        tangents = [None if t is None else _tangent(t) for t in operands]
+        out = _fwad.unpack_dual(out).primal
+        out = _fwad.make_dual(out, separable_pair_tangent(convs, *primals, *tangents, out))
     return out if dim == 4 else out.squeeze(0)
 
 

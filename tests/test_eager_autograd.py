@@ -4,6 +4,8 @@ autograd node for the convolutions (csrc/conv_eager_autograd.cpp) and a lean
 torch.autograd.Function (ops/_common.py register_autograd) for the others; and through the
 op's register_autograd kernel otherwise. The first two exist to cut host overhead (launch-bound
 CUDA shapes pay it in full); they must give exactly what the op gives."""
+import copy
+
 import pytest
 import torch
 
@@ -259,6 +261,59 @@ def test_torch_func_second_order(name):
     got = torch.func.grad(lambda x, w: torch.func.grad(loss)(x, w).square().sum(), argnums=1)(x, w)
     (gx,) = torch.autograd.grad(loss(x, w), x, create_graph=True)
     assert_close(got, torch.autograd.grad(gx.square().sum(), w)[0])
+
+
+@pytest.mark.filterwarnings("ignore:There is a performance drop")  # vmap's loop over the ops
+# batch_norm: no double backward in eager mode to compare with (torch.func runs torch's composite)
+@pytest.mark.parametrize("name", [n for n in CASES if n != "batch_norm"])
+def test_torch_func_hessian_vector_product(name):
+    """Forward mode over reverse mode: torch.func.jvp of torch.func.grad (a Hessian-vector
+    product, over every operand at once) equals reverse mode twice. The backward's gradient
+    ops meet the tangents inside the ops' transformable Functions, whose jvp
+    (register_autograd) this runs; before it, torch raised "You must implement the jvp"."""
+    functional, _, shapes = CASES[name]
+    tensors = tuple(t.detach() for t in _tensors(shapes, "cpu"))
+    directions = tuple(torch.randn_like(t) for t in tensors)
+    argnums = tuple(range(len(tensors)))
+
+    def loss(*t):
+        return functional(*t).sin().sum()  # not quadratic: the Hessian depends on the point
+
+    _, got = torch.func.jvp(torch.func.grad(loss, argnums=argnums), tensors, directions)
+    leaves = [leaf(t) for t in tensors]
+    grads = torch.autograd.grad(loss(*leaves), leaves, create_graph=True)
+    directional = sum((g * d).sum() for g, d in zip(grads, directions))
+    expected = torch.autograd.grad(directional, leaves, allow_unused=True)
+    for i, (a, e) in enumerate(zip(got, expected)):
+        assert_close(a, torch.zeros_like(a) if e is None else e, msg=f"{name}: operand {i}")
+
+
+@pytest.mark.filterwarnings("ignore:There is a performance drop")
+def test_torch_func_hessian_of_a_converted_model():
+    """torch.func.hessian of a loss in the input, and a Hessian-vector product in the
+    parameters, through a converted model equal torch's through the original."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(2, 4, 3, padding=1, groups=2), torch.nn.Tanh(), torch.nn.MaxPool2d(2, ceil_mode=True),
+        torch.nn.ConvTranspose2d(4, 4, 2, stride=2), torch.nn.Conv2d(4, 3, (3, 1), padding=(1, 0)), torch.nn.Tanh(),
+        torch.nn.AvgPool2d(2), torch.nn.AdaptiveMaxPool2d(1)).double()
+    converted = cnnops.convert(copy.deepcopy(model))
+    assert type(converted[0]) is not torch.nn.Conv2d
+    x = rand(1, 2, 5, 5)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    directions = {k: torch.randn_like(v) for k, v in params.items()}
+
+    def input_loss(m):
+        return lambda x: m(x.sin()).square().sum()
+
+    def param_loss(m):
+        return lambda p: torch.func.functional_call(m, p, (x,)).square().sum()
+
+    assert_close(torch.func.hessian(input_loss(converted))(x), torch.func.hessian(input_loss(model))(x))
+    got = torch.func.jvp(torch.func.grad(param_loss(converted)), (params,), (directions,))[1]
+    expected = torch.func.jvp(torch.func.grad(param_loss(model)), (params,), (directions,))[1]
+    for k in params:
+        assert_close(got[k], expected[k], msg=k)
 
 
 @pytest.mark.parametrize("name", CONV_CASES + ["depthwise_separable_conv2d", "spatially_separable_conv2d"])

@@ -166,7 +166,8 @@ def register_conv_autograd(family, one_channels_last_grad_output=False):
             grad_bias = autograd_call(ops.conv2d_grad_bias, grad_output)
         return (grad_input, grad_weight, grad_bias) + (None,) * len(args)
 
-    register_autograd(f"cnnops::{family}", backward, lambda ctx, inputs, output: setup(ctx, *inputs))
+    register_autograd(f"cnnops::{family}", backward, lambda ctx, inputs, output: setup(ctx, *inputs),
+                      bilinear_jvp(getattr(ops, family), with_bias=True))
     register_conv_gradient_autograd(family)  # double backward: the gradient ops are bilinear
     return setup, backward
 
@@ -214,8 +215,10 @@ def register_conv_gradient_autograd(family):
             d_input = autograd_call(grad_input, grad_output, gg, ctx.input_shape, *ctx.args, ctx.channels_last)
         return (d_grad_output, d_input) + (None,) * (ctx.n_inputs - 2)
 
-    register_autograd(f"cnnops::{family}_grad_input", backward_grad_input, setup_grad_input)
-    register_autograd(f"cnnops::{family}_grad_weight", backward_grad_weight, setup_grad_weight)
+    register_autograd(f"cnnops::{family}_grad_input", backward_grad_input, setup_grad_input,
+                      bilinear_jvp(grad_input))
+    register_autograd(f"cnnops::{family}_grad_weight", backward_grad_weight, setup_grad_weight,
+                      bilinear_jvp(grad_weight))
 
 
 def gradient_ops_below_autograd(backward):
@@ -257,7 +260,7 @@ def is_batched(t):
     return _is_batched(t) or _is_legacy_batched(t)
 
 
-def register_autograd(qualname, backward, setup_context):
+def register_autograd(qualname, backward, setup_context, jvp=None):
     """torch.library.register_autograd(qualname, backward, setup_context=setup_context), and
     returned, a torch.autograd.Function with the same setup_context and backward that calls
     the op below the Autograd key. It skips the Python layers of torch.library's autograd
@@ -267,7 +270,11 @@ def register_autograd(qualname, backward, setup_context):
     A second Function with the same two, in the form torch.func's transforms accept (a
     forward without ctx, setup_context, a generated vmap rule), serves under those
     (autograd_call): torch.library's wrapper refuses their grad transforms. The eager one
-    keeps the old form, which costs about 30 us less a forward+backward."""
+    keeps the old form, which costs about 30 us less a forward+backward.
+    jvp(inputs, output, tangents) -> the output's tangent(s) gives the transformable one
+    forward mode, for forward-over-reverse (torch.func.hessian, jvp of grad: the backward's
+    gradient ops meet the tangents there). Plain forward AD never reaches it: the
+    functionals compute the tangent themselves (functional.py _with_autograd)."""
     torch.library.register_autograd(qualname, backward, setup_context=setup_context)
     namespace, name = qualname.split("::")
     op = getattr(getattr(torch.ops, namespace), name)
@@ -279,14 +286,95 @@ def register_autograd(qualname, backward, setup_context):
         return output
 
     def transformable_forward(*args):
-        return forward_below_autograd(op, *args)
+        return forward_below_autograd(op, *_unwrap(args))
 
-    _TRANSFORMABLE[qualname] = type(title + "Transformable", (torch.autograd.Function,), {
-        "forward": staticmethod(transformable_forward), "setup_context": staticmethod(setup_context),
-        "backward": staticmethod(backward), "generate_vmap_rule": True,
-        "__doc__": f"{qualname} under torch.func transforms."})
+    def transformable_setup(ctx, inputs, output):
+        setup_context(ctx, _unwrap(inputs), output)
+
+    methods = {"forward": staticmethod(transformable_forward), "setup_context": staticmethod(transformable_setup),
+               "backward": staticmethod(backward), "generate_vmap_rule": True,
+               "__doc__": f"{qualname} under torch.func transforms."}
+    if jvp is not None:
+        methods.update(_forward_mode(setup_context, jvp))
+    _TRANSFORMABLE[qualname] = type(title + "Transformable", (torch.autograd.Function,), methods)
     return type(title + "Eager", (torch.autograd.Function,), {
         "forward": staticmethod(forward), "backward": staticmethod(backward), "__doc__": f"{qualname}, eagerly."})
+
+
+def _forward_mode(setup_context, jvp):
+    """setup_context and jvp methods that hand jvp the primal inputs and outputs: the
+    setup also saves every tensor among them for forward mode (ctx.save_for_forward, which
+    the jvp reads back as ctx.saved_tensors; the backward keeps its own)."""
+    def setup_with_primals(ctx, inputs, output):
+        inputs = _unwrap(inputs)
+        setup_context(ctx, inputs, output)
+        outputs = output if isinstance(output, tuple) else (output,)
+        ctx.jvp_inputs = tuple(None if isinstance(a, torch.Tensor) else a for a in inputs)
+        ctx.jvp_tensor_at = tuple(i for i, a in enumerate(inputs) if isinstance(a, torch.Tensor))
+        ctx.save_for_forward(*(inputs[i] for i in ctx.jvp_tensor_at), *outputs)
+
+    def function_jvp(ctx, *tangents):
+        saved = ctx.saved_tensors
+        inputs = list(ctx.jvp_inputs)
+        for i, t in zip(ctx.jvp_tensor_at, saved):
+            inputs[i] = t
+        outputs = saved[len(ctx.jvp_tensor_at):]
+        return jvp(tuple(inputs), outputs if len(outputs) > 1 else outputs[0], tangents)
+
+    return {"setup_context": staticmethod(setup_with_primals), "jvp": staticmethod(function_jvp)}
+
+
+def bilinear_tangent(fn, x, x_tangent, weight, weight_tangent, bias_tangent, like):
+    """The forward-mode tangent of fn(x, weight) + a channel bias, fn bilinear (a convolution
+    without its bias, or a convolution's gradient op): fn(x_tangent, weight) +
+    fn(x, weight_tangent) + bias_tangent over (N, ., H, W). A None tangent drops its term;
+    zeros like `like` (the primal output) remain where all are None."""
+    total = torch.zeros_like(like)
+    if bias_tangent is not None:
+        total = total + bias_tangent.reshape(1, -1, 1, 1)
+    if x_tangent is not None:
+        total = total + fn(x_tangent, weight)
+    if weight_tangent is not None:
+        total = total + fn(x, weight_tangent)
+    return total
+
+
+def bilinear_jvp(op, with_bias=False):
+    """The register_autograd jvp of op(a, b, *rest), bilinear in (a, b): a convolution
+    (with_bias: rest[0] is its channel bias, whose tangent adds once) or one of its
+    gradient ops."""
+    def jvp(inputs, output, tangents):
+        a, b, *rest = inputs
+        bias_tangent = None
+        if with_bias:
+            rest[0], bias_tangent = None, tangents[2]
+        return bilinear_tangent(lambda x, w: autograd_call(op, x, w, *rest), a, tangents[0], b, tangents[1],
+                                bias_tangent, output)
+    return jvp
+
+
+def linear_jvp(op):
+    """The register_autograd jvp of op(a, *rest), linear in a (average pooling, every
+    pooling gradient, the bias gradient): op on a's tangent."""
+    def jvp(inputs, output, tangents):
+        if tangents[0] is None:
+            return torch.zeros_like(output)
+        return autograd_call(op, tangents[0], *inputs[1:])
+    return jvp
+
+
+class _Leaf:
+    """A list argument (stride, padding, a size) handed to a transformable Function as one
+    pytree leaf: the vmap rule torch generates pairs its jvp's tangents (one per argument)
+    with the arguments' flattened leaves, which a list would split."""
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+
+def _unwrap(args):
+    return tuple(a.value if isinstance(a, _Leaf) else a for a in args)
 
 
 def autograd_call(op, *args):
@@ -297,5 +385,5 @@ def autograd_call(op, *args):
     if _peek_functorch() is not None and torch.is_grad_enabled():
         function = _TRANSFORMABLE.get(op._qualified_op_name)
         if function is not None:
-            return function.apply(*args)
+            return function.apply(*(_Leaf(a) if isinstance(a, (list, tuple)) else a for a in args))
     return op(*args)

@@ -4,7 +4,7 @@ works), and Conv2dFunction for .apply users. Op schemas are in csrc/conv2d.cpp."
 import torch
 
 from cnnops.ops._common import (check_dtype, conv_memory_format, dtype_name, empty_like_shape,
-                               forward_below_autograd, layout_from_flag, pair, register_autograd,
+                               forward_below_autograd, layout_from_flag, linear_jvp, pair, register_autograd,
                                register_conv_autograd, shape_str)
 
 ops = torch.ops.cnnops
@@ -148,7 +148,8 @@ def _backward_grad_bias(ctx, gg):
     return gg.reshape((1, shape[1]) + (1,) * (len(shape) - 2)).expand(shape)
 
 
-register_autograd("cnnops::conv2d_grad_bias", _backward_grad_bias, _setup_grad_bias)
+register_autograd("cnnops::conv2d_grad_bias", _backward_grad_bias, _setup_grad_bias,
+                  linear_jvp(ops.conv2d_grad_bias))
 
 
 class Conv2dFunction(torch.autograd.Function):

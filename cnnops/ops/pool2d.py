@@ -6,7 +6,8 @@ import torch
 from torch._prims_common import suggest_memory_format
 
 from cnnops.ops._common import (autograd_call, check_dtype, dtype_name, empty_like_shape, forward_below_autograd,
-                               gradient_ops_below_autograd, layout_from_flag, pair, register_autograd, shape_str)
+                               gradient_ops_below_autograd, layout_from_flag, linear_jvp, pair, register_autograd,
+                               shape_str)
 
 ops = torch.ops.cnnops
 
@@ -359,18 +360,40 @@ def _backward_adaptive_max_pool2d_backward(ctx, gg):
     return gather_at_indices(gg, indices), None, None, None
 
 
-MaxPool2dEager = register_autograd("cnnops::max_pool2d", _backward_max_pool2d, _setup_max_pool2d)
-AvgPool2dEager = register_autograd("cnnops::avg_pool2d", _backward_avg_pool2d, _setup_avg_pool2d)
+# Forward mode (torch.func's forward-over-reverse): average pooling and every backward op
+# are linear in their first input; max pooling is a gather through its indices.
+
+def _jvp_max_pool2d(inputs, output, tangents):
+    values, indices = output
+    if tangents[0] is None:
+        return torch.zeros_like(values), None
+    if len(inputs) > 6 and not inputs[6]:  # the forward skipped the indices
+        indices = ops.max_pool2d(inputs[0], *inputs[1:6], True)[1]
+    return gather_at_indices(tangents[0], indices), None
+
+
+def _jvp_adaptive_max_pool2d(inputs, output, tangents):
+    values, indices = output
+    if tangents[0] is None:
+        return torch.zeros_like(values), None
+    return gather_at_indices(tangents[0], indices), None
+
+
+MaxPool2dEager = register_autograd("cnnops::max_pool2d", _backward_max_pool2d, _setup_max_pool2d, _jvp_max_pool2d)
+AvgPool2dEager = register_autograd("cnnops::avg_pool2d", _backward_avg_pool2d, _setup_avg_pool2d,
+                                   linear_jvp(ops.avg_pool2d))
 AdaptiveAvgPool2dEager = register_autograd("cnnops::adaptive_avg_pool2d", _backward_adaptive_avg_pool2d,
-                                           _setup_adaptive_avg_pool2d)
+                                           _setup_adaptive_avg_pool2d, linear_jvp(ops.adaptive_avg_pool2d))
 AdaptiveMaxPool2dEager = register_autograd("cnnops::adaptive_max_pool2d", _backward_adaptive_max_pool2d,
-                                           _setup_adaptive_max_pool2d)
-register_autograd("cnnops::max_pool2d_backward", _backward_max_pool2d_backward, _setup_max_pool2d_backward)
-register_autograd("cnnops::avg_pool2d_backward", _backward_avg_pool2d_backward, _setup_avg_pool2d_backward)
+                                           _setup_adaptive_max_pool2d, _jvp_adaptive_max_pool2d)
+register_autograd("cnnops::max_pool2d_backward", _backward_max_pool2d_backward, _setup_max_pool2d_backward,
+                  linear_jvp(ops.max_pool2d_backward))
+register_autograd("cnnops::avg_pool2d_backward", _backward_avg_pool2d_backward, _setup_avg_pool2d_backward,
+                  linear_jvp(ops.avg_pool2d_backward))
 register_autograd("cnnops::adaptive_avg_pool2d_backward", _backward_adaptive_avg_pool2d_backward,
-                  _setup_adaptive_avg_pool2d_backward)
+                  _setup_adaptive_avg_pool2d_backward, linear_jvp(ops.adaptive_avg_pool2d_backward))
 register_autograd("cnnops::adaptive_max_pool2d_backward", _backward_adaptive_max_pool2d_backward,
-                  _setup_adaptive_max_pool2d_backward)
+                  _setup_adaptive_max_pool2d_backward, linear_jvp(ops.adaptive_max_pool2d_backward))
 
 
 # ---------------------------------------------------------------- autograd.Function classes

@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import torch
 
-from cnnops.ops._common import (autograd_call, check_dtype, conv_memory_format, empty_like_shape,
+from cnnops.ops._common import (autograd_call, bilinear_tangent, check_dtype, conv_memory_format, empty_like_shape,
                                forward_below_autograd, gradient_ops_below_autograd, is_batched, pair, register_autograd,
                                shape_str, suggest_memory_format)
 from cnnops.ops.conv2d import _check_same_dtype_device, conv2d_geometry, normalize_conv2d_args
@@ -180,7 +180,22 @@ def _register(name):
     def backward(ctx, grad_output):
         return (*pair_backward(ctx, grad_output), None, None, None, None)
 
-    EAGER[name] = register_autograd(f"cnnops::{name}", backward, setup)
+    def jvp(inputs, output, tangents):
+        input, w1, b1, w2, b2, *args = inputs
+        return pair_tangent(convs(*args), input, w1, b1, w2, b2, *tangents[:5], output)
+
+    EAGER[name] = register_autograd(f"cnnops::{name}", backward, setup, jvp)
+
+
+def pair_tangent(convs, input, w1, b1, w2, b2, t_input, t_w1, t_b1, t_w2, t_b2, output):
+    """The forward-mode tangent of a pair's output, conv by conv through the recomputed
+    intermediate (each conv is bilinear in its input and weight, plus a channel bias)."""
+    first, second = convs
+    mid = first.forward(input, w1, b1)
+    t_mid = None
+    if t_input is not None or t_w1 is not None or t_b1 is not None:
+        t_mid = bilinear_tangent(lambda a, w: first.forward(a, w, None), input, t_input, w1, t_w1, t_b1, mid)
+    return bilinear_tangent(lambda a, w: second.forward(a, w, None), mid, t_mid, w2, t_w2, t_b2, output)
 
 
 def pair_setup(ctx, name, input, w1, b1, w2, b2, stride, padding, dilation, padding_mode):
