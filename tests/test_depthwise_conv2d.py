@@ -261,6 +261,34 @@ def test_blocked_forward_staging(shape, dtype, layout, path, monkeypatch):
                 assert_close(a, e.to(dtype), dtype, "cpu", msg=f"{msg} {what}")
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_bfloat16_channels_last_in_float_chunks(stride):
+    """bfloat16 channels_last runs the float32 channels_last kernels on float32 copies of a
+    few images at a time (about 4 MB: two of these 64x64x64 images): three chunks here, the
+    last one short. Forward and both gradients against float64; the weight gradient, summed
+    chunk by chunk in order, is the same bits with one thread and with two."""
+    x = leaf(rand(5, 64, 64, 64).to(torch.bfloat16).contiguous(memory_format=CL))
+    w = leaf(rand(64, 1, 3, 3).to(torch.bfloat16))
+    b = leaf(rand(64).to(torch.bfloat16))
+    out = cnnops.F.depthwise_conv2d(x, w, b, stride, 1, 1, "reflect")
+    assert out.is_contiguous(memory_format=CL)
+    refs = [leaf(t.detach().double()) for t in (x, w, b)]
+    ref = torch_depthwise(*refs, stride, 1, 1, "reflect")
+    assert_close(out, ref.to(torch.bfloat16), torch.bfloat16, "cpu")
+    go = rand(*ref.shape)
+    got = torch.autograd.grad(out, (x, w, b), go.to(torch.bfloat16).contiguous(memory_format=CL))
+    for what, a, e in zip(("input", "weight", "bias"), got, torch.autograd.grad(ref, refs, go)):
+        assert_close(a, e.to(torch.bfloat16), torch.bfloat16, "cpu", msg=what)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = torch.autograd.grad(cnnops.F.depthwise_conv2d(x, w, b, stride, 1, 1, "reflect"), w,
+                                  go.to(torch.bfloat16).contiguous(memory_format=CL))[0]
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, got[1])
+
+
 def test_forward_path_env_is_checked(monkeypatch):
     monkeypatch.setenv("CNNOPS_DEPTHWISE_CPU_PATH", "fastest")
     with pytest.raises(ValueError, match="CNNOPS_DEPTHWISE_CPU_PATH to be one of 'auto', 'blocked', 'direct', "
