@@ -110,6 +110,34 @@ def test_incorrect_case_is_flagged(tmp_path):
     assert data["summary"]["forward"]["cases"] == 0
 
 
+@pytest.mark.parametrize("who_is_off", ["torch", "cnnops"])
+def test_half_precision_verdict_against_float64(who_is_off):
+    """A bfloat16 case whose results miss torch's is judged again against torch in float64:
+    correct when only torch's own bfloat16 result is off (its depthwise weight gradient can
+    be), still incorrect when cnnops's is. Both errors go into the row."""
+    case = bench_conv2d.conv_case("half", 1, 4, 4, 8, 3, padding=1)
+    good_cnnops, good_torch = case.cnnops_fn, case.torch_fn
+
+    def off(fn):  # 10% too large, in bfloat16 only
+        return lambda x, w, b: fn(x, w, b) * (1.1 if x.dtype == torch.bfloat16 else 1.0)
+
+    if who_is_off == "torch":
+        case.torch_fn = off(good_torch)
+    else:
+        case.cnnops_fn = off(good_cnnops)
+    torch.manual_seed(0)
+    base = case.make_inputs("cpu", torch.bfloat16)
+    out = case.torch_fn(*base)
+    opts = core.Options(device="cpu", dtype=torch.bfloat16)
+    checks, _ = core.check_case(case, base, torch.randn_like(out), opts, False)
+    for direction in ("forward", "forward+backward"):
+        check = checks[direction]
+        assert check["correct"] is (who_is_off == "torch"), (direction, check)
+        assert check["reference"].startswith("torch in float64")
+        errors = (check["max_abs_err_vs_float64"], check["torch_max_abs_err_vs_float64"])
+        assert (errors[0] < errors[1]) is (who_is_off == "torch"), (direction, errors)
+
+
 def test_channels_last_option(tmp_path):
     """--channels-last: the cases' 4-D inputs in channels_last, the shape says NHWC, the JSON says so."""
     case = bench_conv2d.conv_case("tiny cl", 1, 4, 4, 8, 3, padding=1)
