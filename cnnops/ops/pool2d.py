@@ -363,29 +363,23 @@ def _backward_adaptive_max_pool2d_backward(ctx, gg):
 # Forward mode (torch.func's forward-over-reverse): average pooling and every backward op
 # are linear in their first input; max pooling is a gather through its indices.
 
-def _jvp_max_pool2d(inputs, output, tangents):
+def _jvp_max_pooling(inputs, output, tangents):
+    """max_pool2d's and adaptive_max_pool2d's: the input's tangent read at the indices."""
     values, indices = output
     if tangents[0] is None:
         return torch.zeros_like(values), None
-    if len(inputs) > 6 and not inputs[6]:  # the forward skipped the indices
+    if len(inputs) > 6 and not inputs[6]:  # max_pool2d whose forward skipped the indices
         indices = ops.max_pool2d(inputs[0], *inputs[1:6], True)[1]
     return gather_at_indices(tangents[0], indices), None
 
 
-def _jvp_adaptive_max_pool2d(inputs, output, tangents):
-    values, indices = output
-    if tangents[0] is None:
-        return torch.zeros_like(values), None
-    return gather_at_indices(tangents[0], indices), None
-
-
-MaxPool2dEager = register_autograd("cnnops::max_pool2d", _backward_max_pool2d, _setup_max_pool2d, _jvp_max_pool2d)
+MaxPool2dEager = register_autograd("cnnops::max_pool2d", _backward_max_pool2d, _setup_max_pool2d, _jvp_max_pooling)
 AvgPool2dEager = register_autograd("cnnops::avg_pool2d", _backward_avg_pool2d, _setup_avg_pool2d,
                                    linear_jvp(ops.avg_pool2d))
 AdaptiveAvgPool2dEager = register_autograd("cnnops::adaptive_avg_pool2d", _backward_adaptive_avg_pool2d,
                                            _setup_adaptive_avg_pool2d, linear_jvp(ops.adaptive_avg_pool2d))
 AdaptiveMaxPool2dEager = register_autograd("cnnops::adaptive_max_pool2d", _backward_adaptive_max_pool2d,
-                                           _setup_adaptive_max_pool2d, _jvp_adaptive_max_pool2d)
+                                           _setup_adaptive_max_pool2d, _jvp_max_pooling)
 register_autograd("cnnops::max_pool2d_backward", _backward_max_pool2d_backward, _setup_max_pool2d_backward,
                   linear_jvp(ops.max_pool2d_backward))
 register_autograd("cnnops::avg_pool2d_backward", _backward_avg_pool2d_backward, _setup_avg_pool2d_backward,
