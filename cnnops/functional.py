@@ -191,9 +191,11 @@ def _with_autograd(op, eager, *args):
     ops/_common.py register_autograd Function for the others), in plain eager mode; under a
     torch.func transform through the op's register_autograd Function (autograd_call), which
     those transforms accept; through the op itself, with its register_autograd kernel, when a
-    compiler traces. Under forward AD neither has a jvp (a dual input that requires grad,
-    such as a module's parameter, would raise): they run on the primals, which keep the
-    reverse-mode graph, and the caller adds the output's tangent. torch.jit.trace records the
+    compiler traces. Under forward AD the op's transformable Function runs on the primals,
+    which keep the reverse-mode graph, and the caller adds the output's tangent; the
+    backward's gradient ops go through their own transformable Functions (autograd_call),
+    whose jvp carries the tangents of a backward run under forward AD (forward mode over
+    reverse mode, as torch.autograd.functional's forward-mode Hessian does). torch.jit.trace records the
     op itself too, as op.default: its check re-runs the module without grad, which calls
     that, and compares the two graphs down to their source lines."""
     if _is_compiling():
@@ -202,7 +204,7 @@ def _with_autograd(op, eager, *args):
         return op.default(*args)
     if _fwad._current_level >= 0:
         args = tuple(_fwad.unpack_dual(a).primal if isinstance(a, torch.Tensor) else a for a in args)
-    if _peek_functorch() is not None:
+    if _peek_functorch() is not None or _fwad._current_level >= 0:
         return autograd_call(op, *args)
     return eager(*args)
 
@@ -286,7 +288,7 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     x = input.unsqueeze(0) if dim == 3 else input
     args = (stride, padding, output_padding, groups, dilation)
     out = _call_op(_ops.conv_transpose2d, conv_transpose2d_eager, x, weight, bias, *args)
-    out = _with_bilinear_tangent(out, lambda a, w: conv_transpose2d(a, w, None, *args), x, weight, bias)
+    out = _with_bilinear_tangent(out, lambda a, w: _ops.conv_transpose2d(a, w, None, *args), x, weight, bias)
     return out.squeeze(0) if dim == 3 else out
 
 # ---------------------------------------------------------------- batch norm

@@ -288,6 +288,23 @@ def test_torch_func_hessian_vector_product(name):
         assert_close(a, torch.zeros_like(a) if e is None else e, msg=f"{name}: operand {i}")
 
 
+@pytest.mark.parametrize("name", [n for n in CASES if n != "batch_norm"])
+def test_forward_mode_hessian(name):
+    """torch.autograd.functional.hessian's forward-mode outer Jacobian (forward AD over a
+    backward) equals its reverse-mode one: the backward's gradient ops see dual tensors and
+    go through the transformable Functions' jvp. Before, torch raised "You must implement
+    the jvp function" there."""
+    functional, _, shapes = CASES[name]
+    x, *rest = (t.detach() for t in _tensors(shapes, "cpu"))
+    x = x[:1]  # a 1-sample input keeps the Hessian small
+
+    def loss(x):
+        return functional(x.sin(), *rest).sin().sum()
+
+    got = torch.autograd.functional.hessian(loss, x, vectorize=True, outer_jacobian_strategy="forward-mode")
+    assert_close(got, torch.autograd.functional.hessian(loss, x))
+
+
 @pytest.mark.filterwarnings("ignore:There is a performance drop")
 def test_torch_func_hessian_of_a_converted_model():
     """torch.func.hessian of a loss in the input, and a Hessian-vector product in the

@@ -3,6 +3,7 @@ import functools
 import operator
 
 import torch
+import torch.autograd.forward_ad as _fwad
 from torch._prims_common import suggest_memory_format
 
 _CUDA_BUILT = None
@@ -379,10 +380,12 @@ def _unwrap(args):
 
 def autograd_call(op, *args):
     """op(*args) where autograd may record it. Under a torch.func transform with grad mode on
-    (torch.func.grad and the like, or a backward recording a graph inside one), through the
-    op's transformable Function (register_autograd): torch.library's own autograd kernel
-    refuses torch.func's grad transforms. Elsewhere the op itself."""
-    if _peek_functorch() is not None and torch.is_grad_enabled():
+    (torch.func.grad and the like, or a backward recording a graph inside one), and under
+    forward AD (a backward whose tensors carry tangents: torch.autograd.functional's
+    forward-mode strategies), through the op's transformable Function (register_autograd):
+    torch.library's own autograd kernel refuses torch.func's grad transforms and has no jvp.
+    Elsewhere the op itself."""
+    if (_peek_functorch() is not None and torch.is_grad_enabled()) or _fwad._current_level >= 0:
         function = _TRANSFORMABLE.get(op._qualified_op_name)
         if function is not None:
             return function.apply(*(_Leaf(a) if isinstance(a, (list, tuple)) else a for a in args))
