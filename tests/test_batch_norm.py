@@ -1,8 +1,9 @@
 """batch_norm: parity with torch (outputs, all gradients, running statistics, strides) for
 ranks 2-5, layouts, dtypes, fused activation and residual; modules (BatchNorm2d,
 BatchNormReLU2d, BatchNormAddReLU2d) over several training steps then eval; momentum=None
-under torch.compile(fullgraph=True); gradcheck; opcheck; bad input (eager and fake);
+under torch.compile(fullgraph=True); gradcheck and gradgradcheck; opcheck; bad input (eager and fake);
 fuse_conv_bn. CUDA cases carry "cuda" in their ids and skip without a GPU."""
+import copy
 import inspect
 
 import pytest
@@ -401,7 +402,7 @@ def test_opcheck_batch_norm(single_thread, device, training, activation, residua
     rm, rv = torch.zeros(3, device=device), torch.ones(3, device=device)
     nbt = torch.tensor(2, device=device)
     _opcheck(ops.batch_norm.default, (x, w, b, rm, rv, nbt, r, training, None if training else 0.1, 1e-5, activation))
-    # The backward op has no double backward (a clear error): checked without inputs that require grad.
+    # The backward op (its double backward: test_double_backward), without inputs that require grad.
     out, mean, invstd = ops.batch_norm(x.detach(), w.detach(), b.detach(), rm, rv, None,
                                        None if r is None else r.detach(), training, 0.1, 1e-5, activation)
     gy = torch.randn_like(out)
@@ -446,12 +447,58 @@ def test_backward_mask_recomputed_equals_output_mask(activation, kind, dtype):
         assert torch.equal(t, u)
 
 
-def test_double_backward_clear_error():
-    x = torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)
-    y = cnnops.F.batch_norm(x, None, None, training=True)
-    gx, = torch.autograd.grad(y, x, torch.randn_like(y), create_graph=True)
-    with pytest.raises(NotImplementedError, match="cnnops.batch_norm_backward: double backward is not supported"):
-        gx.sum().backward()
+AFFINE = [(True, True), (False, False), (True, False), (False, True)]  # (weight, bias)
+
+
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("activation", [None, "relu", "relu6"])
+@pytest.mark.parametrize("training", [True, False])
+def test_double_backward(training, activation, residual):
+    """gradgradcheck (float64) of batch_norm in training (batch statistics) and evaluation
+    (running statistics), with each activation, a residual or not, every weight/bias
+    combination across the cases, on 4-D and 3-D input: the backward op's derivative is a
+    composite of torch ops (ops/batch_norm.py _batch_norm_double_backward)."""
+    torch.manual_seed(0)
+    case = (2 * int(training) + int(residual) + (activation or "").__len__()) % len(AFFINE)
+    for shape in ((3, 4, 5, 2), (4, 3, 6)):
+        c = shape[1]
+        x = (3 * torch.randn(*shape, dtype=torch.float64)).requires_grad_()
+        w = torch.randn(c, dtype=torch.float64, requires_grad=True) if AFFINE[case][0] else None
+        b = torch.randn(c, dtype=torch.float64, requires_grad=True) if AFFINE[case][1] else None
+        r = torch.randn(*shape, dtype=torch.float64, requires_grad=True) if residual else None
+        rm, rv = torch.randn(c, dtype=torch.float64), torch.rand(c, dtype=torch.float64) + 0.5
+        present = [t is not None for t in (w, b, r)]
+
+        def f(x, *rest):
+            it = iter(rest)
+            w_, b_, r_ = (next(it) if p else None for p in present)
+            return cnnops.F.batch_norm(x, rm.clone(), rv.clone(), w_, b_, training, 0.1, 1e-5, activation, r_)
+
+        assert torch.autograd.gradgradcheck(f, (x,) + tuple(t for t in (w, b, r) if t is not None))
+
+
+def test_second_order_gradients_of_a_converted_model():
+    """MAML-style: the gradient of a loss after one inner gradient step (create_graph=True),
+    through a converted model with BatchNorm in training mode (fused with ReLU by convert),
+    equals torch's through the original."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                torch.nn.Conv2d(4, 2, 1), torch.nn.BatchNorm2d(2)).double()
+    converted = cnnops.convert(copy.deepcopy(model))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) and type(m) is torch.nn.BatchNorm2d
+                   for m in converted.modules())
+    x, x_query = torch.randn(4, 3, 6, 6, dtype=torch.float64), torch.randn(4, 3, 6, 6, dtype=torch.float64)
+
+    def meta_gradient(m):
+        params = dict(m.named_parameters())
+        inner = torch.func.functional_call(m, params, (x,)).square().mean()
+        grads = torch.autograd.grad(inner, list(params.values()), create_graph=True)
+        adapted = {k: p - 0.1 * g for (k, p), g in zip(params.items(), grads)}
+        outer = torch.func.functional_call(m, adapted, (x_query,)).square().mean()
+        return torch.autograd.grad(outer, list(params.values()))
+
+    for a, e in zip(meta_gradient(converted), meta_gradient(model)):
+        torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-10)
 
 
 def test_sync_stages_match_single_batch():

@@ -264,8 +264,7 @@ def test_torch_func_second_order(name):
 
 
 @pytest.mark.filterwarnings("ignore:There is a performance drop")  # vmap's loop over the ops
-# batch_norm: no double backward in eager mode to compare with (torch.func runs torch's composite)
-@pytest.mark.parametrize("name", [n for n in CASES if n != "batch_norm"])
+@pytest.mark.parametrize("name", list(CASES))
 def test_torch_func_hessian_vector_product(name):
     """Forward mode over reverse mode: torch.func.jvp of torch.func.grad (a Hessian-vector
     product, over every operand at once) equals reverse mode twice. The backward's gradient
@@ -288,7 +287,7 @@ def test_torch_func_hessian_vector_product(name):
         assert_close(a, torch.zeros_like(a) if e is None else e, msg=f"{name}: operand {i}")
 
 
-@pytest.mark.parametrize("name", [n for n in CASES if n != "batch_norm"])
+@pytest.mark.parametrize("name", list(CASES))
 def test_forward_mode_hessian(name):
     """torch.autograd.functional.hessian's forward-mode outer Jacobian (forward AD over a
     backward) equals its reverse-mode one: the backward's gradient ops see dual tensors and

@@ -390,3 +390,65 @@ def autograd_call(op, *args):
         if function is not None:
             return function.apply(*(_Leaf(a) if isinstance(a, (list, tuple)) else a for a in args))
     return op(*args)
+
+
+# The double backward of the normalizations (layer_norm, layer_norm2d, batch_norm in
+# training), a composite of torch ops (so it is itself differentiable). Per normalized
+# group of n values (a row for layer norm, a channel for batch norm), with xh = (x - mean) * rstd,
+# g = dy * w and the self-adjoint projection P(u) = u - mean(u) - xh * mean(u * xh) (means
+# over the group), with sums over param_dims (layer norm: over the rows; batch norm: over
+# the channel's group):
+#   dx = rstd * P(g),  dw = sum of dy * xh,  db = sum of dy.
+# For cotangents (ggx, ggw, ggb) of (dx, dw, db):
+#   d/d dy = w * rstd * P(ggx) + ggw * xh + ggb
+#   d/d w  = sum of dy * rstd * P(ggx)
+#   d/d x  = -(rstd^2 / n) * (xh * (A - S_ggx * S_g / n - B * C / n) + C * P(ggx) + B * P(g))
+#            + rstd * P(dy * ggw)
+# with group sums A = sum(ggx * g), S_u = sum(u), B = sum(ggx * xh), C = sum(g * xh);
+# mean and rstd are functions of x, which the d/dx formula accounts for (they get no gradient).
+
+def normalization_double_backward(grad_out, input, mean, rstd, weight_b, ggx, ggw_b, ggb_b, red_dims, param_dims,
+                                  need):
+    """need = (grad_out, input, weight). weight_b, ggw_b, ggb_b: None or broadcastable to
+    input. red_dims: the normalized dims; param_dims: the dims weight's gradient sums
+    over (layer norm: the other dims; batch norm: the same ones)."""
+    sd = mean.dtype
+    x, dy = input.to(sd), grad_out.to(sd)
+    n = 1
+    for d in red_dims:
+        n = n * input.shape[d]
+    xh = (x - mean) * rstd
+
+    def rmean(t):
+        return t.sum(red_dims, keepdim=True) / n
+
+    def proj(u):
+        return u - rmean(u) - xh * rmean(u * xh)
+
+    g = dy * weight_b if weight_b is not None else dy
+    d_dy = d_x = d_w = None
+    p_ggx = proj(ggx.to(sd)) if ggx is not None else None
+    if need[0]:
+        terms = []
+        if p_ggx is not None:
+            terms.append(rstd * p_ggx * weight_b if weight_b is not None else rstd * p_ggx)
+        if ggw_b is not None:
+            terms.append(ggw_b.to(sd) * xh)
+        if ggb_b is not None:
+            terms.append(ggb_b.to(sd).expand_as(x))
+        d_dy = sum(terms[1:], terms[0]) if terms else torch.zeros_like(x)
+    if need[1]:
+        d_x = torch.zeros_like(x)
+        if ggx is not None:
+            gx = ggx.to(sd)
+            A = (gx * g).sum(red_dims, keepdim=True)
+            s_ggx = gx.sum(red_dims, keepdim=True)
+            s_g = g.sum(red_dims, keepdim=True)
+            B = (gx * xh).sum(red_dims, keepdim=True)
+            C = (g * xh).sum(red_dims, keepdim=True)
+            d_x = d_x - (rstd * rstd / n) * (xh * (A - s_ggx * s_g / n - B * C / n) + C * p_ggx + B * proj(g))
+        if ggw_b is not None:
+            d_x = d_x + rstd * proj(dy * ggw_b.to(sd))
+    if need[2] and p_ggx is not None:
+        d_w = (dy * rstd * p_ggx).sum(param_dims) if param_dims else dy * rstd * p_ggx
+    return d_dy, d_x, d_w

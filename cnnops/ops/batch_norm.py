@@ -6,7 +6,8 @@ Op schemas are in csrc/batch_norm.cpp."""
 import torch
 from torch._prims_common import suggest_memory_format
 
-from cnnops.ops._common import check_dtype, dtype_name, forward_below_autograd, gradient_ops_below_autograd, shape_str
+from cnnops.ops._common import (check_dtype, dtype_name, forward_below_autograd, gradient_ops_below_autograd,
+                               normalization_double_backward, shape_str)
 
 ops = torch.ops.cnnops
 _REDUCED = (torch.float16, torch.bfloat16)
@@ -315,18 +316,71 @@ def _batch_norm_autograd(input, weight, bias, running_mean, running_var, num_bat
                               training, momentum, eps, activation)
 
 
-def _no_double_backward(ctx, *grads):
-    raise NotImplementedError("cnnops.batch_norm_backward: double backward is not supported "
-                              "(use torch.nn.functional.batch_norm where second derivatives are needed)")
+# Double backward (second-order methods such as MAML, gradient penalties): a composite of
+# torch ops, so it is differentiable again. With the activation's mask M (the backward's
+# own rule, bn_grad_passes in csrc/common/batch_norm_math.h) and g = dy * M, the backward is
+# the plain normalization's backward of g, and dresidual = g; M is piecewise constant, so it
+# passes cotangents through unchanged. Training: normalization_double_backward over the
+# channel's values. Evaluation (running statistics, constants): dx = g * w * r,
+# dw = sum(g * xh), db = sum(g) are bilinear in g and (w, x).
+
+def _setup_batch_norm_backward(ctx, inputs, output):
+    grad_out, input, out, weight, bias, save_mean, save_invstd, training, activation, output_mask = inputs
+    ctx.training, ctx.activation, ctx.output_mask = bool(training), activation, list(output_mask)
+    ctx.save_for_backward(grad_out, input, out, weight, bias, save_mean, save_invstd)
 
 
-def _setup_no_double_backward(ctx, inputs, output):
-    pass
+def _activation_mask(input, out, weight, bias, mean, invstd, activation, channel):
+    """The 0/1 mask of the backward's activation rule (None without an activation), judged
+    from the output where the forward kept it, else from z = x * scale + shift as the
+    kernels compute it."""
+    if activation is None:
+        return None
+    if out is None:
+        scale = invstd if weight is None else invstd * channel(weight)
+        shift = -mean * scale if bias is None else channel(bias) - mean * scale
+        out = input * scale + shift
+    y = out.detach()
+    passes = y > 0 if activation == "relu" else (y > 0) & (y < 6)
+    return passes.to(mean.dtype)
+
+
+def _batch_norm_double_backward(ctx, ggi, ggw, ggb, ggr):
+    grad_out, input, out, weight, bias, mean, invstd = ctx.saved_tensors
+    ggi, ggw, ggb, ggr = (g if m else None for g, m in zip((ggi, ggw, ggb, ggr), ctx.output_mask))
+    sd = mean.dtype
+    shape = (1, -1) + (1,) * (input.dim() - 2)
+
+    def channel(t):
+        return None if t is None else t.to(sd).reshape(shape)
+
+    x, m, r, w = input.to(sd), channel(mean), channel(invstd), channel(weight)
+    mask = _activation_mask(x, None if out is None else out.to(sd), weight, bias, m, r, ctx.activation, channel)
+    g = grad_out.to(sd) if mask is None else grad_out.to(sd) * mask
+    red = (0,) + tuple(range(2, input.dim()))
+    need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], weight is not None and ctx.needs_input_grad[3])
+    if ctx.training:
+        d_g, d_x, d_w = normalization_double_backward(g, x, m, r, w, ggi, channel(ggw), channel(ggb), red, red, need)
+    else:
+        xh = (x - m) * r
+        wr = r if w is None else w * r
+        terms = [t for t in (None if ggi is None else ggi.to(sd) * wr, None if ggw is None else channel(ggw) * xh,
+                             None if ggb is None else channel(ggb).expand_as(x)) if t is not None]
+        d_g = sum(terms[1:], terms[0]) if terms else torch.zeros_like(x)
+        d_x = channel(ggw) * g * r if need[1] and ggw is not None else None
+        d_w = (ggi.to(sd) * g * r).sum(red) if need[2] and ggi is not None else None
+    if ggr is not None:
+        d_g = ggr.to(sd) if d_g is None else d_g + ggr.to(sd)
+    d_grad_out = None
+    if need[0] and d_g is not None:
+        d_grad_out = (d_g if mask is None else d_g * mask).to(grad_out.dtype)
+    return (d_grad_out, None if d_x is None else d_x.to(input.dtype), None,
+            None if d_w is None else d_w.to(weight.dtype), None, None, None, None, None, None)
 
 
 torch.library.impl("cnnops::batch_norm", "Autograd", _batch_norm_autograd)
-torch.library.register_autograd("cnnops::batch_norm_backward", _no_double_backward,
-                                setup_context=_setup_no_double_backward)
+torch.library.register_autograd("cnnops::batch_norm_backward", _batch_norm_double_backward,
+                                setup_context=_setup_batch_norm_backward)
 
 
 class BatchNormFunction(torch.autograd.Function):

@@ -5,7 +5,7 @@ LayerNorm2dFunction for .apply users. Op schemas are in csrc/layer_norm.cpp."""
 import torch
 
 from cnnops.ops._common import (check_dtype, dtype_name, forward_below_autograd, gradient_ops_below_autograd,
-                               register_autograd, shape_str)
+                               normalization_double_backward, register_autograd, shape_str)
 
 ops = torch.ops.cnnops
 _REDUCED = (torch.float16, torch.bfloat16)
@@ -211,62 +211,8 @@ def _backward_layer_norm2d(ctx, grad_out, grad_mean, grad_rstd):
 
 
 # ---------------------------------------------------------------- double backward
-# The backward ops are differentiated by a composite of torch ops (so it is itself
-# differentiable). Per normalized row of length n, with xh = (x - mean) * rstd,
-# g = dy * w and the self-adjoint projection P(u) = u - mean(u) - xh * mean(u * xh):
-#   dx = rstd * P(g),  dw = sum over rows of dy * xh,  db = sum over rows of dy.
-# For cotangents (ggx, ggw, ggb) of (dx, dw, db):
-#   d/d dy = w * rstd * P(ggx) + ggw * xh + ggb
-#   d/d w  = sum over rows of dy * rstd * P(ggx)
-#   d/d x  = -(rstd^2 / n) * (xh * (A - S_ggx * S_g / n - B * C / n) + C * P(ggx) + B * P(g))
-#            + rstd * P(dy * ggw)
-# with row sums A = sum(ggx * g), S_u = sum(u), B = sum(ggx * xh), C = sum(g * xh);
-# mean and rstd are functions of x, which the d/dx formula accounts for (they get no gradient).
-
-def _double_backward(grad_out, input, mean, rstd, weight_b, ggx, ggw_b, ggb_b, red_dims, param_dims, need):
-    """need = (grad_out, input, weight). weight_b, ggw_b, ggb_b: None or broadcastable to
-    input. red_dims: the normalized dims; param_dims: the other dims (weight's sum)."""
-    sd = mean.dtype
-    x, dy = input.to(sd), grad_out.to(sd)
-    n = 1
-    for d in red_dims:
-        n = n * input.shape[d]
-    xh = (x - mean) * rstd
-
-    def rmean(t):
-        return t.sum(red_dims, keepdim=True) / n
-
-    def proj(u):
-        return u - rmean(u) - xh * rmean(u * xh)
-
-    g = dy * weight_b if weight_b is not None else dy
-    d_dy = d_x = d_w = None
-    p_ggx = proj(ggx.to(sd)) if ggx is not None else None
-    if need[0]:
-        terms = []
-        if p_ggx is not None:
-            terms.append(rstd * p_ggx * weight_b if weight_b is not None else rstd * p_ggx)
-        if ggw_b is not None:
-            terms.append(ggw_b.to(sd) * xh)
-        if ggb_b is not None:
-            terms.append(ggb_b.to(sd).expand_as(x))
-        d_dy = sum(terms[1:], terms[0]) if terms else torch.zeros_like(x)
-    if need[1]:
-        d_x = torch.zeros_like(x)
-        if ggx is not None:
-            gx = ggx.to(sd)
-            A = (gx * g).sum(red_dims, keepdim=True)
-            s_ggx = gx.sum(red_dims, keepdim=True)
-            s_g = g.sum(red_dims, keepdim=True)
-            B = (gx * xh).sum(red_dims, keepdim=True)
-            C = (g * xh).sum(red_dims, keepdim=True)
-            d_x = d_x - (rstd * rstd / n) * (xh * (A - s_ggx * s_g / n - B * C / n) + C * p_ggx + B * proj(g))
-        if ggw_b is not None:
-            d_x = d_x + rstd * proj(dy * ggw_b.to(sd))
-    if need[2] and p_ggx is not None:
-        d_w = (dy * rstd * p_ggx).sum(param_dims) if param_dims else dy * rstd * p_ggx
-    return d_dy, d_x, d_w
-
+# The backward ops are differentiated by normalization_double_backward (ops/_common.py), a
+# composite of torch ops (so it is itself differentiable), over the normalized dims.
 
 def _setup_ln_backward(ctx, inputs, output):
     grad_out, input, normalized_shape, mean, rstd, weight, bias, output_mask = inputs
@@ -287,7 +233,7 @@ def _backward_ln_backward(ctx, ggx, ggw, ggb):
     nd = len(ctx.normalized_shape)
     red = tuple(range(input.dim() - nd, input.dim()))
     need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], weight is not None and ctx.needs_input_grad[5])
-    d_dy, d_x, d_w = _double_backward(grad_out, input, mean, rstd, weight, ggx, ggw, ggb, red,
+    d_dy, d_x, d_w = normalization_double_backward(grad_out, input, mean, rstd, weight, ggx, ggw, ggb, red,
                                       tuple(range(input.dim() - nd)), need)
     return (None if d_dy is None else d_dy.to(grad_out.dtype), None if d_x is None else d_x.to(input.dtype),
             None, None, None, None if d_w is None else d_w.to(weight.dtype), None, None)
@@ -307,7 +253,7 @@ def _backward_ln2d_backward(ctx, ggx, ggw, ggb):
         return None if t is None else t.view(1, -1, 1, 1)
 
     need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], weight is not None and ctx.needs_input_grad[4])
-    d_dy, d_x, d_w = _double_backward(grad_out, input, mean, rstd, chan(weight), ggx, chan(ggw), chan(ggb),
+    d_dy, d_x, d_w = normalization_double_backward(grad_out, input, mean, rstd, chan(weight), ggx, chan(ggw), chan(ggb),
                                       (1,), (0, 2, 3), need)
     return (None if d_dy is None else d_dy.to(grad_out.dtype), None if d_x is None else d_x.to(input.dtype),
             None, None, None if d_w is None else d_w.to(weight.dtype), None, None)
