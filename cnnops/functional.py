@@ -81,7 +81,7 @@ def _with_bilinear_tangent(out, fn, x, weight, bias):
     out itself is returned where nothing has a tangent."""
     tx, tw = _tangent(x), _tangent(weight)
     tb = None if bias is None else _tangent(bias)
-    if tx is None and tw is None and tb is None:
+    if (tx is None and tw is None and tb is None) or _tangent(out) is not None:
         return out
     primal = lambda t: _fwad.unpack_dual(t).primal  # noqa: E731
     out = primal(out)
@@ -114,7 +114,7 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     else:
         output, indices = _with_autograd(_ops.max_pool2d, MaxPool2dEager.apply, x, kernel_size, stride, padding,
                                          dilation, ceil_mode, True)
-    if tangent is not None:
+    if tangent is not None and _tangent(output) is None:
         output = _fwad.make_dual(output, gather_at_indices(tangent, indices))
     if unbatched:
         output = output.squeeze(0)
@@ -131,7 +131,7 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
     output = _call_op(_ops.avg_pool2d, AvgPool2dEager.apply, x, kernel_size, stride, padding, ceil_mode,
                       count_include_pad, divisor_override)
     tangent = _tangent(x)
-    if tangent is not None:
+    if tangent is not None and _tangent(output) is None:
         output = _fwad.make_dual(output, _ops.avg_pool2d(tangent, kernel_size, stride, padding, ceil_mode,
                                                          count_include_pad, divisor_override))
     return output.squeeze(0) if unbatched else output
@@ -145,7 +145,7 @@ def adaptive_avg_pool2d(input, output_size):
     output_size = normalize_output_size(op, output_size, x.shape)
     output = _call_op(_ops.adaptive_avg_pool2d, AdaptiveAvgPool2dEager.apply, x, output_size)
     tangent = _tangent(x)
-    if tangent is not None:
+    if tangent is not None and _tangent(output) is None:
         output = _fwad.make_dual(output, _ops.adaptive_avg_pool2d(tangent, output_size))
     return output.squeeze(0) if unbatched else output
 
@@ -157,7 +157,7 @@ def adaptive_max_pool2d(input, output_size, return_indices=False):
     output_size = normalize_output_size(op, output_size, x.shape)
     output, indices = _call_op(_ops.adaptive_max_pool2d, AdaptiveMaxPool2dEager.apply, x, output_size)
     tangent = _tangent(x)
-    if tangent is not None:
+    if tangent is not None and _tangent(output) is None:
         output = _fwad.make_dual(output, gather_at_indices(tangent, indices))
     if unbatched:
         output, indices = output.squeeze(0), indices.squeeze(0)
@@ -191,19 +191,18 @@ def _with_autograd(op, eager, *args):
     ops/_common.py register_autograd Function for the others), in plain eager mode; under a
     torch.func transform through the op's register_autograd Function (autograd_call), which
     those transforms accept; through the op itself, with its register_autograd kernel, when a
-    compiler traces. Under forward AD the op's transformable Function runs on the primals,
-    which keep the reverse-mode graph, and the caller adds the output's tangent; the
-    backward's gradient ops go through their own transformable Functions (autograd_call),
-    whose jvp carries the tangents of a backward run under forward AD (forward mode over
-    reverse mode, as torch.autograd.functional's forward-mode Hessian does). torch.jit.trace records the
+    compiler traces. Under forward AD through the transformable Function too, whose jvp gives
+    the output its tangent; it saves the dual operands, so the backward's gradient ops (again
+    transformable Functions, through autograd_call) see their tangents: forward mode over
+    reverse mode, as torch.autograd.functional's forward-mode Hessian runs it. Where no
+    gradient can flow the op runs below autograd and the caller attaches the output's
+    tangent (_with_bilinear_tangent and the pooling wrappers). torch.jit.trace records the
     op itself too, as op.default: its check re-runs the module without grad, which calls
     that, and compares the two graphs down to their source lines."""
     if _is_compiling():
         return op(*args)
     if _is_tracing():
         return op.default(*args)
-    if _fwad._current_level >= 0:
-        args = tuple(_fwad.unpack_dual(a).primal if isinstance(a, torch.Tensor) else a for a in args)
     if _peek_functorch() is not None or _fwad._current_level >= 0:
         return autograd_call(op, *args)
     return eager(*args)
@@ -220,13 +219,15 @@ def _call_op(op, eager, *args):
 def _skip_autograd(*args):
     """True when no gradient can flow (grad mode off, or no tensor among args requires grad)
     in eager mode: the op is then called below the Autograd key, which saves the ~10 us of
-    the Python autograd wrapper that register_autograd installs. Small tensors are common."""
+    the Python autograd wrapper that register_autograd installs. Small tensors are common.
+    Never under a torch.func transform: a vmapped tensor says requires_grad=False while the
+    tensor it wraps may require grad (its gradient was silently lost)."""
     if not torch.is_grad_enabled():
         return not _is_compiling()
     for a in args:  # a plain loop: this runs on every call
         if isinstance(a, torch.Tensor) and a.requires_grad:
             return False
-    return not _is_compiling()
+    return not _is_compiling() and _peek_functorch() is None
 
 
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
@@ -409,7 +410,7 @@ def _separable(name, input, w1, w2, b1, b2, stride, padding, dilation, padding_m
     batched = input if dim == 4 else input.unsqueeze(0)
     out = _call_op(getattr(_ops, name), SEPARABLE_EAGER[name].apply, batched, w1, b1, w2, b2, stride, padding, dilation,
                    padding_mode)
-    if any(t is not None and _tangent(t) is not None for t in (batched, w1, b1, w2, b2)):
+    if any(t is not None and _tangent(t) is not None for t in (batched, w1, b1, w2, b2)) and _tangent(out) is None:
         # forward-mode AD (custom ops drop tangents): through the intermediate, conv by conv
         convs = SEPARABLE_PAIRS[name][1](stride, padding, dilation, padding_mode)
         operands = (batched, w1, b1, w2, b2)

@@ -290,18 +290,22 @@ def test_torch_func_hessian_vector_product(name):
 @pytest.mark.parametrize("name", list(CASES))
 def test_forward_mode_hessian(name):
     """torch.autograd.functional.hessian's forward-mode outer Jacobian (forward AD over a
-    backward) equals its reverse-mode one: the backward's gradient ops see dual tensors and
-    go through the transformable Functions' jvp. Before, torch raised "You must implement
-    the jvp function" there."""
+    backward) equals its reverse-mode one, over the input and every weight and bias (the
+    cross blocks need the weight's tangent inside the backward's grad_input): the operands
+    are saved as dual tensors and the backward's gradient ops go through the transformable
+    Functions' jvp. Before, torch raised "You must implement the jvp function" there."""
     functional, _, shapes = CASES[name]
     x, *rest = (t.detach() for t in _tensors(shapes, "cpu"))
-    x = x[:1]  # a 1-sample input keeps the Hessian small
+    operands = (x[:1], *rest)  # a 1-sample input keeps the Hessian small
 
-    def loss(x):
+    def loss(x, *rest):
         return functional(x.sin(), *rest).sin().sum()
 
-    got = torch.autograd.functional.hessian(loss, x, vectorize=True, outer_jacobian_strategy="forward-mode")
-    assert_close(got, torch.autograd.functional.hessian(loss, x))
+    got = torch.autograd.functional.hessian(loss, operands, vectorize=True, outer_jacobian_strategy="forward-mode")
+    expected = torch.autograd.functional.hessian(loss, operands)
+    for i, (row, row_expected) in enumerate(zip(got, expected)):
+        for j, (a, e) in enumerate(zip(row, row_expected)):
+            assert_close(a, e, msg=f"{name}: block ({i}, {j})")
 
 
 @pytest.mark.filterwarnings("ignore:There is a performance drop")

@@ -296,33 +296,67 @@ def register_autograd(qualname, backward, setup_context, jvp=None):
                "backward": staticmethod(backward), "generate_vmap_rule": True,
                "__doc__": f"{qualname} under torch.func transforms."}
     if jvp is not None:
-        methods.update(_forward_mode(setup_context, jvp))
+        methods.update(_forward_mode(setup_context, backward, jvp))
     _TRANSFORMABLE[qualname] = type(title + "Transformable", (torch.autograd.Function,), methods)
     return type(title + "Eager", (torch.autograd.Function,), {
         "forward": staticmethod(forward), "backward": staticmethod(backward), "__doc__": f"{qualname}, eagerly."})
 
 
-def _forward_mode(setup_context, jvp):
-    """setup_context and jvp methods that hand jvp the primal inputs and outputs: the
-    setup also saves every tensor among them for forward mode (ctx.save_for_forward, which
-    the jvp reads back as ctx.saved_tensors; the backward keeps its own)."""
+class _BackwardsShare:
+    """ctx as a transformable Function's setup_context and backward see it when the Function
+    also has a jvp. torch's generated vmap rule keeps one list of saved tensors (and their
+    vmap dims) for both backward and jvp, so both must save the same list: the setup's own
+    save_for_backward is held back here, and the list saved is that followed by the primals
+    the jvp reads; the backward sees only its own part (saved_tensors)."""
+    __slots__ = ("_ctx", "held")
+
+    def __init__(self, ctx):
+        object.__setattr__(self, "_ctx", ctx)
+        object.__setattr__(self, "held", ())
+
+    def __getattr__(self, name):
+        return getattr(self._ctx, name)
+
+    def __setattr__(self, name, value):
+        setattr(self._ctx, name, value)
+
+    def save_for_backward(self, *tensors):
+        object.__setattr__(self, "held", tensors)
+
+    @property
+    def saved_tensors(self):
+        return self._ctx.saved_tensors[:self._ctx.backward_saved]
+
+
+def _forward_mode(setup_context, backward, jvp):
+    """setup_context, backward and jvp methods for a transformable Function with a jvp: the
+    jvp gets the primal inputs and outputs (saved after the backward's tensors, in the one
+    list both read: _BackwardsShare)."""
     def setup_with_primals(ctx, inputs, output):
         inputs = _unwrap(inputs)
-        setup_context(ctx, inputs, output)
+        shared = _BackwardsShare(ctx)
+        setup_context(shared, inputs, output)
         outputs = output if isinstance(output, tuple) else (output,)
+        ctx.backward_saved = len(shared.held)
         ctx.jvp_inputs = tuple(None if isinstance(a, torch.Tensor) else a for a in inputs)
         ctx.jvp_tensor_at = tuple(i for i, a in enumerate(inputs) if isinstance(a, torch.Tensor))
-        ctx.save_for_forward(*(inputs[i] for i in ctx.jvp_tensor_at), *outputs)
+        saved = (*shared.held, *(inputs[i] for i in ctx.jvp_tensor_at), *outputs)
+        ctx.save_for_backward(*saved)
+        ctx.save_for_forward(*saved)
+
+    def shared_backward(ctx, *grads):
+        return backward(_BackwardsShare(ctx), *grads)
 
     def function_jvp(ctx, *tangents):
-        saved = ctx.saved_tensors
+        saved = ctx.saved_tensors[ctx.backward_saved:]
         inputs = list(ctx.jvp_inputs)
         for i, t in zip(ctx.jvp_tensor_at, saved):
             inputs[i] = t
         outputs = saved[len(ctx.jvp_tensor_at):]
         return jvp(tuple(inputs), outputs if len(outputs) > 1 else outputs[0], tangents)
 
-    return {"setup_context": staticmethod(setup_with_primals), "jvp": staticmethod(function_jvp)}
+    return {"setup_context": staticmethod(setup_with_primals), "backward": staticmethod(shared_backward),
+            "jvp": staticmethod(function_jvp)}
 
 
 def bilinear_tangent(fn, x, x_tangent, weight, weight_tangent, bias_tangent, like):
