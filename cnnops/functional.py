@@ -25,6 +25,81 @@ __all__ = ["conv2d", "Conv2dFunction", "max_pool2d", "avg_pool2d", "adaptive_avg
 _ops = torch.ops.cnnops
 
 
+def _tap_is_live(k, size, out, stride, dilation, pad_lo):
+    """Whether kernel tap k reads the input for some output: the first output whose input
+    index oh * stride - pad_lo + k * dilation is >= 0 exists and is inside."""
+    start = pad_lo - k * dilation
+    first = -(-start // stride) if start > 0 else 0
+    return first < out and first * stride - start < size
+
+
+def _live_taps(size, kernel, stride, dilation, pad_lo, pad_hi):
+    """(first, last) kernel tap along one dimension that reads the input for some output;
+    the taps outside read only zero padding. (0, kernel - 1) where every tap is live, or
+    every one is dead (the output is then the bias alone)."""
+    out = (size + pad_lo + pad_hi - dilation * (kernel - 1) - 1) // stride + 1
+    if out < 1 or size < 1:
+        return 0, kernel - 1
+    first = 0
+    while first < kernel and not _tap_is_live(first, size, out, stride, dilation, pad_lo):
+        first += 1
+    if first == kernel:
+        return 0, kernel - 1
+    last = kernel - 1
+    while not _tap_is_live(last, size, out, stride, dilation, pad_lo):
+        last -= 1
+    return first, last
+
+
+def _crop_to_live_taps(x, dim, kernel, live, stride, dilation, pad_lo, pad_hi):
+    """x narrowed along dim to what the live taps (first, last) read, and the padding that
+    keeps the output size: (x, new pad_lo, new pad_hi)."""
+    size = x.shape[dim]
+    out = (size + pad_lo + pad_hi - dilation * (kernel - 1) - 1) // stride + 1
+    lo = pad_lo - live[0] * dilation
+    start = max(0, -lo)  # rows before the first live tap's first read are never read
+    lo = max(lo, 0)
+    length = size - start
+    hi = (out - 1) * stride + dilation * (live[1] - live[0]) + 1 - lo - length
+    if hi < 0:  # nor those after the last live tap's last read
+        length, hi = length + hi, 0
+    if start or length != size:
+        x = x.narrow(dim, start, length)
+    return x, lo, hi
+
+
+def _without_dead_taps(x, weight, h, w, kh, kw, stride, padding, dilation, padding_mode):
+    """(x, weight, padding) with the kernel rows and columns that read only zero padding
+    dropped (the input narrowed to what the others read, the padding adjusted to keep the
+    output size): an atrous convolution with a dilation as large as its input (DeepLab's
+    ASPP on small feature maps) is then a smaller kernel, and the padded frame the kernels
+    stage no longer grows with the dilation (dilation and padding 1e5 on an 8x8 input
+    raised MemoryError). The same output; the gradients of the dropped taps are zeros.
+    h, w: the input's height and width; kh, kw: the kernel's (the caller has the shapes)."""
+    top, bottom, left, right = padding
+    if padding_mode != "zeros" or not (top or bottom or left or right):
+        return x, weight, padding
+    (sh, sw), (dh, dw) = stride, dilation
+    if min(top, bottom, left, right) < 0 or min(sh, sw, dh, dw) < 1:  # the op reports these
+        return x, weight, padding
+    # The common case, inline (this runs on every call): the padding before is at most the
+    # kernel's extent, whose last tap then reads from output 0, and the first tap reads inside.
+    ext_h, ext_w = dh * (kh - 1), dw * (kw - 1)
+    first_h, first_w = -(-top // sh), -(-left // sw)  # the first output whose first tap is inside
+    if (top <= ext_h and ext_h - top < h and first_h < (h + top + bottom - ext_h - 1) // sh + 1
+            and first_h * sh - top < h and left <= ext_w and ext_w - left < w
+            and first_w < (w + left + right - ext_w - 1) // sw + 1 and first_w * sw - left < w):
+        return x, weight, padding
+    rows = _live_taps(h, kh, sh, dh, top, bottom)
+    cols = _live_taps(w, kw, sw, dw, left, right)
+    if (rows == (0, kh - 1) and cols == (0, kw - 1)) or _is_compiling():
+        return x, weight, padding
+    x, top, bottom = _crop_to_live_taps(x, -2, kh, rows, stride[0], dilation[0], padding[0], padding[1])
+    x, left, right = _crop_to_live_taps(x, -1, kw, cols, stride[1], dilation[1], padding[2], padding[3])
+    weight = weight[:, :, rows[0]:rows[1] + 1, cols[0]:cols[1] + 1]
+    return x, weight, [top, bottom, left, right]
+
+
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros"):
     """torch.nn.functional.conv2d with padding done inside the kernel for every
     padding_mode ('zeros', 'reflect', 'replicate', 'circular'). Accepts unbatched (C, H, W) input."""
@@ -32,23 +107,25 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     check_device(op, input)
     check_tensor(op, "weight", weight)
     check_tensor(op, "bias", bias, optional=True)
-    dim = input.dim()
+    in_shape, w_shape = input.shape, weight.shape
+    dim = len(in_shape)
     if dim not in (3, 4):
-        raise ValueError(f"{op}: expected input to be 3-D (C, H, W) or 4-D (N, C, H, W), got shape {tuple(input.shape)}")
-    if weight.dim() != 4:
+        raise ValueError(f"{op}: expected input to be 3-D (C, H, W) or 4-D (N, C, H, W), got shape {tuple(in_shape)}")
+    if len(w_shape) != 4:
         raise ValueError(
-            f"{op}: expected weight to be a 4-D tensor (out_channels, in_channels / groups, kH, kW), got shape {tuple(weight.shape)}")
-    stride, padding, dilation = normalize_conv2d_args(op, weight.shape, stride, padding, dilation)
+            f"{op}: expected weight to be a 4-D tensor (out_channels, in_channels / groups, kH, kW), got shape {tuple(w_shape)}")
+    stride, padding, dilation = normalize_conv2d_args(op, w_shape, stride, padding, dilation)
     cast = autocast_dtype(input)
     if cast is not None:  # custom ops ignore autocast: apply torch's conv policy here
         input, weight, bias = autocast_cast(input, cast), autocast_cast(weight, cast), autocast_cast(bias, cast)
     # Depthwise (torch's definition: groups == in_channels) runs the dedicated kernels; a
     # weight that does not fit goes to conv2d, which reports it with conv2d's message.
-    depthwise = (groups == input.shape[-3] and weight.shape[1] == 1 and weight.shape[0] >= 1
-                 and weight.shape[0] % groups == 0)
+    depthwise = groups == in_shape[-3] and w_shape[1] == 1 and w_shape[0] >= 1 and w_shape[0] % groups == 0
     op_fn = _ops.depthwise_conv2d if depthwise else _ops.conv2d
     extra = () if depthwise else (groups,)
     x = input.unsqueeze(0) if dim == 3 else input
+    x, weight, padding = _without_dead_taps(x, weight, in_shape[-2], in_shape[-1], w_shape[2], w_shape[3], stride,
+                                            padding, dilation, padding_mode)
     out = _call_op(op_fn, depthwise_conv2d_eager if depthwise else conv2d_eager, x, weight, bias, stride, padding,
                    dilation, *extra, padding_mode)
     out = _with_bilinear_tangent(out, lambda a, w: op_fn(a, w, None, stride, padding, dilation, *extra, padding_mode),
@@ -360,17 +437,20 @@ def depthwise_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, 
     check_device(op, input)
     check_tensor(op, "weight", weight)
     check_tensor(op, "bias", bias, optional=True)
-    dim = input.dim()
+    in_shape, w_shape = input.shape, weight.shape
+    dim = len(in_shape)
     if dim not in (3, 4):
-        raise ValueError(f"{op}: expected input to be 3-D (C, H, W) or 4-D (N, C, H, W), got shape {tuple(input.shape)}")
-    if weight.dim() != 4:
+        raise ValueError(f"{op}: expected input to be 3-D (C, H, W) or 4-D (N, C, H, W), got shape {tuple(in_shape)}")
+    if len(w_shape) != 4:
         raise ValueError(
-            f"{op}: expected weight to be a 4-D tensor (C * multiplier, 1, kH, kW), got shape {tuple(weight.shape)}")
-    stride, padding, dilation = normalize_conv2d_args(op, weight.shape, stride, padding, dilation)
+            f"{op}: expected weight to be a 4-D tensor (C * multiplier, 1, kH, kW), got shape {tuple(w_shape)}")
+    stride, padding, dilation = normalize_conv2d_args(op, w_shape, stride, padding, dilation)
     cast = autocast_dtype(input)
     if cast is not None:  # torch's conv autocast policy
         input, weight, bias = autocast_cast(input, cast), autocast_cast(weight, cast), autocast_cast(bias, cast)
     x = input.unsqueeze(0) if dim == 3 else input
+    x, weight, padding = _without_dead_taps(x, weight, in_shape[-2], in_shape[-1], w_shape[2], w_shape[3], stride,
+                                            padding, dilation, padding_mode)
     out = _call_op(_ops.depthwise_conv2d, depthwise_conv2d_eager, x, weight, bias, stride, padding, dilation,
                    padding_mode)
     out = _with_bilinear_tangent(

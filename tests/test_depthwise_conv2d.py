@@ -3,6 +3,7 @@ ops, DepthwiseConv2dFunction, the routing of conv2d / cnnops.nn.Conv2d with grou
 the separable modules, checked against torch (F.conv2d with groups = C, torch.nn.Conv2d
 for the padding modes) on the same inputs: outputs, all gradients, strides; plus
 gradcheck, opcheck, torch.compile and the error messages of bad input."""
+import itertools
 from collections import OrderedDict
 
 import pytest
@@ -287,6 +288,45 @@ def test_bfloat16_channels_last_in_float_chunks(stride):
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(one, got[1])
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("groups", [1, "depthwise"])
+def test_taps_that_read_only_padding_are_dropped(groups, layout):
+    """Zero padding: kernel rows and columns that read only padding are dropped before the
+    kernels run (functional.py _without_dead_taps), the input narrowed to what the others
+    read. Outputs and all gradients equal torch's, over dilations as large as the input,
+    strides, uneven padding and kernels, and inputs 1 to 9 rows high."""
+    torch.manual_seed(0)
+    c = 4
+    g = c if groups == "depthwise" else 1
+    cases = 0
+    for (h, w), (kh, kw), stride, dilation, padding in itertools.product(
+            [(1, 5), (3, 8), (9, 8)], [(3, 3), (5, 2), (1, 4)], [1, 2, 3], [1, 4, 7], [3, 9, (2, 11)]):
+        x = make_input((2, c, h, w), layout)
+        wt = leaf(rand(c if g == c else 6, c // g, kh, kw))
+        b = leaf(rand(wt.shape[0]))
+        try:
+            ref = torch.nn.functional.conv2d(x, wt, b, stride, padding, dilation, g)
+        except RuntimeError:  # no output
+            continue
+        out = cnnops.F.conv2d(x, wt, b, stride, padding, dilation, g)
+        go = rand(*ref.shape)
+        msg = f"{h}x{w} k{kh}x{kw} s{stride} d{dilation} p{padding}"
+        assert_close(out, ref, msg=msg)
+        for a, e in zip(torch.autograd.grad(out, (x, wt, b), go), torch.autograd.grad(ref, (x, wt, b), go)):
+            assert_close(a, e, msg=msg)
+        cases += 1
+    assert cases > 100
+
+
+def test_dilation_far_beyond_the_input():
+    """Dilation and padding 1e5 on an 8x8 input: only the centre tap reads the input. The
+    padded frame used to be staged whole (std::bad_alloc: MemoryError)."""
+    x, w = rand(1, 4, 8, 8), rand(4, 1, 3, 3)
+    ref = torch.nn.functional.conv2d(x, w, None, 1, 100000, 100000, 4)
+    assert_close(cnnops.F.depthwise_conv2d(x, w, None, 1, 100000, 100000), ref)
+    assert_close(cnnops.F.conv2d(x, w, None, 1, 100000, 100000, 4), ref)
 
 
 def test_forward_path_env_is_checked(monkeypatch):
