@@ -138,6 +138,33 @@ def test_half_precision_verdict_against_float64(who_is_off):
         assert (errors[0] < errors[1]) is (who_is_off == "torch"), (direction, errors)
 
 
+def test_half_precision_verdict_keeps_the_joint_scale():
+    """The float64 re-check judges a joint-scale case (whole models: errors against the
+    largest of all results) on that scale too: a grad_input 15% off its own largest value,
+    far below the weight gradient's, stays correct when torch's own result is the one off."""
+    torch.manual_seed(0)
+    case = bench_conv2d.conv_case("half joint", 2, 4, 4, 8, 3, padding=1)
+    case.joint_scale = True
+    good_cnnops, good_torch = case.cnnops_fn, case.torch_fn
+    case.torch_fn = lambda x, w, b: good_torch(x, w, b) * (1.1 if x.dtype == torch.bfloat16 else 1.0)
+    base = case.make_inputs("cpu", torch.bfloat16)
+    gy = torch.randn_like(good_torch(*base))
+    leaves = core._leaves(tuple(None if t is None else t.double() for t in base), case.grad_inputs)
+    out = good_torch(*leaves)
+    grad_input = torch.autograd.grad(out, core._targets(leaves, case.grad_inputs), gy.double())[0]
+    shift = 0.15 * grad_input.abs().max().item() / gy.double().sum().item()
+
+    def shifted(x, w, b):  # the same output, grad_input shifted by 15% of its largest value
+        y = good_cnnops(x, w, b)
+        return y + ((x - x.detach()).sum() * shift).to(y.dtype)
+
+    case.cnnops_fn = shifted
+    checks, _ = core.check_case(case, base, gy, core.Options(device="cpu", dtype=torch.bfloat16), False)
+    check = checks["forward+backward"]
+    assert check["reference"].startswith("torch in float64")
+    assert check["correct"] is True, check
+
+
 def test_channels_last_option(tmp_path):
     """--channels-last: the cases' 4-D inputs in channels_last, the shape says NHWC, the JSON says so."""
     case = bench_conv2d.conv_case("tiny cl", 1, 4, 4, 8, 3, padding=1)
