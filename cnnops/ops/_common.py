@@ -266,16 +266,17 @@ def register_autograd(qualname, backward, setup_context, jvp=None):
     returned, a torch.autograd.Function with the same setup_context and backward that calls
     the op below the Autograd key. It skips the Python layers of torch.library's autograd
     wrapper (about 25 us a call, which launch-bound CUDA shapes pay in full); the
-    functionals use it in plain eager mode, and the op itself under a compiler or forward AD
+    functionals use it in plain eager mode, and the op itself under a compiler
     (functional.py _with_autograd).
     A second Function with the same two, in the form torch.func's transforms accept (a
     forward without ctx, setup_context, a generated vmap rule), serves under those
-    (autograd_call): torch.library's wrapper refuses their grad transforms. The eager one
-    keeps the old form, which costs about 30 us less a forward+backward.
+    (autograd_call), and under forward AD: torch.library's wrapper refuses torch.func's grad
+    transforms and has no jvp. The eager one keeps the old form, which costs about 30 us
+    less a forward+backward.
     jvp(inputs, output, tangents) -> the output's tangent(s) gives the transformable one
-    forward mode, for forward-over-reverse (torch.func.hessian, jvp of grad: the backward's
-    gradient ops meet the tangents there). Plain forward AD never reaches it: the
-    functionals compute the tangent themselves (functional.py _with_autograd)."""
+    forward mode: forward AD, and forward mode over reverse mode (torch.func.hessian, jvp of
+    grad, torch.autograd.functional's forward-mode Hessian), where the backward's gradient
+    ops meet the tangents."""
     torch.library.register_autograd(qualname, backward, setup_context=setup_context)
     namespace, name = qualname.split("::")
     op = getattr(getattr(torch.ops, namespace), name)
