@@ -33,11 +33,11 @@ def _tap_is_live(k, size, out, stride, dilation, pad_lo):
     return first < out and first * stride - start < size
 
 
-def _live_taps(size, kernel, stride, dilation, pad_lo, pad_hi):
-    """(first, last) kernel tap along one dimension that reads the input for some output;
-    the taps outside read only zero padding. (0, kernel - 1) where every tap is live, or
-    every one is dead (the output is then the bias alone)."""
-    out = (size + pad_lo + pad_hi - dilation * (kernel - 1) - 1) // stride + 1
+def _live_taps(size, out, kernel, stride, dilation, pad_lo):
+    """(first, last) kernel tap along one dimension (input size `size`, output size `out`)
+    that reads the input for some output; the taps outside read only zero padding.
+    (0, kernel - 1) where every tap is live, or every one is dead (the output is then the
+    bias alone)."""
     if out < 1 or size < 1:
         return 0, kernel - 1
     first = 0
@@ -51,11 +51,10 @@ def _live_taps(size, kernel, stride, dilation, pad_lo, pad_hi):
     return first, last
 
 
-def _crop_to_live_taps(x, dim, kernel, live, stride, dilation, pad_lo, pad_hi):
-    """x narrowed along dim to what the live taps (first, last) read, and the padding that
-    keeps the output size: (x, new pad_lo, new pad_hi)."""
-    size = x.shape[dim]
-    out = (size + pad_lo + pad_hi - dilation * (kernel - 1) - 1) // stride + 1
+def _crop_to_live_taps(x, dim, size, out, live, stride, dilation, pad_lo):
+    """x narrowed along dim (input size `size`, output size `out`) to what the live taps
+    (first, last) read, and the padding that keeps the output size: (x, new pad_lo,
+    new pad_hi)."""
     lo = pad_lo - live[0] * dilation
     start = max(0, -lo)  # rows before the first live tap's first read are never read
     lo = max(lo, 0)
@@ -85,17 +84,17 @@ def _without_dead_taps(x, weight, h, w, kh, kw, stride, padding, dilation, paddi
     # The common case, inline (this runs on every call): the padding before is at most the
     # kernel's extent, whose last tap then reads from output 0, and the first tap reads inside.
     ext_h, ext_w = dh * (kh - 1), dw * (kw - 1)
+    out_h, out_w = (h + top + bottom - ext_h - 1) // sh + 1, (w + left + right - ext_w - 1) // sw + 1
     first_h, first_w = -(-top // sh), -(-left // sw)  # the first output whose first tap is inside
-    if (top <= ext_h and ext_h - top < h and first_h < (h + top + bottom - ext_h - 1) // sh + 1
-            and first_h * sh - top < h and left <= ext_w and ext_w - left < w
-            and first_w < (w + left + right - ext_w - 1) // sw + 1 and first_w * sw - left < w):
+    if (top <= ext_h and ext_h - top < h and first_h < out_h and first_h * sh - top < h
+            and left <= ext_w and ext_w - left < w and first_w < out_w and first_w * sw - left < w):
         return x, weight, padding
-    rows = _live_taps(h, kh, sh, dh, top, bottom)
-    cols = _live_taps(w, kw, sw, dw, left, right)
+    rows = _live_taps(h, out_h, kh, sh, dh, top)
+    cols = _live_taps(w, out_w, kw, sw, dw, left)
     if (rows == (0, kh - 1) and cols == (0, kw - 1)) or _is_compiling():
         return x, weight, padding
-    x, top, bottom = _crop_to_live_taps(x, -2, kh, rows, stride[0], dilation[0], padding[0], padding[1])
-    x, left, right = _crop_to_live_taps(x, -1, kw, cols, stride[1], dilation[1], padding[2], padding[3])
+    x, top, bottom = _crop_to_live_taps(x, -2, h, out_h, rows, sh, dh, top)
+    x, left, right = _crop_to_live_taps(x, -1, w, out_w, cols, sw, dw, left)
     weight = weight[:, :, rows[0]:rows[1] + 1, cols[0]:cols[1] + 1]
     return x, weight, [top, bottom, left, right]
 
@@ -254,9 +253,9 @@ def _layer_norm_autocast(input, weight, bias):
 
 def _transform_active():
     """Forward-mode AD or a torch.func transform (grad, vjp, jacrev, vmap, ...) is active
-    in eager mode. The register_autograd machinery supports neither forward AD (it would
-    drop the tangent) nor torch.func's grad transforms, so the layer_norm wrappers run the
-    equivalent torch composite then (same results, torch's kernels)."""
+    in eager mode. The layer_norm ops have neither a jvp nor vmap rules (their transformable
+    Functions are registered without one), so the layer_norm wrappers run the equivalent
+    torch composite then (same results, torch's kernels)."""
     if _is_compiling():
         return False
     return torch.autograd.forward_ad._current_level >= 0 or _peek_functorch() is not None
