@@ -1550,10 +1550,11 @@ bool bfloat16_via_float(const Conv2dGeometry& g, at::ScalarType dtype, std::init
 }
 
 // fn(first image, geometry of the chunk's images) for consecutive chunks of images, each
-// holding float32 copies of about 4 MB (floats_per_image per image).
+// holding float32 copies of about 4 MB (an image's input and output planes).
 template <typename Fn>
-void for_float_chunks(const Conv2dGeometry& g, int64_t floats_per_image, const Fn& fn) {
+void for_float_chunks(const Conv2dGeometry& g, const Fn& fn) {
   constexpr int64_t kChunkBytes = int64_t(4) << 20;
+  const int64_t floats_per_image = g.in_channels * (g.in_h * g.in_w + g.out_h * g.out_w);
   const int64_t per_chunk = std::max<int64_t>(1, kChunkBytes / (std::max<int64_t>(floats_per_image, 1) * 4));
   for (int64_t n0 = 0; n0 < g.batch; n0 += per_chunk) {
     Conv2dGeometry chunk = g;
@@ -1577,8 +1578,7 @@ void forward_bfloat16_channels_last(const at::Tensor& input, const at::Tensor& w
                                     at::Tensor& output, const Conv2dGeometry& g) {
   const at::Tensor weight_f = weight.to(at::kFloat);
   const at::Tensor bias_f = bias != nullptr ? bias->to(at::kFloat) : at::Tensor();
-  for_float_chunks(g, g.in_channels * (g.in_h * g.in_w + g.out_h * g.out_w),
-                   [&](int64_t n0, const Conv2dGeometry& chunk) {
+  for_float_chunks(g, [&](int64_t n0, const Conv2dGeometry& chunk) {
     at::Tensor out = float_channels_last(output, chunk.batch);
     forward_channels_last<float>(float_images(input, n0, chunk.batch), weight_f, bias != nullptr ? &bias_f : nullptr,
                                  out, chunk);
@@ -2052,8 +2052,7 @@ at::Tensor depthwise_conv2d_grad_input_cpu(const at::Tensor& grad_output, const 
       grad_input_channels_last<T>(go, weight, grad_input, g);
     } else if (channels_last && bfloat16_via_float(g, grad_output.scalar_type(), {&grad_input})) {
       const at::Tensor weight_f = weight.to(at::kFloat);
-      for_float_chunks(g, g.in_channels * (g.in_h * g.in_w + g.out_h * g.out_w),
-                       [&](int64_t n0, const Conv2dGeometry& chunk) {
+      for_float_chunks(g, [&](int64_t n0, const Conv2dGeometry& chunk) {
         at::Tensor part = float_channels_last(grad_input, chunk.batch);
         grad_input_channels_last<float>(float_images(grad_output, n0, chunk.batch), weight_f, part, chunk);
         grad_input.narrow(0, n0, chunk.batch).copy_(part);
@@ -2395,8 +2394,7 @@ at::Tensor depthwise_conv2d_grad_weight_cpu(const at::Tensor& grad_output, const
       // float32 partial sums per chunk of images, added in chunk order (any thread count
       // gives the same bits), rounded to bfloat16 once
       at::Tensor sum;
-      for_float_chunks(g, g.in_channels * (g.in_h * g.in_w + g.out_h * g.out_w),
-                       [&](int64_t n0, const Conv2dGeometry& chunk) {
+      for_float_chunks(g, [&](int64_t n0, const Conv2dGeometry& chunk) {
         at::Tensor part = at::empty(grad_weight.sizes(), grad_weight.options().dtype(at::kFloat));
         grad_weight_channels_last<float>(float_images(grad_output, n0, chunk.batch),
                                          float_images(input, n0, chunk.batch), part, chunk);
