@@ -264,10 +264,11 @@ def test_blocked_forward_staging(shape, dtype, layout, path, monkeypatch):
 
 @pytest.mark.parametrize("stride", [1, 2])
 def test_bfloat16_channels_last_in_float_chunks(stride):
-    """bfloat16 channels_last runs the float32 channels_last kernels on float32 copies of a
-    few images at a time (about 4 MB: two of these 64x64x64 images): three chunks here, the
-    last one short. Forward and both gradients against float64; the weight gradient, summed
-    chunk by chunk in order, is the same bits with one thread and with two."""
+    """bfloat16 channels_last gradients run the float32 channels_last kernels on float32
+    copies of a few images at a time (about 4 MB: two of these 64x64x64 images): three
+    chunks here, the last one short. Forward (in place, the test below) and both gradients
+    against float64; the weight gradient, summed chunk by chunk in order, is the same bits
+    with one thread and with two."""
     x = leaf(rand(5, 64, 64, 64).to(torch.bfloat16).contiguous(memory_format=CL))
     w = leaf(rand(64, 1, 3, 3).to(torch.bfloat16))
     b = leaf(rand(64).to(torch.bfloat16))
@@ -288,6 +289,43 @@ def test_bfloat16_channels_last_in_float_chunks(stride):
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(one, got[1])
+
+
+# (channels, height, width, kernel, stride, dilation, padding, padding mode): channel counts
+# that leave the quads' blocks of two vectors, a whole vector, a partial one, or both; rows
+# that are all border, interior rows of 4k + 1..3 columns; every mode.
+IN_PLACE_CASES = [
+    (144, 17, 19, 3, 1, 1, 1, "zeros"), (40, 23, 21, 3, 2, 1, 1, "zeros"), (17, 9, 30, 3, 1, 1, 1, "reflect"),
+    (33, 12, 40, 3, 2, 2, 2, "circular"), (8, 11, 13, 3, 1, 1, 1, "replicate"), (20, 30, 31, 3, 3, 1, 0, "zeros"),
+    (48, 30, 30, (4, 2), 1, 1, (1, 0), "zeros"), (64, 16, 16, 5, 1, 1, 2, "zeros"), (9, 20, 20, 5, 2, 1, 2, "replicate"),
+    (32, 21, 22, 5, 1, 2, 4, "reflect"), (24, 5, 5, 3, 1, 1, 1, "zeros"), (16, 15, 15, 7, 2, 1, 3, "zeros"),
+]
+
+
+@pytest.mark.parametrize("case", IN_PLACE_CASES, ids=str)
+def test_bfloat16_channels_last_forward_in_place(case):
+    """The channels_last forward reads and writes bfloat16 in place (AVX-512), widening to
+    float in registers: the float32 sums rounded once to nearest even. Against float64 (one
+    bfloat16 rounding), NaN and Inf carried to the outputs that read them; where float32
+    takes the same loops (3x3 on rows wider than 8) the bits equal float32's output rounded."""
+    c, h, w, k, stride, dilation, padding, mode = case
+    torch.manual_seed(0)
+    kh, kw = (k, k) if isinstance(k, int) else k
+    x = rand(2, c, h, w).to(torch.bfloat16).contiguous(memory_format=CL)
+    x[0, 0, 1, 1] = float("nan")
+    x[1, c - 1, h // 2, w - 2] = float("inf")
+    wt = rand(c, 1, kh, kw).to(torch.bfloat16)
+    b = rand(c).to(torch.bfloat16)
+    out = cnnops.F.depthwise_conv2d(x, wt, b, stride, padding, dilation, mode)
+    assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=CL)
+    ref = torch_depthwise(x.double(), wt.double(), b.double(), stride, padding, dilation, mode)
+    assert torch.equal(out.isnan(), ref.isnan()) and torch.equal(out.isinf(), ref.isinf())
+    finite = ref.isfinite()
+    assert finite.sum() > ref.numel() // 2
+    assert_close(out[finite], ref[finite].to(torch.bfloat16), torch.bfloat16, "cpu")
+    if (kh, kw) == (3, 3) and out.shape[-1] > 8:
+        as_float = cnnops.F.depthwise_conv2d(x.float(), wt.float(), b.float(), stride, padding, dilation, mode)
+        assert torch.equal(out.view(torch.int16), as_float.to(torch.bfloat16).view(torch.int16))
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
