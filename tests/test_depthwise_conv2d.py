@@ -264,11 +264,11 @@ def test_blocked_forward_staging(shape, dtype, layout, path, monkeypatch):
 
 @pytest.mark.parametrize("stride", [1, 2])
 def test_bfloat16_channels_last_in_float_chunks(stride):
-    """bfloat16 channels_last gradients run the float32 channels_last kernels on float32
-    copies of a few images at a time (about 4 MB: two of these 64x64x64 images): three
-    chunks here, the last one short. Forward (in place, the test below) and both gradients
-    against float64; the weight gradient, summed chunk by chunk in order, is the same bits
-    with one thread and with two."""
+    """The bfloat16 channels_last weight gradient runs the float32 channels_last kernel on
+    float32 copies of a few images at a time (about 4 MB: two of these 64x64x64 images):
+    three chunks here, the last one short, summed chunk by chunk in order, so the same bits
+    with one thread and with two. Forward and input gradient (in place, the test below)
+    against float64 too."""
     x = leaf(rand(5, 64, 64, 64).to(torch.bfloat16).contiguous(memory_format=CL))
     w = leaf(rand(64, 1, 3, 3).to(torch.bfloat16))
     b = leaf(rand(64).to(torch.bfloat16))
@@ -302,6 +302,12 @@ IN_PLACE_CASES = [
 ]
 
 
+def four_sided(padding):
+    """The ops' padding (top, bottom, left, right) of a functional's int or (rows, columns)."""
+    ph, pw = (padding, padding) if isinstance(padding, int) else padding
+    return [ph, ph, pw, pw]
+
+
 @pytest.mark.parametrize("case", IN_PLACE_CASES, ids=str)
 def test_bfloat16_channels_last_forward_in_place(case):
     """The channels_last forward reads and writes bfloat16 in place (AVX-512), widening to
@@ -326,6 +332,16 @@ def test_bfloat16_channels_last_forward_in_place(case):
     if (kh, kw) == (3, 3) and out.shape[-1] > 8:
         as_float = cnnops.F.depthwise_conv2d(x.float(), wt.float(), b.float(), stride, padding, dilation, mode)
         assert torch.equal(out.view(torch.int16), as_float.to(torch.bfloat16).view(torch.int16))
+    # The input gradient (stride 1 with zero padding: the forward of the flipped kernel;
+    # otherwise the gather), in place too.
+    go = rand(*out.shape).to(torch.bfloat16).contiguous(memory_format=CL)
+    x64 = leaf(x.double().nan_to_num(0.0, 0.0, 0.0))
+    expected, = torch.autograd.grad(torch_depthwise(x64, wt.double(), b.double(), stride, padding, dilation, mode),
+                                    x64, go.double())
+    got = ops.depthwise_conv2d_grad_input(go, wt, list(x.shape), [stride] * 2, four_sided(padding),
+                                          [dilation] * 2, mode, True)
+    assert got.dtype == torch.bfloat16 and got.is_contiguous(memory_format=CL)
+    assert_close(got, expected.to(torch.bfloat16), torch.bfloat16, "cpu", msg="grad_input")
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])

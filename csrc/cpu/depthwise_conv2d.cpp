@@ -26,7 +26,7 @@
 //                folded onto the input by the padding map, with the columns split into
 //                `stride_w` phases so that every tap is a contiguous run (vectors along W);
 //                or channel-blocked for small planes.
-// channels_last (multiplier 1, float/double, channel stride 1): vectors along C, with the
+// channels_last (multiplier 1, channel stride 1): vectors along C, with the
 // tap enumeration of common/depthwise_index.h (source_index / padded_preimages); interior
 // pixels of the forward four at a time with fixed tap offsets, or, for float32 5x5 and 7x7
 // kernels at column stride 1 or 2, or stride 1 and dilation 2, and 3x3 on rows of up to 8
@@ -34,6 +34,10 @@
 // loaded once for the outputs that read it. The float32 3x3 grad_weight (zero padding,
 // column stride 1 or 2, AVX-512) keeps a window of input pixels per kernel row in
 // registers. Kernels of 9x9 and more at stride 1 run the NCHW kernels on NCHW copies.
+// bfloat16 channels_last (AVX-512): the forward (but for 7-wide kernels) and the input
+// gradient read and write bfloat16 in place, widened to float in registers; the weight
+// gradient and the 7-wide forwards run the float32 kernels on float32 copies of a few
+// images at a time. Section "bfloat16 channels_last".
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -388,23 +392,33 @@ C10_ALWAYS_INLINE void cl_interior_quad(const S* base, const int64_t* off, int64
     }
 }
 
-// The interior quads of every channel at one output position: blocks of two vectors, then
-// what is left (a whole vector and/or a partial one). Not inlined into the task loop, whose
-// live values made GCC spill accumulators.
+// The interior quads of `rows` output rows and `quads` quads along them, every channel:
+// quad column by quad column, every row at each, so that the input rows they share are
+// read from L1 (row by row, each input row came from L2 once per output row that reads
+// it). Along the channels, blocks of two vectors, then what is left (a whole vector and/or
+// a partial one). `in`: the first row's first quad's input pixel at tap 0, rows in_row
+// apart, output pixels in_pix apart; `out` its output pixel. One call per task: a call
+// per quad position cost 10-30% of a 32-channel plane.
 template <typename S, typename T, int KK>
-C10_NOINLINE void cl_interior_quads(const S* base, const int64_t* off, int64_t kk, int64_t pix, const T* wt, int64_t cpad,
-                              const T* bias, int64_t channels, S* dst, int64_t dst_pix) {
+C10_NOINLINE void cl_interior_quads(const S* in, int64_t in_row, int64_t in_pix, const int64_t* off, int64_t kk,
+                                    const T* wt, int64_t cpad, const T* bias, int64_t channels, int64_t rows,
+                                    int64_t quads, S* out, int64_t out_row, int64_t out_pix) {
   constexpr int64_t V = at::vec::Vectorized<T>::size();
-  const int64_t tail = channels % V;
-  int64_t c = 0;
-  for (; c + 2 * V <= channels; c += 2 * V)
-    cl_interior_quad<S, T, 2, false, KK>(base, off, kk, pix, wt, cpad, bias, c, 0, dst, dst_pix);
-  switch (((channels - c) / V) * 2 + (tail > 0)) {  // whole vectors left (0 or 1), and a partial one
-    case 1: cl_interior_quad<S, T, 1, true, KK>(base, off, kk, pix, wt, cpad, bias, c, tail, dst, dst_pix); break;
-    case 2: cl_interior_quad<S, T, 1, false, KK>(base, off, kk, pix, wt, cpad, bias, c, 0, dst, dst_pix); break;
-    case 3: cl_interior_quad<S, T, 2, true, KK>(base, off, kk, pix, wt, cpad, bias, c, tail, dst, dst_pix); break;
-    default: break;
-  }
+  const int64_t tail = channels % V, whole = channels - channels % (2 * V);
+  const int64_t rest = ((channels - whole) / V) * 2 + (tail > 0);  // whole vectors left (0 or 1), and a partial one
+  for (int64_t q = 0; q < quads; ++q)
+    for (int64_t r = 0; r < rows; ++r) {
+      const S* base = in + r * in_row + 4 * q * in_pix;
+      S* dst = out + r * out_row + 4 * q * out_pix;
+      for (int64_t c = 0; c < whole; c += 2 * V)
+        cl_interior_quad<S, T, 2, false, KK>(base, off, kk, in_pix, wt, cpad, bias, c, 0, dst, out_pix);
+      switch (rest) {
+        case 1: cl_interior_quad<S, T, 1, true, KK>(base, off, kk, in_pix, wt, cpad, bias, whole, tail, dst, out_pix); break;
+        case 2: cl_interior_quad<S, T, 1, false, KK>(base, off, kk, in_pix, wt, cpad, bias, whole, 0, dst, out_pix); break;
+        case 3: cl_interior_quad<S, T, 2, true, KK>(base, off, kk, in_pix, wt, cpad, bias, whole, tail, dst, out_pix); break;
+        default: break;
+      }
+    }
 }
 
 // Kernel rows the channels_last row kernel below takes (a pointer per row).
@@ -573,9 +587,7 @@ void forward_channels_last(const at::Tensor& input, const at::Tensor& weight, co
   const InteriorRange inside_h = rows_with_taps_inside(g), inside_w = cols_with_taps_inside(g);
   const int64_t ow_lo = inside_w.lo, ow_hi = inside_w.hi;
   const std::vector<int64_t> off = tap_offsets(g, in_s);
-  // A task is kRowsPerTask output rows; their interior quads go column by column, every
-  // row of the task at each column, so that the input rows they share are read from L1
-  // (row by row, each input row came from L2 once per output row that reads it).
+  // A task is kRowsPerTask output rows, whose interior quads share input rows in L1.
   constexpr int64_t kRowsPerTask = 8;
   const int64_t tasks_per_image = (g.out_h + kRowsPerTask - 1) / kRowsPerTask;
   const int64_t quads = (ow_hi - ow_lo) / 4, quad_end = ow_lo + 4 * quads;  // [ow_lo, quad_end) by quads
@@ -613,19 +625,14 @@ void forward_channels_last(const at::Tensor& input, const at::Tensor& weight, co
                      g.in_w, row_hi - row_lo, out + n * out_s.n + oh0 * out_s.h + row_lo * out_s.w, out_s.h, out_s.w);
         }
       }
-      for (int64_t q = 0; q < quads && row_kernel == nullptr; ++q) {
-        for (int64_t oh = oh0; oh < oh1; ++oh) {
-          if (!row_inside(oh)) continue;
-          const int64_t ow = ow_lo + 4 * q;
-          const S* base =
-              in + n * in_s.n + (oh * g.stride_h - g.pad_top) * in_s.h + (ow * g.stride_w - g.pad_left) * in_s.w;
-          S* dst = out + n * out_s.n + oh * out_s.h + ow * out_s.w;
-          const int64_t pix = g.stride_w * in_s.w;
-          if (kk == 9)
-            cl_interior_quads<S, T, 9>(base, off.data(), kk, pix, wt.data(), cpad, b.data(), C, dst, out_s.w);
-          else
-            cl_interior_quads<S, T, 0>(base, off.data(), kk, pix, wt.data(), cpad, b.data(), C, dst, out_s.w);
-        }
+      const int64_t inner0 = std::max(oh0, inside_h.lo), inner1 = std::min(oh1, inside_h.hi);
+      if (row_kernel == nullptr && quads > 0 && inner1 > inner0) {
+        const S* first = in + n * in_s.n + (inner0 * g.stride_h - g.pad_top) * in_s.h +
+                         (ow_lo * g.stride_w - g.pad_left) * in_s.w;
+        S* dst = out + n * out_s.n + inner0 * out_s.h + ow_lo * out_s.w;
+        const auto quad_rows = kk == 9 ? cl_interior_quads<S, T, 9> : cl_interior_quads<S, T, 0>;
+        quad_rows(first, g.stride_h * in_s.h, g.stride_w * in_s.w, off.data(), kk, wt.data(), cpad, b.data(), C,
+                  inner1 - inner0, quads, dst, out_s.h, out_s.w);
       }
       for (int64_t oh = oh0; oh < oh1; ++oh) {  // the other pixels: taps listed one by one
         for (int64_t ow = 0; ow < g.out_w; ++ow) {
@@ -1590,12 +1597,13 @@ void forward_planes(const at::Tensor& input, const at::Tensor& weight, const at:
 }
 
 // ---------------------------------------------------------------- bfloat16 channels_last
-// bfloat16 channels_last runs the float32 channels_last kernels on float32 copies of a few
-// images at a time. The plane kernels it took before ran at 0.18-0.50x of torch (oneDNN)
-// on channels_last 3x3 forwards (bench, 2 threads; 8x96x112x112 stride 2: 10.4 against
-// 1.9 ms); now 0.5-1.4x. A chunk's copies (about 4 MB: this CPU's L2 per core) are still
-// in cache when the kernel reads them: whole-tensor copies measured 20-60% slower, and
-// with glibc's default malloc a copy above its mmap threshold page-faults on every call.
+// bfloat16 channels_last takes the channels_last kernels: in place where they widen
+// bfloat16 in registers (bfloat16_in_place, the input gradient's gather), else on float32
+// copies of a few images at a time. (The plane kernels it took before ran at 0.18-0.50x
+// of torch (oneDNN) on channels_last 3x3 forwards; the copies made that 0.5-1.4x, in place
+// 1.7-2.8x.) A chunk's copies (about 4 MB: this CPU's L2 per core) are still in cache when
+// the kernel reads them: whole-tensor copies measured 20-60% slower, and with glibc's
+// default malloc a copy above its mmap threshold page-faults on every call.
 bool bfloat16_via_float(const Conv2dGeometry& g, at::ScalarType dtype, std::initializer_list<const at::Tensor*> ts) {
   return dtype == at::kBFloat16 && use_channels_last(g, /*same_type=*/true, ts) && !large_kernel_via_nchw(g);
 }
@@ -1817,14 +1825,16 @@ void grad_input_planes(const at::Tensor& grad_output, const at::Tensor& weight, 
 
 // channels_last grad_input (multiplier 1): per input pixel, the (output pixel, tap) pairs
 // that read it, from padded_preimages / output_index_for_tap (the CUDA gather's math),
-// then vectors of channels summed over them.
-template <typename T>
+// then vectors of channels summed over them. S: the storage type of grad_output and
+// grad_input (bfloat16 is read and written in place under AVX-512, as in the forward).
+template <typename S>
 void grad_input_channels_last(const at::Tensor& grad_output, const at::Tensor& weight,
                               at::Tensor& grad_input, const Conv2dGeometry& g) {
+  using T = at::opmath_type<S>;
   using Vec = at::vec::Vectorized<T>;
   constexpr int64_t V = Vec::size();
   const int64_t C = g.in_channels, cpad = round_up(C, 4 * V), kk = g.kernel_h * g.kernel_w;
-  const AlignedBuffer<T> wt = weight_taps_by_channel<T, T>(weight, g, cpad);
+  const AlignedBuffer<T> wt = weight_taps_by_channel<S, T>(weight, g, cpad);
   // (output index, tap) pairs per input index, for one axis.
   struct Pair {
     int64_t o, k;
@@ -1846,10 +1856,10 @@ void grad_input_channels_last(const at::Tensor& grad_output, const at::Tensor& w
   const auto row_pairs = axis_pairs(g.in_h, g.kernel_h, g.stride_h, g.pad_top, g.pad_bottom, g.dilation_h, g.out_h);
   const auto col_pairs = axis_pairs(g.in_w, g.kernel_w, g.stride_w, g.pad_left, g.pad_right, g.dilation_w, g.out_w);
   const Strides4d go_s = strides4d(grad_output), gi_s = strides4d(grad_input);
-  const T* go = grad_output.const_data_ptr<T>();
-  T* gi = grad_input.mutable_data_ptr<T>();
+  const S* go = grad_output.const_data_ptr<S>();
+  S* gi = grad_input.mutable_data_ptr<S>();
   at::parallel_for(0, g.batch * g.in_h, grain_for(g.in_w * C * kk), [&](int64_t begin, int64_t end) {
-    std::vector<const T*> srcs;
+    std::vector<const S*> srcs;
     std::vector<int64_t> ids;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / g.in_h, ih = item % g.in_h;
@@ -1862,16 +1872,16 @@ void grad_input_channels_last(const at::Tensor& grad_output, const at::Tensor& w
             ids.push_back(rp.k * g.kernel_w + cp.k);
           }
         const int64_t nt = static_cast<int64_t>(srcs.size());
-        T* dst = gi + n * gi_s.n + ih * gi_s.h + iw * gi_s.w;
+        S* dst = gi + n * gi_s.n + ih * gi_s.h + iw * gi_s.w;
         for (int64_t c = 0; c < C; c += V) {
           const int64_t count = std::min<int64_t>(V, C - c);
           Vec acc(T(0));
           for (int64_t t = 0; t < nt; ++t) {
-            const Vec x = count == V ? Vec::loadu(srcs[t] + c) : Vec::loadu(srcs[t] + c, count);
+            const Vec x = count == V ? load_lanes(srcs[t] + c) : load_lanes(srcs[t] + c, count);
             acc = at::vec::fmadd(Vec::loadu(wt.data() + ids[t] * cpad + c), x, acc);
           }
-          if (count == V) acc.store(dst + c);
-          else acc.store(dst + c, count);
+          if (count == V) store_lanes(dst + c, acc);
+          else store_lanes(dst + c, acc, count);
         }
       }
     }
@@ -2123,12 +2133,20 @@ at::Tensor depthwise_conv2d_grad_input_cpu(const at::Tensor& grad_output, const 
                                                        : contiguous_cpu(grad_output, at::MemoryFormat::ChannelsLast);
       grad_input_channels_last<T>(go, weight, grad_input, g);
     } else if (channels_last && bfloat16_via_float(g, grad_output.scalar_type(), {&grad_input})) {
+#if defined(CPU_CAPABILITY_AVX512)
+      // In place (2 threads, 8x96x112x112 3x3 s2: 6.2 ms through float32 copies, 2.8 in
+      // place; forward+backward 11-13 -> 6.8 ms, torch 6.1).
+      const at::Tensor go = grad_output.stride(1) == 1 ? grad_output
+                                                       : contiguous_cpu(grad_output, at::MemoryFormat::ChannelsLast);
+      grad_input_channels_last<at::BFloat16>(go, weight, grad_input, g);
+#else
       const at::Tensor weight_f = weight.to(at::kFloat);
       for_float_chunks(g, [&](int64_t n0, const Conv2dGeometry& chunk) {
         at::Tensor part = float_channels_last(grad_input, chunk.batch);
         grad_input_channels_last<float>(float_images(grad_output, n0, chunk.batch), weight_f, part, chunk);
         grad_input.narrow(0, n0, chunk.batch).copy_(part);
       });
+#endif
     } else if (use_blocked_grad_input(g, at::vec::Vectorized<T>::size(), sizeof(T))) {
       grad_input_blocked<scalar_t>(grad_output, weight, grad_input, g);
     } else {
