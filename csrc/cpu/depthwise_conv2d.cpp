@@ -185,8 +185,8 @@ std::vector<T> weight_taps(const at::Tensor& weight, const Conv2dGeometry& g) {
 
 // The weight transposed to (kH * kW, OC) with OC padded to a whole number of cache lines:
 // the channels_last kernels load one tap's weights for consecutive channels as one
-// vector, aligned (from a std::vector's 16-byte alignment every such load split two lines,
-// which measured 20-40% of a 3x3 forward).
+// vector, aligned (from a std::vector's 16-byte alignment every such load splits two
+// cache lines).
 template <typename scalar_t, typename T>
 AlignedBuffer<T> weight_taps_by_channel(const at::Tensor& weight, const Conv2dGeometry& g, int64_t cpad) {
   const Strides4d s = strides4d(weight);
@@ -359,8 +359,7 @@ inline void cl_forward_chunk(const S* const* srcs, const int64_t* tap_ids, int64
 // p reads base + off[t] + p * pix. Each tap's weights are loaded once for the four pixels
 // (the one-pixel chunk above loads them per pixel: two loads per FMA). B whole vectors of
 // channels from c; Tail: the last of them holds only `tail` channels (masked). KK > 0 fixes
-// the tap count at compile time (3x3): the tap loop unrolls and its offsets stay in
-// registers across the channel blocks (measured 5-10% on 3x3 planes).
+// the tap count at compile time (3x3: 5-10% faster in a standalone copy of this loop).
 template <typename S, typename T, int B, bool Tail, int KK = 0>
 C10_ALWAYS_INLINE void cl_interior_quad(const S* base, const int64_t* off, int64_t kk, int64_t pix, const T* wt, int64_t cpad,
                              const T* bias, int64_t c, int64_t tail, S* dst, int64_t dst_pix) {
@@ -398,7 +397,7 @@ C10_ALWAYS_INLINE void cl_interior_quad(const S* base, const int64_t* off, int64
 // it). Along the channels, blocks of two vectors, then what is left (a whole vector and/or
 // a partial one). `in`: the first row's first quad's input pixel at tap 0, rows in_row
 // apart, output pixels in_pix apart; `out` its output pixel. One call per task: a call
-// per quad position cost 10-30% of a 32-channel plane.
+// per quad position cost about 10% of a 32-channel 112x112 forward.
 template <typename S, typename T, int KK>
 C10_NOINLINE void cl_interior_quads(const S* in, int64_t in_row, int64_t in_pix, const int64_t* off, int64_t kk,
                                     const T* wt, int64_t cpad, const T* bias, int64_t channels, int64_t rows,
@@ -2104,6 +2103,12 @@ void grad_input_strided(const at::Tensor& grad_output, const at::Tensor& weight,
   });
 }
 
+// t where its channel stride is 1, else a channels_last copy: the channels_last kernels'
+// channel loops need unit channel stride.
+at::Tensor with_unit_channel_stride(const at::Tensor& t) {
+  return t.stride(1) == 1 ? t : contiguous_cpu(t, at::MemoryFormat::ChannelsLast);
+}
+
 at::Tensor depthwise_conv2d_grad_input_cpu(const at::Tensor& grad_output, const at::Tensor& weight,
                                            at::IntArrayRef input_size, at::IntArrayRef stride,
                                            at::IntArrayRef padding, at::IntArrayRef dilation,
@@ -2128,17 +2133,12 @@ at::Tensor depthwise_conv2d_grad_input_cpu(const at::Tensor& grad_output, const 
     } else if (!channels_last && use_strided_grad_input(g, std::is_same<T, scalar_t>::value, grad_output, grad_input)) {
       if constexpr (std::is_same<T, scalar_t>::value) grad_input_strided<T>(grad_output, weight, grad_input, g);
     } else if (channels_last && use_channels_last(g, std::is_same<T, scalar_t>::value, {&grad_input})) {
-      // The channel loop needs unit channel stride: a named copy when grad_output lacks it.
-      const at::Tensor go = grad_output.stride(1) == 1 ? grad_output
-                                                       : contiguous_cpu(grad_output, at::MemoryFormat::ChannelsLast);
-      grad_input_channels_last<T>(go, weight, grad_input, g);
+      grad_input_channels_last<T>(with_unit_channel_stride(grad_output), weight, grad_input, g);
     } else if (channels_last && bfloat16_via_float(g, grad_output.scalar_type(), {&grad_input})) {
 #if defined(CPU_CAPABILITY_AVX512)
       // In place (2 threads, 8x96x112x112 3x3 s2: 6.2 ms through float32 copies, 2.8 in
       // place; forward+backward 11-13 -> 6.8 ms, torch 6.1).
-      const at::Tensor go = grad_output.stride(1) == 1 ? grad_output
-                                                       : contiguous_cpu(grad_output, at::MemoryFormat::ChannelsLast);
-      grad_input_channels_last<at::BFloat16>(go, weight, grad_input, g);
+      grad_input_channels_last<at::BFloat16>(with_unit_channel_stride(grad_output), weight, grad_input, g);
 #else
       const at::Tensor weight_f = weight.to(at::kFloat);
       for_float_chunks(g, [&](int64_t n0, const Conv2dGeometry& chunk) {
@@ -2476,9 +2476,7 @@ at::Tensor depthwise_conv2d_grad_weight_cpu(const at::Tensor& grad_output, const
       grad_weight_blocked<scalar_t>(contiguous_cpu(grad_output, at::MemoryFormat::Contiguous),
                                     contiguous_cpu(input, at::MemoryFormat::Contiguous), grad_weight, g);
     } else if (cl) {
-      const at::Tensor go = grad_output.stride(1) == 1 ? grad_output
-                                                       : contiguous_cpu(grad_output, at::MemoryFormat::ChannelsLast);
-      grad_weight_channels_last<T>(go, input, grad_weight, g);
+      grad_weight_channels_last<T>(with_unit_channel_stride(grad_output), input, grad_weight, g);
     } else if (bfloat16_via_float(g, input.scalar_type(), {&input}) &&
                input.suggest_memory_format() == at::MemoryFormat::ChannelsLast) {
       // float32 partial sums per chunk of images, added in chunk order (any thread count
