@@ -310,10 +310,12 @@ def four_sided(padding):
 
 @pytest.mark.parametrize("case", IN_PLACE_CASES, ids=str)
 def test_bfloat16_channels_last_forward_in_place(case):
-    """The channels_last forward reads and writes bfloat16 in place (AVX-512), widening to
-    float in registers: the float32 sums rounded once to nearest even. Against float64 (one
-    bfloat16 rounding), NaN and Inf carried to the outputs that read them; where float32
-    takes the same loops (3x3 on rows wider than 8) the bits equal float32's output rounded."""
+    """The channels_last forward and input gradient read and write bfloat16 in place
+    (AVX-512), widening to float in registers: the float32 sums rounded once to nearest
+    even. Against float64 (one bfloat16 rounding), NaN and Inf carried to the outputs that
+    read them; where float32 takes the same loops (3x3 forwards on rows wider than 8, the
+    gradient's gather) the bits equal float32's rounded. A channel-sliced input and a
+    grad_output without unit channel stride give the same bits."""
     c, h, w, k, stride, dilation, padding, mode = case
     torch.manual_seed(0)
     kh, kw = (k, k) if isinstance(k, int) else k
@@ -332,6 +334,11 @@ def test_bfloat16_channels_last_forward_in_place(case):
     if (kh, kw) == (3, 3) and out.shape[-1] > 8:
         as_float = cnnops.F.depthwise_conv2d(x.float(), wt.float(), b.float(), stride, padding, dilation, mode)
         assert torch.equal(out.view(torch.int16), as_float.to(torch.bfloat16).view(torch.int16))
+    # Channels 3..3+c of a wider channels_last tensor: pixels c + 5 values apart.
+    wide = rand(2, c + 5, h, w).to(torch.bfloat16).contiguous(memory_format=CL)
+    wide[:, 3:3 + c] = x
+    sliced = cnnops.F.depthwise_conv2d(wide[:, 3:3 + c], wt, b, stride, padding, dilation, mode)
+    assert torch.equal(sliced.view(torch.int16), out.view(torch.int16))
     # The input gradient (stride 1 with zero padding: the forward of the flipped kernel;
     # otherwise the gather), in place too.
     go = rand(*out.shape).to(torch.bfloat16).contiguous(memory_format=CL)
@@ -342,6 +349,13 @@ def test_bfloat16_channels_last_forward_in_place(case):
                                           [dilation] * 2, mode, True)
     assert got.dtype == torch.bfloat16 and got.is_contiguous(memory_format=CL)
     assert_close(got, expected.to(torch.bfloat16), torch.bfloat16, "cpu", msg="grad_input")
+    planar = ops.depthwise_conv2d_grad_input(go.contiguous(), wt, list(x.shape), [stride] * 2, four_sided(padding),
+                                             [dilation] * 2, mode, True)  # channel stride != 1: copied
+    assert torch.equal(planar.view(torch.int16), got.view(torch.int16))
+    if stride > 1 or mode != "zeros":  # the gather, as float32 runs it: its sums rounded once
+        as_float = ops.depthwise_conv2d_grad_input(go.float(), wt.float(), list(x.shape), [stride] * 2,
+                                                   four_sided(padding), [dilation] * 2, mode, True)
+        assert torch.equal(got.view(torch.int16), as_float.to(torch.bfloat16).view(torch.int16))
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
