@@ -264,8 +264,9 @@ def test_blocked_forward_staging(shape, dtype, layout, path, monkeypatch):
 
 @pytest.mark.parametrize("stride", [1, 2])
 def test_bfloat16_channels_last_in_float_chunks(stride):
-    """The bfloat16 channels_last weight gradient runs the float32 channels_last kernel on
-    float32 copies of a few images at a time (about 4 MB: two of these 64x64x64 images):
+    """The bfloat16 channels_last weight gradient outside the 3x3 window kernels (here:
+    reflect padding) runs the float32 channels_last kernel on float32 copies of a few
+    images at a time (about 4 MB: two of these 64x64x64 images):
     three chunks here, the last one short, summed chunk by chunk in order, so the same bits
     with one thread and with two. Forward and input gradient (in place, the test below)
     against float64 too."""
@@ -309,13 +310,14 @@ def four_sided(padding):
 
 
 @pytest.mark.parametrize("case", IN_PLACE_CASES, ids=str)
-def test_bfloat16_channels_last_forward_in_place(case):
-    """The channels_last forward and input gradient read and write bfloat16 in place
-    (AVX-512), widening to float in registers: the float32 sums rounded once to nearest
-    even. Against float64 (one bfloat16 rounding), NaN and Inf carried to the outputs that
-    read them; where float32 takes the same loops (3x3 forwards on rows wider than 8, the
-    gradient's gather) the bits equal float32's rounded. A channel-sliced input and a
-    grad_output without unit channel stride give the same bits."""
+def test_bfloat16_channels_last_in_place(case):
+    """The channels_last forward, the input gradient and the 3x3 window kernels' weight
+    gradient read and write bfloat16 in place (AVX-512), widening to float in registers:
+    the float32 sums rounded once to nearest even. Against float64 (one bfloat16 rounding),
+    NaN and Inf carried to the outputs that read them; where float32 takes the same loops
+    (3x3 forwards on rows wider than 8, the input gradient's gather, the window kernels) the
+    bits equal float32's rounded. A channel-sliced input and a grad_output without unit
+    channel stride give the same bits."""
     c, h, w, k, stride, dilation, padding, mode = case
     torch.manual_seed(0)
     kh, kw = (k, k) if isinstance(k, int) else k
@@ -355,6 +357,20 @@ def test_bfloat16_channels_last_forward_in_place(case):
     if stride > 1 or mode != "zeros":  # the gather, as float32 runs it: its sums rounded once
         as_float = ops.depthwise_conv2d_grad_input(go.float(), wt.float(), list(x.shape), [stride] * 2,
                                                    four_sided(padding), [dilation] * 2, mode, True)
+        assert torch.equal(got.view(torch.int16), as_float.to(torch.bfloat16).view(torch.int16))
+    # The weight gradient: in place in the 3x3 window kernels (zero padding, dilation 1,
+    # column stride 1 or 2), else on float32 copies.
+    x_finite = x.nan_to_num(0.0, 0.0, 0.0)
+    w64 = leaf(wt.double())
+    expected, = torch.autograd.grad(torch_depthwise(x_finite.double(), w64, None, stride, padding, dilation, mode),
+                                    w64, go.double())
+    got = ops.depthwise_conv2d_grad_weight(go, x_finite, list(wt.shape), [stride] * 2, four_sided(padding),
+                                           [dilation] * 2, mode, False)
+    assert_close(got, expected.to(torch.bfloat16), torch.bfloat16, "cpu", msg="grad_weight")
+    window = (kh, kw) == (3, 3) and dilation == 1 and mode == "zeros" and four_sided(padding)[2] <= 1 and stride <= 2
+    if window:  # the float32 window kernel's partial sums, rounded once
+        as_float = ops.depthwise_conv2d_grad_weight(go.float(), x_finite.float(), list(wt.shape), [stride] * 2,
+                                                    four_sided(padding), [dilation] * 2, mode, False)
         assert torch.equal(got.view(torch.int16), as_float.to(torch.bfloat16).view(torch.int16))
 
 

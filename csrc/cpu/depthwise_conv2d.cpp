@@ -34,10 +34,11 @@
 // loaded once for the outputs that read it. The float32 3x3 grad_weight (zero padding,
 // column stride 1 or 2, AVX-512) keeps a window of input pixels per kernel row in
 // registers. Kernels of 9x9 and more at stride 1 run the NCHW kernels on NCHW copies.
-// bfloat16 channels_last (AVX-512): the forward (but for 7-wide kernels) and the input
-// gradient read and write bfloat16 in place, widened to float in registers; the weight
-// gradient and the 7-wide forwards run the float32 kernels on float32 copies of a few
-// images at a time. Section "bfloat16 channels_last".
+// bfloat16 channels_last (AVX-512): the forward (but for 7-wide kernels), the input
+// gradient and the 3x3 window kernels' weight gradient read and write bfloat16 in place,
+// widened to float in registers; the other weight gradients and the 7-wide forwards run
+// the float32 kernels on float32 copies of a few images at a time. Section "bfloat16
+// channels_last".
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -308,15 +309,14 @@ inline __mmask16 first_lanes(int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : _
 
 // bfloat16 is the high half of a float: widening is a shift. Narrowing rounds to nearest
 // even, as c10::BFloat16 does (at::vec's cvtfp32_bf16).
-inline at::vec::Vectorized<float> widen_bf16(__m256i bits) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
-}
+inline __m512 widen_bf16(__m256i bits) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16)); }
+// Lanes m of 16 from storage S as floats, the others zero (masked: no fault past them).
+inline __m512 load_masked(__mmask16 m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
+inline __m512 load_masked(__mmask16 m, const at::BFloat16* p) { return widen_bf16(_mm256_maskz_loadu_epi16(m, p)); }
 inline at::vec::Vectorized<float> load_lanes(const at::BFloat16* p) {
   return widen_bf16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
 }
-inline at::vec::Vectorized<float> load_lanes(const at::BFloat16* p, int64_t n) {
-  return widen_bf16(_mm256_maskz_loadu_epi16(first_lanes(n), p));
-}
+inline at::vec::Vectorized<float> load_lanes(const at::BFloat16* p, int64_t n) { return load_masked(first_lanes(n), p); }
 inline void store_lanes(at::BFloat16* p, const at::vec::Vectorized<float>& v) {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), at::vec::cvtfp32_bf16(__m512(v)));
 }
@@ -1597,12 +1597,13 @@ void forward_planes(const at::Tensor& input, const at::Tensor& weight, const at:
 
 // ---------------------------------------------------------------- bfloat16 channels_last
 // bfloat16 channels_last takes the channels_last kernels: in place where they widen
-// bfloat16 in registers (bfloat16_in_place, the input gradient's gather), else on float32
-// copies of a few images at a time. (The plane kernels it took before ran at 0.18-0.50x
-// of torch (oneDNN) on channels_last 3x3 forwards; the copies made that 0.5-1.4x, in place
-// 1.7-2.8x.) A chunk's copies (about 4 MB: this CPU's L2 per core) are still in cache when
-// the kernel reads them: whole-tensor copies measured 20-60% slower, and with glibc's
-// default malloc a copy above its mmap threshold page-faults on every call.
+// bfloat16 in registers (bfloat16_in_place, the input gradient's gather,
+// bfloat16_window_in_place), else on float32 copies of a few images at a time. (The plane
+// kernels it took before ran at 0.18-0.50x of torch (oneDNN) on channels_last 3x3
+// forwards; the copies made that 0.5-1.4x, in place 1.7-2.8x.) A chunk's copies (about
+// 4 MB: this CPU's L2 per core) are still in cache when the kernel reads them: whole-tensor
+// copies measured 20-60% slower, and with glibc's default malloc a copy above its mmap
+// threshold page-faults on every call.
 bool bfloat16_via_float(const Conv2dGeometry& g, at::ScalarType dtype, std::initializer_list<const at::Tensor*> ts) {
   return dtype == at::kBFloat16 && use_channels_last(g, /*same_type=*/true, ts) && !large_kernel_via_nchw(g);
 }
@@ -2241,7 +2242,7 @@ void cl_grad_weight_narrow(const T* go, const Strides4d& go_s, const T* in, cons
 }
 
 #if defined(CPU_CAPABILITY_AVX512)
-// channels_last grad_weight of a float 3x3 kernel at column stride SW (1 or 2), dilation 1
+// channels_last grad_weight of a 3x3 kernel at column stride SW (1 or 2), dilation 1
 // and zero padding (MobileNet's blocks). Along an output row each kernel row keeps a window
 // of three input pixels in registers, and each output pixel loads only the SW pixels it
 // does not share with the previous one: 4 loads for 9 FMAs at stride 1 and 7 at stride 2,
@@ -2251,13 +2252,20 @@ void cl_grad_weight_narrow(const T* go, const Strides4d& go_s, const T* in, cons
 // ones (cl_grad_weight_3x3_wide).
 constexpr int64_t kClWindowMaxWidth = 32;
 
+// The geometries the window kernels take.
+bool uses_3x3_window(const Conv2dGeometry& g) {
+  return g.kernel_h == 3 && g.kernel_w == 3 && g.dilation_h == 1 && g.dilation_w == 1 &&
+         g.mode == PaddingMode::Zeros && g.pad_left <= 1 && (g.stride_w == 1 || g.stride_w == 2);
+}
+
 // One output row (n, oh) of the 16 channels from c (`lanes` of them), added to acc[9].
-template <int SW>
-inline void cl_grad_weight_3x3_row(const float* go, const Strides4d& go_s, const float* in, const Strides4d& in_s,
+// S: the storage type of grad_output and input (float, or bfloat16 widened in registers).
+template <int SW, typename S>
+inline void cl_grad_weight_3x3_row(const S* go, const Strides4d& go_s, const S* in, const Strides4d& in_s,
                                    const Conv2dGeometry& g, int64_t n, int64_t oh, int64_t c, __mmask16 lanes,
                                    __m512* acc) {
-  alignas(64) static const float zeros[16] = {};
-  const float* rows[3];
+  alignas(64) static const S zeros[16] = {};
+  const S* rows[3];
   int64_t step[3];  // pixel step of each kernel row: 0 for a padding row (it reads the zeros)
   for (int kh = 0; kh < 3; ++kh) {
     const int64_t ih = oh * g.stride_h - g.pad_top + kh;
@@ -2265,10 +2273,10 @@ inline void cl_grad_weight_3x3_row(const float* go, const Strides4d& go_s, const
     rows[kh] = inside ? in + n * in_s.n + ih * in_s.h + c : zeros;
     step[kh] = inside ? in_s.w : 0;
   }
-  const float* go_row = go + n * go_s.n + oh * go_s.h + c;
+  const S* go_row = go + n * go_s.n + oh * go_s.h + c;
   auto pixel = [&](int kh, int64_t col) {  // input column col of kernel row kh, zeros outside the row
     const bool inside = col >= 0 && col < g.in_w;
-    return _mm512_maskz_loadu_ps(inside ? lanes : __mmask16(0), rows[kh] + (inside ? col : 0) * step[kh]);
+    return load_masked(inside ? lanes : __mmask16(0), rows[kh] + (inside ? col : 0) * step[kh]);
   };
   // Tap kw of output ow reads column ow * SW - pad_left + kw, held in win[kh][(SW * ow + kw) % 3];
   // taps kw < 3 - SW read what the previous output's taps kw + SW read.
@@ -2280,12 +2288,11 @@ inline void cl_grad_weight_3x3_row(const float* go, const Strides4d& go_s, const
   const int64_t inner = last_inside < 0 ? 0 : std::min<int64_t>(last_inside / SW + 1, g.out_w);
   auto output_pixel = [&](auto phase, auto edge, int64_t ow) {
     constexpr int P = decltype(phase)::value;  // ow % 3
-    const __m512 gv = _mm512_maskz_loadu_ps(lanes, go_row + ow * go_s.w);
+    const __m512 gv = load_masked(lanes, go_row + ow * go_s.w);
     for (int kh = 0; kh < 3; ++kh)
       for (int kw = 3 - SW; kw < 3; ++kw) {
         const int64_t col = ow * SW - g.pad_left + kw;
-        win[kh][(SW * P + kw) % 3] = decltype(edge)::value ? pixel(kh, col)
-                                                           : _mm512_maskz_loadu_ps(lanes, rows[kh] + col * step[kh]);
+        win[kh][(SW * P + kw) % 3] = decltype(edge)::value ? pixel(kh, col) : load_masked(lanes, rows[kh] + col * step[kh]);
       }
     for (int kh = 0; kh < 3; ++kh)
       for (int kw = 0; kw < 3; ++kw)
@@ -2313,15 +2320,15 @@ inline void cl_grad_weight_3x3_row(const float* go, const Strides4d& go_s, const
 
 // Rows [row_begin, row_end) of the 16 channels from c (fewer at the end), the sums in
 // registers over all the rows and then added to part.
-template <int SW>
-void cl_grad_weight_3x3(const float* go, const Strides4d& go_s, const float* in, const Strides4d& in_s,
+template <int SW, typename S>
+void cl_grad_weight_3x3(const S* go, const Strides4d& go_s, const S* in, const Strides4d& in_s,
                         const Conv2dGeometry& g, const int64_t*, int64_t row_begin, int64_t row_end, int64_t c,
                         int64_t count, float* part, int64_t cpad) {
   const __mmask16 lanes = first_lanes(count);
   __m512 acc[9];
   for (int t = 0; t < 9; ++t) acc[t] = _mm512_setzero_ps();
   for (int64_t row = row_begin; row < row_end; ++row)
-    cl_grad_weight_3x3_row<SW>(go, go_s, in, in_s, g, row / g.out_h, row % g.out_h, c, lanes, acc);
+    cl_grad_weight_3x3_row<SW, S>(go, go_s, in, in_s, g, row / g.out_h, row % g.out_h, c, lanes, acc);
   for (int t = 0; t < 9; ++t)
     _mm512_storeu_ps(part + t * cpad, _mm512_add_ps(_mm512_loadu_ps(part + t * cpad), acc[t]));
 }
@@ -2331,8 +2338,8 @@ void cl_grad_weight_3x3(const float* go, const Strides4d& go_s, const float* in,
 // cache line is read whole (a task per channel vector, as above, read the lines it shares
 // with the next vector again: 2 threads, 8x32x112x112 1.17 -> 0.93 ms, 8x96x112x112
 // stride 2 2.02 -> 1.49 ms).
-template <int SW>
-void cl_grad_weight_3x3_wide(const float* go, const Strides4d& go_s, const float* in, const Strides4d& in_s,
+template <int SW, typename S>
+void cl_grad_weight_3x3_wide(const S* go, const Strides4d& go_s, const S* in, const Strides4d& in_s,
                              const Conv2dGeometry& g, int64_t row_begin, int64_t row_end, float* part, int64_t cpad) {
   const int64_t C = g.in_channels;
   for (int64_t row = row_begin; row < row_end; ++row)
@@ -2340,7 +2347,7 @@ void cl_grad_weight_3x3_wide(const float* go, const Strides4d& go_s, const float
       const __mmask16 lanes = first_lanes(C - c);
       __m512 acc[9];
       for (int t = 0; t < 9; ++t) acc[t] = _mm512_loadu_ps(part + t * cpad + c);
-      cl_grad_weight_3x3_row<SW>(go, go_s, in, in_s, g, row / g.out_h, row % g.out_h, c, lanes, acc);
+      cl_grad_weight_3x3_row<SW, S>(go, go_s, in, in_s, g, row / g.out_h, row % g.out_h, c, lanes, acc);
       for (int t = 0; t < 9; ++t) _mm512_storeu_ps(part + t * cpad + c, acc[t]);
     }
 }
@@ -2348,10 +2355,13 @@ void cl_grad_weight_3x3_wide(const float* go, const Strides4d& go_s, const float
 
 // channels_last grad_weight (multiplier 1): the output rows (n, oh) are cut into a fixed
 // number of chunks; a task is (chunk, vector of channels) and owns its partial
-// (kH * kW, channels) slice; the chunks are summed in order at the end.
-template <typename T>
+// (kH * kW, channels) slice; the chunks are summed in order at the end. S: the storage type
+// of the tensors; bfloat16 (in place, widened in registers) only where the float32 window
+// kernels run (uses_3x3_window).
+template <typename S>
 void grad_weight_channels_last(const at::Tensor& grad_output, const at::Tensor& input,
                                at::Tensor& grad_weight, const Conv2dGeometry& g) {
+  using T = at::opmath_type<S>;
   using Vec = at::vec::Vectorized<T>;
   constexpr int64_t V = Vec::size();
   const int64_t C = g.in_channels, cpad = round_up(C, V), kk = g.kernel_h * g.kernel_w;
@@ -2365,8 +2375,8 @@ void grad_weight_channels_last(const at::Tensor& grad_output, const at::Tensor& 
       cols[ow * g.kernel_w + kw] =
           source_index(ow * g.stride_w - g.pad_left + kw * g.dilation_w, g.in_w, g.mode);
   const Strides4d go_s = strides4d(grad_output), in_s = strides4d(input);
-  const T* go = grad_output.const_data_ptr<T>();
-  const T* in = input.const_data_ptr<T>();
+  const S* go = grad_output.const_data_ptr<S>();
+  const S* in = input.const_data_ptr<S>();
   // Interior output columns [ow_lo, ow_hi) of rows whose kernel rows are all inside: every
   // tap at a fixed offset (off) from the pixel, so each grad_output vector is loaded once
   // for a group of up to 9 taps (cl_grad_weight_taps); the other pixels tap by tap below.
@@ -2374,21 +2384,22 @@ void grad_weight_channels_last(const at::Tensor& grad_output, const at::Tensor& 
   const int64_t ow_lo = inside_w.lo, ow_hi = inside_w.hi;
   const std::vector<int64_t> off = tap_offsets(g, in_s);
   const int64_t work = (rows / chunks) * g.out_w * kk * V;
-  using Narrow = void (*)(const T*, const Strides4d&, const T*, const Strides4d&, const Conv2dGeometry&,
+  using Narrow = void (*)(const S*, const Strides4d&, const S*, const Strides4d&, const Conv2dGeometry&,
                           const int64_t*, int64_t, int64_t, int64_t, int64_t, T*, int64_t);
   Narrow narrow = nullptr;
   bool partials_done = false;  // by the window kernel for wide rows below
   // Measured (2 threads, float32, 8 images): 5x5 on 14x14 1.20 -> 1.08 ms (672 channels);
   // 3x3 on 7x7 planes 0.22 -> 0.185 ms (960), which the window kernel below takes in float32
   // (0.18 -> 0.14 ms; 14x14 0.24 -> 0.15, 28x28 0.45 -> 0.35; stride 2, 56x56 input 0.44 -> 0.39).
-  if (g.kernel_h == 3 && g.kernel_w == 3 && g.out_w <= 8) narrow = cl_grad_weight_narrow<T, 3, 3>;
-  if (g.kernel_h == 5 && g.kernel_w == 5 && g.out_w <= kClNarrowWidth) narrow = cl_grad_weight_narrow<T, 5, 5>;
+  if constexpr (std::is_same<S, T>::value) {
+    if (g.kernel_h == 3 && g.kernel_w == 3 && g.out_w <= 8) narrow = cl_grad_weight_narrow<T, 3, 3>;
+    if (g.kernel_h == 5 && g.kernel_w == 5 && g.out_w <= kClNarrowWidth) narrow = cl_grad_weight_narrow<T, 5, 5>;
+  }
 #if defined(CPU_CAPABILITY_AVX512)
   if constexpr (std::is_same<T, float>::value) {
-    const bool window = g.kernel_h == 3 && g.kernel_w == 3 && g.dilation_h == 1 && g.dilation_w == 1 &&
-                        g.mode == PaddingMode::Zeros && g.pad_left <= 1 && (g.stride_w == 1 || g.stride_w == 2);
+    const bool window = uses_3x3_window(g);
     if (window && g.out_w > kClWindowMaxWidth) {
-      const auto wide = g.stride_w == 1 ? cl_grad_weight_3x3_wide<1> : cl_grad_weight_3x3_wide<2>;
+      const auto wide = g.stride_w == 1 ? cl_grad_weight_3x3_wide<1, S> : cl_grad_weight_3x3_wide<2, S>;
       at::parallel_for(0, chunks, grain_for(work * cvecs), [&](int64_t begin, int64_t end) {
         for (int64_t chunk = begin; chunk < end; ++chunk)
           wide(go, go_s, in, in_s, g, chunk * rows / chunks, (chunk + 1) * rows / chunks,
@@ -2396,10 +2407,13 @@ void grad_weight_channels_last(const at::Tensor& grad_output, const at::Tensor& 
       });
       partials_done = true;
     } else if (window) {
-      narrow = g.stride_w == 1 ? cl_grad_weight_3x3<1> : cl_grad_weight_3x3<2>;
+      narrow = g.stride_w == 1 ? cl_grad_weight_3x3<1, S> : cl_grad_weight_3x3<2, S>;
     }
   }
 #endif
+  constexpr bool in_place = !std::is_same<S, T>::value;
+  TORCH_INTERNAL_ASSERT(!in_place || partials_done || narrow != nullptr,
+                        "cnnops: a bfloat16 channels_last weight gradient outside the window kernels");
   if (!partials_done) at::parallel_for(0, chunks * cvecs, grain_for(work), [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t chunk = item / cvecs, c = (item % cvecs) * V;
@@ -2410,7 +2424,7 @@ void grad_weight_channels_last(const at::Tensor& grad_output, const at::Tensor& 
         narrow(go, go_s, in, in_s, g, cols.data(), row_begin, row_end, c, count, part, cpad);
         continue;
       }
-      for (int64_t row = row_begin; row < row_end; ++row) {
+      if constexpr (std::is_same<S, T>::value) for (int64_t row = row_begin; row < row_end; ++row) {
         const int64_t n = row / g.out_h, oh = row % g.out_h;
         const int64_t ih0 = oh * g.stride_h - g.pad_top;
         const bool inside = oh >= inside_h.lo && oh < inside_h.hi && ow_hi > ow_lo;
@@ -2444,7 +2458,7 @@ void grad_weight_channels_last(const at::Tensor& grad_output, const at::Tensor& 
   // The chunks' sums in order, a vector of channels at a time (the element loop over
   // chunks x taps x channels took a third of a 960-channel 7x7-plane call).
   const Strides4d gw_s = strides4d(grad_weight);
-  T* gw = grad_weight.mutable_data_ptr<T>();
+  S* gw = grad_weight.mutable_data_ptr<S>();
   T sum_lanes[V];
   for (int64_t t = 0; t < kk; ++t)
     for (int64_t c = 0; c < C; c += V) {
@@ -2453,8 +2467,20 @@ void grad_weight_channels_last(const at::Tensor& grad_output, const at::Tensor& 
         sum = sum + Vec::loadu(partial.data() + (chunk * kk + t) * cpad + c);
       sum.store(sum_lanes);
       for (int64_t l = 0; l < std::min<int64_t>(V, C - c); ++l)
-        gw[gw_s.offset(c + l, 0, t / g.kernel_w, t % g.kernel_w)] = sum_lanes[l];
+        gw[gw_s.offset(c + l, 0, t / g.kernel_w, t % g.kernel_w)] = static_cast<S>(sum_lanes[l]);
     }
+}
+
+// The bfloat16 3x3 weight gradients that the window kernels take in place (widening in
+// registers) rather than on float32 copies (2 threads, 8x96x112x112 3x3 stride 2: 3.1 ->
+// 0.83 ms; forward+backward 6.8 -> 3.7 ms, torch 6.3).
+bool bfloat16_window_in_place(const Conv2dGeometry& g) {
+#if defined(CPU_CAPABILITY_AVX512)
+  return uses_3x3_window(g);
+#else
+  (void)g;
+  return false;
+#endif
 }
 
 at::Tensor depthwise_conv2d_grad_weight_cpu(const at::Tensor& grad_output, const at::Tensor& input,
@@ -2477,6 +2503,11 @@ at::Tensor depthwise_conv2d_grad_weight_cpu(const at::Tensor& grad_output, const
                                     contiguous_cpu(input, at::MemoryFormat::Contiguous), grad_weight, g);
     } else if (cl) {
       grad_weight_channels_last<T>(with_unit_channel_stride(grad_output), input, grad_weight, g);
+    } else if (bfloat16_via_float(g, input.scalar_type(), {&input}) &&
+               input.suggest_memory_format() == at::MemoryFormat::ChannelsLast && bfloat16_window_in_place(g)) {
+#if defined(CPU_CAPABILITY_AVX512)
+      grad_weight_channels_last<at::BFloat16>(with_unit_channel_stride(grad_output), input, grad_weight, g);
+#endif
     } else if (bfloat16_via_float(g, input.scalar_type(), {&input}) &&
                input.suggest_memory_format() == at::MemoryFormat::ChannelsLast) {
       // float32 partial sums per chunk of images, added in chunk order (any thread count
