@@ -186,7 +186,7 @@ std::vector<T> weight_taps(const at::Tensor& weight, const Conv2dGeometry& g) {
 
 // The weight transposed to (kH * kW, OC) with OC padded to a whole number of cache lines:
 // the channels_last kernels load one tap's weights for consecutive channels as one
-// vector, aligned (from a std::vector's 16-byte alignment every such load splits two
+// vector, aligned (with a std::vector's 16-byte alignment every such load could split two
 // cache lines).
 template <typename scalar_t, typename T>
 AlignedBuffer<T> weight_taps_by_channel(const at::Tensor& weight, const Conv2dGeometry& g, int64_t cpad) {
