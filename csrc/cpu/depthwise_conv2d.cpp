@@ -2362,6 +2362,7 @@ template <typename S>
 void grad_weight_channels_last(const at::Tensor& grad_output, const at::Tensor& input,
                                at::Tensor& grad_weight, const Conv2dGeometry& g) {
   using T = at::opmath_type<S>;
+  constexpr bool in_place = !std::is_same<S, T>::value;  // bfloat16, widened in registers
   using Vec = at::vec::Vectorized<T>;
   constexpr int64_t V = Vec::size();
   const int64_t C = g.in_channels, cpad = round_up(C, V), kk = g.kernel_h * g.kernel_w;
@@ -2391,7 +2392,7 @@ void grad_weight_channels_last(const at::Tensor& grad_output, const at::Tensor& 
   // Measured (2 threads, float32, 8 images): 5x5 on 14x14 1.20 -> 1.08 ms (672 channels);
   // 3x3 on 7x7 planes 0.22 -> 0.185 ms (960), which the window kernel below takes in float32
   // (0.18 -> 0.14 ms; 14x14 0.24 -> 0.15, 28x28 0.45 -> 0.35; stride 2, 56x56 input 0.44 -> 0.39).
-  if constexpr (std::is_same<S, T>::value) {
+  if constexpr (!in_place) {
     if (g.kernel_h == 3 && g.kernel_w == 3 && g.out_w <= 8) narrow = cl_grad_weight_narrow<T, 3, 3>;
     if (g.kernel_h == 5 && g.kernel_w == 5 && g.out_w <= kClNarrowWidth) narrow = cl_grad_weight_narrow<T, 5, 5>;
   }
@@ -2411,7 +2412,6 @@ void grad_weight_channels_last(const at::Tensor& grad_output, const at::Tensor& 
     }
   }
 #endif
-  constexpr bool in_place = !std::is_same<S, T>::value;
   TORCH_INTERNAL_ASSERT(!in_place || partials_done || narrow != nullptr,
                         "cnnops: a bfloat16 channels_last weight gradient outside the window kernels");
   if (!partials_done) at::parallel_for(0, chunks * cvecs, grain_for(work), [&](int64_t begin, int64_t end) {
@@ -2424,7 +2424,7 @@ void grad_weight_channels_last(const at::Tensor& grad_output, const at::Tensor& 
         narrow(go, go_s, in, in_s, g, cols.data(), row_begin, row_end, c, count, part, cpad);
         continue;
       }
-      if constexpr (std::is_same<S, T>::value) for (int64_t row = row_begin; row < row_end; ++row) {
+      if constexpr (!in_place) for (int64_t row = row_begin; row < row_end; ++row) {
         const int64_t n = row / g.out_h, oh = row % g.out_h;
         const int64_t ih0 = oh * g.stride_h - g.pad_top;
         const bool inside = oh >= inside_h.lo && oh < inside_h.hi && ow_hi > ow_lo;
@@ -2504,22 +2504,23 @@ at::Tensor depthwise_conv2d_grad_weight_cpu(const at::Tensor& grad_output, const
     } else if (cl) {
       grad_weight_channels_last<T>(with_unit_channel_stride(grad_output), input, grad_weight, g);
     } else if (bfloat16_via_float(g, input.scalar_type(), {&input}) &&
-               input.suggest_memory_format() == at::MemoryFormat::ChannelsLast && bfloat16_window_in_place(g)) {
-#if defined(CPU_CAPABILITY_AVX512)
-      grad_weight_channels_last<at::BFloat16>(with_unit_channel_stride(grad_output), input, grad_weight, g);
-#endif
-    } else if (bfloat16_via_float(g, input.scalar_type(), {&input}) &&
                input.suggest_memory_format() == at::MemoryFormat::ChannelsLast) {
-      // float32 partial sums per chunk of images, added in chunk order (any thread count
-      // gives the same bits), rounded to bfloat16 once
-      at::Tensor sum;
-      for_float_chunks(g, [&](int64_t n0, const Conv2dGeometry& chunk) {
-        at::Tensor part = at::empty(grad_weight.sizes(), grad_weight.options().dtype(at::kFloat));
-        grad_weight_channels_last<float>(float_images(grad_output, n0, chunk.batch),
-                                         float_images(input, n0, chunk.batch), part, chunk);
-        sum = sum.defined() ? sum.add_(part) : part;
-      });
-      grad_weight.copy_(sum);
+      if (bfloat16_window_in_place(g)) {
+#if defined(CPU_CAPABILITY_AVX512)
+        grad_weight_channels_last<at::BFloat16>(with_unit_channel_stride(grad_output), input, grad_weight, g);
+#endif
+      } else {
+        // float32 partial sums per chunk of images, added in chunk order (any thread count
+        // gives the same bits), rounded to bfloat16 once
+        at::Tensor sum;
+        for_float_chunks(g, [&](int64_t n0, const Conv2dGeometry& chunk) {
+          at::Tensor part = at::empty(grad_weight.sizes(), grad_weight.options().dtype(at::kFloat));
+          grad_weight_channels_last<float>(float_images(grad_output, n0, chunk.batch),
+                                           float_images(input, n0, chunk.batch), part, chunk);
+          sum = sum.defined() ? sum.add_(part) : part;
+        });
+        grad_weight.copy_(sum);
+      }
     } else {
       grad_weight_blocked<scalar_t>(grad_output, input, grad_weight, g);
     }
