@@ -309,6 +309,11 @@ def four_sided(padding):
     return [ph, ph, pw, pw]
 
 
+def same_bits(a, b):
+    """a and b hold the same bfloat16 bits (NaNs included)."""
+    return torch.equal(a.view(torch.int16), b.view(torch.int16))
+
+
 @pytest.mark.parametrize("case", IN_PLACE_CASES, ids=str)
 def test_bfloat16_channels_last_in_place(case):
     """The channels_last forward, the input gradient and the 3x3 window kernels' weight
@@ -319,6 +324,7 @@ def test_bfloat16_channels_last_in_place(case):
     bits equal float32's rounded. A channel-sliced input and a grad_output without unit
     channel stride give the same bits."""
     c, h, w, k, stride, dilation, padding, mode = case
+    op_geometry = ([stride] * 2, four_sided(padding), [dilation] * 2, mode)  # the ops' stride .. padding_mode
     torch.manual_seed(0)
     kh, kw = (k, k) if isinstance(k, int) else k
     x = rand(2, c, h, w).to(torch.bfloat16).contiguous(memory_format=CL)
@@ -335,43 +341,39 @@ def test_bfloat16_channels_last_in_place(case):
     assert_close(out[finite], ref[finite].to(torch.bfloat16), torch.bfloat16, "cpu")
     if (kh, kw) == (3, 3) and out.shape[-1] > 8:
         as_float = cnnops.F.depthwise_conv2d(x.float(), wt.float(), b.float(), stride, padding, dilation, mode)
-        assert torch.equal(out.view(torch.int16), as_float.to(torch.bfloat16).view(torch.int16))
+        assert same_bits(out, as_float.to(torch.bfloat16))
     # Channels 3..3+c of a wider channels_last tensor: pixels c + 5 values apart.
     wide = rand(2, c + 5, h, w).to(torch.bfloat16).contiguous(memory_format=CL)
     wide[:, 3:3 + c] = x
     sliced = cnnops.F.depthwise_conv2d(wide[:, 3:3 + c], wt, b, stride, padding, dilation, mode)
-    assert torch.equal(sliced.view(torch.int16), out.view(torch.int16))
+    assert same_bits(sliced, out)
     # The input gradient (stride 1 with zero padding: the forward of the flipped kernel;
     # otherwise the gather), in place too.
     go = rand(*out.shape).to(torch.bfloat16).contiguous(memory_format=CL)
     x64 = leaf(x.double().nan_to_num(0.0, 0.0, 0.0))
     expected, = torch.autograd.grad(torch_depthwise(x64, wt.double(), b.double(), stride, padding, dilation, mode),
                                     x64, go.double())
-    got = ops.depthwise_conv2d_grad_input(go, wt, list(x.shape), [stride] * 2, four_sided(padding),
-                                          [dilation] * 2, mode, True)
+    got = ops.depthwise_conv2d_grad_input(go, wt, list(x.shape), *op_geometry, True)
     assert got.dtype == torch.bfloat16 and got.is_contiguous(memory_format=CL)
     assert_close(got, expected.to(torch.bfloat16), torch.bfloat16, "cpu", msg="grad_input")
-    planar = ops.depthwise_conv2d_grad_input(go.contiguous(), wt, list(x.shape), [stride] * 2, four_sided(padding),
-                                             [dilation] * 2, mode, True)  # channel stride != 1: copied
-    assert torch.equal(planar.view(torch.int16), got.view(torch.int16))
+    # An NCHW grad_output (channel stride != 1) is copied to channels_last first.
+    planar = ops.depthwise_conv2d_grad_input(go.contiguous(), wt, list(x.shape), *op_geometry, True)
+    assert same_bits(planar, got)
     if stride > 1 or mode != "zeros":  # the gather, as float32 runs it: its sums rounded once
-        as_float = ops.depthwise_conv2d_grad_input(go.float(), wt.float(), list(x.shape), [stride] * 2,
-                                                   four_sided(padding), [dilation] * 2, mode, True)
-        assert torch.equal(got.view(torch.int16), as_float.to(torch.bfloat16).view(torch.int16))
+        as_float = ops.depthwise_conv2d_grad_input(go.float(), wt.float(), list(x.shape), *op_geometry, True)
+        assert same_bits(got, as_float.to(torch.bfloat16))
     # The weight gradient: in place in the 3x3 window kernels (zero padding, dilation 1,
     # column stride 1 or 2), else on float32 copies.
     x_finite = x.nan_to_num(0.0, 0.0, 0.0)
     w64 = leaf(wt.double())
     expected, = torch.autograd.grad(torch_depthwise(x_finite.double(), w64, None, stride, padding, dilation, mode),
                                     w64, go.double())
-    got = ops.depthwise_conv2d_grad_weight(go, x_finite, list(wt.shape), [stride] * 2, four_sided(padding),
-                                           [dilation] * 2, mode, False)
+    got = ops.depthwise_conv2d_grad_weight(go, x_finite, list(wt.shape), *op_geometry, False)
     assert_close(got, expected.to(torch.bfloat16), torch.bfloat16, "cpu", msg="grad_weight")
     window = (kh, kw) == (3, 3) and dilation == 1 and mode == "zeros" and four_sided(padding)[2] <= 1 and stride <= 2
     if window:  # the float32 window kernel's partial sums, rounded once
-        as_float = ops.depthwise_conv2d_grad_weight(go.float(), x_finite.float(), list(wt.shape), [stride] * 2,
-                                                    four_sided(padding), [dilation] * 2, mode, False)
-        assert torch.equal(got.view(torch.int16), as_float.to(torch.bfloat16).view(torch.int16))
+        as_float = ops.depthwise_conv2d_grad_weight(go.float(), x_finite.float(), list(wt.shape), *op_geometry, False)
+        assert same_bits(got, as_float.to(torch.bfloat16))
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
