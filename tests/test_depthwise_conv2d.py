@@ -376,6 +376,28 @@ def test_bfloat16_channels_last_in_place(case):
         assert same_bits(got, as_float.to(torch.bfloat16))
 
 
+# (channels, height, width, kernel, stride, dilation, padding, padding mode): the channels_last
+# input gradient gathers, per residue class of (row, column) mod stride, through the quad
+# kernel; classes without taps (kernel 2 at stride 3), dilation with stride, even and
+# non-square kernels, stride 1 with the other modes, and each mode's border.
+GATHER_CASES = [
+    (24, 13, 22, (2, 2), (3, 3), 1, 0, "zeros"), (32, 20, 27, (3, 3), (2, 2), 2, 2, "reflect"),
+    (16, 19, 30, (5, 3), (2, 3), (1, 2), (2, 1), "circular"), (40, 16, 33, (3, 3), (2, 2), 1, 1, "replicate"),
+    (64, 12, 40, (4, 4), (2, 2), 1, (1, 2), "zeros"), (20, 11, 25, (3, 3), 1, 1, 1, "reflect"),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", GATHER_CASES, ids=[f"{c[0]}ch_k{c[3]}_s{c[4]}_{c[7]}" for c in GATHER_CASES])
+def test_channels_last_grad_input_residue_classes(case, dtype):
+    c, h, w, k, stride, dilation, padding, mode = case
+    torch.manual_seed(0)
+    x = make_input((2, c, h, w), "channels_last", dtype)
+    wt = make_weight((c, 1, *k), "contiguous", dtype)
+    b = leaf(rand(c, dtype=dtype))
+    compare(x, wt, b, stride, padding, dilation, mode, msg=str(case))
+
+
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("groups", [1, "depthwise"])
 def test_taps_that_read_only_padding_are_dropped(groups, layout):
