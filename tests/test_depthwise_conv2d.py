@@ -398,6 +398,44 @@ def test_channels_last_grad_input_residue_classes(case, dtype):
     compare(x, wt, b, stride, padding, dilation, mode, msg=str(case))
 
 
+@pytest.mark.parametrize("channels", [64, 40])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_channels_last_streamed_stores(channels, stride, monkeypatch):
+    """Outputs larger than the threads' L2 caches are written with streaming stores
+    (CNNOPS_DEPTHWISE_CPU_STREAM=always forces them, never turns them off): the forward's
+    quads and the input gradient's (stride 1: the forward of the flipped kernel; stride 2:
+    the gather's classes). Only whole 64-byte aligned vectors stream: 64 channels; with 40
+    the forward's pixels, 160 bytes apart, take ordinary stores, and the stride-2 gather's,
+    320 bytes apart, stream. The sums are the same, so the bits are the same either way."""
+    torch.manual_seed(0)
+    x = rand(2, channels, 21, 38).float().contiguous(memory_format=CL)
+    wt, b = rand(channels, 1, 3, 3).float(), rand(channels).float()
+    go = None
+    results = {}
+    for choice in ("always", "never", "auto"):
+        monkeypatch.setenv("CNNOPS_DEPTHWISE_CPU_STREAM", choice)
+        out = cnnops.F.depthwise_conv2d(x, wt, b, stride, 1)
+        go = rand(*out.shape).float().contiguous(memory_format=CL) if go is None else go
+        grad_input = ops.depthwise_conv2d_grad_input(go, wt, list(x.shape), [stride] * 2, [1] * 4, [1, 1], "zeros",
+                                                     True)
+        results[choice] = (out, grad_input)
+    x64 = leaf(x.double())
+    ref = torch_depthwise(x64, wt.double(), b.double(), stride, 1)
+    expected, = torch.autograd.grad(ref, x64, go.double())
+    for got, exp, what in zip(results["always"], (ref, expected), ("forward", "grad_input")):
+        assert_close(got, exp.float(), torch.float32, "cpu", msg=what)
+        for choice in ("never", "auto"):
+            assert torch.equal(got, results[choice][what == "grad_input"]), f"{what} {choice}"
+
+
+def test_stream_env_is_checked(monkeypatch):
+    monkeypatch.setenv("CNNOPS_DEPTHWISE_CPU_STREAM", "sometimes")
+    x = rand(1, 16, 8, 8).float().contiguous(memory_format=CL)
+    with pytest.raises(ValueError, match="CNNOPS_DEPTHWISE_CPU_STREAM to be one of 'auto', 'always', 'never', "
+                                         "got 'sometimes'"):
+        cnnops.F.depthwise_conv2d(x, rand(16, 1, 3, 3).float(), None, 1, 1)
+
+
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("groups", [1, "depthwise"])
 def test_taps_that_read_only_padding_are_dropped(groups, layout):
