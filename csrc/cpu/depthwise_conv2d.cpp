@@ -344,8 +344,8 @@ inline void streamed_stores_done() {}
 // Whether a kernel streams its output (stream_lanes): where the output is larger than the
 // L2 caches of the threads writing it, so that it would not stay in them for the next op
 // anyway. The memory-bound channels_last 3x3 kernels then move a third fewer bytes (2
-// threads, float32, 8x144x56x56 forward 0.97 -> 0.65 ms median, torch 0.73; 8x96x112x112
-// 3x3 s2 grad_input 3.9 -> 1.6 ms, torch 3.6).
+// threads, float32, medians in one process: 8x144x56x56 forward 0.89 -> 0.69 ms, torch
+// 0.80; 8x96x112x112 stride 2 grad_input 3.96 -> 1.64 ms, torch 3.57).
 // CNNOPS_DEPTHWISE_CPU_STREAM=always|never overrides that (read on every call, for tests).
 bool streams_output(const at::Tensor& output) {
   const char* env = std::getenv("CNNOPS_DEPTHWISE_CPU_STREAM");
@@ -2391,6 +2391,20 @@ inline void cl_grad_weight_3x3_row(const S* go, const Strides4d& go_s, const S* 
     step[kh] = inside ? in_s.w : 0;
   }
   const S* go_row = go + n * go_s.n + oh * go_s.h + c;
+  // The rows are taken in order: the next output row's grad_output row and its input rows
+  // that this one does not read (kernel row 2, and 1 at row stride 2) are prefetched into
+  // L2, a row ahead, as the interior pixels go, where pixels are 512 bytes or more apart:
+  // a pass over one vector of channels then touches too few lines per 4 KB page for the
+  // hardware prefetchers (2 threads, float32, medians in one process: 8x144x56x56 1.06 ->
+  // 0.97 ms, 8x384x28x28 0.84 -> 0.71 ms; 32 and 96 channels 2-6% slower with it).
+  const bool prefetch = in_s.w * static_cast<int64_t>(sizeof(S)) >= 512 && go_s.w * static_cast<int64_t>(sizeof(S)) >= 512;
+  const S* next_go = prefetch && oh + 1 < g.out_h ? go_row + go_s.h : nullptr;
+  const S* next_in[2];
+  for (int r = 0; r < 2; ++r) {
+    const int64_t ih = (oh + 1) * g.stride_h - g.pad_top + 2 - r;
+    next_in[r] = next_go != nullptr && r < g.stride_h && ih >= 0 && ih < g.in_h ? in + n * in_s.n + ih * in_s.h + c
+                                                                                  : nullptr;
+  }
   auto pixel = [&](int kh, int64_t col) {  // input column col of kernel row kh, zeros outside the row
     const bool inside = col >= 0 && col < g.in_w;
     return load_masked(inside ? lanes : __mmask16(0), rows[kh] + (inside ? col : 0) * step[kh]);
@@ -2406,6 +2420,13 @@ inline void cl_grad_weight_3x3_row(const S* go, const Strides4d& go_s, const S* 
   auto output_pixel = [&](auto phase, auto edge, int64_t ow) {
     constexpr int P = decltype(phase)::value;  // ow % 3
     const __m512 gv = load_masked(lanes, go_row + ow * go_s.w);
+    if (!decltype(edge)::value && next_go != nullptr) {
+      _mm_prefetch(reinterpret_cast<const char*>(next_go + ow * go_s.w), _MM_HINT_T1);
+      for (int r = 0; r < 2; ++r)
+        if (next_in[r] != nullptr)
+          for (int kw = 3 - SW; kw < 3; ++kw)
+            _mm_prefetch(reinterpret_cast<const char*>(next_in[r] + (ow * SW - g.pad_left + kw) * in_s.w), _MM_HINT_T1);
+    }
     for (int kh = 0; kh < 3; ++kh)
       for (int kw = 3 - SW; kw < 3; ++kw) {
         const int64_t col = ow * SW - g.pad_left + kw;
@@ -2470,6 +2491,8 @@ void cl_grad_weight_3x3_wide(const S* go, const Strides4d& go_s, const S* in, co
 }
 #endif
 
+constexpr int64_t kClGradWeightTasks = 64;
+
 // channels_last grad_weight (multiplier 1): the output rows (n, oh) are cut into a fixed
 // number of chunks; a task is (chunk, vector of channels) and owns its partial
 // (kH * kW, channels) slice; the chunks are summed in order at the end. S: the storage type
@@ -2484,8 +2507,18 @@ void grad_weight_channels_last(const at::Tensor& grad_output, const at::Tensor& 
   constexpr int64_t V = Vec::size();
   const int64_t C = g.in_channels, cpad = round_up(C, V), kk = g.kernel_h * g.kernel_w;
   const int64_t rows = g.batch * g.out_h;
-  const int64_t chunks = std::min<int64_t>(rows, 16);
   const int64_t cvecs = cpad / V;
+  bool wide_window = false;  // the window kernel for rows wider than kClWindowMaxWidth: a task per chunk
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same<T, float>::value) wide_window = uses_3x3_window(g) && g.out_w > kClWindowMaxWidth;
+#endif
+  // Chunks of rows: a task is a chunk and a vector of channels (all of them for the wide
+  // window kernel), about kClGradWeightTasks tasks to share among the threads, and no more
+  // partial sums to zero and add up than that (16 chunks of a 960-channel 7x7 plane were
+  // 0.5 MB: 2 threads, 8x960x7x7 0.168 -> 0.129 ms with 2, torch 0.120). A function of the
+  // geometry only: the sums are the same with any number of threads.
+  const int64_t chunks =
+      std::min<int64_t>(rows, wide_window ? 16 : std::clamp<int64_t>((kClGradWeightTasks + cvecs - 1) / cvecs, 1, 16));
   std::vector<T> partial(chunks * kk * cpad, T(0));
   std::vector<int64_t> cols(g.out_w * g.kernel_w);
   for (int64_t ow = 0; ow < g.out_w; ++ow)
@@ -2516,7 +2549,7 @@ void grad_weight_channels_last(const at::Tensor& grad_output, const at::Tensor& 
 #if defined(CPU_CAPABILITY_AVX512)
   if constexpr (std::is_same<T, float>::value) {
     const bool window = uses_3x3_window(g);
-    if (window && g.out_w > kClWindowMaxWidth) {
+    if (wide_window) {
       const auto wide = g.stride_w == 1 ? cl_grad_weight_3x3_wide<1, S> : cl_grad_weight_3x3_wide<2, S>;
       at::parallel_for(0, chunks, grain_for(work * cvecs), [&](int64_t begin, int64_t end) {
         for (int64_t chunk = begin; chunk < end; ++chunk)
