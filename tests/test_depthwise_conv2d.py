@@ -379,11 +379,14 @@ def test_bfloat16_channels_last_in_place(case):
 # (channels, height, width, kernel, stride, dilation, padding, padding mode): the channels_last
 # input gradient gathers, per residue class of (row, column) mod stride, through the quad
 # kernel; classes without taps (kernel 2 at stride 3), dilation with stride, even and
-# non-square kernels, stride 1 with the other modes, and each mode's border.
+# non-square kernels, stride 1 with the other modes, and each mode's border (its pixels,
+# and the forward's, list their taps).
 GATHER_CASES = [
     (24, 13, 22, (2, 2), (3, 3), 1, 0, "zeros"), (32, 20, 27, (3, 3), (2, 2), 2, 2, "reflect"),
     (16, 19, 30, (5, 3), (2, 3), (1, 2), (2, 1), "circular"), (40, 16, 33, (3, 3), (2, 2), 1, 1, "replicate"),
     (64, 12, 40, (4, 4), (2, 2), 1, (1, 2), "zeros"), (20, 11, 25, (3, 3), 1, 1, 1, "reflect"),
+    # 61 channels: the pixels with listed taps end on a block of 4 vectors, the last partial
+    (61, 10, 21, (3, 3), (2, 2), 1, 1, "zeros"), (61, 9, 14, (3, 3), 1, 1, 1, "circular"),
 ]
 
 

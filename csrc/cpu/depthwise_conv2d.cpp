@@ -394,7 +394,7 @@ inline void cl_forward_chunk(const S* const* srcs, const int64_t* tap_ids, int64
 }
 
 // Every channel of one output pixel from its nt listed taps: blocks of 4 vectors, then one
-// block of what is left.
+// block of what is left (up to 4 vectors, the last one partial).
 template <typename S, typename T>
 void cl_forward_pixel(const S* const* srcs, const int64_t* tap_ids, int64_t nt, const T* wt, int64_t cpad,
                       const T* bias, int64_t channels, S* dst) {
@@ -403,6 +403,7 @@ void cl_forward_pixel(const S* const* srcs, const int64_t* tap_ids, int64_t nt, 
   for (; c + 4 * V <= channels; c += 4 * V) cl_forward_chunk<S, T, 4>(srcs, tap_ids, nt, wt, cpad, bias, c, 4 * V, dst);
   const int64_t rest = channels - c;
   switch ((rest + V - 1) / V) {
+    case 4: cl_forward_chunk<S, T, 4>(srcs, tap_ids, nt, wt, cpad, bias, c, rest, dst); break;
     case 3: cl_forward_chunk<S, T, 3>(srcs, tap_ids, nt, wt, cpad, bias, c, rest, dst); break;
     case 2: cl_forward_chunk<S, T, 2>(srcs, tap_ids, nt, wt, cpad, bias, c, rest, dst); break;
     case 1: cl_forward_chunk<S, T, 1>(srcs, tap_ids, nt, wt, cpad, bias, c, rest, dst); break;
