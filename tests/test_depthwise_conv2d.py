@@ -408,8 +408,10 @@ def test_channels_last_streamed_stores(channels, stride, monkeypatch):
     (CNNOPS_DEPTHWISE_CPU_STREAM=always forces them, never turns them off): the forward's
     quads and the input gradient's (stride 1: the forward of the flipped kernel; stride 2:
     the gather's classes). Only whole 64-byte aligned vectors stream: 64 channels; with 40
-    the forward's pixels, 160 bytes apart, take ordinary stores, and the stride-2 gather's,
-    320 bytes apart, stream. The sums are the same, so the bits are the same either way."""
+    the forward's pixels, 160 bytes apart, take ordinary stores, and of the stride-2
+    gather's, 320 bytes apart, the even columns stream. The sums are the same, so the bits
+    are the same either way. (Builds without AVX-512 have no streaming store: there this
+    checks the ordinary stores only.)"""
     torch.manual_seed(0)
     x = rand(2, channels, 21, 38).float().contiguous(memory_format=CL)
     wt, b = rand(channels, 1, 3, 3).float(), rand(channels).float()
@@ -476,6 +478,16 @@ def test_dilation_far_beyond_the_input():
     ref = torch.nn.functional.conv2d(x, w, None, 1, 100000, 100000, 4)
     assert_close(cnnops.F.depthwise_conv2d(x, w, None, 1, 100000, 100000), ref)
     assert_close(cnnops.F.conv2d(x, w, None, 1, 100000, 100000, 4), ref)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_stride_far_beyond_the_input(layout):
+    """Strides of 1e5 on a 5x6 input: one output pixel. The channels_last gather keeps a
+    table per residue class of stride: only as many as the input has rows and columns."""
+    x = make_input((2, 8, 5, 6), layout)
+    w, b = leaf(rand(8, 1, 1, 1)), leaf(rand(8))
+    compare(x, w, b, 100000, 0, 1, "zeros", msg=layout)
+    compare(x, w, b, (3, 100000), (1, 0), 1, "reflect", msg=layout)
 
 
 def test_forward_path_env_is_checked(monkeypatch):

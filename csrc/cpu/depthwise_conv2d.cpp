@@ -28,10 +28,12 @@
 //                or channel-blocked for small planes.
 // channels_last (multiplier 1, channel stride 1): vectors along C, with the
 // tap enumeration of common/depthwise_index.h (source_index / padded_preimages); interior
-// pixels of the forward four at a time with fixed tap offsets, or, for float32 5x5 and 7x7
+// pixels of the forward four at a time with fixed tap offsets (outputs larger than the
+// threads' L2 caches written with streaming stores), or, for float32 5x5 and 7x7
 // kernels at column stride 1 or 2, or stride 1 and dilation 2, and 3x3 on rows of up to 8
 // (AVX-512), a row kernel with a kernel row's weights in registers and each input vector
-// loaded once for the outputs that read it. The float32 3x3 grad_weight (zero padding,
+// loaded once for the outputs that read it. grad_input a gather whose regular pixels go
+// through the forward's quads, per residue class mod stride. The float32 3x3 grad_weight (zero padding,
 // column stride 1 or 2, AVX-512) keeps a window of input pixels per kernel row in
 // registers. Kernels of 9x9 and more at stride 1 run the NCHW kernels on NCHW copies.
 // bfloat16 channels_last (AVX-512): the forward (but for 7-wide kernels), the input
@@ -346,7 +348,8 @@ inline void streamed_stores_done() {}
 // anyway. The memory-bound channels_last 3x3 kernels then move a third fewer bytes (2
 // threads, float32, medians in one process: 8x144x56x56 forward 0.89 -> 0.69 ms, torch
 // 0.80; 8x96x112x112 stride 2 grad_input 3.96 -> 1.64 ms, torch 3.57).
-// CNNOPS_DEPTHWISE_CPU_STREAM=always|never overrides that (read on every call, for tests).
+// CNNOPS_DEPTHWISE_CPU_STREAM=always|never overrides that (read on every call of the
+// channels_last forward and gather, for tests).
 bool streams_output(const at::Tensor& output) {
   const char* env = std::getenv("CNNOPS_DEPTHWISE_CPU_STREAM");
   const std::string choice = env ? env : "";
@@ -1936,29 +1939,31 @@ void grad_input_channels_last(const at::Tensor& grad_output, const at::Tensor& w
   S* gi = grad_input.mutable_data_ptr<S>();
   const bool stream = streams_output(grad_input);
 
-  // Per residue class (rh, rw): the quads of a regular row start at column first[rw], and
+  // Per residue class (rh, rw): the quads of a regular row start at column `first`, and
   // their taps (packed weights, offsets from the first pair's output pixel) are the same.
+  // Classes of rows and columns the input has: a stride may be far larger than it.
   struct ClassQuads {
     int64_t first = 0, quads = 0;
     std::vector<int64_t> off;
     AlignedBuffer<T> w{0};
   };
-  std::vector<ClassQuads> classes(sh * sw);
+  const int64_t row_classes = std::min(sh, g.in_h), col_classes = std::min(sw, g.in_w);
+  std::vector<ClassQuads> classes(row_classes * col_classes);
   // The output index the offsets count from (0 where a class has no taps: nothing is read).
   auto first_output = [](const std::vector<AxisPair>& pairs) { return pairs.empty() ? int64_t(0) : pairs[0].o; };
   std::vector<char> quad_col(g.in_w, 0);  // columns the quads write in a regular row
-  for (int64_t rw = 0; rw < std::min(sw, g.in_w); ++rw) {
+  for (int64_t rw = 0; rw < col_classes; ++rw) {
     int64_t first = rw;
     while (first < g.in_w && !cols[first].regular) first += sw;
     int64_t count = 0;
     while (first + count * sw < g.in_w && cols[first + count * sw].regular) ++count;
     const int64_t quads = count / 4;
     for (int64_t q = 0; q < 4 * quads; ++q) quad_col[first + q * sw] = 1;
-    for (int64_t rh = 0; rh < std::min(sh, g.in_h) && quads > 0; ++rh) {
+    for (int64_t rh = 0; rh < row_classes && quads > 0; ++rh) {
       int64_t ih = rh;
       while (ih < g.in_h && !rows[ih].regular) ih += sh;
       if (ih >= g.in_h) continue;
-      ClassQuads& cq = classes[rh * sw + rw];
+      ClassQuads& cq = classes[rh * col_classes + rw];
       const auto& rp = rows[ih].pairs;
       const auto& cp = cols[first].pairs;
       cq.first = first;
@@ -1982,10 +1987,11 @@ void grad_input_channels_last(const at::Tensor& grad_output, const at::Tensor& w
       S* gi_row = gi + n * gi_s.n + ih * gi_s.h;
       const bool quad_row = rows[ih].regular;
       if (quad_row)
-        for (int64_t rw = 0; rw < sw; ++rw) {
-          const ClassQuads& cq = classes[(ih % sh) * sw + rw];
+        for (int64_t rw = 0; rw < col_classes; ++rw) {
+          const ClassQuads& cq = classes[(ih % sh) * col_classes + rw];
           if (cq.quads == 0) continue;
-          const S* base = go + n * go_s.n + first_output(rp) * go_s.h + first_output(cols[cq.first].pairs) * go_s.w;
+          const S* base =
+              go + n * go_s.n + first_output(rp) * go_s.h + first_output(cols[cq.first].pairs) * go_s.w;
           cl_interior_quads<S, T, 0>(base, go_s.h, go_s.w, cq.off.data(), static_cast<int64_t>(cq.off.size()),
                                      cq.w.data(), cpad, zeros.data(), C, 1, cq.quads, gi_row + cq.first * gi_s.w,
                                      gi_s.h, sw * gi_s.w, stream);
@@ -2393,15 +2399,16 @@ inline void cl_grad_weight_3x3_row(const S* go, const Strides4d& go_s, const S* 
   }
   const S* go_row = go + n * go_s.n + oh * go_s.h + c;
   // The rows are taken in order: the next output row's grad_output row and its input rows
-  // that this one does not read (kernel row 2, and 1 at row stride 2) are prefetched into
+  // that this one does not read (the last min(stride_h, 3)) are prefetched into
   // L2, a row ahead, as the interior pixels go, where pixels are 512 bytes or more apart:
   // a pass over one vector of channels then touches too few lines per 4 KB page for the
   // hardware prefetchers (2 threads, float32, medians in one process: 8x144x56x56 1.06 ->
   // 0.97 ms, 8x384x28x28 0.84 -> 0.71 ms; 32 and 96 channels 2-6% slower with it).
-  const bool prefetch = in_s.w * static_cast<int64_t>(sizeof(S)) >= 512 && go_s.w * static_cast<int64_t>(sizeof(S)) >= 512;
+  const int64_t bytes = static_cast<int64_t>(sizeof(S));
+  const bool prefetch = in_s.w * bytes >= 512 && go_s.w * bytes >= 512;
   const S* next_go = prefetch && oh + 1 < g.out_h ? go_row + go_s.h : nullptr;
-  const S* next_in[2];
-  for (int r = 0; r < 2; ++r) {
+  const S* next_in[3];
+  for (int r = 0; r < 3; ++r) {
     const int64_t ih = (oh + 1) * g.stride_h - g.pad_top + 2 - r;
     next_in[r] = next_go != nullptr && r < g.stride_h && ih >= 0 && ih < g.in_h ? in + n * in_s.n + ih * in_s.h + c
                                                                                   : nullptr;
@@ -2423,7 +2430,7 @@ inline void cl_grad_weight_3x3_row(const S* go, const Strides4d& go_s, const S* 
     const __m512 gv = load_masked(lanes, go_row + ow * go_s.w);
     if (!decltype(edge)::value && next_go != nullptr) {
       _mm_prefetch(reinterpret_cast<const char*>(next_go + ow * go_s.w), _MM_HINT_T1);
-      for (int r = 0; r < 2; ++r)
+      for (int r = 0; r < 3; ++r)
         if (next_in[r] != nullptr)
           for (int kw = 3 - SW; kw < 3; ++kw)
             _mm_prefetch(reinterpret_cast<const char*>(next_in[r] + (ow * SW - g.pad_left + kw) * in_s.w), _MM_HINT_T1);
@@ -2494,8 +2501,8 @@ void cl_grad_weight_3x3_wide(const S* go, const Strides4d& go_s, const S* in, co
 
 constexpr int64_t kClGradWeightTasks = 64;
 
-// channels_last grad_weight (multiplier 1): the output rows (n, oh) are cut into a fixed
-// number of chunks; a task is (chunk, vector of channels) and owns its partial
+// channels_last grad_weight (multiplier 1): the output rows (n, oh) are cut into a number
+// of chunks that depends on the geometry only; a task is (chunk, vector of channels) and owns its partial
 // (kH * kW, channels) slice; the chunks are summed in order at the end. S: the storage type
 // of the tensors; bfloat16 (in place, widened in registers) only where the float32 window
 // kernels run (uses_3x3_window).
@@ -2514,8 +2521,8 @@ void grad_weight_channels_last(const at::Tensor& grad_output, const at::Tensor& 
   if constexpr (std::is_same<T, float>::value) wide_window = uses_3x3_window(g) && g.out_w > kClWindowMaxWidth;
 #endif
   // Chunks of rows: a task is a chunk and a vector of channels (all of them for the wide
-  // window kernel), about kClGradWeightTasks tasks to share among the threads, and no more
-  // partial sums to zero and add up than that (16 chunks of a 960-channel 7x7 plane were
+  // window kernel), about kClGradWeightTasks tasks to share among the threads (16 chunks at
+  // most), and no more partial sums to zero and add up than that (16 chunks of a 960-channel 7x7 plane were
   // 0.5 MB: 2 threads, 8x960x7x7 0.168 -> 0.129 ms with 2, torch 0.120). A function of the
   // geometry only: the sums are the same with any number of threads.
   const int64_t chunks =
