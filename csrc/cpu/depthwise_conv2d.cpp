@@ -32,10 +32,10 @@
 // threads' L2 caches written with streaming stores), or, for float32 5x5 and 7x7
 // kernels at column stride 1 or 2, or stride 1 and dilation 2, and 3x3 on rows of up to 8
 // (AVX-512), a row kernel with a kernel row's weights in registers and each input vector
-// loaded once for the outputs that read it. grad_input a gather whose regular pixels go
-// through the forward's quads, per residue class mod stride. The float32 3x3 grad_weight (zero padding,
-// column stride 1 or 2, AVX-512) keeps a window of input pixels per kernel row in
-// registers. Kernels of 9x9 and more at stride 1 run the NCHW kernels on NCHW copies.
+// loaded once for the outputs that read it. grad_input: a gather whose regular pixels go
+// through the forward's quads, per residue class mod stride. The float32 3x3 grad_weight
+// (zero padding, column stride 1 or 2, AVX-512) keeps a window of input pixels per kernel
+// row in registers. Kernels of 9x9 and more at stride 1 run the NCHW kernels on NCHW copies.
 // bfloat16 channels_last (AVX-512): the forward (but for 7-wide kernels), the input
 // gradient and the 3x3 window kernels' weight gradient read and write bfloat16 in place,
 // widened to float in registers; the other weight gradients and the 7-wide forwards run
@@ -1881,9 +1881,10 @@ void grad_input_planes(const at::Tensor& grad_output, const at::Tensor& weight, 
 }
 
 // (output index, tap) pairs that read input index i along one axis, from padded_preimages
-// / output_index_for_tap (the CUDA gather's math), and whether i is regular: read only as itself (not through the padding), by every tap k whose output
-// index (i + pad_before - k * dilation) / stride is whole, each inside [0, out_size).
-// Regular indices of one residue mod stride have the same taps, their outputs one apart.
+// / output_index_for_tap (the CUDA gather's math), and whether i is regular: read only as
+// itself (not through the padding), by every tap k whose output index
+// (i + pad_before - k * dilation) / stride is whole, each inside [0, out_size). Regular
+// indices of one residue mod stride have the same taps, their outputs one apart.
 struct AxisPair {
   int64_t o, k;
 };
@@ -1915,10 +1916,10 @@ std::vector<AxisPreimage> axis_preimages(int64_t size, int64_t kernel, int64_t s
 }
 
 // channels_last grad_input (multiplier 1) as a gather: every input pixel sums grad_output
-// over the (output pixel, tap) pairs that read it. Regular pixels (see above) of one residue class
-// (ih mod stride_h, iw mod stride_w) have their taps at fixed offsets and one output pixel
-// apart, so along a row they go four at a time through the forward's quad kernel, with
-// that class's taps packed (a stride-1 convolution of grad_output with a sub-kernel). The
+// over the (output pixel, tap) pairs that read it. Regular pixels (see above) of one
+// residue class (ih mod stride_h, iw mod stride_w) have their taps at fixed offsets and
+// one output pixel apart, so along a row they go four at a time through the forward's
+// quad kernel, with that class's taps packed (a stride-1 convolution of grad_output with a sub-kernel). The
 // others list their pairs one by one. (1 thread, float32, 2x240x28x28 5x5 stride 2:
 // 0.32 -> 0.17-0.21 ms against every pixel's pairs listed.) S: the storage type of
 // grad_output and grad_input (bfloat16 is read and written in place under AVX-512, as in
