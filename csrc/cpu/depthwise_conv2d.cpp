@@ -1919,11 +1919,11 @@ std::vector<AxisPreimage> axis_preimages(int64_t size, int64_t kernel, int64_t s
 // over the (output pixel, tap) pairs that read it. Regular pixels (see above) of one
 // residue class (ih mod stride_h, iw mod stride_w) have their taps at fixed offsets and
 // one output pixel apart, so along a row they go four at a time through the forward's
-// quad kernel, with that class's taps packed (a stride-1 convolution of grad_output with a sub-kernel). The
-// others list their pairs one by one. (1 thread, float32, 2x240x28x28 5x5 stride 2:
-// 0.32 -> 0.17-0.21 ms against every pixel's pairs listed.) S: the storage type of
-// grad_output and grad_input (bfloat16 is read and written in place under AVX-512, as in
-// the forward).
+// quad kernel, with that class's taps packed (a stride-1 convolution of grad_output with a
+// sub-kernel). The others list their pairs one by one. (1 thread, float32, 2x240x28x28
+// 5x5 stride 2: 0.32 -> 0.17-0.21 ms against every pixel's pairs listed.) S: the storage
+// type of grad_output and grad_input (bfloat16 is read and written in place under
+// AVX-512, as in the forward).
 template <typename S>
 void grad_input_channels_last(const at::Tensor& grad_output, const at::Tensor& weight,
                               at::Tensor& grad_input, const Conv2dGeometry& g) {
@@ -1940,11 +1940,12 @@ void grad_input_channels_last(const at::Tensor& grad_output, const at::Tensor& w
   S* gi = grad_input.mutable_data_ptr<S>();
   const bool stream = streams_output(grad_input);
 
-  // Per residue class (rh, rw): the quads of a regular row start at column `first`, and
-  // their taps (packed weights, offsets from the first pair's output pixel) are the same.
-  // Classes of rows and columns the input has: a stride may be far larger than it.
+  // Per residue class (rh, rw): the quads of a regular row start at column `first`, whose
+  // first pair reads grad_output column go_col, and their taps (packed weights, offsets
+  // from the first pair's output pixel) are the same. Classes of rows and columns the input
+  // has: a stride may be far larger than it.
   struct ClassQuads {
-    int64_t first = 0, quads = 0;
+    int64_t first = 0, go_col = 0, quads = 0;
     std::vector<int64_t> off;
     AlignedBuffer<T> w{0};
   };
@@ -1968,6 +1969,7 @@ void grad_input_channels_last(const at::Tensor& grad_output, const at::Tensor& w
       const auto& rp = rows[ih].pairs;
       const auto& cp = cols[first].pairs;
       cq.first = first;
+      cq.go_col = first_output(cp);
       cq.quads = quads;
       cq.w = AlignedBuffer<T>(static_cast<int64_t>(rp.size() * cp.size()) * cpad);
       for (const AxisPair& r : rp)
@@ -1991,8 +1993,7 @@ void grad_input_channels_last(const at::Tensor& grad_output, const at::Tensor& w
         for (int64_t rw = 0; rw < col_classes; ++rw) {
           const ClassQuads& cq = classes[(ih % sh) * col_classes + rw];
           if (cq.quads == 0) continue;
-          const S* base =
-              go + n * go_s.n + first_output(rp) * go_s.h + first_output(cols[cq.first].pairs) * go_s.w;
+          const S* base = go + n * go_s.n + first_output(rp) * go_s.h + cq.go_col * go_s.w;
           cl_interior_quads<S, T, 0>(base, go_s.h, go_s.w, cq.off.data(), static_cast<int64_t>(cq.off.size()),
                                      cq.w.data(), cpad, zeros.data(), C, 1, cq.quads, gi_row + cq.first * gi_s.w,
                                      gi_s.h, sw * gi_s.w, stream);
@@ -2503,8 +2504,8 @@ void cl_grad_weight_3x3_wide(const S* go, const Strides4d& go_s, const S* in, co
 constexpr int64_t kClGradWeightTasks = 64;
 
 // channels_last grad_weight (multiplier 1): the output rows (n, oh) are cut into a number
-// of chunks that depends on the geometry only; a task is (chunk, vector of channels) and owns its partial
-// (kH * kW, channels) slice; the chunks are summed in order at the end. S: the storage type
+// of chunks that depends on the geometry only; a task is (chunk, vector of channels) and
+// owns its partial (kH * kW, channels) slice; the chunks are summed in order at the end. S: the storage type
 // of the tensors; bfloat16 (in place, widened in registers) only where the float32 window
 // kernels run (uses_3x3_window).
 template <typename S>
@@ -2523,9 +2524,9 @@ void grad_weight_channels_last(const at::Tensor& grad_output, const at::Tensor& 
 #endif
   // Chunks of rows: a task is a chunk and a vector of channels (all of them for the wide
   // window kernel), about kClGradWeightTasks tasks to share among the threads (16 chunks at
-  // most), and no more partial sums to zero and add up than that (16 chunks of a 960-channel 7x7 plane were
-  // 0.5 MB: 2 threads, 8x960x7x7 0.168 -> 0.129 ms with 2, torch 0.120). A function of the
-  // geometry only: the sums are the same with any number of threads.
+  // most), and no more partial sums to zero and add up than that (16 chunks of a
+  // 960-channel 7x7 plane were 0.5 MB: 2 threads, 8x960x7x7 0.168 -> 0.129 ms with 2, torch
+  // 0.120). A function of the geometry only: the sums are the same with any number of threads.
   const int64_t chunks =
       std::min<int64_t>(rows, wide_window ? 16 : std::clamp<int64_t>((kClGradWeightTasks + cvecs - 1) / cvecs, 1, 16));
   std::vector<T> partial(chunks * kk * cpad, T(0));
