@@ -281,12 +281,13 @@ def check_batch_norm():
 def check_depthwise_conv2d():
     """depthwise_conv2d forward and all gradients, every dtype, padding mode and layout,
     small and large kernels, against float64 torch on the CPU: the default kernels (the tiled
-    ones of depthwise_conv2d_fast.cu where they apply), then with CNNOPS_DEPTHWISE_CUDA_PATH=simple
+    ones of depthwise_conv2d_fast.cu where they apply), with CNNOPS_DEPTHWISE_CUDA_PATH=direct (the
+    opt-in direct NCHW kernels of depthwise_conv2d_direct.cu first), then with =simple
     the simple ones of depthwise_conv2d.cu everywhere (the tiled forward, its per-output
     fallback for channels_last, the gather grad_input and the two-pass grad_weight)."""
     import os
     bad = 0
-    for path in ("auto", "simple"):
+    for path in ("auto", "direct", "simple"):
         os.environ["CNNOPS_DEPTHWISE_CUDA_PATH"] = path
         bad += _check_depthwise_conv2d(f"path={path}")
     os.environ.pop("CNNOPS_DEPTHWISE_CUDA_PATH", None)
@@ -302,6 +303,7 @@ def _check_depthwise_conv2d(tag):
         (3, 1, 20, 21, (13, 13), (1, 1), (6, 6), (1, 1)),
         (8, 1, 34, 35, (3, 3), (3, 2), (1, 1), (2, 2)),
         (10, 1, 7, 7, (7, 7), (1, 1), (3, 3), (1, 1)),  # small planes, several to a block
+        (5, 1, 30, 31, (3, 3), (2, 2), (1, 1), (1, 1)),  # stride 2 (the direct kernels' spread grad_input)
     ]
     for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
         for mode in ("zeros", "reflect", "replicate", "circular"):

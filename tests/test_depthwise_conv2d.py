@@ -147,11 +147,20 @@ def test_depthwise_cuda_simple_matches_torch(device, dtype, case, layout, mode, 
     test_depthwise_matches_torch(device, dtype, case, layout, mode)
 
 
+@pytest.mark.parametrize("case,layout,mode", _params())
+@pytest.mark.parametrize("device,dtype", [p for p in device_dtype_params() if p.values[0] == "cuda"])
+def test_depthwise_cuda_direct_matches_torch(device, dtype, case, layout, mode, monkeypatch):
+    """The opt-in direct NCHW kernels of depthwise_conv2d_direct.cu (forward and grad_input;
+    tests/test_depthwise_cuda_emulated.py runs them on the CPU) first, where they apply."""
+    monkeypatch.setenv("CNNOPS_DEPTHWISE_CUDA_PATH", "direct")
+    test_depthwise_matches_torch(device, dtype, case, layout, mode)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible")
 def test_depthwise_cuda_path_rejects_unknown_names(monkeypatch):
     monkeypatch.setenv("CNNOPS_DEPTHWISE_CUDA_PATH", "fast")
     x = torch.randn(1, 2, 5, 5, device="cuda")
-    with pytest.raises(ValueError, match="CNNOPS_DEPTHWISE_CUDA_PATH to be 'auto' or 'simple', got 'fast'"):
+    with pytest.raises(ValueError, match="CNNOPS_DEPTHWISE_CUDA_PATH to be 'auto', 'direct' or 'simple', got 'fast'"):
         cnnops.F.depthwise_conv2d(x, torch.randn(2, 1, 3, 3, device="cuda"))
 
 
@@ -664,11 +673,11 @@ def test_strided_weight(size, kernel, layout):
 
 # Weight and bias views (an odd storage offset, every other element) on every device: the
 # CUDA kernels index the bias as bias[oc] and read channel pairs of a weight copy.
-@pytest.mark.parametrize("cuda_path", ["auto", "simple"])
+@pytest.mark.parametrize("cuda_path", ["auto", "direct", "simple"])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("device,dtype", device_dtype_params())
 def test_weight_and_bias_views(device, dtype, layout, cuda_path, monkeypatch):
-    if device == "cpu" and cuda_path == "simple":
+    if device == "cpu" and cuda_path != "auto":
         pytest.skip("CNNOPS_DEPTHWISE_CUDA_PATH changes nothing on the CPU")
     monkeypatch.setenv("CNNOPS_DEPTHWISE_CUDA_PATH", cuda_path)
     x = make_input((2, 8, 9, 10), layout, dtype, device)

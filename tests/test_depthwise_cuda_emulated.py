@@ -12,30 +12,36 @@ import torch.nn.functional as TF
 
 import cuda_emulator
 
+# The harness, for either file: `entry` defines run_forward and run_partials, the file's two
+# entry points; `extra` adds functions of that file and their bindings (EXTRA_BINDINGS).
 HARNESS = r"""
 namespace cnnops {
 namespace emulated {
+@ENTRY@
 // Each returns None where the kernel declines (the default kernel would run), else the result.
+// wide: the channels_last kernel's 16-byte channel vectors (the direct path's option).
 c10::optional<at::Tensor> forward(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                                   std::vector<int64_t> stride, std::vector<int64_t> padding,
-                                  std::vector<int64_t> dilation, std::string mode) {
+                                  std::vector<int64_t> dilation, std::string mode, bool wide) {
   const Conv2dGeometry g = check_depthwise_forward("emulated", input, weight, bias, stride, padding, dilation, mode, true);
-  at::Tensor out = at::full({g.batch, g.out_channels, g.out_h, g.out_w}, std::nan(""),
-                            input.options().memory_format(conv_memory_format(input, weight)));
+  // NaN-filled, in the layout the op gives (at::full would drop the memory format)
+  at::Tensor out = at::empty({g.batch, g.out_channels, g.out_h, g.out_w},
+                             input.options().memory_format(conv_memory_format(input, weight)))
+                       .fill_(std::nan(""));
   const bool has_bias = bias.has_value() && bias->defined();
   const at::Tensor bias_values = has_bias ? bias->contiguous() : at::Tensor();  // as depthwise_conv2d_cuda does
-  if (!cuda::depthwise_forward_fast(input, weight, has_bias ? &bias_values : nullptr, out, g, false)) return c10::nullopt;
+  if (!run_forward(input, weight, has_bias ? &bias_values : nullptr, out, g, false, 1, 1, wide)) return c10::nullopt;
   return out;
 }
 c10::optional<at::Tensor> grad_input(const at::Tensor& grad_output, const at::Tensor& weight, std::vector<int64_t> input_size,
                                      std::vector<int64_t> stride, std::vector<int64_t> padding,
-                                     std::vector<int64_t> dilation, std::string mode, bool channels_last) {
+                                     std::vector<int64_t> dilation, std::string mode, bool channels_last, bool wide) {
   const Conv2dGeometry g =
       check_depthwise_grad_input("emulated", grad_output, weight, input_size, stride, padding, dilation, mode, true);
   if (!grad_input_as_forward(g)) return c10::nullopt;
-  at::Tensor out = at::full(input_size, std::nan(""), grad_output.options().memory_format(layout_from_flag(channels_last)));
-  if (!cuda::depthwise_forward_fast(grad_output, weight, nullptr, out, flipped_forward_geometry(g), true, g.stride_h,
-                                    g.stride_w))
+  at::Tensor out =
+      at::empty(input_size, grad_output.options().memory_format(layout_from_flag(channels_last))).fill_(std::nan(""));
+  if (!run_forward(grad_output, weight, nullptr, out, flipped_forward_geometry(g), true, g.stride_h, g.stride_w, wide))
     return c10::nullopt;
   return out;
 }
@@ -47,9 +53,32 @@ c10::optional<at::Tensor> grad_weight_partials(const at::Tensor& grad_output, co
       check_depthwise_grad_weight("emulated", grad_output, input, weight_size, stride, padding, dilation, mode, true);
   at::Tensor partials;
   int64_t slices = 0;
-  if (!cuda::depthwise_grad_weight_partials_fast(grad_output, input, g, partials, slices)) return c10::nullopt;
+  if (!run_partials(grad_output, input, g, partials, slices)) return c10::nullopt;
   return partials.view({g.out_channels, g.kernel_h * g.kernel_w, slices});
 }
+@EXTRA@
+}  // namespace emulated
+}  // namespace cnnops
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &cnnops::emulated::forward);
+  m.def("grad_input", &cnnops::emulated::grad_input);
+  m.def("grad_weight_partials", &cnnops::emulated::grad_weight_partials);
+  @EXTRA_BINDINGS@
+}
+"""
+
+TILED_ENTRY = r"""
+bool run_forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor* bias, at::Tensor& out,
+                 const Conv2dGeometry& g, bool flip, int64_t spread_h, int64_t spread_w, bool wide) {
+  return cuda::depthwise_forward_fast(input, weight, bias, out, g, flip, spread_h, spread_w, wide);
+}
+bool run_partials(const at::Tensor& grad_output, const at::Tensor& input, const Conv2dGeometry& g,
+                  at::Tensor& partials, int64_t& slices) {
+  return cuda::depthwise_grad_weight_partials_fast(grad_output, input, g, partials, slices);
+}
+"""
+
+TILED_EXTRA = r"""
 // The NCHW forward's block plan for a zero-padded input: (cols, rows, planes, out_rows,
 // tiles_h, tiles_w, smem_bytes), or empty where the kernel declines.
 std::vector<int64_t> forward_plan(const at::Tensor& input, const at::Tensor& weight, std::vector<int64_t> stride,
@@ -60,22 +89,28 @@ std::vector<int64_t> forward_plan(const at::Tensor& input, const at::Tensor& wei
   if (!cuda::plan_plane_tiles(g, acc_size, p)) return {};
   return {p.cols, p.rows, p.planes, p.out_rows, p.tiles_h, p.tiles_w, p.smem_bytes};
 }
-}  // namespace emulated
-}  // namespace cnnops
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward", &cnnops::emulated::forward);
-  m.def("grad_input", &cnnops::emulated::grad_input);
-  m.def("grad_weight_partials", &cnnops::emulated::grad_weight_partials);
-  m.def("forward_plan", &cnnops::emulated::forward_plan);
+// Whether the channels_last kernel takes `vec` channels per thread for this input and output.
+bool channel_vectors(const at::Tensor& input, const at::Tensor& output, int64_t vec) {
+  Conv2dGeometry g{};
+  g.in_channels = input.size(1), g.out_channels = output.size(1);
+  return cuda::channel_vectors_ok(input, output, g, vec);
 }
 """
+
+TILED_BINDINGS = """m.def("forward_plan", &cnnops::emulated::forward_plan);
+  m.def("channel_vectors", &cnnops::emulated::channel_vectors);"""
+
+
+def harness(entry, extra="", bindings=""):
+    # depthwise_checks.h (the argument checks the harness calls) is not included by the .cu itself.
+    return '#include "common/depthwise_checks.h"\n' + (
+        HARNESS.replace("@ENTRY@", entry).replace("@EXTRA@", extra).replace("@EXTRA_BINDINGS@", bindings))
 
 
 @pytest.fixture(scope="module")
 def kernels():
-    # depthwise_checks.h (the argument checks the harness calls) is not included by the .cu itself.
     return cuda_emulator.build_or_skip("depthwise_conv2d_fast_emulated", "csrc/cuda/depthwise_conv2d_fast.cu",
-                                       '#include "common/depthwise_checks.h"\n' + HARNESS)
+                                       harness(TILED_ENTRY, TILED_EXTRA, TILED_BINDINGS))
 
 
 def reference(x, w, b, stride, pad, dilation, mode):
@@ -95,7 +130,7 @@ def _view(t, how):
     return t
 
 
-def check(kernels, cfg, weight_view="fresh", bias_view="fresh", go_layout=None):
+def check(kernels, cfg, weight_view="fresh", bias_view="fresh", go_layout=None, wide=False):
     n, c, m, h, w_, k, s, d, pad, mode, layout, dtype, bias = cfg
     x64 = torch.randn(n, c, h, w_, dtype=torch.float64)
     w64 = torch.randn(c * m, 1, *k, dtype=torch.float64) / (k[0] * k[1]) ** 0.5
@@ -122,8 +157,10 @@ def check(kernels, cfg, weight_view="fresh", bias_view="fresh", go_layout=None):
         assert err < tol, f"{what} {cfg}: relative error {err:.2e}"
 
     ran = []
-    y = kernels.forward(x, w, b, list(s), list(pad), list(d), mode)
+    y = kernels.forward(x, w, b, list(s), list(pad), list(d), mode, wide)
     if y is not None:
+        # the layout decides the kernel (the channels_last one, or the NCHW planes)
+        assert y.is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last") or min(y.shape) == 1
         close(y, ref, "forward")
         ran.append("forward")
     partials = kernels.grad_weight_partials(go, x, list(w.shape), list(s), list(pad), list(d), mode)
@@ -136,9 +173,10 @@ def check(kernels, cfg, weight_view="fresh", bias_view="fresh", go_layout=None):
     as_forward = m == 1 and mode == "zeros" and ref.numel() > 0 and all(
         (kk - 1) * dd >= before and size - sp + before >= 0
         for kk, dd, before, size, sp in zip(k, d, (pad[0], pad[2]), (h, w_), spread))
-    gx = kernels.grad_input(go, w, list(x.shape), list(s), list(pad), list(d), mode, layout == "channels_last")
+    gx = kernels.grad_input(go, w, list(x.shape), list(s), list(pad), list(d), mode, layout == "channels_last", wide)
     assert (gx is not None) == as_forward, f"grad_input as a forward: expected {as_forward} {cfg}"
     if gx is not None:
+        assert gx.is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last") or min(gx.shape) == 1
         close(gx, ref_gx, "grad_input")
         ran.append("grad_input")
     return ran
@@ -273,11 +311,31 @@ def test_random(kernels):
     assert counts.get("forward") == 60 and counts.get("grad_weight") == 60 and counts.get("grad_input", 0) > 5, counts
 
 
+@pytest.mark.parametrize("cfg", [
+    (2, 16, 1, 9, 10, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), "zeros", "channels_last", torch.float16, True),
+    (1, 24, 1, 15, 16, (3, 3), (2, 2), (1, 1), (1, 1, 1, 1), "zeros", "channels_last", torch.bfloat16, False),
+    (2, 12, 1, 11, 13, (5, 5), (1, 1), (2, 1), (4, 3, 2, 2), "zeros", "channels_last", torch.float32, True),
+    (1, 8, 1, 17, 14, (7, 7), (2, 1), (1, 1), (3, 3, 3, 3), "zeros", "channels_last", torch.float32, True),
+    (1, 10, 1, 9, 9, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), "zeros", "channels_last", torch.float16, True),
+    (2, 6, 1, 8, 9, (3, 3), (2, 2), (1, 1), (1, 1, 1, 1), "zeros", "channels_last", torch.float64, True),
+], ids=["f16_16ch", "bf16_s2", "f32_uneven", "f32_7x7_s2x1", "f16_10ch_pairs", "f64_pairs"])
+def test_wide_channel_vectors(kernels, cfg):
+    """The channels_last kernel with 16-byte channel vectors (8 half or bfloat16, 4 float; the
+    direct path's option), grad_input at stride 2 included; channel counts that are no multiple
+    of the vector (10 half) fall back to pairs, and double's pairs are its 16 bytes."""
+    torch.manual_seed(10)
+    n, c, _, h, w = cfg[:5]
+    x = torch.empty(n, c, h, w, dtype=cfg[11]).contiguous(memory_format=torch.channels_last)
+    vec = 16 // x.element_size()
+    assert kernels.channel_vectors(x, torch.empty_like(x), vec) == (c % vec == 0)
+    assert check(kernels, cfg, wide=True) == ["forward", "grad_weight", "grad_input"]
+
+
 def test_declines_what_does_not_fit(kernels):
     """Windows past 48 KiB of shared memory: the kernels decline, and the default ones run."""
     x = torch.randn(1, 1, 100, 100, dtype=torch.float64)
     w = torch.randn(1, 1, 31, 31, dtype=torch.float64)
-    assert kernels.forward(x, w, None, [1, 1], [45, 45, 45, 45], [3, 3], "zeros") is None
+    assert kernels.forward(x, w, None, [1, 1], [45, 45, 45, 45], [3, 3], "zeros", False) is None
     wide = torch.randn(1, 1, 2, 5000, dtype=torch.float64)
     go = torch.randn(1, 1, 2, 5000, dtype=torch.float64)
     assert kernels.grad_weight_partials(go, wide, [1, 1, 1, 1], [1, 1], [0, 0, 0, 0], [1, 1], "zeros") is None
@@ -306,3 +364,144 @@ def test_forward_plan(kernels, shape):
     assert (tiles_w - 1) * cols < out_w <= tiles_w * cols and (tiles_h - 1) * out_rows < out_h <= tiles_h * out_rows
     covered = out_h * out_w / (tiles_h * out_rows * tiles_w * cols)
     assert covered >= 0.75, (cols, rows, tiles_h, tiles_w, covered)
+
+
+# ---------------------------------------------------------------- the direct NCHW kernels
+# csrc/cuda/depthwise_conv2d_direct.cu (opt-in: CNNOPS_DEPTHWISE_CUDA_PATH=direct): square
+# kernels 3, 5, 7 at stride 1 or 2, dilation 1 or 2 at stride 1, zero padding, NCHW output;
+# grad_input as the flipped forward at spread 1 or 2.
+
+DIRECT_ENTRY = r"""
+bool run_forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor* bias, at::Tensor& out,
+                 const Conv2dGeometry& g, bool flip, int64_t spread_h, int64_t spread_w, bool) {
+  return cuda::depthwise_forward_direct(input, weight, bias, out, g, flip, spread_h, spread_w);
+}
+bool run_partials(const at::Tensor& grad_output, const at::Tensor& input, const Conv2dGeometry& g,
+                  at::Tensor& partials, int64_t& slices) {
+  return cuda::depthwise_grad_weight_partials_direct(grad_output, input, g, partials, slices);
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def direct_kernels():
+    return cuda_emulator.build_or_skip("depthwise_conv2d_direct_emulated", "csrc/cuda/depthwise_conv2d_direct.cu",
+                                       harness(DIRECT_ENTRY))
+
+
+def check_direct(kernels, cfg, input_view="contiguous", go_view="contiguous"):
+    """The direct forward and gradients against float64 torch; returns what ran."""
+    n, c, m, h, w_, k, s, d, pad, dtype, bias = cfg
+    x64 = torch.randn(n, c, h, w_, dtype=torch.float64)
+    w64 = torch.randn(c * m, 1, k, k, dtype=torch.float64) / k
+    b64 = torch.randn(c * m, dtype=torch.float64) if bias else None
+    x, w, b = (None if t is None else t.to(dtype) for t in (x64, w64, b64))
+    if input_view == "w_major":
+        x = x.transpose(2, 3).contiguous().transpose(2, 3)
+    elif input_view == "offset":
+        x = _view(x, "offset")
+        w = _view(w, "strided")
+    xr, wr = x.double().requires_grad_(), w.double().requires_grad_()
+    ref = reference(xr, wr, None if b is None else b.double(), (s, s), pad, (d, d), "zeros")
+    go = torch.randn(ref.shape, dtype=torch.float64).to(dtype)
+    if go_view == "w_major":
+        go = go.transpose(2, 3).contiguous().transpose(2, 3)
+    ref_gx, ref_gw = torch.autograd.grad(ref, (xr, wr), go.double())
+    tol = {torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}[dtype]
+
+    def close(got, want, what):
+        err = ((got.double() - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
+        assert err < tol, f"{what} {cfg} {input_view}: relative error {err:.2e}"
+
+    ran = []
+    y = kernels.forward(x, w, b, [s, s], list(pad), [d, d], "zeros", False)
+    if y is not None:
+        close(y, ref, "forward")
+        ran.append("forward")
+    gx = kernels.grad_input(go, w, list(x.shape), [s, s], list(pad), [d, d], "zeros", False, False)
+    if gx is not None:
+        close(gx, ref_gx, "grad_input")
+        ran.append("grad_input")
+    partials = kernels.grad_weight_partials(go, x, list(w.shape), [s, s], list(pad), [d, d], "zeros")
+    if partials is not None:
+        close(partials.sum(-1).view(w.shape), ref_gw, "grad_weight")
+        ran.append("grad_weight")
+    return ran
+
+
+# (N, C, multiplier, H, W, kernel, stride, dilation, (top, bottom, left, right), dtype, bias)
+DIRECT_CASES = [
+    # the bench's kinds of shape, small: 3x3 at stride 1 and 2 (odd and even sizes, a partial
+    # last row group), 5x5, 7x7 on a 7-wide plane, 5x5 at dilation 2
+    (2, 3, 1, 13, 12, 3, 1, 1, (1, 1, 1, 1), torch.float32, True),
+    (1, 4, 1, 15, 16, 3, 2, 1, (1, 1, 1, 1), torch.float32, False),
+    (2, 2, 1, 14, 14, 3, 2, 1, (1, 1, 1, 1), torch.float16, True),
+    (1, 3, 1, 11, 9, 5, 1, 1, (2, 2, 2, 2), torch.bfloat16, True),
+    (1, 2, 1, 17, 18, 5, 2, 1, (2, 2, 2, 2), torch.float32, True),
+    (2, 5, 1, 7, 7, 7, 1, 1, (3, 3, 3, 3), torch.float32, False),
+    (1, 2, 1, 19, 15, 7, 2, 1, (3, 3, 3, 3), torch.float16, False),
+    (1, 2, 1, 13, 13, 5, 1, 2, (4, 4, 4, 4), torch.float32, True),
+    (1, 3, 1, 10, 11, 3, 1, 2, (2, 2, 2, 2), torch.bfloat16, False),
+    # uneven and no padding, a channel multiplier (forward only: grad_input as a forward
+    # needs multiplier 1), a single row and a single column
+    (1, 2, 1, 12, 10, 3, 1, 1, (2, 0, 0, 1), torch.float32, True),
+    (2, 3, 1, 9, 9, 5, 1, 1, (0, 0, 0, 0), torch.float32, False),
+    (1, 3, 2, 8, 9, 3, 1, 1, (1, 1, 1, 1), torch.float32, True),
+    (2, 2, 1, 3, 40, 3, 1, 1, (1, 1, 1, 1), torch.float32, True),
+    (2, 2, 1, 40, 1, 3, 1, 1, (1, 1, 1, 1), torch.float32, False),
+]
+
+
+@pytest.mark.parametrize("cfg", DIRECT_CASES, ids=[f"direct{i}" for i in range(len(DIRECT_CASES))])
+def test_direct_kernels(direct_kernels, cfg):
+    torch.manual_seed(7)
+    multiplier = cfg[2]
+    want = ["forward", "grad_input", "grad_weight"] if multiplier == 1 else ["forward", "grad_weight"]
+    assert check_direct(direct_kernels, cfg) == want
+
+
+@pytest.mark.parametrize("input_view,go_view", [("w_major", "contiguous"), ("offset", "w_major")])
+def test_direct_kernels_input_views(direct_kernels, input_view, go_view):
+    """Input and grad_output without unit column stride, and input and weight views (an odd
+    start, every other element): offsets through the strides."""
+    torch.manual_seed(8)
+    cfg = (2, 3, 1, 9, 10, 3, 1, 1, (1, 1, 1, 1), torch.float32, True)
+    assert check_direct(direct_kernels, cfg, input_view, go_view) == ["forward", "grad_input", "grad_weight"]
+
+
+@pytest.mark.parametrize("shape,kernel,stride,slices", [((2, 2, 40, 40), 3, 1, 2), ((1, 1, 64, 130), 5, 1, 5),
+                                                          ((1, 2, 61, 130), 7, 2, 2)])
+def test_direct_grad_weight_slices(direct_kernels, shape, kernel, stride, slices):
+    """Channels with more than 4 items (4 x 4 outputs) per thread of a block are split into
+    slices, each block summing its own in a fixed order; their sum is the gradient."""
+    torch.manual_seed(9)
+    x = torch.randn(shape)
+    w = torch.randn(shape[1], 1, kernel, kernel)
+    pad = kernel // 2
+    y = TF.conv2d(x, w, None, stride, pad, 1, shape[1])
+    go = torch.randn_like(y)
+    partials = direct_kernels.grad_weight_partials(go, x, list(w.shape), [stride] * 2, [pad] * 4, [1, 1], "zeros")
+    assert partials.shape == (shape[1], kernel * kernel, slices)
+    x64 = x.double().requires_grad_()
+    w64 = w.double().requires_grad_()
+    ref, = torch.autograd.grad(TF.conv2d(x64, w64, None, stride, pad, 1, shape[1]), w64, go.double())
+    got = partials.sum(-1).view(w.shape).double()
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+
+
+def test_direct_kernels_decline(direct_kernels):
+    """What they do not take (the tiled kernels run then): double, a non-square or 9x9 kernel,
+    stride 3, dilation at stride 2, channels_last tensors."""
+    def forward(x, w, stride, pad, dilation):
+        return direct_kernels.forward(x, w, None, [stride] * 2, [pad] * 4, [dilation] * 2, "zeros", False)
+
+    x = torch.randn(1, 2, 9, 9)
+    assert forward(x.double(), torch.randn(2, 1, 3, 3).double(), 1, 1, 1) is None
+    assert forward(x, torch.randn(2, 1, 3, 5), 1, 1, 1) is None
+    assert forward(x, torch.randn(2, 1, 9, 9), 1, 4, 1) is None
+    assert forward(x, torch.randn(2, 1, 3, 3), 3, 1, 1) is None
+    assert forward(x, torch.randn(2, 1, 3, 3), 2, 1, 2) is None
+    cl = x.contiguous(memory_format=torch.channels_last)
+    assert forward(cl, torch.randn(2, 1, 3, 3), 1, 1, 1) is None
+    assert direct_kernels.grad_weight_partials(cl, cl, [2, 1, 3, 3], [1, 1], [1] * 4, [1, 1], "zeros") is None
+    assert direct_kernels.grad_weight_partials(x, x, [2, 1, 3, 3], [1, 1], [1] * 4, [1, 1], "zeros") is not None

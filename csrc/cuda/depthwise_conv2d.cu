@@ -3,8 +3,10 @@
 // 2026-11-27); this file's simple kernels, written to be obviously correct, run where they
 // decline (shared memory over 48 KiB; grad_input other than zero padding at multiplier 1)
 // and for every call with CNNOPS_DEPTHWISE_CUDA_PATH=simple, which the tests use to keep
-// them checked. All index math is common/depthwise_index.h and
-// common/conv_index.h, which the CPU tests exercise. Accumulation in at::opmath_type
+// them checked. CNNOPS_DEPTHWISE_CUDA_PATH=direct runs the opt-in direct NCHW kernels of
+// depthwise_conv2d_direct.cu first, where they apply (forward, grad_input, grad_weight). All
+// index math is common/depthwise_index.h and common/conv_index.h, which the CPU tests
+// exercise. Accumulation in at::opmath_type
 // (float for half/bfloat16); 64-bit indices; no float atomics anywhere (deterministic).
 //  - forward, NCHW output: a block computes a 16 x 16 output tile of one plane from an
 //    input tile + halo staged in shared memory (padding applied by source_index while
@@ -41,14 +43,32 @@ constexpr int kTile = 16;  // forward tile: kTile x kTile outputs, one per threa
 constexpr int64_t kMaxTileBytes = 32 * 1024;
 
 // CNNOPS_DEPTHWISE_CUDA_PATH, read on every call so that tests can force each path: auto
-// (default: the tiled kernels where they apply) or simple (this file's kernels everywhere).
-bool tiled_kernels_enabled() {
+// (default: the tiled kernels where they apply), direct (the opt-in direct NCHW kernels of
+// depthwise_conv2d_direct.cu where they apply, else as auto) or simple (this file's kernels
+// everywhere).
+enum class KernelPath { Auto, Direct, Simple };
+
+KernelPath kernel_path() {
   const char* env = std::getenv("CNNOPS_DEPTHWISE_CUDA_PATH");
   const std::string name = env ? env : "";
-  if (name.empty() || name == "auto") return true;
-  if (name == "simple") return false;
+  if (name.empty() || name == "auto") return KernelPath::Auto;
+  if (name == "direct") return KernelPath::Direct;
+  if (name == "simple") return KernelPath::Simple;
   TORCH_CHECK_VALUE(false, "cnnops.depthwise_conv2d: expected the environment variable CNNOPS_DEPTHWISE_CUDA_PATH "
-                    "to be 'auto' or 'simple', got '", name, "'");
+                    "to be 'auto', 'direct' or 'simple', got '", name, "'");
+}
+
+// A forward (or grad_input as a forward) by the direct kernels where chosen, else the tiled
+// ones (whose channels_last kernel takes 16-byte channel vectors on the direct path).
+bool forward_by_fast_kernels(KernelPath path, const at::Tensor& input, const at::Tensor& weight,
+                             const at::Tensor* bias, at::Tensor& output, const Conv2dGeometry& g, bool flip = false,
+                             int64_t spread_h = 1, int64_t spread_w = 1) {
+  if (path == KernelPath::Simple) return false;
+  if (path == KernelPath::Direct &&
+      depthwise_forward_direct(input, weight, bias, output, g, flip, spread_h, spread_w))
+    return true;
+  return depthwise_forward_fast(input, weight, bias, output, g, flip, spread_h, spread_w,
+                                /*wide_vectors=*/path == KernelPath::Direct);
 }
 
 // Thread idx -> (n, c, h, w) in the order of a tensor's memory: channels_last walks
@@ -143,7 +163,7 @@ at::Tensor depthwise_conv2d_cuda(const at::Tensor& input, const at::Tensor& weig
   const bool has_bias = bias.has_value() && bias->defined();
   // The kernels index the bias as bias[oc]: a strided (sliced, expanded) bias is copied.
   const at::Tensor bias_values = has_bias ? bias->contiguous() : at::Tensor();
-  if (tiled_kernels_enabled() && depthwise_forward_fast(input, weight, has_bias ? &bias_values : nullptr, output, g))
+  if (forward_by_fast_kernels(kernel_path(), input, weight, has_bias ? &bias_values : nullptr, output, g))
     return output;
   const bool channels_last = fmt == at::MemoryFormat::ChannelsLast;
   const int64_t tile_h = (kTile - 1) * g.stride_h + (g.kernel_h - 1) * g.dilation_h + 1;
@@ -201,9 +221,10 @@ at::Tensor depthwise_conv2d_grad_input_cuda(const at::Tensor& grad_output, const
       at::empty(input_size, grad_output.options().memory_format(layout_from_flag(channels_last)));
   const int64_t total = grad_input.numel();
   if (total == 0) return grad_input;
-  if (tiled_kernels_enabled() && grad_input_as_forward(g) &&
-      depthwise_forward_fast(grad_output, weight, nullptr, grad_input, flipped_forward_geometry(g), /*flip=*/true,
-                             g.stride_h, g.stride_w))
+  const KernelPath path = kernel_path();
+  if (grad_input_as_forward(g) && forward_by_fast_kernels(path, grad_output, weight, nullptr, grad_input,
+                                                          flipped_forward_geometry(g), /*flip=*/true, g.stride_h,
+                                                          g.stride_w))
     return grad_input;
   const int64_t blocks = (total + kThreads - 1) / kThreads;
   TORCH_CHECK(blocks <= INT32_MAX, op, ": input too large (", total, " elements)");
@@ -286,8 +307,11 @@ at::Tensor depthwise_conv2d_grad_weight_cuda(const at::Tensor& grad_output, cons
   TORCH_CHECK(blocks <= INT32_MAX, op, ": too many (channel, tap) pairs (", g.out_channels * taps, ")");
   at::Tensor partials;
   int64_t fast_slices = 0;
+  const KernelPath path = kernel_path();
   const bool fast =
-      tiled_kernels_enabled() && depthwise_grad_weight_partials_fast(grad_output, input, g, partials, fast_slices);
+      (path == KernelPath::Direct &&
+       depthwise_grad_weight_partials_direct(grad_output, input, g, partials, fast_slices)) ||
+      (path != KernelPath::Simple && depthwise_grad_weight_partials_fast(grad_output, input, g, partials, fast_slices));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "cnnops_depthwise_grad_weight_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     if (!fast) {

@@ -213,8 +213,9 @@ struct alignas(sizeof(T) * VEC) Lanes {
 
 // Thread (n, oh, column group, channel group), channel group fastest: a warp reads
 // consecutive channels of the same pixel. wt: the weight as (tap, output channel),
-// already flipped where needed. VEC == 2 needs multiplier 1, unit channel strides and
-// even channel counts, strides and addresses (checked by the caller).
+// already flipped where needed. VEC > 1 needs multiplier 1, unit channel strides, and
+// channel counts, strides and addresses that are multiples of VEC (checked by the caller):
+// VEC 2 by default, 16 bytes (8 half or bfloat16, 4 float) opt-in with the direct path.
 // (__launch_bounds__ with a minimum of 1 block per SM: with the bound alone, nvcc 13's
 // ptxas kept it to 64 registers and spilled 16-32 bytes.)
 template <typename scalar_t, int VEC>
@@ -286,22 +287,22 @@ __global__ void __launch_bounds__(kBlock, 1)
 
 bool aligned_to(const void* ptr, int64_t bytes) { return reinterpret_cast<std::uintptr_t>(ptr) % bytes == 0; }
 
-// Two channels per thread: multiplier 1, unit channel strides, every other stride, the
-// channel count and both base addresses even (in elements), so each pair is one aligned
-// access (the weight copy is a fresh allocation, aligned).
-bool channel_pairs_ok(const at::Tensor& input, const at::Tensor& output, const Conv2dGeometry& g) {
+// `vec` channels per thread: multiplier 1, unit channel strides, every other stride, the
+// channel count and both base addresses multiples of vec (in elements), so each vector is one
+// aligned access (the weight copy is a fresh allocation, aligned).
+bool channel_vectors_ok(const at::Tensor& input, const at::Tensor& output, const Conv2dGeometry& g, int64_t vec) {
   const Strides4d in_s = strides4d(input), out_s = strides4d(output);
-  const int64_t pair = 2 * input.element_size();
-  auto even = [](const Strides4d& s) { return s.c == 1 && s.n % 2 == 0 && s.h % 2 == 0 && s.w % 2 == 0; };
-  return g.out_channels == g.in_channels && g.out_channels % 2 == 0 && even(in_s) && even(out_s) &&
-         aligned_to(input.const_data_ptr(), pair) && aligned_to(output.const_data_ptr(), pair);
+  const int64_t bytes = vec * input.element_size();
+  auto whole = [vec](const Strides4d& s) { return s.c == 1 && s.n % vec == 0 && s.h % vec == 0 && s.w % vec == 0; };
+  return g.out_channels == g.in_channels && g.out_channels % vec == 0 && whole(in_s) && whole(out_s) &&
+         aligned_to(input.const_data_ptr(), bytes) && aligned_to(output.const_data_ptr(), bytes);
 }
 
 }  // namespace
 
 bool depthwise_forward_fast(const at::Tensor& input, const at::Tensor& weight, const at::Tensor* bias,
                             at::Tensor& output, const Conv2dGeometry& g, bool flip, int64_t spread_h,
-                            int64_t spread_w) {
+                            int64_t spread_w, bool wide_vectors) {
   if (output.numel() == 0) return true;
   if ((spread_h > 1 || spread_w > 1) && (g.in_h > INT32_MAX || g.in_w > INT32_MAX)) return false;  // see unspread
   const bool channels_last = output.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
@@ -330,8 +331,13 @@ bool depthwise_forward_fast(const at::Tensor& input, const at::Tensor& weight, c
     at::Tensor wt = at::empty({g.kernel_h * g.kernel_w, g.out_channels}, weight.options());
     wt.copy_(oriented.reshape({g.out_channels, g.kernel_h * g.kernel_w}).t());
     const int64_t col_groups = ceil_div(g.out_w, kColsPerThread);
-    const bool pairs = channel_pairs_ok(input, output, g);
-    const int64_t total = g.batch * g.out_h * col_groups * (pairs ? g.out_channels / 2 : g.out_channels);
+    // Channels per thread: 16 bytes of them where asked (wide_vectors) and possible, else
+    // pairs, else one.
+    constexpr int kWide = 16 / sizeof(scalar_t);
+    const int vec = wide_vectors && channel_vectors_ok(input, output, g, kWide) ? kWide
+                    : channel_vectors_ok(input, output, g, 2)                   ? 2
+                                                                                : 1;
+    const int64_t total = g.batch * g.out_h * col_groups * (g.out_channels / vec);
     if (total > UINT32_MAX) return;  // the kernel's 32-bit index math
     const int64_t blocks = ceil_div(total, kBlock);
     auto launch = [&](auto kernel) {
@@ -340,8 +346,11 @@ bool depthwise_forward_fast(const at::Tensor& input, const at::Tensor& weight, c
           strides4d(input), strides4d(output), g, col_groups, total, spread_h, spread_w);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
-    if (pairs) launch(cnnops_depthwise_forward_nhwc_kernel<scalar_t, 2>);
-    else launch(cnnops_depthwise_forward_nhwc_kernel<scalar_t, 1>);
+    if constexpr (kWide > 2) {  // (double: 16 bytes are a pair)
+      if (vec == kWide) launch(cnnops_depthwise_forward_nhwc_kernel<scalar_t, kWide>);
+    }
+    if (vec == 2) launch(cnnops_depthwise_forward_nhwc_kernel<scalar_t, 2>);
+    else if (vec == 1) launch(cnnops_depthwise_forward_nhwc_kernel<scalar_t, 1>);
     launched = true;
   });
   return launched;
