@@ -11,8 +11,8 @@
 # Depthwise (`bash scripts/gpu_check.sh depthwise_conv2d`): stage 2 runs its tests, the simple
 # kernels included (test_depthwise_cuda_simple_matches_torch forces them, and
 # test_depthwise_cuda_direct_matches_torch the opt-in direct ones), and stage 5 the depthwise
-# benches: fp32 NCHW and fp16 channels_last on the default (tiled) kernels, fp32 NCHW on the
-# direct ones (CNNOPS_DEPTHWISE_CUDA_PATH=direct).
+# benches: fp32 NCHW and fp16 channels_last, on the default (tiled) kernels and on the direct
+# ones (CNNOPS_DEPTHWISE_CUDA_PATH=direct).
 # Tensor-core conv2d (opt-in kernels, csrc/cuda/conv2d_mma*.cu): `bash scripts/gpu_check.sh conv2d_mma`
 # runs tests/test_conv2d_mma.py in stage 2, the foundation's conv2d CUDA tests with the switch
 # on in stage 3, and in stage 5 the channels_last bench cases (fp16, bf16 on the tensor-core
@@ -95,11 +95,11 @@ fi
 bench_depthwise() {
   # The GPU targets, fp32 NCHW and fp16 channels_last (DW_DTYPES="fp32" for the first
   # alone), against torch in the same run, for each CNNOPS_DEPTHWISE_CUDA_PATH in DW_PATHS:
-  # auto (default: the tiled kernels of depthwise_conv2d_fast.cu) and direct (the opt-in direct
-  # NCHW kernels of depthwise_conv2d_direct.cu, so fp32 only); DW_SIMPLE=1 adds simple.
+  # auto (default: the tiled kernels of depthwise_conv2d_fast.cu) and direct (the opt-in kernels
+  # of depthwise_conv2d_direct.cu, and 16-byte channel vectors in the channels_last forward);
+  # DW_SIMPLE=1 adds simple.
   for path in ${DW_PATHS:-auto direct} $([ "${DW_SIMPLE:-0}" = 1 ] && echo simple); do
     for dt in ${DW_DTYPES:-fp32 fp16}; do
-      [ $path = direct ] && [ $dt != fp32 ] && continue  # channels_last: the direct kernels decline
       if [ $dt = fp32 ]; then args=""; else args="--dtype float16 --channels-last --no-roofline"; fi
       CNNOPS_DEPTHWISE_CUDA_PATH=$path stage "bench-dw-$dt-$path" "$T_BENCH" "$OUT/bench_dw_${dt}_$path.log" \
         python3 -m cnnops.bench --device cuda --ops depthwise_conv2d $args --json "$OUT/bench_cuda_dw_${dt}_$path.json"

@@ -150,10 +150,33 @@ def test_depthwise_cuda_simple_matches_torch(device, dtype, case, layout, mode, 
 @pytest.mark.parametrize("case,layout,mode", _params())
 @pytest.mark.parametrize("device,dtype", [p for p in device_dtype_params() if p.values[0] == "cuda"])
 def test_depthwise_cuda_direct_matches_torch(device, dtype, case, layout, mode, monkeypatch):
-    """The opt-in direct NCHW kernels of depthwise_conv2d_direct.cu (forward and grad_input;
-    tests/test_depthwise_cuda_emulated.py runs them on the CPU) first, where they apply."""
+    """The opt-in direct kernels of depthwise_conv2d_direct.cu (forward, grad_input and
+    grad_weight; tests/test_depthwise_cuda_emulated.py runs them on the CPU) first, where they
+    apply. Few of CASES are theirs (zero padding, square 3/5/7): test_depthwise_cuda_direct_shapes
+    below covers every one of their kernels."""
     monkeypatch.setenv("CNNOPS_DEPTHWISE_CUDA_PATH", "direct")
     test_depthwise_matches_torch(device, dtype, case, layout, mode)
+
+
+# (kernel, stride, dilation, multiplier): every (K, S, D) the direct kernels instantiate, a
+# multiplier of 3 (forward and grad_weight; grad_input then gathers), odd sizes
+DIRECT_SHAPES = [(3, 1, 1, 1), (3, 2, 1, 1), (3, 1, 2, 1), (5, 1, 1, 1), (5, 2, 1, 1), (5, 1, 2, 1),
+                 (7, 1, 1, 1), (7, 2, 1, 1), (3, 1, 1, 3)]
+
+
+@pytest.mark.parametrize("kernel,stride,dilation,multiplier", DIRECT_SHAPES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("device,dtype", [p for p in device_dtype_params() if p.values[0] == "cuda"])
+def test_depthwise_cuda_direct_shapes(device, dtype, layout, kernel, stride, dilation, multiplier, monkeypatch):
+    """The direct kernels on each of their instantiations (NCHW: forward, grad_input, grad_weight;
+    channels_last: grad_weight and the 16-byte channel vectors of the forward), 16 channels so
+    that every dtype's vector fits."""
+    monkeypatch.setenv("CNNOPS_DEPTHWISE_CUDA_PATH", "direct")
+    x = make_input((2, 16, 19, 18), layout, dtype, device)
+    w = make_weight((16 * multiplier, 1, kernel, kernel), "contiguous", dtype, device)
+    b = leaf(rand(16 * multiplier, dtype=dtype, device=device))
+    compare(x, w, b, stride, dilation * (kernel // 2), dilation, "zeros",
+            msg=f"{dtype} {layout} k={kernel} s={stride} d={dilation} m={multiplier}")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible")

@@ -1,7 +1,8 @@
 """The tiled CUDA depthwise kernels (csrc/cuda/depthwise_conv2d_fast.cu, the default CUDA
-path) run on the CPU through tests/cuda_emulator.py, against torch in
-float64: forward (NCHW planes and channels_last), grad_input as the flipped forward, and
-grad_weight's partial sums (NCHW bands and channels_last runs). This checks their index
+path) and the opt-in direct ones (csrc/cuda/depthwise_conv2d_direct.cu) run on the CPU through
+tests/cuda_emulator.py, against torch in float64: forward (NCHW planes and channels_last),
+grad_input as the flipped forward, and grad_weight's partial sums (NCHW bands and
+channels_last runs; for the direct ones NCHW columns and channels_last vectors). This checks their index
 math, tiling and shared-memory staging where no GPU is at hand; races and speed need the
 GPU (tests/test_depthwise_conv2d.py runs them there)."""
 import random
@@ -389,7 +390,7 @@ def direct_kernels():
                                        harness(DIRECT_ENTRY))
 
 
-def check_direct(kernels, cfg, input_view="contiguous", go_view="contiguous"):
+def check_direct(kernels, cfg, input_view="contiguous", go_view="contiguous", channels_last=False):
     """The direct forward and gradients against float64 torch; returns what ran."""
     n, c, m, h, w_, k, s, d, pad, dtype, bias = cfg
     x64 = torch.randn(n, c, h, w_, dtype=torch.float64)
@@ -401,11 +402,15 @@ def check_direct(kernels, cfg, input_view="contiguous", go_view="contiguous"):
     elif input_view == "offset":
         x = _view(x, "offset")
         w = _view(w, "strided")
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     xr, wr = x.double().requires_grad_(), w.double().requires_grad_()
     ref = reference(xr, wr, None if b is None else b.double(), (s, s), pad, (d, d), "zeros")
     go = torch.randn(ref.shape, dtype=torch.float64).to(dtype)
     if go_view == "w_major":
         go = go.transpose(2, 3).contiguous().transpose(2, 3)
+    if channels_last:
+        go = go.contiguous(memory_format=torch.channels_last)
     ref_gx, ref_gw = torch.autograd.grad(ref, (xr, wr), go.double())
     tol = {torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}[dtype]
 
@@ -447,6 +452,7 @@ DIRECT_CASES = [
     (1, 2, 1, 12, 10, 3, 1, 1, (2, 0, 0, 1), torch.float32, True),
     (2, 3, 1, 9, 9, 5, 1, 1, (0, 0, 0, 0), torch.float32, False),
     (1, 3, 2, 8, 9, 3, 1, 1, (1, 1, 1, 1), torch.float32, True),
+    (2, 2, 3, 9, 8, 5, 2, 1, (2, 2, 2, 2), torch.float16, True),
     (2, 2, 1, 3, 40, 3, 1, 1, (1, 1, 1, 1), torch.float32, True),
     (2, 2, 1, 40, 1, 3, 1, 1, (1, 1, 1, 1), torch.float32, False),
 ]
@@ -470,10 +476,11 @@ def test_direct_kernels_input_views(direct_kernels, input_view, go_view):
 
 
 @pytest.mark.parametrize("shape,kernel,stride,slices", [((2, 2, 40, 40), 3, 1, 2), ((1, 1, 64, 130), 5, 1, 5),
-                                                          ((1, 2, 61, 130), 7, 2, 2)])
+                                                          ((1, 2, 61, 130), 7, 2, 2), ((1, 1, 64, 131), 5, 1, 5)])
 def test_direct_grad_weight_slices(direct_kernels, shape, kernel, stride, slices):
     """Channels with more than 4 items (4 x 4 outputs) per thread of a block are split into
-    slices, each block summing its own in a fixed order; their sum is the gradient."""
+    slices, each block summing its own in a fixed order; their sum is the gradient (64 x 131:
+    slices of 420 items and a last one of 416)."""
     torch.manual_seed(9)
     x = torch.randn(shape)
     w = torch.randn(shape[1], 1, kernel, kernel)
@@ -489,9 +496,57 @@ def test_direct_grad_weight_slices(direct_kernels, shape, kernel, stride, slices
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
 
 
+@pytest.mark.parametrize("cfg", [
+    (2, 16, 1, 9, 10, 3, 1, 1, (1, 1, 1, 1), torch.float16, False),
+    (1, 8, 1, 15, 16, 3, 2, 1, (1, 1, 1, 1), torch.bfloat16, False),
+    (2, 12, 1, 11, 9, 7, 1, 1, (3, 3, 3, 3), torch.float32, False),
+    (1, 4, 1, 13, 13, 5, 1, 2, (4, 4, 4, 4), torch.float32, False),
+    (3, 8, 1, 6, 7, 5, 2, 1, (2, 1, 0, 2), torch.float32, False),
+], ids=["f16_3x3", "bf16_s2", "f32_7x7", "f32_5x5_d2", "f32_uneven"])
+def test_direct_grad_weight_channels_last(direct_kernels, cfg):
+    """grad_weight with channels_last input and grad_output: 16-byte channel vectors (8 half
+    or bfloat16, 4 float), each thread one kernel row over a slice of pixels. (The direct
+    forward declines channels_last output; grad_input, written NCHW by this harness, reads the
+    channels_last grad_output through its strides.)"""
+    torch.manual_seed(11)
+    assert check_direct(direct_kernels, cfg, channels_last=True) == ["grad_input", "grad_weight"]
+
+
+@pytest.mark.parametrize("c,multiplier,dtype", [(10, 1, torch.float16), (6, 1, torch.float32),
+                                                (4, 2, torch.float32)])
+def test_direct_grad_weight_channels_last_declines(direct_kernels, c, multiplier, dtype):
+    """Channel counts that are no multiple of the 16-byte vector, and multipliers above 1."""
+    x = torch.randn(1, c, 6, 6, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    go = torch.randn(1, c * multiplier, 6, 6, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    assert direct_kernels.grad_weight_partials(go, x, [c * multiplier, 1, 3, 3], [1, 1], [1] * 4, [1, 1],
+                                               "zeros") is None
+
+
+def test_direct_kernels_skip_what_no_output_reads(direct_kernels):
+    """Inf in an input row that only the last row group's missing outputs would read (stride
+    2, the bottom row unread), and NaN in a weight tap that reads only padding for the first
+    output row: torch's results stay finite there, and so do these."""
+    x = torch.randn(1, 2, 8, 9)
+    x[:, :, 7] = float("inf")
+    w = torch.randn(2, 1, 3, 3)
+    y = TF.conv2d(x, w, None, 2, 0, 1, 2)
+    go = torch.randn_like(y)
+    partials = direct_kernels.grad_weight_partials(go, x, [2, 1, 3, 3], [2, 2], [0] * 4, [1, 1], "zeros")
+    ref = torch.nn.grad.conv2d_weight(x.double(), w.shape, go.double(), 2, 0, 1, 2)
+    assert torch.isfinite(ref).all() and torch.isfinite(partials).all()
+    torch.testing.assert_close(partials.sum(-1).view(w.shape).double(), ref, rtol=1e-5, atol=1e-4)
+    x = torch.randn(1, 2, 8, 9)
+    w[:, :, 0, 1] = float("nan")  # tap (0, 1) reads the top padding row for output row 0
+    y = direct_kernels.forward(x, w, None, [1, 1], [1] * 4, [1, 1], "zeros", False)
+    # (torch's float32 CPU kernel skips the tap there too; its float64 one pads and gives NaN)
+    ref = TF.conv2d(x.double(), w.nan_to_num(0.0).double(), None, 1, 1, 1, 2)
+    torch.testing.assert_close(y[:, :, 0].double(), ref[:, :, 0], rtol=1e-5, atol=1e-5)
+    assert torch.isnan(y[:, :, 1:]).all()
+
+
 def test_direct_kernels_decline(direct_kernels):
     """What they do not take (the tiled kernels run then): double, a non-square or 9x9 kernel,
-    stride 3, dilation at stride 2, channels_last tensors."""
+    stride 3, dilation at stride 2, channels_last output, mixed layouts for grad_weight."""
     def forward(x, w, stride, pad, dilation):
         return direct_kernels.forward(x, w, None, [stride] * 2, [pad] * 4, [dilation] * 2, "zeros", False)
 
@@ -503,5 +558,5 @@ def test_direct_kernels_decline(direct_kernels):
     assert forward(x, torch.randn(2, 1, 3, 3), 2, 1, 2) is None
     cl = x.contiguous(memory_format=torch.channels_last)
     assert forward(cl, torch.randn(2, 1, 3, 3), 1, 1, 1) is None
-    assert direct_kernels.grad_weight_partials(cl, cl, [2, 1, 3, 3], [1, 1], [1] * 4, [1, 1], "zeros") is None
+    assert direct_kernels.grad_weight_partials(cl, x, [2, 1, 3, 3], [1, 1], [1] * 4, [1, 1], "zeros") is None
     assert direct_kernels.grad_weight_partials(x, x, [2, 1, 3, 3], [1, 1], [1] * 4, [1, 1], "zeros") is not None

@@ -4,10 +4,10 @@
 // decline (shared memory over 48 KiB; grad_input other than zero padding at multiplier 1)
 // and for every call with CNNOPS_DEPTHWISE_CUDA_PATH=simple, which the tests use to keep
 // them checked. CNNOPS_DEPTHWISE_CUDA_PATH=direct runs the opt-in direct NCHW kernels of
-// depthwise_conv2d_direct.cu first, where they apply (forward, grad_input, grad_weight). All
-// index math is common/depthwise_index.h and common/conv_index.h, which the CPU tests
-// exercise. Accumulation in at::opmath_type
-// (float for half/bfloat16); 64-bit indices; no float atomics anywhere (deterministic).
+// depthwise_conv2d_direct.cu first, where they apply (forward, grad_input, grad_weight). This
+// file's index math is common/depthwise_index.h and common/conv_index.h, which the CPU tests
+// exercise, in 64 bits. Accumulation in at::opmath_type (float for half/bfloat16); no float
+// atomics anywhere (deterministic).
 //  - forward, NCHW output: a block computes a 16 x 16 output tile of one plane from an
 //    input tile + halo staged in shared memory (padding applied by source_index while
 //    staging). Falls back to the per-output kernel when the tile would not fit.

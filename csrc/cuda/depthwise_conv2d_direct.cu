@@ -7,9 +7,10 @@
 // (whose kernel is a thread per output reading global memory), 540 GB/s where the copy limit
 // is 3 TB/s, and forward+backward at 0.45-0.65x. They stage every window element through
 // source_index, unspread and 64-bit offsets, for any kernel size and stride at run time.
-// These take the common shapes only -- square kernels 3, 5, 7, stride 1 or 2, dilation 1 or 2,
-// zero padding, NCHW, float / half / bfloat16 -- as template parameters, and read global memory
-// directly (L1 serves the neighbouring threads' overlapping windows):
+// These take the common shapes only -- square kernels 3, 5, 7, stride 1 or 2 (dilation 2 at
+// stride 1, for 3 and 5), zero padding, float / half / bfloat16; NCHW, and channels_last for
+// grad_weight -- as template parameters, and read global memory directly (L1 serves the
+// neighbouring threads' overlapping windows). NCHW:
 //  - a thread takes kRows outputs down one column, so that each input value it loads feeds
 //    every one of those outputs whose window holds it (a 3x3 at stride 1: 6 input rows for 4
 //    outputs, 18 loads for 36 multiply-adds; walk_windows);
@@ -42,6 +43,12 @@ namespace {
 
 constexpr int kDirectBlock = 256;
 constexpr int kRows = 4;  // outputs per thread, down a column
+
+// 16 bytes of consecutive channels, one aligned load.
+template <typename T>
+struct alignas(16) Lanes16 {
+  T v[16 / sizeof(T)];
+};
 
 // n / d for any 32-bit n by a multiply-high, an add and a shift (Granlund and Montgomery's
 // round-up method): m = floor(2^32 * (2^s - d) / d) + 1 with 2^s >= d; the add is done in 64
@@ -95,8 +102,9 @@ __device__ __forceinline__ void tap_columns(int ow, int pad_left, int in_w, int 
 
 // The products of a thread's kRows outputs (rows oh0 .., one column) with their windows:
 // visit(i, kh, kw, x) for output i, tap (kh, kw) and the input value x it reads there, each
-// input value loaded once for all the outputs whose window holds it. Zero rows (padding,
-// between spread values) are skipped, zero columns read as 0.
+// input value loaded once for all the outputs whose window holds it. Taps that read a zero
+// (padding, between spread values) are skipped, as torch skips them: an Inf or NaN in the
+// other operand then stays out of the sum.
 template <typename scalar_t, int K, int S, int D, int SP, typename Visit>
 __device__ __forceinline__ void walk_windows(const scalar_t* __restrict__ plane, int oh0, int pad_top, int in_h,
                                              int in_sh, const int* col, Visit&& visit) {
@@ -110,7 +118,8 @@ __device__ __forceinline__ void walk_windows(const scalar_t* __restrict__ plane,
     const scalar_t* row = plane + ih * in_sh;
 #pragma unroll
     for (int kw = 0; kw < K; ++kw) {
-      const acc_t x = col[kw] < 0 ? acc_t(0) : static_cast<acc_t>(row[col[kw]]);
+      if (col[kw] < 0) continue;
+      const acc_t x = static_cast<acc_t>(row[col[kw]]);
 #pragma unroll
       for (int i = 0; i < kRows; ++i) {
         const int dh = r - i * S;  // == kh * D for the output i that reads this row with tap kh
@@ -198,8 +207,13 @@ __global__ void __launch_bounds__(kWeightBlock)
     for (int i = 0; i < kRows; ++i) g[i] = oh0 + i < a.out_h ? static_cast<acc_t>(go[(oh0 + i) * a.go_sh]) : acc_t(0);
     int col[K];
     tap_columns<K, S, D, 1>(static_cast<int>(ow), a.pad_left, a.in_w, a.in_sw, col);
+    // Only the real outputs: the input rows that only a last group's missing ones would read
+    // may hold an Inf or NaN that no real output meets.
+    const int real = a.out_h - oh0;
     walk_windows<scalar_t, K, S, D, 1>(input + n * a.in_sn + c * a.in_sc, oh0, a.pad_top, a.in_h, a.in_sh, col,
-                                       [&](int i, int kh, int kw, acc_t x) { gw[kh * K + kw] += x * g[i]; });
+                                       [&](int i, int kh, int kw, acc_t x) {
+                                         if (i < real) gw[kh * K + kw] += x * g[i];
+                                       });
   }
   // Block sum of each tap: 16 runs of 8 threads' sums, then the 16 run sums, in order.
   const int tid = threadIdx.x;
@@ -220,6 +234,68 @@ __global__ void __launch_bounds__(kWeightBlock)
     for (int r = 1; r < kRuns; ++r) s += sums[t * kWeightBlock + r * kRun];
     partials[(static_cast<int64_t>(oc) * (K * K) + t) * a.slices + slice] = s;
   }
+}
+
+// grad_weight, channels_last: thread (channel vector, kernel row kh, slice of pixels) sums
+// the K taps of row kh for VEC channels (16 bytes of them: one aligned load each) over the
+// slice's output pixels, walked in memory order with no division per pixel;
+// partials[(oc * K * K + tap) * slices + slice], as the NCHW kernel.
+struct NhwcWeightArgs {
+  FastDivider vectors, out_w, out_h;  // vectors: channel vectors per pixel
+  uint32_t total, pixels, per_slice, slices;  // total: threads, vectors * K * slices
+  int in_h, in_w, pad_top, pad_left;
+  int in_sh, in_sw, go_sh, go_sw;  // strides within an image (32-bit: checked on the host)
+  int64_t in_sn, go_sn;
+};
+
+template <typename scalar_t, int K, int S, int D>
+__global__ void __launch_bounds__(kDirectBlock)
+    cnnops_depthwise_grad_weight_nhwc_direct_kernel(const scalar_t* __restrict__ grad_output,
+                                                    const scalar_t* __restrict__ input,
+                                                    at::opmath_type<scalar_t>* __restrict__ partials,
+                                                    NhwcWeightArgs a) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int VEC = 16 / sizeof(scalar_t);
+  using Vec = Lanes16<scalar_t>;
+  const uint32_t idx = blockIdx.x * kDirectBlock + threadIdx.x;
+  if (idx >= a.total) return;
+  const uint32_t row_slice = a.vectors.div(idx), c0 = (idx - row_slice * a.vectors.d) * VEC;
+  const uint32_t slice = row_slice / K, kh = row_slice - slice * K;
+  acc_t sum[K][VEC];
+#pragma unroll
+  for (int kw = 0; kw < K; ++kw)
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) sum[kw][v] = acc_t(0);
+  const uint32_t first = slice * a.per_slice, last = first + a.per_slice < a.pixels ? first + a.per_slice : a.pixels;
+  const uint32_t image_row = a.out_w.div(first);
+  int ow = static_cast<int>(first - image_row * a.out_w.d);
+  uint32_t n = a.out_h.div(image_row);
+  int oh = static_cast<int>(image_row - n * a.out_h.d);
+  for (uint32_t q = first; q < last; ++q) {
+    const int ih = oh * S - a.pad_top + static_cast<int>(kh) * D;
+    if (ih >= 0 && ih < a.in_h) {
+      const Vec gv = *reinterpret_cast<const Vec*>(grad_output + n * a.go_sn + oh * a.go_sh + ow * a.go_sw + c0);
+      const scalar_t* row = input + n * a.in_sn + ih * a.in_sh + c0;
+      const int vw0 = ow * S - a.pad_left;
+#pragma unroll
+      for (int kw = 0; kw < K; ++kw) {
+        const int iw = vw0 + kw * D;
+        if (iw < 0 || iw >= a.in_w) continue;
+        const Vec xv = *reinterpret_cast<const Vec*>(row + iw * a.in_sw);
+#pragma unroll
+        for (int v = 0; v < VEC; ++v) sum[kw][v] += static_cast<acc_t>(gv.v[v]) * static_cast<acc_t>(xv.v[v]);
+      }
+    }
+    if (++ow == static_cast<int>(a.out_w.d)) {  // the next pixel in memory order
+      ow = 0;
+      if (++oh == static_cast<int>(a.out_h.d)) oh = 0, ++n;
+    }
+  }
+#pragma unroll
+  for (int v = 0; v < VEC; ++v)
+#pragma unroll
+    for (int kw = 0; kw < K; ++kw)
+      partials[(static_cast<int64_t>(c0 + v) * (K * K) + kh * K + kw) * a.slices + slice] = sum[kw][v];
 }
 
 // The kernel for (K, S, D, SP), or nullptr where none is instantiated.
@@ -245,21 +321,25 @@ DirectKernel<scalar_t> pick_direct_kernel(int64_t k, int64_t s, int64_t d, int64
   }
 }
 
-template <typename scalar_t>
-using WeightKernel = void (*)(const scalar_t*, const scalar_t*, at::opmath_type<scalar_t>*, WeightArgs);
+// The (K, S, D) the grad_weight kernels (NCHW and channels_last) are instantiated for:
+// calls f(WeightShape<K, S, D>()) and returns true, or returns false.
+template <int K_, int S_, int D_>
+struct WeightShape {
+  static constexpr int K = K_, S = S_, D = D_;
+};
 
-template <typename scalar_t>
-WeightKernel<scalar_t> pick_weight_kernel(int64_t k, int64_t s, int64_t d) {
+template <typename F>
+bool with_weight_shape(int64_t k, int64_t s, int64_t d, F&& f) {
   switch (k * 100 + s * 10 + d) {  // each checked to be one digit first
-    case 311: return cnnops_depthwise_grad_weight_direct_kernel<scalar_t, 3, 1, 1>;
-    case 321: return cnnops_depthwise_grad_weight_direct_kernel<scalar_t, 3, 2, 1>;
-    case 312: return cnnops_depthwise_grad_weight_direct_kernel<scalar_t, 3, 1, 2>;
-    case 511: return cnnops_depthwise_grad_weight_direct_kernel<scalar_t, 5, 1, 1>;
-    case 521: return cnnops_depthwise_grad_weight_direct_kernel<scalar_t, 5, 2, 1>;
-    case 512: return cnnops_depthwise_grad_weight_direct_kernel<scalar_t, 5, 1, 2>;
-    case 711: return cnnops_depthwise_grad_weight_direct_kernel<scalar_t, 7, 1, 1>;
-    case 721: return cnnops_depthwise_grad_weight_direct_kernel<scalar_t, 7, 2, 1>;
-    default: return nullptr;
+    case 311: f(WeightShape<3, 1, 1>()); return true;
+    case 321: f(WeightShape<3, 2, 1>()); return true;
+    case 312: f(WeightShape<3, 1, 2>()); return true;
+    case 511: f(WeightShape<5, 1, 1>()); return true;
+    case 521: f(WeightShape<5, 2, 1>()); return true;
+    case 512: f(WeightShape<5, 1, 2>()); return true;
+    case 711: f(WeightShape<7, 1, 1>()); return true;
+    case 721: f(WeightShape<7, 2, 1>()); return true;
+    default: return false;
   }
 }
 
@@ -273,7 +353,7 @@ bool direct_geometry(const Conv2dGeometry& g, at::ScalarType dtype) {
          dtype != at::kDouble && fits_int32(g.in_h) && fits_int32(g.in_w) && fits_int32(g.out_h * g.out_w) &&
          fits_int32(g.pad_top) && fits_int32(g.pad_left) &&
          g.out_w * g.stride_w + g.kernel_w * g.dilation_w <= INT32_MAX &&
-         g.out_h * g.stride_h + g.kernel_h * g.dilation_h <= INT32_MAX;
+         (g.out_h + kRows) * g.stride_h + g.kernel_h * g.dilation_h <= INT32_MAX;  // a last group's extra rows
 }
 
 // Every offset within a plane of t (h x w of it) fits 32 bits.
@@ -288,8 +368,7 @@ bool depthwise_forward_direct(const at::Tensor& input, const at::Tensor& weight,
                               int64_t spread_w) {
   if (output.numel() == 0) return true;
   if (!direct_geometry(g, input.scalar_type()) || spread_h != spread_w || spread_h > 9 ||
-      output.suggest_memory_format() == at::MemoryFormat::ChannelsLast || output.stride(3) != 1 ||
-      output.stride(2) != g.out_w || output.stride(1) != g.out_h * g.out_w)
+      !output.is_contiguous())  // NCHW output, planes one after another
     return false;
   const Strides4d in_s = strides4d(input), w_s = strides4d(weight);
   // The real (unspread) input's extent.
@@ -326,15 +405,14 @@ bool depthwise_forward_direct(const at::Tensor& input, const at::Tensor& weight,
   return launched;
 }
 
-bool depthwise_grad_weight_partials_direct(const at::Tensor& grad_output, const at::Tensor& input,
-                                           const Conv2dGeometry& g, at::Tensor& partials, int64_t& slices) {
+namespace {
+
+bool grad_weight_partials_nchw(const at::Tensor& grad_output, const at::Tensor& input, const Conv2dGeometry& g,
+                               at::Tensor& partials, int64_t& slices) {
   const int64_t row_groups = (g.out_h + kRows - 1) / kRows, items = g.batch * row_groups * g.out_w;
-  const bool nchw = input.suggest_memory_format() != at::MemoryFormat::ChannelsLast &&
-                    grad_output.suggest_memory_format() != at::MemoryFormat::ChannelsLast;
   const Strides4d in_s = strides4d(input), go_s = strides4d(grad_output);
   // (items below 2^31: a slice's end and a thread's last step do not wrap)
-  if (items == 0 || !nchw || !direct_geometry(g, input.scalar_type()) || items > INT32_MAX ||
-      g.out_channels > INT32_MAX || !plane_offsets_fit(in_s, g.in_h, g.in_w) ||
+  if (items == 0 || items > INT32_MAX || g.out_channels > INT32_MAX || !plane_offsets_fit(in_s, g.in_h, g.in_w) ||
       !plane_offsets_fit(go_s, g.out_h, g.out_w))
     return false;
   // About 4 items (4 x kRows outputs) per thread, enough blocks to fill the GPU with a few
@@ -358,20 +436,86 @@ bool depthwise_grad_weight_partials_direct(const at::Tensor& grad_output, const 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "depthwise_grad_weight_direct", [&] {
     if constexpr (!std::is_same_v<scalar_t, double>) {  // declined above: no double instantiations
       using acc_t = at::opmath_type<scalar_t>;
-      const WeightKernel<scalar_t> kernel = pick_weight_kernel<scalar_t>(g.kernel_h, g.stride_h, g.dilation_h);
-      if (kernel == nullptr) return;
-      partials = at::empty({g.out_channels * g.kernel_h * g.kernel_w * slices},
-                           input.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-      const size_t smem = static_cast<size_t>(g.kernel_h * g.kernel_w * kWeightBlock) * sizeof(acc_t);
-      kernel<<<dim3(static_cast<unsigned>(g.out_channels), static_cast<unsigned>(slices)), kWeightBlock, smem,
+      launched = with_weight_shape(g.kernel_h, g.stride_h, g.dilation_h, [&](auto shape) {
+        using Shape = decltype(shape);
+        partials = at::empty({g.out_channels * g.kernel_h * g.kernel_w * slices},
+                             input.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+        const size_t smem = static_cast<size_t>(g.kernel_h * g.kernel_w * kWeightBlock) * sizeof(acc_t);
+        cnnops_depthwise_grad_weight_direct_kernel<scalar_t, Shape::K, Shape::S, Shape::D>
+            <<<dim3(static_cast<unsigned>(g.out_channels), static_cast<unsigned>(slices)), kWeightBlock, smem,
                at::cuda::getCurrentCUDAStream()>>>(grad_output.const_data_ptr<scalar_t>(),
                                                    input.const_data_ptr<scalar_t>(), partials.mutable_data_ptr<acc_t>(),
                                                    a);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      launched = true;
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
     }
   });
   return launched;
+}
+
+bool grad_weight_partials_nhwc(const at::Tensor& grad_output, const at::Tensor& input, const Conv2dGeometry& g,
+                               at::Tensor& partials, int64_t& slices) {
+  const int64_t vec = 16 / input.element_size(), pixels = g.batch * g.out_h * g.out_w;
+  const Strides4d in_s = strides4d(input), go_s = strides4d(grad_output);
+  auto whole = [vec](const Strides4d& s) { return s.c == 1 && s.n % vec == 0 && s.h % vec == 0 && s.w % vec == 0; };
+  auto aligned = [](const at::Tensor& t) { return reinterpret_cast<std::uintptr_t>(t.const_data_ptr()) % 16 == 0; };
+  // Offsets within an image in 32 bits; pixels below 2^31 (no slice end wraps).
+  auto image_fits = [](const Strides4d& s, int64_t h, int64_t w, int64_t c) {
+    return s.h >= 0 && s.w >= 0 && fits_int32((h - 1) * s.h + (w - 1) * s.w + c);
+  };
+  if (pixels == 0 || pixels > INT32_MAX || g.out_channels != g.in_channels || g.out_channels % vec != 0 ||
+      !whole(in_s) || !whole(go_s) || !aligned(input) || !aligned(grad_output) ||
+      !image_fits(in_s, g.in_h, g.in_w, g.in_channels) || !image_fits(go_s, g.out_h, g.out_w, g.out_channels))
+    return false;
+  const int64_t vectors = g.out_channels / vec, per_pass = vectors * g.kernel_h;
+  // About 64K threads when the pixels allow (at least 16 pixels each), at most 256 slices;
+  // fixed by the shapes (reproducible).
+  const int64_t want = std::max<int64_t>(1, std::min<int64_t>({(65536 + per_pass - 1) / per_pass, pixels / 16, 256}));
+  const int64_t per_slice = (pixels + want - 1) / want;
+  slices = (pixels + per_slice - 1) / per_slice;
+  const int64_t total = per_pass * slices;
+  if (total > INT32_MAX) return false;
+  NhwcWeightArgs a;
+  a.vectors = FastDivider(static_cast<uint32_t>(vectors));
+  a.out_w = FastDivider(static_cast<uint32_t>(g.out_w)), a.out_h = FastDivider(static_cast<uint32_t>(g.out_h));
+  a.total = static_cast<uint32_t>(total), a.pixels = static_cast<uint32_t>(pixels);
+  a.per_slice = static_cast<uint32_t>(per_slice), a.slices = static_cast<uint32_t>(slices);
+  a.in_h = static_cast<int>(g.in_h), a.in_w = static_cast<int>(g.in_w);
+  a.pad_top = static_cast<int>(g.pad_top), a.pad_left = static_cast<int>(g.pad_left);
+  a.in_sh = static_cast<int>(in_s.h), a.in_sw = static_cast<int>(in_s.w);
+  a.go_sh = static_cast<int>(go_s.h), a.go_sw = static_cast<int>(go_s.w);
+  a.in_sn = in_s.n, a.go_sn = go_s.n;
+  bool launched = false;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "depthwise_grad_weight_direct", [&] {
+    if constexpr (!std::is_same_v<scalar_t, double>) {  // declined by the caller: no double instantiations
+      using acc_t = at::opmath_type<scalar_t>;
+      launched = with_weight_shape(g.kernel_h, g.stride_h, g.dilation_h, [&](auto shape) {
+        using Shape = decltype(shape);
+        partials = at::empty({g.out_channels * g.kernel_h * g.kernel_w * slices},
+                             input.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+        const unsigned blocks = static_cast<unsigned>((total + kDirectBlock - 1) / kDirectBlock);
+        cnnops_depthwise_grad_weight_nhwc_direct_kernel<scalar_t, Shape::K, Shape::S, Shape::D>
+            <<<blocks, kDirectBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
+                grad_output.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
+                partials.mutable_data_ptr<acc_t>(), a);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+    }
+  });
+  return launched;
+}
+
+}  // namespace
+
+// channels_last (both tensors) goes to the channel-vector kernel, NCHW to the column one.
+bool depthwise_grad_weight_partials_direct(const at::Tensor& grad_output, const at::Tensor& input,
+                                           const Conv2dGeometry& g, at::Tensor& partials, int64_t& slices) {
+  if (!direct_geometry(g, input.scalar_type())) return false;
+  const bool in_cl = input.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+  const bool go_cl = grad_output.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+  if (in_cl && go_cl) return grad_weight_partials_nhwc(grad_output, input, g, partials, slices);
+  if (!in_cl && !go_cl) return grad_weight_partials_nchw(grad_output, input, g, partials, slices);
+  return false;
 }
 
 }  // namespace cuda

@@ -31,8 +31,9 @@ bool depthwise_forward_direct(const at::Tensor& input, const at::Tensor& weight,
 bool depthwise_grad_weight_partials_fast(const at::Tensor& grad_output, const at::Tensor& input,
                                          const Conv2dGeometry& g, at::Tensor& partials, int64_t& slices);
 
-// The same partial sums by the direct NCHW kernel of depthwise_conv2d_direct.cu (opt-in, as
-// depthwise_forward_direct): square kernels 3, 5, 7, stride 1 or 2, dilation 1 or 2 at stride 1.
+// The same partial sums by the direct kernels of depthwise_conv2d_direct.cu (opt-in, as
+// depthwise_forward_direct): square kernels 3, 5, 7, stride 1 or 2, dilation 1 or 2 at stride 1;
+// NCHW, or channels_last with 16-byte channel vectors (multiplier 1, aligned).
 bool depthwise_grad_weight_partials_direct(const at::Tensor& grad_output, const at::Tensor& input,
                                            const Conv2dGeometry& g, at::Tensor& partials, int64_t& slices);
 
