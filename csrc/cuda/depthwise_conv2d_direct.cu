@@ -1,4 +1,4 @@
-// Depthwise convolution on CUDA, the direct NCHW kernels: opt-in
+// Depthwise convolution on CUDA, the direct kernels: opt-in
 // (CNNOPS_DEPTHWISE_CUDA_PATH=direct) until a GPU run has measured them against the tiled
 // kernels of depthwise_conv2d_fast.cu (DESIGN.md section 3). Compiled for sm_90 and run on
 // the CPU by tests/test_depthwise_cuda_emulated.py; not yet run on a GPU.
