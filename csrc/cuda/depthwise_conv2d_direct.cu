@@ -44,12 +44,6 @@ namespace {
 constexpr int kDirectBlock = 256;
 constexpr int kRows = 4;  // outputs per thread, down a column
 
-// 16 bytes of consecutive channels, one aligned load.
-template <typename T>
-struct alignas(16) Lanes16 {
-  T v[16 / sizeof(T)];
-};
-
 // n / d for any 32-bit n by a multiply-high, an add and a shift (Granlund and Montgomery's
 // round-up method): m = floor(2^32 * (2^s - d) / d) + 1 with 2^s >= d; the add is done in 64
 // bits, so no n overflows it.
@@ -100,17 +94,18 @@ __device__ __forceinline__ void tap_columns(int ow, int pad_left, int in_w, int 
   }
 }
 
-// The products of a thread's kRows outputs (rows oh0 .., one column) with their windows:
+// The products of a thread's outputs (rows oh0 .. oh0 + kRows - 1, one column; only those
+// above out_h, a last row group's missing ones, are left out) with their windows:
 // visit(i, kh, kw, x) for output i, tap (kh, kw) and the input value x it reads there, each
 // input value loaded once for all the outputs whose window holds it. Taps that read a zero
 // (padding, between spread values) are skipped, as torch skips them: an Inf or NaN in the
-// other operand then stays out of the sum.
+// other operand then stays out of the sum, as does one in a row only missing outputs read.
 template <typename scalar_t, int K, int S, int D, int SP, typename Visit>
-__device__ __forceinline__ void walk_windows(const scalar_t* __restrict__ plane, int oh0, int pad_top, int in_h,
-                                             int in_sh, const int* col, Visit&& visit) {
+__device__ __forceinline__ void walk_windows(const scalar_t* __restrict__ plane, int oh0, int out_h, int pad_top,
+                                             int in_h, int in_sh, const int* col, Visit&& visit) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int kWindowRows = (kRows - 1) * S + (K - 1) * D + 1;
-  const int vh0 = oh0 * S - pad_top;
+  const int vh0 = oh0 * S - pad_top, real = out_h - oh0;  // real outputs: i < real
 #pragma unroll
   for (int r = 0; r < kWindowRows; ++r) {
     const int ih = real_index<SP>(vh0 + r, in_h);
@@ -123,7 +118,7 @@ __device__ __forceinline__ void walk_windows(const scalar_t* __restrict__ plane,
 #pragma unroll
       for (int i = 0; i < kRows; ++i) {
         const int dh = r - i * S;  // == kh * D for the output i that reads this row with tap kh
-        if (dh >= 0 && dh % D == 0 && dh / D < K) visit(i, dh / D, kw, x);
+        if (dh >= 0 && dh % D == 0 && dh / D < K && i < real) visit(i, dh / D, kw, x);
       }
     }
   }
@@ -160,8 +155,8 @@ __global__ void __launch_bounds__(kDirectBlock)
   for (int i = 0; i < kRows; ++i) acc[i] = b;
   int col[K];
   tap_columns<K, S, D, SP>(static_cast<int>(ow), a.pad_left, a.in_w, a.in_sw, col);
-  walk_windows<scalar_t, K, S, D, SP>(input + n * a.in_sn + c * a.in_sc, oh0, a.pad_top, a.in_h, a.in_sh, col,
-                                      [&](int i, int kh, int kw, acc_t x) { acc[i] += x * w[kh * K + kw]; });
+  walk_windows<scalar_t, K, S, D, SP>(input + n * a.in_sn + c * a.in_sc, oh0, a.out_h, a.pad_top, a.in_h, a.in_sh,
+                                      col, [&](int i, int kh, int kw, acc_t x) { acc[i] += x * w[kh * K + kw]; });
   scalar_t* dst = output + plane * a.out_plane + ow;
 #pragma unroll
   for (int i = 0; i < kRows; ++i)
@@ -207,13 +202,8 @@ __global__ void __launch_bounds__(kWeightBlock)
     for (int i = 0; i < kRows; ++i) g[i] = oh0 + i < a.out_h ? static_cast<acc_t>(go[(oh0 + i) * a.go_sh]) : acc_t(0);
     int col[K];
     tap_columns<K, S, D, 1>(static_cast<int>(ow), a.pad_left, a.in_w, a.in_sw, col);
-    // Only the real outputs: the input rows that only a last group's missing ones would read
-    // may hold an Inf or NaN that no real output meets.
-    const int real = a.out_h - oh0;
-    walk_windows<scalar_t, K, S, D, 1>(input + n * a.in_sn + c * a.in_sc, oh0, a.pad_top, a.in_h, a.in_sh, col,
-                                       [&](int i, int kh, int kw, acc_t x) {
-                                         if (i < real) gw[kh * K + kw] += x * g[i];
-                                       });
+    walk_windows<scalar_t, K, S, D, 1>(input + n * a.in_sn + c * a.in_sc, oh0, a.out_h, a.pad_top, a.in_h, a.in_sh,
+                                       col, [&](int i, int kh, int kw, acc_t x) { gw[kh * K + kw] += x * g[i]; });
   }
   // Block sum of each tap: 16 runs of 8 threads' sums, then the 16 run sums, in order.
   const int tid = threadIdx.x;
@@ -256,7 +246,7 @@ __global__ void __launch_bounds__(kDirectBlock)
                                                     NhwcWeightArgs a) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int VEC = 16 / sizeof(scalar_t);
-  using Vec = Lanes16<scalar_t>;
+  using Vec = Lanes<scalar_t, VEC>;  // 16 bytes
   const uint32_t idx = blockIdx.x * kDirectBlock + threadIdx.x;
   if (idx >= a.total) return;
   const uint32_t row_slice = a.vectors.div(idx), c0 = (idx - row_slice * a.vectors.d) * VEC;
@@ -373,7 +363,7 @@ bool depthwise_forward_direct(const at::Tensor& input, const at::Tensor& weight,
   const Strides4d in_s = strides4d(input), w_s = strides4d(weight);
   // The real (unspread) input's extent.
   const int64_t real_h = (g.in_h - 1) / spread_h + 1, real_w = (g.in_w - 1) / spread_w + 1;
-  const int64_t row_groups = (g.out_h + kRows - 1) / kRows;
+  const int64_t row_groups = ceil_div(g.out_h, kRows);
   const int64_t planes = g.batch * g.out_channels, total = planes * row_groups * g.out_w;
   // (total below 2^31: blockIdx.x * kDirectBlock + threadIdx.x does not wrap)
   if (!plane_offsets_fit(in_s, real_h, real_w) || total > INT32_MAX) return false;
@@ -394,7 +384,7 @@ bool depthwise_forward_direct(const at::Tensor& input, const at::Tensor& weight,
       const DirectKernel<scalar_t> kernel =
           pick_direct_kernel<scalar_t>(g.kernel_h, g.stride_h, g.dilation_h, spread_h);
       if (kernel == nullptr) return;
-      const unsigned blocks = static_cast<unsigned>((total + kDirectBlock - 1) / kDirectBlock);
+      const unsigned blocks = static_cast<unsigned>(ceil_div(total, kDirectBlock));
       kernel<<<blocks, kDirectBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
           input.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
           bias != nullptr ? bias->const_data_ptr<scalar_t>() : nullptr, output.mutable_data_ptr<scalar_t>(), a, flip);
@@ -409,7 +399,7 @@ namespace {
 
 bool grad_weight_partials_nchw(const at::Tensor& grad_output, const at::Tensor& input, const Conv2dGeometry& g,
                                at::Tensor& partials, int64_t& slices) {
-  const int64_t row_groups = (g.out_h + kRows - 1) / kRows, items = g.batch * row_groups * g.out_w;
+  const int64_t row_groups = ceil_div(g.out_h, kRows), items = g.batch * row_groups * g.out_w;
   const Strides4d in_s = strides4d(input), go_s = strides4d(grad_output);
   // (items below 2^31: a slice's end and a thread's last step do not wrap)
   if (items == 0 || items > INT32_MAX || g.out_channels > INT32_MAX || !plane_offsets_fit(in_s, g.in_h, g.in_w) ||
@@ -417,10 +407,10 @@ bool grad_weight_partials_nchw(const at::Tensor& grad_output, const at::Tensor& 
     return false;
   // About 4 items (4 x kRows outputs) per thread, enough blocks to fill the GPU with a few
   // hundred channels, at most 64 slices; fixed by the shapes (reproducible).
-  const int64_t want = std::min<int64_t>({(items + 4 * kWeightBlock - 1) / (4 * kWeightBlock),
+  const int64_t want = std::min<int64_t>({ceil_div(items, 4 * kWeightBlock),
                                           std::max<int64_t>(1, 2048 / g.out_channels), 64});
-  const int64_t per_slice = (items + want - 1) / want;
-  slices = (items + per_slice - 1) / per_slice;
+  const int64_t per_slice = ceil_div(items, want);
+  slices = ceil_div(items, per_slice);
   WeightArgs a;
   a.out_w = FastDivider(static_cast<uint32_t>(g.out_w));
   a.row_groups = FastDivider(static_cast<uint32_t>(row_groups));
@@ -457,22 +447,20 @@ bool grad_weight_partials_nhwc(const at::Tensor& grad_output, const at::Tensor& 
                                at::Tensor& partials, int64_t& slices) {
   const int64_t vec = 16 / input.element_size(), pixels = g.batch * g.out_h * g.out_w;
   const Strides4d in_s = strides4d(input), go_s = strides4d(grad_output);
-  auto whole = [vec](const Strides4d& s) { return s.c == 1 && s.n % vec == 0 && s.h % vec == 0 && s.w % vec == 0; };
-  auto aligned = [](const at::Tensor& t) { return reinterpret_cast<std::uintptr_t>(t.const_data_ptr()) % 16 == 0; };
   // Offsets within an image in 32 bits; pixels below 2^31 (no slice end wraps).
   auto image_fits = [](const Strides4d& s, int64_t h, int64_t w, int64_t c) {
     return s.h >= 0 && s.w >= 0 && fits_int32((h - 1) * s.h + (w - 1) * s.w + c);
   };
   if (pixels == 0 || pixels > INT32_MAX || g.out_channels != g.in_channels || g.out_channels % vec != 0 ||
-      !whole(in_s) || !whole(go_s) || !aligned(input) || !aligned(grad_output) ||
+      !channel_vectors_fit(input, vec) || !channel_vectors_fit(grad_output, vec) ||
       !image_fits(in_s, g.in_h, g.in_w, g.in_channels) || !image_fits(go_s, g.out_h, g.out_w, g.out_channels))
     return false;
   const int64_t vectors = g.out_channels / vec, per_pass = vectors * g.kernel_h;
   // About 64K threads when the pixels allow (at least 16 pixels each), at most 256 slices;
   // fixed by the shapes (reproducible).
-  const int64_t want = std::max<int64_t>(1, std::min<int64_t>({(65536 + per_pass - 1) / per_pass, pixels / 16, 256}));
-  const int64_t per_slice = (pixels + want - 1) / want;
-  slices = (pixels + per_slice - 1) / per_slice;
+  const int64_t want = std::max<int64_t>(1, std::min<int64_t>({ceil_div(65536, per_pass), pixels / 16, 256}));
+  const int64_t per_slice = ceil_div(pixels, want);
+  slices = ceil_div(pixels, per_slice);
   const int64_t total = per_pass * slices;
   if (total > INT32_MAX) return false;
   NhwcWeightArgs a;
@@ -493,7 +481,7 @@ bool grad_weight_partials_nhwc(const at::Tensor& grad_output, const at::Tensor& 
         using Shape = decltype(shape);
         partials = at::empty({g.out_channels * g.kernel_h * g.kernel_w * slices},
                              input.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-        const unsigned blocks = static_cast<unsigned>((total + kDirectBlock - 1) / kDirectBlock);
+        const unsigned blocks = static_cast<unsigned>(ceil_div(total, kDirectBlock));
         cnnops_depthwise_grad_weight_nhwc_direct_kernel<scalar_t, Shape::K, Shape::S, Shape::D>
             <<<blocks, kDirectBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
                 grad_output.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),

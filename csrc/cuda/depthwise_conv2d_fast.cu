@@ -43,7 +43,6 @@ constexpr int kColsPerThread = 4;   // channels_last forward: outputs per thread
 constexpr int64_t kSmemBytes = 48 * 1024;  // without opting in to more per block
 constexpr int kMaxTapsPerThread = 4;  // grad_weight: kernels of up to 4 * kBlock taps (32 x 32)
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // ---------------------------------------------------------------- NCHW forward
 
@@ -205,12 +204,6 @@ __global__ void __launch_bounds__(kBlock, 6)
 
 // ---------------------------------------------------------------- channels_last forward
 
-// VEC consecutive channels as one load or store (two halves: one 32-bit access).
-template <typename T, int VEC>
-struct alignas(sizeof(T) * VEC) Lanes {
-  T v[VEC];
-};
-
 // Thread (n, oh, column group, channel group), channel group fastest: a warp reads
 // consecutive channels of the same pixel. wt: the weight as (tap, output channel),
 // already flipped where needed. VEC > 1 needs multiplier 1, unit channel strides, and
@@ -285,17 +278,12 @@ __global__ void __launch_bounds__(kBlock, 1)
   }
 }
 
-bool aligned_to(const void* ptr, int64_t bytes) { return reinterpret_cast<std::uintptr_t>(ptr) % bytes == 0; }
-
-// `vec` channels per thread: multiplier 1, unit channel strides, every other stride, the
-// channel count and both base addresses multiples of vec (in elements), so each vector is one
-// aligned access (the weight copy is a fresh allocation, aligned).
+// `vec` channels per thread: multiplier 1, a channel count that is a multiple of vec, and
+// input and output read as vectors (channel_vectors_fit; the weight copy is a fresh
+// allocation, aligned).
 bool channel_vectors_ok(const at::Tensor& input, const at::Tensor& output, const Conv2dGeometry& g, int64_t vec) {
-  const Strides4d in_s = strides4d(input), out_s = strides4d(output);
-  const int64_t bytes = vec * input.element_size();
-  auto whole = [vec](const Strides4d& s) { return s.c == 1 && s.n % vec == 0 && s.h % vec == 0 && s.w % vec == 0; };
-  return g.out_channels == g.in_channels && g.out_channels % vec == 0 && whole(in_s) && whole(out_s) &&
-         aligned_to(input.const_data_ptr(), bytes) && aligned_to(output.const_data_ptr(), bytes);
+  return g.out_channels == g.in_channels && g.out_channels % vec == 0 && channel_vectors_fit(input, vec) &&
+         channel_vectors_fit(output, vec);
 }
 
 }  // namespace

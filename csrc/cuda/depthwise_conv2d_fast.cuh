@@ -4,10 +4,31 @@
 // does not apply; the caller then runs a simple kernel of depthwise_conv2d.cu.
 #include <ATen/ATen.h>
 
+#include <cstdint>
+
+#include "common/conv_checks.h"
 #include "common/conv_index.h"
 
 namespace cnnops {
 namespace cuda {
+
+// Helpers shared by depthwise_conv2d_fast.cu and depthwise_conv2d_direct.cu.
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// VEC consecutive channels as one load or store (two halves: one 32-bit access).
+template <typename T, int VEC>
+struct alignas(sizeof(T) * VEC) Lanes {
+  T v[VEC];
+};
+
+// Whether t can be read as `vec` channels at a time: unit channel stride, every other
+// stride and the base address multiples of vec (in elements), so each vector is one aligned
+// access.
+inline bool channel_vectors_fit(const at::Tensor& t, int64_t vec) {
+  const Strides4d s = strides4d(t);
+  return s.c == 1 && s.n % vec == 0 && s.h % vec == 0 && s.w % vec == 0 &&
+         reinterpret_cast<std::uintptr_t>(t.const_data_ptr()) % (vec * t.element_size()) == 0;
+}
 
 // output = depthwise conv of input (geometry g), bias may be null. grad_input as a forward
 // (common/depthwise_index.h): `flip` the kernel in both axes, and read input (grad_output)
