@@ -2518,9 +2518,13 @@ void grad_weight_channels_last(const at::Tensor& grad_output, const at::Tensor& 
   const int64_t C = g.in_channels, cpad = round_up(C, V), kk = g.kernel_h * g.kernel_w;
   const int64_t rows = g.batch * g.out_h;
   const int64_t cvecs = cpad / V;
-  bool wide_window = false;  // the window kernel for rows wider than kClWindowMaxWidth: a task per chunk
+  [[maybe_unused]] bool window = false;  // the float32 3x3 window kernels run (AVX-512)
 #if defined(CPU_CAPABILITY_AVX512)
-  if constexpr (std::is_same<T, float>::value) wide_window = uses_3x3_window(g) && g.out_w > kClWindowMaxWidth;
+  if constexpr (std::is_same<T, float>::value) window = uses_3x3_window(g);
+  // the window kernel for rows wider than kClWindowMaxWidth: a task per chunk
+  const bool wide_window = window && g.out_w > kClWindowMaxWidth;
+#else
+  const bool wide_window = false;
 #endif
   // Chunks of rows: a task is a chunk and a vector of channels (all of them for the wide
   // window kernel), about kClGradWeightTasks tasks to share among the threads (16 chunks at
@@ -2558,7 +2562,6 @@ void grad_weight_channels_last(const at::Tensor& grad_output, const at::Tensor& 
   }
 #if defined(CPU_CAPABILITY_AVX512)
   if constexpr (std::is_same<T, float>::value) {
-    const bool window = uses_3x3_window(g);
     if (wide_window) {
       const auto wide = g.stride_w == 1 ? cl_grad_weight_3x3_wide<1, S> : cl_grad_weight_3x3_wide<2, S>;
       at::parallel_for(0, chunks, grain_for(work * cvecs), [&](int64_t begin, int64_t end) {
