@@ -347,7 +347,9 @@ inline void streamed_stores_done() {}
 // L2 caches of the threads writing it, so that it would not stay in them for the next op
 // anyway. The memory-bound channels_last 3x3 kernels then move a third fewer bytes (2
 // threads, float32, medians in one process: 8x144x56x56 forward 0.89 -> 0.69 ms, torch
-// 0.80; 8x96x112x112 stride 2 grad_input 3.96 -> 1.64 ms, torch 3.57).
+// 0.80; 8x96x112x112 stride 2 grad_input 3.96 -> 1.64 ms, torch 3.57). The 5x5/7x7 row
+// kernel too (inputs rotated over 4 tensors: 8x240x28x28 5x5 0.84 -> 0.54 ms, torch 0.62;
+// 4x320x33x33 5x5 d2 0.71 -> 0.59 ms, torch 0.69).
 // CNNOPS_DEPTHWISE_CPU_STREAM=always|never overrides that (read on every call of the
 // channels_last forward and gather, for tests).
 bool streams_output(const at::Tensor& output) {
@@ -501,10 +503,11 @@ constexpr int64_t kMaxRowsInterior = 16;
 // bit j of `inside` is set (zero padding columns and a channel tail, without branches).
 // Trim: the block is a whole row of P pixels with KW / 2 zero columns each side ("same",
 // stride 1); the pixels in those columns are not read at all (a quarter of a 7x7 on 7x7).
+// stream: whole vectors (lanes all set) are stored with stream_lanes; dst 64-byte aligned.
 template <int KW, int SW, int DW, int P, bool Masked, bool Trim = false>
 inline void cl_row_block(const float* const* rows, const float* const* wrows, int64_t nrows, int64_t cpad,
                          const float* bias, __mmask16 lanes, uint64_t inside, int64_t pix, float* dst,
-                         int64_t dst_pix) {
+                         int64_t dst_pix, bool stream) {
   constexpr int J = (P - 1) * SW + (KW - 1) * DW + 1;  // input pixels the block reads per kernel row
   static_assert(J <= 64 && (!Trim || DW == 1), "inside is a 64-bit mask; the trim is for dilation 1");
   __m512 acc[P];
@@ -527,7 +530,8 @@ inline void cl_row_block(const float* const* rows, const float* const* wrows, in
     }
   }
   for (int p = 0; p < P; ++p) {
-    if (Masked) _mm512_mask_storeu_ps(dst + p * dst_pix, lanes, acc[p]);
+    if (stream && lanes == 0xFFFF) stream_lanes(dst + p * dst_pix, at::vec::Vectorized<float>(acc[p]));
+    else if (Masked) _mm512_mask_storeu_ps(dst + p * dst_pix, lanes, acc[p]);
     else _mm512_storeu_ps(dst + p * dst_pix, acc[p]);
   }
 }
@@ -537,12 +541,15 @@ inline void cl_row_block(const float* const* rows, const float* const* wrows, in
 // pointing at input column col0 (negative in the left padding), with weights wrows[...].
 // Input columns outside [0, in_w) read as zeros. One channel vector at a time over all the
 // task's rows, so that the input rows it reads stay in L1 from one output row to the next;
-// along a row, blocks of 16 pixels, then at most one of 8 and one of the rest.
+// along a row, blocks of 16 pixels, then at most one of 8 and one of the rest. stream: as
+// in cl_interior_quads (whole vectors around the caches where all of them are aligned).
 template <int KW, int SW, int DW>
 void cl_rows(const float* const* rows, const float* const* wrows, const int64_t* nrows, int64_t nout, int64_t cpad,
              const float* bias, int64_t channels, int64_t pix, int64_t col0, int64_t in_w, int64_t count, float* dst,
-             int64_t dst_row, int64_t dst_pix) {
+             int64_t dst_row, int64_t dst_pix, bool stream) {
   constexpr int64_t V = 16;
+  stream = stream && (reinterpret_cast<std::uintptr_t>(dst) | static_cast<std::uintptr_t>(dst_row * sizeof(float)) |
+                      static_cast<std::uintptr_t>(dst_pix * sizeof(float))) % 64 == 0;
   auto block = [&](auto p_const, int64_t i, int64_t c, int64_t ow) {
     constexpr int P = decltype(p_const)::value;
     constexpr int J = (P - 1) * SW + (KW - 1) * DW + 1;
@@ -561,16 +568,16 @@ void cl_rows(const float* const* rows, const float* const* wrows, const int64_t*
     if constexpr (P == 7 && SW == 1 && DW == 1) {  // 7-wide "same" rows (ConvNeXt's and MobileNet's 7x7 planes)
       if (count == 7 && in_w == 7 && col0 == -(KW / 2)) {
         if (lanes == 0xFFFF)
-          cl_row_block<KW, SW, DW, P, false, true>(r, wr, nr, cpad, bias + c, lanes, inside, pix, d, dst_pix);
+          cl_row_block<KW, SW, DW, P, false, true>(r, wr, nr, cpad, bias + c, lanes, inside, pix, d, dst_pix, stream);
         else
-          cl_row_block<KW, SW, DW, P, true, true>(r, wr, nr, cpad, bias + c, lanes, inside, pix, d, dst_pix);
+          cl_row_block<KW, SW, DW, P, true, true>(r, wr, nr, cpad, bias + c, lanes, inside, pix, d, dst_pix, stream);
         return;
       }
     }
     if (lanes == 0xFFFF && lo == 0 && hi == J)
-      cl_row_block<KW, SW, DW, P, false>(r, wr, nr, cpad, bias + c, lanes, inside, pix, d, dst_pix);
+      cl_row_block<KW, SW, DW, P, false>(r, wr, nr, cpad, bias + c, lanes, inside, pix, d, dst_pix, stream);
     else
-      cl_row_block<KW, SW, DW, P, true>(r, wr, nr, cpad, bias + c, lanes, inside, pix, d, dst_pix);
+      cl_row_block<KW, SW, DW, P, true>(r, wr, nr, cpad, bias + c, lanes, inside, pix, d, dst_pix, stream);
   };
   auto any_block = [&](int64_t p, int64_t i, int64_t c, int64_t ow) {
     switch (p) {
@@ -593,11 +600,13 @@ void cl_rows(const float* const* rows, const float* const* wrows, const int64_t*
         p = count - ow >= 16 ? 16 : count - ow >= 8 ? 8 : count - ow;
         any_block(p, i, c, ow);
       }
+  if (stream) streamed_stores_done();
 }
 #endif
 
 using ClRowKernel = void (*)(const float* const*, const float* const*, const int64_t*, int64_t, int64_t,
-                             const float*, int64_t, int64_t, int64_t, int64_t, int64_t, float*, int64_t, int64_t);
+                             const float*, int64_t, int64_t, int64_t, int64_t, int64_t, float*, int64_t, int64_t,
+                             bool);
 
 // The row kernel for g, or nullptr where it does not apply (the quad kernel runs then).
 // 5x5 and 7x7, and 3x3 (stride 1) only on rows of at most 8 outputs: on wider ones it
@@ -688,7 +697,8 @@ void forward_channels_last(const at::Tensor& input, const at::Tensor& weight, co
             }
           }
           row_kernel(rows, wrows, nrows, oh1 - oh0, cpad, b.data(), C, in_s.w, row_lo * g.stride_w - g.pad_left,
-                     g.in_w, row_hi - row_lo, out + n * out_s.n + oh0 * out_s.h + row_lo * out_s.w, out_s.h, out_s.w);
+                     g.in_w, row_hi - row_lo, out + n * out_s.n + oh0 * out_s.h + row_lo * out_s.w, out_s.h, out_s.w,
+                     stream);
         }
       }
       const int64_t inner0 = std::max(oh0, inside_h.lo), inner1 = std::min(oh1, inside_h.hi);
