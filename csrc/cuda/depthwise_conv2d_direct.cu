@@ -288,47 +288,25 @@ __global__ void __launch_bounds__(kDirectBlock)
       partials[(static_cast<int64_t>(c0 + v) * (K * K) + kh * K + kw) * a.slices + slice] = sum[kw][v];
 }
 
-// The kernel for (K, S, D, SP), or nullptr where none is instantiated.
-template <typename scalar_t>
-using DirectKernel = void (*)(const scalar_t*, const scalar_t*, const scalar_t*, scalar_t*, DirectArgs, bool);
-
-template <typename scalar_t>
-DirectKernel<scalar_t> pick_direct_kernel(int64_t k, int64_t s, int64_t d, int64_t sp) {
-  // K x 1000 + S x 100 + D x 10 + SP, each checked to be one digit first.
-  switch (k * 1000 + s * 100 + d * 10 + sp) {
-    case 3111: return cnnops_depthwise_forward_direct_kernel<scalar_t, 3, 1, 1, 1>;
-    case 3211: return cnnops_depthwise_forward_direct_kernel<scalar_t, 3, 2, 1, 1>;
-    case 3112: return cnnops_depthwise_forward_direct_kernel<scalar_t, 3, 1, 1, 2>;
-    case 3121: return cnnops_depthwise_forward_direct_kernel<scalar_t, 3, 1, 2, 1>;
-    case 5111: return cnnops_depthwise_forward_direct_kernel<scalar_t, 5, 1, 1, 1>;
-    case 5211: return cnnops_depthwise_forward_direct_kernel<scalar_t, 5, 2, 1, 1>;
-    case 5112: return cnnops_depthwise_forward_direct_kernel<scalar_t, 5, 1, 1, 2>;
-    case 5121: return cnnops_depthwise_forward_direct_kernel<scalar_t, 5, 1, 2, 1>;
-    case 7111: return cnnops_depthwise_forward_direct_kernel<scalar_t, 7, 1, 1, 1>;
-    case 7211: return cnnops_depthwise_forward_direct_kernel<scalar_t, 7, 2, 1, 1>;
-    case 7112: return cnnops_depthwise_forward_direct_kernel<scalar_t, 7, 1, 1, 2>;
-    default: return nullptr;
-  }
-}
-
-// The (K, S, D) the grad_weight kernels (NCHW and channels_last) are instantiated for:
-// calls f(WeightShape<K, S, D>()) and returns true, or returns false.
+// The (K, S, D) every direct kernel is instantiated for (the forward also at spread 2 for
+// S = D = 1, the input gradient of a stride-2 convolution): calls f(DirectShape<K, S, D>())
+// and returns true, or returns false.
 template <int K_, int S_, int D_>
-struct WeightShape {
+struct DirectShape {
   static constexpr int K = K_, S = S_, D = D_;
 };
 
 template <typename F>
-bool with_weight_shape(int64_t k, int64_t s, int64_t d, F&& f) {
+bool with_direct_shape(int64_t k, int64_t s, int64_t d, F&& f) {
   switch (k * 100 + s * 10 + d) {  // each checked to be one digit first
-    case 311: f(WeightShape<3, 1, 1>()); return true;
-    case 321: f(WeightShape<3, 2, 1>()); return true;
-    case 312: f(WeightShape<3, 1, 2>()); return true;
-    case 511: f(WeightShape<5, 1, 1>()); return true;
-    case 521: f(WeightShape<5, 2, 1>()); return true;
-    case 512: f(WeightShape<5, 1, 2>()); return true;
-    case 711: f(WeightShape<7, 1, 1>()); return true;
-    case 721: f(WeightShape<7, 2, 1>()); return true;
+    case 311: f(DirectShape<3, 1, 1>()); return true;
+    case 321: f(DirectShape<3, 2, 1>()); return true;
+    case 312: f(DirectShape<3, 1, 2>()); return true;
+    case 511: f(DirectShape<5, 1, 1>()); return true;
+    case 521: f(DirectShape<5, 2, 1>()); return true;
+    case 512: f(DirectShape<5, 1, 2>()); return true;
+    case 711: f(DirectShape<7, 1, 1>()); return true;
+    case 721: f(DirectShape<7, 2, 1>()); return true;
     default: return false;
   }
 }
@@ -381,15 +359,23 @@ bool depthwise_forward_direct(const at::Tensor& input, const at::Tensor& weight,
   bool launched = false;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "depthwise_forward_direct", [&] {
     if constexpr (!std::is_same_v<scalar_t, double>) {  // declined above: no double instantiations
-      const DirectKernel<scalar_t> kernel =
-          pick_direct_kernel<scalar_t>(g.kernel_h, g.stride_h, g.dilation_h, spread_h);
-      if (kernel == nullptr) return;
       const unsigned blocks = static_cast<unsigned>(ceil_div(total, kDirectBlock));
-      kernel<<<blocks, kDirectBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
-          input.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
-          bias != nullptr ? bias->const_data_ptr<scalar_t>() : nullptr, output.mutable_data_ptr<scalar_t>(), a, flip);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      launched = true;
+      auto launch = [&](auto kernel) {
+        kernel<<<blocks, kDirectBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
+            input.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
+            bias != nullptr ? bias->const_data_ptr<scalar_t>() : nullptr, output.mutable_data_ptr<scalar_t>(), a,
+            flip);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        launched = true;
+      };
+      with_direct_shape(g.kernel_h, g.stride_h, g.dilation_h, [&](auto shape) {
+        using Shape = decltype(shape);
+        if (spread_h == 1) {
+          launch(cnnops_depthwise_forward_direct_kernel<scalar_t, Shape::K, Shape::S, Shape::D, 1>);
+        } else if constexpr (Shape::S == 1 && Shape::D == 1) {
+          if (spread_h == 2) launch(cnnops_depthwise_forward_direct_kernel<scalar_t, Shape::K, 1, 1, 2>);
+        }
+      });
     }
   });
   return launched;
@@ -426,7 +412,7 @@ bool grad_weight_partials_nchw(const at::Tensor& grad_output, const at::Tensor& 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "depthwise_grad_weight_direct", [&] {
     if constexpr (!std::is_same_v<scalar_t, double>) {  // declined above: no double instantiations
       using acc_t = at::opmath_type<scalar_t>;
-      launched = with_weight_shape(g.kernel_h, g.stride_h, g.dilation_h, [&](auto shape) {
+      launched = with_direct_shape(g.kernel_h, g.stride_h, g.dilation_h, [&](auto shape) {
         using Shape = decltype(shape);
         partials = at::empty({g.out_channels * g.kernel_h * g.kernel_w * slices},
                              input.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
@@ -477,7 +463,7 @@ bool grad_weight_partials_nhwc(const at::Tensor& grad_output, const at::Tensor& 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "depthwise_grad_weight_direct", [&] {
     if constexpr (!std::is_same_v<scalar_t, double>) {  // declined by the caller: no double instantiations
       using acc_t = at::opmath_type<scalar_t>;
-      launched = with_weight_shape(g.kernel_h, g.stride_h, g.dilation_h, [&](auto shape) {
+      launched = with_direct_shape(g.kernel_h, g.stride_h, g.dilation_h, [&](auto shape) {
         using Shape = decltype(shape);
         partials = at::empty({g.out_channels * g.kernel_h * g.kernel_w * slices},
                              input.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
