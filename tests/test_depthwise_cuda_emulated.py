@@ -131,32 +131,51 @@ def _view(t, how):
     return t
 
 
-def check(kernels, cfg, weight_view="fresh", bias_view="fresh", go_layout=None, wide=False):
-    n, c, m, h, w_, k, s, d, pad, mode, layout, dtype, bias = cfg
+def operands(n, c, m, h, w_, k, s, d, pad, mode, dtype, bias, place, place_go):
+    """Random operands in `dtype`, in the layouts or views place(x, w, b) and place_go(go)
+    give them, and the float64 reference on exactly those values:
+    (x, w, b, go, ref, ref_gx, ref_gw)."""
     x64 = torch.randn(n, c, h, w_, dtype=torch.float64)
     w64 = torch.randn(c * m, 1, *k, dtype=torch.float64) / (k[0] * k[1]) ** 0.5
     b64 = torch.randn(c * m, dtype=torch.float64) if bias else None
-    # The values the kernels see, and the float64 reference on exactly those values.
-    x, w, b = (None if t is None else t.to(dtype) for t in (x64, w64, b64))
-    w = _view(w, weight_view)
-    b = None if b is None else _view(b, bias_view)
-    if layout == "channels_last":
-        x = x.contiguous(memory_format=torch.channels_last)
-    elif layout == "w_major":  # no unit stride along W
-        x = x.transpose(2, 3).contiguous().transpose(2, 3)
+    x, w, b = place(*(None if t is None else t.to(dtype) for t in (x64, w64, b64)))
     xr, wr = x.double().requires_grad_(), w.double().requires_grad_()
-    br = None if b is None else b.double()
-    ref = reference(xr, wr, br, s, pad, d, mode)
-    go = torch.randn(ref.shape, dtype=torch.float64).to(dtype)
-    if (go_layout or layout) == "channels_last":
-        go = go.contiguous(memory_format=torch.channels_last)
+    ref = reference(xr, wr, None if b is None else b.double(), s, pad, d, mode)
+    go = place_go(torch.randn(ref.shape, dtype=torch.float64).to(dtype))
     ref_gx, ref_gw = torch.autograd.grad(ref, (xr, wr), go.double())
+    return x, w, b, go, ref, ref_gx, ref_gw
+
+
+def closeness(dtype, label):
+    """close(got, want, what): the relative error within the dtype's tolerance."""
     tol = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}[dtype]
 
     def close(got, want, what):
         err = ((got.double() - want).abs().max() / want.abs().max().clamp_min(1e-30)).item() if want.numel() else 0.0
-        assert err < tol, f"{what} {cfg}: relative error {err:.2e}"
+        assert err < tol, f"{what} {label}: relative error {err:.2e}"
+    return close
 
+
+def w_major(t):
+    """t with no unit stride along W."""
+    return t.transpose(2, 3).contiguous().transpose(2, 3)
+
+
+def check(kernels, cfg, weight_view="fresh", bias_view="fresh", go_layout=None, wide=False):
+    n, c, m, h, w_, k, s, d, pad, mode, layout, dtype, bias = cfg
+
+    def place(x, w, b):
+        if layout == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
+        elif layout == "w_major":
+            x = w_major(x)
+        return x, _view(w, weight_view), None if b is None else _view(b, bias_view)
+
+    def place_go(go):
+        return go.contiguous(memory_format=torch.channels_last) if (go_layout or layout) == "channels_last" else go
+
+    x, w, b, go, ref, ref_gx, ref_gw = operands(n, c, m, h, w_, k, s, d, pad, mode, dtype, bias, place, place_go)
+    close = closeness(dtype, cfg)
     ran = []
     y = kernels.forward(x, w, b, list(s), list(pad), list(d), mode, wide)
     if y is not None:
@@ -393,31 +412,22 @@ def direct_kernels():
 def check_direct(kernels, cfg, input_view="contiguous", go_view="contiguous", channels_last=False):
     """The direct forward and gradients against float64 torch; returns what ran."""
     n, c, m, h, w_, k, s, d, pad, dtype, bias = cfg
-    x64 = torch.randn(n, c, h, w_, dtype=torch.float64)
-    w64 = torch.randn(c * m, 1, k, k, dtype=torch.float64) / k
-    b64 = torch.randn(c * m, dtype=torch.float64) if bias else None
-    x, w, b = (None if t is None else t.to(dtype) for t in (x64, w64, b64))
-    if input_view == "w_major":
-        x = x.transpose(2, 3).contiguous().transpose(2, 3)
-    elif input_view == "offset":
-        x = _view(x, "offset")
-        w = _view(w, "strided")
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    xr, wr = x.double().requires_grad_(), w.double().requires_grad_()
-    ref = reference(xr, wr, None if b is None else b.double(), (s, s), pad, (d, d), "zeros")
-    go = torch.randn(ref.shape, dtype=torch.float64).to(dtype)
-    if go_view == "w_major":
-        go = go.transpose(2, 3).contiguous().transpose(2, 3)
-    if channels_last:
-        go = go.contiguous(memory_format=torch.channels_last)
-    ref_gx, ref_gw = torch.autograd.grad(ref, (xr, wr), go.double())
-    tol = {torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}[dtype]
+    layout = torch.channels_last if channels_last else torch.contiguous_format
 
-    def close(got, want, what):
-        err = ((got.double() - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
-        assert err < tol, f"{what} {cfg} {input_view}: relative error {err:.2e}"
+    def place(x, w, b):
+        if input_view == "w_major":
+            x = w_major(x)
+        elif input_view == "offset":
+            x, w = _view(x, "offset"), _view(w, "strided")
+        return x.contiguous(memory_format=layout) if channels_last else x, w, b
 
+    def place_go(go):
+        go = w_major(go) if go_view == "w_major" else go
+        return go.contiguous(memory_format=layout) if channels_last else go
+
+    x, w, b, go, ref, ref_gx, ref_gw = operands(n, c, m, h, w_, (k, k), (s, s), (d, d), pad, "zeros", dtype, bias,
+                                                place, place_go)
+    close = closeness(dtype, f"{cfg} {input_view}")
     ran = []
     y = kernels.forward(x, w, b, [s, s], list(pad), [d, d], "zeros", False)
     if y is not None:
