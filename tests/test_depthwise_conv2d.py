@@ -433,35 +433,39 @@ def test_channels_last_grad_input_residue_classes(case, dtype):
     compare(x, wt, b, stride, padding, dilation, mode, msg=str(case))
 
 
+# (kernel, dilation, height, width): the forward's quads; its row kernel on wide rows, on
+# 7-column planes (the trimmed block at stride 1), at dilation 2, and for 3x3 on rows of 8 or less
+STREAM_CASES = [(3, 1, 21, 38), (5, 1, 21, 38), (7, 1, 9, 7), (5, 2, 21, 38), (3, 1, 21, 7)]
+
+
 @pytest.mark.parametrize("channels", [64, 40])
 @pytest.mark.parametrize("stride", [1, 2])
-@pytest.mark.parametrize("kernel", [3, 5, 7])
-def test_channels_last_streamed_stores(channels, stride, kernel, monkeypatch):
+@pytest.mark.parametrize("case", STREAM_CASES, ids=[f"k{c[0]}_d{c[1]}_w{c[3]}" for c in STREAM_CASES])
+def test_channels_last_streamed_stores(channels, stride, case, monkeypatch):
     """Outputs larger than the threads' L2 caches are written with streaming stores
     (CNNOPS_DEPTHWISE_CPU_STREAM=always forces them, never turns them off): the forward's
-    quads (3x3) or row kernel (5x5 on 38 columns; 7x7 on 7-column planes, the trimmed
-    block at stride 1) and the input gradient's (stride 1: the forward of the flipped
-    kernel; stride 2: the gather's classes). Only whole 64-byte aligned vectors stream: 64
-    channels; with 40 the forward's pixels, 160 bytes apart, take ordinary stores, and of
-    the stride-2 gather's, 320 bytes apart, the even columns stream. The sums are the same,
-    so the bits are the same either way. (Builds without AVX-512 have no streaming store:
-    there this checks the ordinary stores only.)"""
+    quads or row kernel (STREAM_CASES) and the input gradient's (stride 1: the forward of
+    the flipped kernel; stride 2: the gather's classes). Only whole 64-byte aligned vectors
+    stream: 64 channels; with 40 the forward's pixels, 160 bytes apart, take ordinary
+    stores, and of the stride-2 gather's, 320 bytes apart, the even columns stream. The
+    sums are the same, so the bits are the same either way. (Builds without AVX-512 have no
+    streaming store: there this checks the ordinary stores only.)"""
+    kernel, dilation, height, width = case
     torch.manual_seed(0)
-    height, width = (9, 7) if kernel == 7 else (21, 38)
-    pad = kernel // 2
+    pad = dilation * (kernel // 2)
     x = rand(2, channels, height, width).float().contiguous(memory_format=CL)
     wt, b = rand(channels, 1, kernel, kernel).float(), rand(channels).float()
     go = None
     results = {}
     for choice in ("always", "never", "auto"):
         monkeypatch.setenv("CNNOPS_DEPTHWISE_CPU_STREAM", choice)
-        out = cnnops.F.depthwise_conv2d(x, wt, b, stride, pad)
+        out = cnnops.F.depthwise_conv2d(x, wt, b, stride, pad, dilation)
         go = rand(*out.shape).float().contiguous(memory_format=CL) if go is None else go
-        grad_input = ops.depthwise_conv2d_grad_input(go, wt, list(x.shape), [stride] * 2, [pad] * 4, [1, 1], "zeros",
-                                                     True)
+        grad_input = ops.depthwise_conv2d_grad_input(go, wt, list(x.shape), [stride] * 2, [pad] * 4, [dilation] * 2,
+                                                     "zeros", True)
         results[choice] = (out, grad_input)
     x64 = leaf(x.double())
-    ref = torch_depthwise(x64, wt.double(), b.double(), stride, pad)
+    ref = torch_depthwise(x64, wt.double(), b.double(), stride, pad, dilation)
     expected, = torch.autograd.grad(ref, x64, go.double())
     for i, (exp, what) in enumerate(zip((ref, expected), ("forward", "grad_input"))):
         got = results["always"][i]

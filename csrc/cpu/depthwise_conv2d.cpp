@@ -347,9 +347,9 @@ inline void streamed_stores_done() {}
 // L2 caches of the threads writing it, so that it would not stay in them for the next op
 // anyway. The memory-bound channels_last 3x3 kernels then move a third fewer bytes (2
 // threads, float32, medians in one process: 8x144x56x56 forward 0.89 -> 0.69 ms, torch
-// 0.80; 8x96x112x112 stride 2 grad_input 3.96 -> 1.64 ms, torch 3.57). The 5x5/7x7 row
-// kernel too (inputs rotated over 4 tensors: 8x240x28x28 5x5 0.84 -> 0.54 ms, torch 0.62;
-// 4x320x33x33 5x5 d2 0.71 -> 0.59 ms, torch 0.69).
+// 0.80; 8x96x112x112 stride 2 grad_input 3.96 -> 1.64 ms, torch 3.57). The row kernel too
+// (5x5, 7x7, 3x3 on rows of up to 8; inputs rotated over 4 tensors: 8x240x28x28 5x5 0.84 ->
+// 0.54 ms, torch 0.62; 4x320x33x33 5x5 d2 0.71 -> 0.59 ms, torch 0.69).
 // CNNOPS_DEPTHWISE_CPU_STREAM=always|never overrides that (read on every call of the
 // channels_last forward and gather, for tests).
 bool streams_output(const at::Tensor& output) {
@@ -638,9 +638,11 @@ ClRowKernel pick_cl_row_kernel(const Conv2dGeometry& g) {
 }
 
 // S: the storage type of input and output (float, double, or bfloat16 under AVX-512).
+// may_stream: false for a temporary output the caller reads back at once (streamed stores
+// would send it around the caches).
 template <typename S>
 void forward_channels_last(const at::Tensor& input, const at::Tensor& weight, const at::Tensor* bias,
-                           at::Tensor& output, const Conv2dGeometry& g) {
+                           at::Tensor& output, const Conv2dGeometry& g, bool may_stream = true) {
   using T = at::opmath_type<S>;
   using Vec = at::vec::Vectorized<T>;
   constexpr int64_t V = Vec::size();
@@ -666,7 +668,7 @@ void forward_channels_last(const at::Tensor& input, const at::Tensor& weight, co
   const int64_t tasks_per_image = (g.out_h + kRowsPerTask - 1) / kRowsPerTask;
   const int64_t quads = (ow_hi - ow_lo) / 4, quad_end = ow_lo + 4 * quads;  // [ow_lo, quad_end) by quads
   const ClRowKernel row_kernel = pick_cl_row_kernel<S>(g);
-  const bool stream = streams_output(output);
+  const bool stream = may_stream && streams_output(output);
   // The row kernel reads zero padding columns as zeros, so it takes whole rows; other
   // modes leave it the interior columns and the per-pixel loop the rest.
   const bool zero_cols = g.mode == PaddingMode::Zeros;
@@ -1722,7 +1724,7 @@ void forward_bfloat16_channels_last(const at::Tensor& input, const at::Tensor& w
   for_float_chunks(g, [&](int64_t n0, const Conv2dGeometry& chunk) {
     at::Tensor out = float_channels_last(output, chunk.batch);
     forward_channels_last<float>(float_images(input, n0, chunk.batch), weight_f, bias != nullptr ? &bias_f : nullptr,
-                                 out, chunk);
+                                 out, chunk, /*may_stream=*/false);
     output.narrow(0, n0, chunk.batch).copy_(out);
   });
 }
@@ -2394,7 +2396,7 @@ bool uses_3x3_window(const Conv2dGeometry& g) {
          g.mode == PaddingMode::Zeros && g.pad_left <= 1 && (g.stride_w == 1 || g.stride_w == 2);
 }
 
-// One output row (n, oh) of the 16 channels from c (`lanes` of them), added to acc[9].
+// One output row (n, oh) of the 16 channels from c (`lanes` of them), added to acc_out[9].
 // S: the storage type of grad_output and input (float, or bfloat16 widened in registers).
 template <int SW, typename S>
 inline void cl_grad_weight_3x3_row(const S* go, const Strides4d& go_s, const S* in, const Strides4d& in_s,
