@@ -12,7 +12,8 @@
 # kernels included (test_depthwise_cuda_simple_matches_torch forces them, and
 # test_depthwise_cuda_direct_matches_torch the opt-in direct ones), and stage 5 the depthwise
 # benches: fp32 NCHW and fp16 channels_last, on the default (tiled) kernels and on the direct
-# ones (CNNOPS_DEPTHWISE_CUDA_PATH=direct).
+# ones (CNNOPS_DEPTHWISE_CUDA_PATH=direct), after a breakdown of each case's forward+backward
+# into its ops (scripts/depthwise_breakdown.py, $OUT/dw_breakdown.json).
 # Tensor-core conv2d (opt-in kernels, csrc/cuda/conv2d_mma*.cu): `bash scripts/gpu_check.sh conv2d_mma`
 # runs tests/test_conv2d_mma.py in stage 2, the foundation's conv2d CUDA tests with the switch
 # on in stage 3, and in stage 5 the channels_last bench cases (fp16, bf16 on the tensor-core
@@ -93,6 +94,12 @@ else
 fi
 
 bench_depthwise() {
+  # First where the time goes (scripts/depthwise_breakdown.py: each gradient op alone and
+  # torch's pieces, device and host time; DW_BREAKDOWN=0 skips it, T_BREAKDOWN limits it).
+  if [ "${DW_BREAKDOWN:-1}" = 1 ]; then
+    stage dw-breakdown "${T_BREAKDOWN:-60}" "$OUT/dw_breakdown.log" python3 scripts/depthwise_breakdown.py \
+      --paths "$(echo ${DW_PATHS:-auto direct} | tr ' ' ,)" --json "$OUT/dw_breakdown.json"
+  fi
   # The GPU targets, fp32 NCHW and fp16 channels_last (DW_DTYPES="fp32" for the first
   # alone), against torch in the same run, for each CNNOPS_DEPTHWISE_CUDA_PATH in DW_PATHS:
   # auto (default: the tiled kernels of depthwise_conv2d_fast.cu) and direct (the opt-in kernels

@@ -300,3 +300,25 @@ def test_gpu_spec_and_limits():
     assert core.conv_uses_tf32("cuda", torch.float32, {"cudnn.conv.fp32_precision": "tf32"})
     assert not core.conv_uses_tf32("cuda", torch.float32, {"cudnn.conv.fp32_precision": "none", "cudnn.allow_tf32": False})
     assert not core.conv_uses_tf32("cuda", torch.bfloat16, {"cudnn.allow_tf32": True})
+
+
+def test_depthwise_breakdown_script_on_cpu():
+    """scripts/depthwise_breakdown.py (run by gpu_check.sh before the depthwise benches) calls
+    every op it times with the arguments they take: one quick case, each piece once."""
+    import importlib.util
+    path = os.path.join(os.path.dirname(__file__), "..", "scripts", "depthwise_breakdown.py")
+    spec = importlib.util.spec_from_file_location("depthwise_breakdown", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    lines, saved = [], os.environ.get("CNNOPS_DEPTHWISE_CUDA_PATH")
+    rows = script.breakdown("cpu", sets=("fp32", "fp32-nhwc"), paths=("auto",), text_filter="convnext",
+                            quick=True, reps=1, rounds=1, report=lines.append)
+    pieces = {(r["set"], r["path"], r["piece"]) for r in rows}
+    for s in ("fp32", "fp32-nhwc"):
+        for piece in ("forward", "grad_input", "grad_weight", "forward+backward"):
+            assert (s, "torch", f"torch {piece}") in pieces
+            assert (s, "auto", f"cnnops {piece}") in pieces
+        assert (s, "auto", "cnnops grad_bias") in pieces  # the ConvNeXt case has a bias
+    assert len(lines) == len(rows) == 18
+    assert all(r["device_ms"] > 0 and r["host_ms"] > 0 for r in rows)
+    assert os.environ.get("CNNOPS_DEPTHWISE_CUDA_PATH") == saved  # restored
