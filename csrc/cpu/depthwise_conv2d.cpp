@@ -368,6 +368,15 @@ bool streams_output(const at::Tensor& output) {
   return static_cast<int64_t>(output.nbytes()) > l2_bytes * at::get_num_threads();
 }
 
+// Whether stores at p plus any sum of multiples of `steps` (in elements) all start a 64-byte
+// cache line, as stream_lanes needs.
+template <typename S>
+bool on_cache_lines(const S* p, std::initializer_list<int64_t> steps) {
+  auto bits = reinterpret_cast<std::uintptr_t>(p);
+  for (const int64_t step : steps) bits |= static_cast<std::uintptr_t>(step * static_cast<int64_t>(sizeof(S)));
+  return bits % 64 == 0;
+}
+
 // channels_last forward: a task is a few output rows of one image. Interior pixels (every
 // tap inside the input) go four at a time with fixed tap offsets (cl_interior_quad); the
 // others list their taps through the padding map, and vectors of channels accumulate over
@@ -466,10 +475,7 @@ C10_NOINLINE void cl_interior_quads(const S* in, int64_t in_row, int64_t in_pix,
                                     const T* wt, int64_t cpad, const T* bias, int64_t channels, int64_t rows,
                                     int64_t quads, S* out, int64_t out_row, int64_t out_pix, bool stream) {
   constexpr int64_t V = at::vec::Vectorized<T>::size();
-  const auto misaligned = (reinterpret_cast<std::uintptr_t>(out) | static_cast<std::uintptr_t>(out_row * sizeof(S)) |
-                           static_cast<std::uintptr_t>(out_pix * sizeof(S)) |
-                           static_cast<std::uintptr_t>(V * sizeof(S))) % 64;
-  stream = stream && misaligned == 0;
+  stream = stream && on_cache_lines(out, {out_row, out_pix, V});
   const int64_t tail = channels % V, whole = channels - channels % (2 * V);
   const int64_t rest = ((channels - whole) / V) * 2 + (tail > 0);  // whole vectors left (0 or 1), and a partial one
   for (int64_t q = 0; q < quads; ++q)
@@ -548,8 +554,7 @@ void cl_rows(const float* const* rows, const float* const* wrows, const int64_t*
              const float* bias, int64_t channels, int64_t pix, int64_t col0, int64_t in_w, int64_t count, float* dst,
              int64_t dst_row, int64_t dst_pix, bool stream) {
   constexpr int64_t V = 16;
-  stream = stream && (reinterpret_cast<std::uintptr_t>(dst) | static_cast<std::uintptr_t>(dst_row * sizeof(float)) |
-                      static_cast<std::uintptr_t>(dst_pix * sizeof(float))) % 64 == 0;
+  stream = stream && on_cache_lines(dst, {dst_row, dst_pix, V});
   auto block = [&](auto p_const, int64_t i, int64_t c, int64_t ow) {
     constexpr int P = decltype(p_const)::value;
     constexpr int J = (P - 1) * SW + (KW - 1) * DW + 1;
