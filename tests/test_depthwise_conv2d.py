@@ -183,7 +183,7 @@ def test_depthwise_cuda_direct_shapes(device, dtype, layout, kernel, stride, dil
 def test_depthwise_cuda_path_rejects_unknown_names(monkeypatch):
     monkeypatch.setenv("CNNOPS_DEPTHWISE_CUDA_PATH", "fast")
     x = torch.randn(1, 2, 5, 5, device="cuda")
-    with pytest.raises(ValueError, match="CNNOPS_DEPTHWISE_CUDA_PATH to be 'auto', 'direct' or 'simple', got 'fast'"):
+    with pytest.raises(ValueError, match="CNNOPS_DEPTHWISE_CUDA_PATH to be one of 'auto', 'direct', 'simple', got 'fast'"):
         cnnops.F.depthwise_conv2d(x, torch.randn(2, 1, 3, 3, device="cuda"))
 
 

@@ -7,29 +7,25 @@
 // The GEMMs write into the output in place (row stride = the output's), so there is no
 // scatter pass; grad_input does the reverse (GEMM into a panel, then add the runs back).
 #include "cpu/conv2d_panel.h"
+#include "common/env_choice.h"
 #include "cpu/layout_copy.h"
 
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
-#include <string>
 #include <vector>
 
 namespace cnnops {
 
 CpuConvPath cpu_conv_path(at::ScalarType dtype) {
-  const char* env = std::getenv("CNNOPS_CONV2D_CPU_PATH");
-  const std::string name = env ? env : "";
   const bool panel_dtype = dtype == at::kFloat || dtype == at::kDouble;
-  if (name.empty() || name == "auto") return panel_dtype ? CpuConvPath::Panel : CpuConvPath::Im2col;
-  if (name == "panel") return panel_dtype ? CpuConvPath::PanelNoShortcut : CpuConvPath::Im2col;
-  if (name == "im2col") return CpuConvPath::Im2col;
-  TORCH_CHECK_VALUE(false, "cnnops.conv2d: expected the environment variable "
-                    "CNNOPS_CONV2D_CPU_PATH to be one of 'auto', 'panel', 'im2col', got '",
-                    name, "'");
+  switch (env_choice("cnnops.conv2d", "CNNOPS_CONV2D_CPU_PATH", {"auto", "panel", "im2col"})) {
+    case 0: return panel_dtype ? CpuConvPath::Panel : CpuConvPath::Im2col;
+    case 1: return panel_dtype ? CpuConvPath::PanelNoShortcut : CpuConvPath::Im2col;
+    default: return CpuConvPath::Im2col;
+  }
 }
 
 namespace {

@@ -50,11 +50,9 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #if __has_include(<unistd.h>)
 #include <unistd.h>  // sysconf: the L2 cache size
 #endif
-#include <string>
 #include <initializer_list>
 #include <type_traits>
 #include <utility>
@@ -62,6 +60,7 @@
 
 #include "common/depthwise_checks.h"
 #include "common/depthwise_index.h"
+#include "common/env_choice.h"
 #include "cpu/conv_forward.h"
 #include "cpu/lane_transpose.h"
 #include "cpu/layout_copy.h"
@@ -353,11 +352,9 @@ inline void streamed_stores_done() {}
 // CNNOPS_DEPTHWISE_CPU_STREAM=always|never overrides that (read on every call of the
 // channels_last forward and gather, for tests).
 bool streams_output(const at::Tensor& output) {
-  const char* env = std::getenv("CNNOPS_DEPTHWISE_CPU_STREAM");
-  const std::string choice = env ? env : "";
-  if (choice == "always" || choice == "never") return choice == "always";
-  TORCH_CHECK_VALUE(choice.empty() || choice == "auto", "cnnops.depthwise_conv2d: expected the environment "
-                    "variable CNNOPS_DEPTHWISE_CPU_STREAM to be one of 'auto', 'always', 'never', got '", choice, "'");
+  const std::size_t choice =
+      env_choice("cnnops.depthwise_conv2d", "CNNOPS_DEPTHWISE_CPU_STREAM", {"auto", "always", "never"});
+  if (choice != 0) return choice == 1;
   static const int64_t l2_bytes = [] {
 #if defined(_SC_LEVEL2_CACHE_SIZE)
     const long bytes = sysconf(_SC_LEVEL2_CACHE_SIZE);
@@ -1627,13 +1624,8 @@ void forward_shifted(const at::Tensor& input, const at::Tensor& weight, const at
 enum class ForwardPath { Auto, Blocked, Direct };
 
 ForwardPath forward_path() {
-  const char* env = std::getenv("CNNOPS_DEPTHWISE_CPU_PATH");
-  const std::string name = env ? env : "";
-  if (name.empty() || name == "auto") return ForwardPath::Auto;
-  if (name == "blocked") return ForwardPath::Blocked;
-  if (name == "direct") return ForwardPath::Direct;
-  TORCH_CHECK_VALUE(false, "cnnops.depthwise_conv2d: expected the environment variable CNNOPS_DEPTHWISE_CPU_PATH "
-                    "to be one of 'auto', 'blocked', 'direct', got '", name, "'");
+  return static_cast<ForwardPath>(
+      env_choice("cnnops.depthwise_conv2d", "CNNOPS_DEPTHWISE_CPU_PATH", {"auto", "blocked", "direct"}));
 }
 
 // channels_last operands with a kernel of 9 x 9 or more at stride 1 go to the NCHW kernels

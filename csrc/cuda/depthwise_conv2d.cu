@@ -27,11 +27,10 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <string>
 
 #include "common/depthwise_checks.h"
 #include "common/depthwise_index.h"
+#include "common/env_choice.h"
 #include "cuda/depthwise_conv2d_fast.cuh"
 
 namespace cnnops {
@@ -49,13 +48,8 @@ constexpr int64_t kMaxTileBytes = 32 * 1024;
 enum class KernelPath { Auto, Direct, Simple };
 
 KernelPath kernel_path() {
-  const char* env = std::getenv("CNNOPS_DEPTHWISE_CUDA_PATH");
-  const std::string name = env ? env : "";
-  if (name.empty() || name == "auto") return KernelPath::Auto;
-  if (name == "direct") return KernelPath::Direct;
-  if (name == "simple") return KernelPath::Simple;
-  TORCH_CHECK_VALUE(false, "cnnops.depthwise_conv2d: expected the environment variable CNNOPS_DEPTHWISE_CUDA_PATH "
-                    "to be 'auto', 'direct' or 'simple', got '", name, "'");
+  return static_cast<KernelPath>(
+      env_choice("cnnops.depthwise_conv2d", "CNNOPS_DEPTHWISE_CUDA_PATH", {"auto", "direct", "simple"}));
 }
 
 // A forward (or grad_input as a forward) by the direct kernels where chosen, else the tiled
