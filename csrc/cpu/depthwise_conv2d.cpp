@@ -331,12 +331,16 @@ inline void store_lanes(at::BFloat16* p, const at::vec::Vectorized<float>& v, in
 #endif
 
 // A whole vector written around the caches (a non-temporal store: no read for ownership of
-// a line about to be overwritten; p 64-byte aligned) where the build has one for S, else an
-// ordinary store. streamed_stores_done() orders them before what the thread stores next.
+// a line about to be overwritten; p aligned to the vector's size) where the build has one
+// for S, else an ordinary store. streamed_stores_done() orders them before what the thread
+// stores next.
 template <typename S, typename T>
 inline void stream_lanes(S* p, const at::vec::Vectorized<T>& v) { store_lanes(p, v); }
 #if defined(CPU_CAPABILITY_AVX512)
 inline void stream_lanes(float* p, const at::vec::Vectorized<float>& v) { _mm512_stream_ps(p, v); }
+inline void streamed_stores_done() { _mm_sfence(); }
+#elif defined(CPU_CAPABILITY_AVX2)
+inline void stream_lanes(float* p, const at::vec::Vectorized<float>& v) { _mm256_stream_ps(p, v); }
 inline void streamed_stores_done() { _mm_sfence(); }
 #else
 inline void streamed_stores_done() {}
@@ -365,13 +369,14 @@ bool streams_output(const at::Tensor& output) {
   return static_cast<int64_t>(output.nbytes()) > l2_bytes * at::get_num_threads();
 }
 
-// Whether stores at p plus any sum of multiples of `steps` (in elements) all start a 64-byte
-// cache line, as stream_lanes needs.
+// Whether stores at p plus any sum of multiples of `steps` (in elements) are all aligned
+// as stream_lanes needs: to a float vector (64 bytes, a cache line, on AVX-512; 32 on AVX2).
 template <typename S>
 bool on_cache_lines(const S* p, std::initializer_list<int64_t> steps) {
+  constexpr std::uintptr_t kAlign = sizeof(at::vec::Vectorized<float>);
   auto bits = reinterpret_cast<std::uintptr_t>(p);
   for (const int64_t step : steps) bits |= static_cast<std::uintptr_t>(step * static_cast<int64_t>(sizeof(S)));
-  return bits % 64 == 0;
+  return bits % kAlign == 0;
 }
 
 // channels_last forward: a task is a few output rows of one image. Interior pixels (every
@@ -466,7 +471,7 @@ C10_ALWAYS_INLINE void cl_interior_quad(const S* base, const int64_t* off, int64
 // a partial one). `in`: the first row's first quad's input pixel at tap 0, rows in_row
 // apart, output pixels in_pix apart; `out` its output pixel. One call per task: a call
 // per quad position cost about 10% of a 32-channel 112x112 forward. stream: whole vectors
-// go through stream_lanes where every one of them is 64-byte aligned.
+// go through stream_lanes where every one of them is aligned (on_cache_lines).
 template <typename S, typename T, int KK>
 C10_NOINLINE void cl_interior_quads(const S* in, int64_t in_row, int64_t in_pix, const int64_t* off, int64_t kk,
                                     const T* wt, int64_t cpad, const T* bias, int64_t channels, int64_t rows,
