@@ -189,8 +189,9 @@ def test_depthwise_cuda_path_rejects_unknown_names(monkeypatch):
 
 # ---------------------------------------------------------------- 1b. channel-blocked forward
 # The forward is channel-blocked except for channels_last input with multiplier 1 (its own
-# kernel under 'auto') and, in AVX-512 builds, zero-padded float32 rows: 3x3 (direct),
-# 5x5 to 13x13 at stride 1 (staged) and 14-row "same" planes up to 16 wide (shifted);
+# kernel under 'auto') and, in AVX-512 and AVX2 builds, zero-padded float32 rows: 3x3
+# (direct), 5x5 to 13x13 at stride 1 (staged) and, AVX-512 only, 14-row "same" planes up to
+# 16 wide (shifted);
 # CNNOPS_DEPTHWISE_CPU_PATH=blocked forces the blocked one everywhere, =direct skips the
 # channels_last kernel.
 # The shapes below reach its staging variants: whole contiguous planes turned into pixel
@@ -224,6 +225,10 @@ BLOCKED_SHAPES = [
     ("direct_3x3_d2", (1, 4, 11, 37), 1, (3, 3), 1, (2, 1), 2),
     ("blocked_5x5_s2", (1, 3, 17, 45), 1, (5, 5), 2, 2, 1),  # stride 2 above 3x3: channel-blocked
     ("direct_s2_narrow", (2, 5, 29, 27), 1, (3, 3), 2, 1, 1),
+    # AVX2 (8 lanes): a row of one vector (4-row groups), and stride 2 with inner vectors
+    # that read no padding (plain loads)
+    ("direct_w8", (1, 3, 10, 8), 1, (3, 3), 1, 1, 1),
+    ("direct_s2_wide", (1, 3, 9, 70), 1, (3, 3), 2, 1, 1),
     ("stride3_dilation2", (1, 16, 20, 29), 1, (3, 3), 3, 2, 2),  # strided grad_input: 3 phases
     # staged K x K (K 5-13, stride 1, zero padding, float32, 12+ columns): 14-row tiles, then
     # a 7-row tile (rest <= 7) or a 14-row one holding the rest
@@ -236,6 +241,9 @@ BLOCKED_SHAPES = [
     ("staged_11x11_nopad", (1, 2, 30, 28), 1, (11, 11), 1, 0, 1),
     ("staged_13x13", (1, 3, 28, 28), 1, (13, 13), 1, 6, 1),
     ("staged_pad17", (1, 2, 18, 19), 1, (5, 5), 1, 17, 1),  # scratch origin 32 columns in
+    # AVX2: 15 - K rows a tile (9x9: 6, then a 3-row tile; AVX-512: a 7-row one), the last
+    # vector partial
+    ("staged_9x9_rest3", (1, 2, 15, 13), 1, (9, 9), 1, 4, 1),
     # shifted rows (14-row planes up to 16 columns, "same" zero padding, stride 1)
     ("shifted_5x5", (2, 5, 14, 14), 1, (5, 5), 1, 2, 1),
     ("shifted_7x7_w9_mult2", (1, 3, 14, 9), 2, (7, 7), 1, 3, 1),

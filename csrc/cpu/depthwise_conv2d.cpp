@@ -1,11 +1,12 @@
 // Depthwise convolution on the CPU: direct kernels on at::vec::Vectorized, no GEMM.
 //
-// Forward, AVX-512 builds, zero-padded float32 NCHW rows: direct 3x3 (vectors along W read
-// straight from the input rows, masked at the padding), staged K x K for K = 5..13 at
-// stride 1 (each plane copied into a zero-bordered scratch plane, 14-row tiles with a
-// kernel column's weights in registers), and shifted rows for 14-row "same" planes of at
-// most 16 columns (each row one register, its column shifts made in registers). Sections
-// "direct 3x3", "staged direct K x K" and "shifted rows".
+// Forward, AVX-512 and AVX2 builds, zero-padded float32 NCHW rows: direct 3x3 (vectors
+// along W read straight from the input rows, masked at the padding), staged K x K for
+// K = 5..13 at stride 1 (each plane copied into a zero-bordered scratch plane, tiles of
+// output rows with a kernel column's weights in registers), both written once over Lanes
+// (16 lanes and 32 registers, or 8 and 16); and, AVX-512 only, shifted rows for 14-row
+// "same" planes of at most 16 columns (each row one register, its column shifts made in
+// registers). Sections "direct 3x3", "staged direct K x K" and "shifted rows".
 //
 // Channel-blocked kernels (every other forward but the channels_last case below, and
 // grad_weight): V consecutive output channels of one image are one task. Their input
@@ -1254,7 +1255,59 @@ void grad_weight_blocked(const at::Tensor& grad_output, const at::Tensor& input,
     }
 }
 
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+#define CNNOPS_PLANE_KERNELS 1  // the direct 3x3 and staged K x K kernels, on Lanes
+#endif
+
 #if defined(CPU_CAPABILITY_AVX512)
+// One float vector of the plane kernels (direct 3x3 and staged K x K), with lane masks for
+// the edges of a row: masked lanes are neither read nor written (no fault past a row).
+struct Lanes {
+  using Reg = __m512;
+  using Mask = __mmask16;
+  static constexpr int kWidth = 16, kRegisters = 32;
+  static Mask mask(unsigned bits) { return static_cast<Mask>(bits); }
+  static Reg broadcast(float x) { return _mm512_set1_ps(x); }
+  static Reg load(const float* p) { return _mm512_loadu_ps(p); }
+  static Reg load(Mask m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
+  static void store(float* p, Reg x) { _mm512_storeu_ps(p, x); }
+  static void store(float* p, Mask m, Reg x) { _mm512_mask_storeu_ps(p, m, x); }
+  static Reg fmadd(Reg a, Reg b, Reg c) { return _mm512_fmadd_ps(a, b, c); }
+  // Lanes 0, 2, .., 30 of lo:hi (the columns a stride-2 row reads): one two-source permute.
+  static Reg even_lanes(Reg lo, Reg hi) {
+    const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    return _mm512_permutex2var_ps(lo, even, hi);
+  }
+};
+#elif defined(CPU_CAPABILITY_AVX2)
+// AVX2: 8 lanes, 16 registers; a mask is a vector whose lanes are all ones or all zeros
+// (wrapped: std::vector would drop the vector type's attributes).
+struct Lanes {
+  using Reg = __m256;
+  struct Mask {
+    __m256i lanes;
+  };
+  static constexpr int kWidth = 8, kRegisters = 16;
+  static Mask mask(unsigned bits) {
+    const __m256i lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    return {_mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(static_cast<int>(bits)), lane_bit), lane_bit)};
+  }
+  static Reg broadcast(float x) { return _mm256_set1_ps(x); }
+  static Reg load(const float* p) { return _mm256_loadu_ps(p); }
+  static Reg load(Mask m, const float* p) { return _mm256_maskload_ps(p, m.lanes); }
+  static void store(float* p, Reg x) { _mm256_storeu_ps(p, x); }
+  static void store(float* p, Mask m, Reg x) { _mm256_maskstore_ps(p, m.lanes, x); }
+  static Reg fmadd(Reg a, Reg b, Reg c) { return _mm256_fmadd_ps(a, b, c); }
+  // Lanes 0, 2, .., 14 of lo:hi: pairs (lo0 lo2 hi0 hi2 | lo4 lo6 hi4 hi6), then the
+  // middle 64-bit halves swapped.
+  static Reg even_lanes(Reg lo, Reg hi) {
+    const __m256 pairs = _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0));
+    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(pairs), _MM_SHUFFLE(3, 1, 2, 0)));
+  }
+};
+#endif
+
+#if defined(CNNOPS_PLANE_KERNELS)
 // The float NCHW planes of one call by item = image * out_channels + output channel: the
 // input plane the channel reads (channel oc / multiplier), its output plane, its kH * kW
 // weights and its bias. The direct, staged and shifted kernels each run over all the items
@@ -1292,9 +1345,10 @@ bool zero_padded_float_rows(const Conv2dGeometry& g, const at::Tensor& input, co
 // (one per kernel column) is loaded once and feeds up to min(R, K) of the rows; B vectors
 // along W give R * B independent accumulators. Taps that reach into the padding are masked
 // loads (masked lanes are not read, so addresses before a row or past its end are never
-// touched). Larger kernels at stride 1 take the staged kernel below; at stride 2 they go
-// channel-blocked (this kernel's 5x5 at stride 2, one weight broadcast per FMA, was slower
-// than torch on 14-column outputs).
+// touched); vectors whose taps are all inside the row use plain loads. Larger kernels at
+// stride 1 take the staged kernel below; at stride 2 they go channel-blocked (this kernel's
+// 5x5 at stride 2, one weight broadcast per FMA, was slower than torch on 14-column
+// outputs).
 bool use_direct(const Conv2dGeometry& g, const at::Tensor& input, const at::Tensor& output) {
   const bool unit_stride = g.stride_h == 1 && g.stride_w == 1, unit_dilation = g.dilation_h == 1 && g.dilation_w == 1;
   const bool stride2 = g.stride_h == 2 && g.stride_w == 2 && unit_dilation;
@@ -1305,16 +1359,19 @@ bool use_direct(const Conv2dGeometry& g, const at::Tensor& input, const at::Tens
 
 // Weights: the nine broadcast once per plane (wv; they stay in registers, measured 1.3x
 // faster than a broadcast per FMA).
-// Stride S (1 or 2, with D = 1 for 2): a vector of 16 outputs reads 16 (S = 1) or 32 input
-// columns (S = 2: two masked loads, their even lanes picked by one two-source permute).
-// tap_masks holds S masks per (vector, kernel column).
-template <int K, int D, int S, int R, int B>
+// Stride S (1 or 2, with D = 1 for 2): a vector of W outputs reads W (S = 1) or 2W input
+// columns (S = 2: two loads, their even lanes picked by Lanes::even_lanes).
+// tap_masks holds S masks per (vector, kernel column). Masked: the vectors' loads are
+// masked, and with out_tail their last vector's stores; else (every column they read and
+// write inside the row) plain loads and stores. (AVX2 does plain ones faster; its masked
+// stores measured several times slower than a whole vector's on this AMD EPYC.)
+template <int K, int D, int S, int R, int B, bool Masked>
 inline void direct_rows(const float* in_plane, int64_t in_row_stride, int64_t ih0, int64_t in_h, int64_t x0,
-                        const __mmask16* tap_masks, const __m512* wv, __m512 bv, int64_t rows,
-                        __mmask16 out_mask_last, float* out_row0, int64_t out_row_stride) {
+                        const Lanes::Mask* tap_masks, const Lanes::Reg* wv, Lanes::Reg bv, int64_t rows,
+                        bool out_tail, Lanes::Mask out_mask_last, float* out_row0, int64_t out_row_stride) {
   static_assert(K == 3, "nine weights in registers");
-  const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-  __m512 acc[R][B];
+  constexpr int W = Lanes::kWidth;
+  Lanes::Reg acc[R][B];
   for (int j = 0; j < R; ++j)
     for (int b = 0; b < B; ++b) acc[j][b] = bv;
 #pragma GCC unroll 16
@@ -1325,20 +1382,21 @@ inline void direct_rows(const float* in_plane, int64_t in_row_stride, int64_t ih
 #pragma GCC unroll 7
     for (int kw = 0; kw < K; ++kw) {
       for (int b = 0; b < B; ++b) {
-        const float* src = row + b * 16 * S + kw * D;
-        const __mmask16* m = tap_masks + (b * K + kw) * S;
-        __m512 x;
+        const float* src = row + b * W * S + kw * D;
+        const Lanes::Mask* m = tap_masks + (b * K + kw) * S;
+        Lanes::Reg x;
         if constexpr (S == 1) {
-          x = _mm512_maskz_loadu_ps(m[0], src);
+          x = Masked ? Lanes::load(m[0], src) : Lanes::load(src);
         } else {
-          x = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(m[0], src), even, _mm512_maskz_loadu_ps(m[1], src + 16));
+          x = Masked ? Lanes::even_lanes(Lanes::load(m[0], src), Lanes::load(m[1], src + W))
+                     : Lanes::even_lanes(Lanes::load(src), Lanes::load(src + W));
         }
         for (int j = 0; j < R; ++j) {
           const int d = r - j * S;
           if (d < 0 || d % D != 0) continue;
           const int kh = d / D;
           if (kh >= K) continue;
-          acc[j][b] = _mm512_fmadd_ps(wv[kh * K + kw], x, acc[j][b]);
+          acc[j][b] = Lanes::fmadd(wv[kh * K + kw], x, acc[j][b]);
         }
       }
     }
@@ -1347,59 +1405,76 @@ inline void direct_rows(const float* in_plane, int64_t in_row_stride, int64_t ih
     if (j >= rows) break;
     float* out = out_row0 + j * out_row_stride;
     for (int b = 0; b < B; ++b) {
-      if (b == B - 1) _mm512_mask_storeu_ps(out + b * 16, out_mask_last, acc[j][b]);
-      else _mm512_storeu_ps(out + b * 16, acc[j][b]);
+      if (Masked && b == B - 1 && out_tail) Lanes::store(out + b * W, out_mask_last, acc[j][b]);
+      else Lanes::store(out + b * W, acc[j][b]);
     }
   }
 }
 
+// Rows and vectors of one direct_rows call: R * B accumulators, nine weights and the loaded
+// vectors in the registers (AVX-512: 4 rows of 2 vectors, or 8 rows where a row is one
+// vector; AVX2, 16 registers: 4 rows of 1).
+constexpr int kDirectRows = 4, kDirectVecs = Lanes::kRegisters >= 32 ? 2 : 1;
+constexpr int kDirectRowsOneVec = Lanes::kRegisters >= 32 ? 8 : 4;
+
 template <int K, int D, int S>
 void forward_direct_k(const FloatPlanes& planes, const Conv2dGeometry& g) {
-  // Per output vector v (columns 16v..16v+15), kernel column kw and load h < S: the lanes
-  // whose input column S * 16v + 16h + l - pad_left + kw * D is inside the row.
-  const int64_t vecs = (g.out_w + 15) / 16;
-  std::vector<__mmask16> tap_masks(vecs * K * S), out_masks(vecs);
-  for (int64_t v = 0; v < vecs; ++v) {
-    unsigned om = 0;
-    for (int l = 0; l < 16; ++l)
-      if (v * 16 + l < g.out_w) om |= 1u << l;
-    out_masks[v] = static_cast<__mmask16>(om);
+  // Per output vector v (columns Wv..Wv+W-1), kernel column kw and load h < S: the lanes
+  // whose input column S * Wv + Wh + l - pad_left + kw * D is inside the row. inside[v]:
+  // all of v's loads and stores are whole vectors.
+  constexpr int W = Lanes::kWidth, RB = kDirectRows, B = kDirectVecs;
+  constexpr unsigned kAll = (1u << W) - 1u;
+  const int64_t vecs = (g.out_w + W - 1) / W;
+  const bool out_partial = g.out_w % W != 0;
+  const Lanes::Mask out_mask = Lanes::mask(kAll >> (vecs * W - g.out_w));  // the last vector's columns
+  std::vector<Lanes::Mask> tap_masks(vecs * K * S);
+  std::vector<char> inside(vecs, 1);
+  inside[vecs - 1] = !out_partial;
+  for (int64_t v = 0; v < vecs; ++v)
     for (int kw = 0; kw < K; ++kw)
       for (int h = 0; h < S; ++h) {
         unsigned m = 0;
-        for (int l = 0; l < 16; ++l) {
-          const int64_t col = S * v * 16 + 16 * h + l - g.pad_left + kw * D;
-          if ((S * v * 16 + 16 * h + l) / S < g.out_w && col >= 0 && col < g.in_w) m |= 1u << l;
+        for (int l = 0; l < W; ++l) {
+          const int64_t col = S * v * W + W * h + l - g.pad_left + kw * D;
+          if ((S * v * W + W * h + l) / S < g.out_w && col >= 0 && col < g.in_w) m |= 1u << l;
         }
-        tap_masks[(v * K + kw) * S + h] = static_cast<__mmask16>(m);
+        tap_masks[(v * K + kw) * S + h] = Lanes::mask(m);
+        inside[v] = inside[v] && m == kAll;
       }
-  }
   const Strides4d &in_s = planes.in_s, &out_s = planes.out_s;
   at::parallel_for(0, g.batch * g.out_channels, grain_for(g.out_h * g.out_w * K * K), [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const float* in_plane = planes.input(item) - g.pad_left;  // column x reads x - pad_left
       float* out_plane = planes.output(item);
       const float* wk = planes.weights(item);
-      const __m512 bv = _mm512_set1_ps(planes.bias(item));
-      __m512 wv[9];
-      for (int t = 0; t < 9; ++t) wv[t] = _mm512_set1_ps(wk[t]);
+      const Lanes::Reg bv = Lanes::broadcast(planes.bias(item));
+      Lanes::Reg wv[9];
+      for (int t = 0; t < 9; ++t) wv[t] = Lanes::broadcast(wk[t]);
       if (vecs == 1) {  // one vector per row: more rows at once instead
-        for (int64_t oh = 0; oh < g.out_h; oh += 8)
-          direct_rows<K, D, S, 8, 1>(in_plane, in_s.h, oh * S - g.pad_top, g.in_h, 0, tap_masks.data(), wv, bv,
-                                     std::min<int64_t>(8, g.out_h - oh), out_masks[0], out_plane + oh * out_s.h,
-                                     out_s.h);
+        constexpr int R1 = kDirectRowsOneVec;
+        for (int64_t oh = 0; oh < g.out_h; oh += R1)
+          direct_rows<K, D, S, R1, 1, true>(in_plane, in_s.h, oh * S - g.pad_top, g.in_h, 0, tap_masks.data(), wv, bv,
+                                            std::min<int64_t>(R1, g.out_h - oh), out_partial, out_mask,
+                                            out_plane + oh * out_s.h, out_s.h);
         continue;
       }
-      for (int64_t oh = 0; oh < g.out_h; oh += 4) {
-        const int64_t rows = std::min<int64_t>(4, g.out_h - oh);
+      for (int64_t oh = 0; oh < g.out_h; oh += RB) {
+        const int64_t rows = std::min<int64_t>(RB, g.out_h - oh), ih0 = oh * S - g.pad_top;
         float* orow = out_plane + oh * out_s.h;
         int64_t v = 0;
-        for (; v + 2 <= vecs; v += 2)
-          direct_rows<K, D, S, 4, 2>(in_plane, in_s.h, oh * S - g.pad_top, g.in_h, v * 16, tap_masks.data() + v * K * S,
-                                     wv, bv, rows, out_masks[v + 1], orow + v * 16, out_s.h);
-        if (v < vecs)
-          direct_rows<K, D, S, 4, 1>(in_plane, in_s.h, oh * S - g.pad_top, g.in_h, v * 16, tap_masks.data() + v * K * S,
-                                     wv, bv, rows, out_masks[v], orow + v * 16, out_s.h);
+        for (; v + B <= vecs; v += B) {
+          const Lanes::Mask* m = tap_masks.data() + v * K * S;
+          const bool tail = out_partial && v + B == vecs;
+          if (std::all_of(inside.begin() + v, inside.begin() + v + B, [](char f) { return f != 0; }))
+            direct_rows<K, D, S, RB, B, false>(in_plane, in_s.h, ih0, g.in_h, v * W, m, wv, bv, rows, tail, out_mask,
+                                               orow + v * W, out_s.h);
+          else
+            direct_rows<K, D, S, RB, B, true>(in_plane, in_s.h, ih0, g.in_h, v * W, m, wv, bv, rows, tail, out_mask,
+                                              orow + v * W, out_s.h);
+        }
+        for (; v < vecs; ++v)  // the last vector of a row whose vectors are not a multiple of B
+          direct_rows<K, D, S, RB, 1, true>(in_plane, in_s.h, ih0, g.in_h, v * W, tap_masks.data() + v * K * S, wv,
+                                            bv, rows, out_partial && v + 1 == vecs, out_mask, orow + v * W, out_s.h);
       }
     }
   });
@@ -1413,30 +1488,37 @@ void forward_direct(const at::Tensor& input, const at::Tensor& weight, const at:
   else forward_direct_k<3, 1, 1>(planes, g);
 }
 
-// ---------------------------------------------------------------- staged direct K x K, K >= 5
-// K x K for K = 5..13 (odd), stride 1, dilation 1 or 2 (5 and 7 only), zero padding, float
-// planes with unit column stride, at least 12 columns (narrower rows waste most lanes; the
-// channel-blocked kernel is faster there). Each plane is first copied into a zero-bordered
+// ---------------------------------------------------------------- staged direct K x K
+// K x K for K = 5..13 (odd; AVX2: 5..9, and 3 on narrow rows, see use_staged), stride 1,
+// dilation 1 or 2 (5 and 7 only), zero padding, float planes with unit column stride, at
+// least 12 columns (narrower rows waste most lanes; the channel-blocked kernel is faster
+// there, on AVX2 too for 7x7 planes). Each plane is first copied into a zero-bordered
 // scratch plane (its borders are written once per thread and never again), so that the
-// kernel itself has no masks and no edge cases. A tile is R = 14 output rows of one vector
-// of 16 columns: for each kernel column kw, its K weights are broadcast into registers
-// once, and each of the R + (K - 1) * D input vectors of that column is loaded once and
-// feeds every output row that reads it. Per tile and kernel column that is K broadcasts and
-// R + (K - 1) * D loads for R * K FMAs, against a load per FMA for weights broadcast from
-// memory (which kept the 5x5 at 35-45% of the FMA peak; this runs at 55-98%, from 5x5 to
-// 13x13, measured on one core with planes in L2). kw is a real loop: unrolled, GCC kept a
-// pointer per input row and spilled them with the accumulators.
-constexpr int kStagedRows = 14;
+// kernel itself has no masks and no edge cases. A tile is R = 14 output rows (AVX2: fewer,
+// staged_rows) of one vector: for each kernel column kw, its K weights are broadcast into
+// registers once, and each of the R + (K - 1) * D input vectors of that column is loaded
+// once and feeds every output row that reads it. Per tile and kernel column that is K
+// broadcasts and R + (K - 1) * D loads for R * K FMAs, against a load per FMA for weights
+// broadcast from memory (which kept the 5x5 at 35-45% of the FMA peak; this runs at
+// 55-98%, from 5x5 to 13x13, measured on one core with planes in L2, AVX-512). kw is a
+// real loop: unrolled, GCC kept a pointer per input row and spilled them with the
+// accumulators.
+// AVX2 has half the registers: R + K + 1 of them (accumulators, a kernel column's weights,
+// the loaded vector) caps R at 15 - K there.
+constexpr int staged_rows(int64_t k) {
+  return static_cast<int>(std::min<int64_t>(14, Lanes::kRegisters - 1 - k));
+}
 
 // The scratch plane: input row ih, column iw is at row ih + pad_top, column iw + origin
 // (origin: pad_left rounded up to a vector, so that the copied rows start on a cache line).
 struct StagedPlane {
   int64_t origin, row_stride, rows;
   StagedPlane(const Conv2dGeometry& g) {
-    const int64_t vecs = (g.out_w + 15) / 16, reach = (g.kernel_h - 1) * g.dilation_h;
-    origin = round_up(g.pad_left, 16);
-    row_stride = round_up(std::max(origin + g.in_w, origin - g.pad_left + vecs * 16 + reach), 16);
-    rows = g.out_h + kStagedRows - 1 + reach;  // the last tile's rows past out_h read zeros
+    constexpr int W = Lanes::kWidth;
+    const int64_t vecs = (g.out_w + W - 1) / W, reach = (g.kernel_h - 1) * g.dilation_h;
+    origin = round_up(g.pad_left, W);
+    row_stride = round_up(std::max(origin + g.in_w, origin - g.pad_left + vecs * W + reach), W);
+    rows = g.out_h + staged_rows(g.kernel_h) - 1 + reach;  // the last tile's rows past out_h read zeros
   }
   int64_t bytes() const { return rows * row_stride * static_cast<int64_t>(sizeof(float)); }
 };
@@ -1445,49 +1527,80 @@ struct StagedPlane {
 // works in strips of rows.
 constexpr int64_t kStagedPlaneMaxBytes = 1 << 20;
 
+// At least 6 rows a tile (AVX2: K <= 9): with fewer accumulators the FMAs wait on each
+// other's latency (AVX2, 2 threads, 4x256x28x28: 11x11 2.6 ms, 13x13 6.3 ms; the
+// channel-blocked kernel 2.1 and 2.4).
+// On AVX2 also 3x3 (dilation 1) on rows of at most 16 columns, the 14x14 stages that
+// AVX-512 gives to the shifted rows: the direct kernel's two vectors a row are both at an
+// edge, all masked loads (2 threads, 8x384x14x14: 0.42 ms, direct 0.53; at 28x28 even, at
+// 56x56 the copy made it 2x slower).
 bool use_staged(const Conv2dGeometry& g, const at::Tensor& input, const at::Tensor& output) {
   const int64_t k = g.kernel_h;
   const bool small_dilation = g.dilation_h == 1 || (g.dilation_h == 2 && k <= 7);
-  return k >= 5 && k <= 13 && k % 2 == 1 && g.kernel_w == k && g.stride_h == 1 && g.stride_w == 1 &&
-         small_dilation && g.dilation_w == g.dilation_h && g.out_w >= 12 &&
+  const bool narrow_3x3 = k == 3 && Lanes::kRegisters == 16 && g.out_w <= 16 && g.dilation_h == 1;
+  return (k >= 5 || narrow_3x3) && k <= 13 && k % 2 == 1 && staged_rows(k) >= 6 && g.kernel_w == k &&
+         g.stride_h == 1 && g.stride_w == 1 && small_dilation && g.dilation_w == g.dilation_h && g.out_w >= 12 &&
          zero_padded_float_rows(g, input, output) && StagedPlane(g).bytes() <= kStagedPlaneMaxBytes;
 }
 
 // Output rows oh..oh+R-1 (the first `rows` are stored) of one vector: src is the scratch
 // plane at the tile's first input row and column.
-template <int K, int D, int R>
-inline void staged_tile(const float* src, int64_t row_stride, const float* w, __m512 bias, int64_t rows,
-                        __mmask16 out_mask, float* out, int64_t out_row_stride) {
-  __m512 acc[R];
+template <int K, int D, int R, bool Tail>
+inline void staged_tile(const float* src, int64_t row_stride, const float* w, Lanes::Reg bias, int64_t rows,
+                        Lanes::Mask out_mask, float* out, int64_t out_row_stride) {
+  Lanes::Reg acc[R];
   for (int j = 0; j < R; ++j) acc[j] = bias;
 #pragma GCC unroll 1
   for (int kw = 0; kw < K; ++kw) {
-    __m512 column[K];
-    for (int kh = 0; kh < K; ++kh) column[kh] = _mm512_set1_ps(w[kh * K + kw]);
+    Lanes::Reg column[K];
+    for (int kh = 0; kh < K; ++kh) column[kh] = Lanes::broadcast(w[kh * K + kw]);
     const float* p = src + kw * D;
     __asm__("" : "+r"(p));  // opaque: GCC otherwise keeps a pointer per input row and spills them
 #pragma GCC unroll 64
     for (int r = 0; r < R + (K - 1) * D; ++r) {  // input row r feeds output row j through kernel row (r - j) / D
-      const __m512 x = _mm512_loadu_ps(p + r * row_stride);
+      const Lanes::Reg x = Lanes::load(p + r * row_stride);
       for (int j = 0; j < R; ++j) {
         const int d = r - j;
         if (d < 0 || d % D != 0 || d / D >= K) continue;
-        acc[j] = _mm512_fmadd_ps(column[d / D], x, acc[j]);
+        acc[j] = Lanes::fmadd(column[d / D], x, acc[j]);
       }
     }
   }
   for (int j = 0; j < R; ++j) {
     if (j >= rows) break;
-    _mm512_mask_storeu_ps(out + j * out_row_stride, out_mask, acc[j]);
+    if (Tail) Lanes::store(out + j * out_row_stride, out_mask, acc[j]);
+    else Lanes::store(out + j * out_row_stride, acc[j]);
   }
+}
+
+// One vector of output columns, all its rows: tiles of R rows, then the rest. Tail: the
+// vector's last columns are past the row (masked stores; AVX2's are slow, so only there).
+template <int K, int D, bool Tail>
+void staged_column(const float* src, int64_t row_stride, const float* w, Lanes::Reg bias, int64_t out_h,
+                   Lanes::Mask out_mask, float* dst, int64_t out_row_stride) {
+  constexpr int R = staged_rows(K);
+  int64_t oh = 0;
+  for (; oh + R <= out_h; oh += R)
+    staged_tile<K, D, R, Tail>(src + oh * row_stride, row_stride, w, bias, R, out_mask, dst + oh * out_row_stride,
+                               out_row_stride);
+  const int64_t rest = out_h - oh;  // a half tile where it covers them, for fewer wasted rows
+  if (rest > R / 2)
+    staged_tile<K, D, R, Tail>(src + oh * row_stride, row_stride, w, bias, rest, out_mask,
+                               dst + oh * out_row_stride, out_row_stride);
+  else if (rest > 0)
+    staged_tile<K, D, (R + 1) / 2, Tail>(src + oh * row_stride, row_stride, w, bias, rest, out_mask,
+                                         dst + oh * out_row_stride, out_row_stride);
 }
 
 template <int K, int D>
 void forward_staged_k(const FloatPlanes& planes, const Conv2dGeometry& g) {
+  constexpr int W = Lanes::kWidth;
+  constexpr unsigned kAll = (1u << W) - 1u;
   const StagedPlane sp(g);
-  const int64_t vecs = (g.out_w + 15) / 16, in_vecs = (g.in_w + 15) / 16;
-  const __mmask16 out_tail = static_cast<__mmask16>(0xFFFFu >> (vecs * 16 - g.out_w));
-  const __mmask16 in_tail = static_cast<__mmask16>(0xFFFFu >> (in_vecs * 16 - g.in_w));
+  const int64_t vecs = (g.out_w + W - 1) / W, in_vecs = (g.in_w + W - 1) / W;
+  const bool out_partial = g.out_w % W != 0;
+  const Lanes::Mask out_tail = Lanes::mask(kAll >> (vecs * W - g.out_w));
+  const Lanes::Mask in_tail = Lanes::mask(kAll >> (in_vecs * W - g.in_w));
   const Strides4d &in_s = planes.in_s, &out_s = planes.out_s;
   at::parallel_for(0, g.batch * g.out_channels, grain_for(g.out_h * g.out_w * K * K), [&](int64_t begin, int64_t end) {
     AlignedBuffer<float> scratch(sp.rows * sp.row_stride);  // zero: the borders are never written
@@ -1497,29 +1610,20 @@ void forward_staged_k(const FloatPlanes& planes, const Conv2dGeometry& g) {
       for (int64_t ih = 0; ih < g.in_h; ++ih) {
         const float* from = in_plane + ih * in_s.h;
         float* to = plane + (ih + g.pad_top) * sp.row_stride + sp.origin;
-        for (int64_t v = 0; v < in_vecs; ++v) {
-          const __mmask16 m = v + 1 == in_vecs ? in_tail : static_cast<__mmask16>(0xFFFF);
-          _mm512_mask_store_ps(to + v * 16, m, _mm512_maskz_loadu_ps(m, from + v * 16));
-        }
+        for (int64_t v = 0; v + 1 < in_vecs; ++v) Lanes::store(to + v * W, Lanes::load(from + v * W));
+        const int64_t last = (in_vecs - 1) * W;  // its lanes past the row are zeros: the right padding
+        Lanes::store(to + last, Lanes::load(in_tail, from + last));
       }
       const float* wk = planes.weights(item);
-      const __m512 bias = _mm512_set1_ps(planes.bias(item));
+      const Lanes::Reg bias = Lanes::broadcast(planes.bias(item));
       float* out_plane = planes.output(item);
       for (int64_t v = 0; v < vecs; ++v) {
-        const __mmask16 m = v + 1 == vecs ? out_tail : static_cast<__mmask16>(0xFFFF);
-        const float* src = plane + sp.origin - g.pad_left + v * 16;
-        float* dst = out_plane + v * 16;
-        int64_t oh = 0;
-        for (; oh + kStagedRows <= g.out_h; oh += kStagedRows)
-          staged_tile<K, D, kStagedRows>(src + oh * sp.row_stride, sp.row_stride, wk, bias, kStagedRows, m,
-                                         dst + oh * out_s.h, out_s.h);
-        const int64_t rest = g.out_h - oh;  // a half tile where it covers them, for fewer wasted rows
-        if (rest > kStagedRows / 2)
-          staged_tile<K, D, kStagedRows>(src + oh * sp.row_stride, sp.row_stride, wk, bias, rest, m,
-                                         dst + oh * out_s.h, out_s.h);
-        else if (rest > 0)
-          staged_tile<K, D, kStagedRows / 2>(src + oh * sp.row_stride, sp.row_stride, wk, bias, rest, m,
-                                             dst + oh * out_s.h, out_s.h);
+        const float* src = plane + sp.origin - g.pad_left + v * W;
+        float* dst = out_plane + v * W;
+        if (v + 1 == vecs && out_partial)
+          staged_column<K, D, true>(src, sp.row_stride, wk, bias, g.out_h, out_tail, dst, out_s.h);
+        else
+          staged_column<K, D, false>(src, sp.row_stride, wk, bias, g.out_h, out_tail, dst, out_s.h);
       }
     }
   });
@@ -1530,6 +1634,7 @@ void forward_staged(const at::Tensor& input, const at::Tensor& weight, const at:
   const FloatPlanes planes(input, weight, bias, output, g);
   const bool d2 = g.dilation_h == 2;
   switch (g.kernel_h) {
+    case 3: forward_staged_k<3, 1>(planes, g); break;  // AVX2 only
     case 5: d2 ? forward_staged_k<5, 2>(planes, g) : forward_staged_k<5, 1>(planes, g); break;
     case 7: d2 ? forward_staged_k<7, 2>(planes, g) : forward_staged_k<7, 1>(planes, g); break;
     case 9: forward_staged_k<9, 1>(planes, g); break;
@@ -1538,6 +1643,9 @@ void forward_staged(const at::Tensor& input, const at::Tensor& weight, const at:
   }
 }
 
+#endif  // CNNOPS_PLANE_KERNELS
+
+#if defined(CPU_CAPABILITY_AVX512)
 // ---------------------------------------------------------------- shifted rows
 // 14-row planes whose rows fit one vector (at most 16 columns) with "same" zero padding at
 // stride 1 (the 14x14 stages of MobileNet, EfficientNet and ConvNeXt): each input row is
@@ -1652,6 +1760,8 @@ void forward_planes(const at::Tensor& input, const at::Tensor& weight, const at:
     forward_shifted(input, weight, bias, output, g);
     return;
   }
+#endif
+#if defined(CNNOPS_PLANE_KERNELS)
   if (path != ForwardPath::Blocked && use_staged(g, input, output)) {
     forward_staged(input, weight, bias, output, g);
     return;
@@ -1661,7 +1771,7 @@ void forward_planes(const at::Tensor& input, const at::Tensor& weight, const at:
     return;
   }
 #else
-  (void)path;  // channel-blocked is the only plane kernel without AVX-512
+  (void)path;  // channel-blocked is the only plane kernel without AVX2
 #endif
   forward_blocked<scalar_t>(input, weight, bias, output, g);
 }
