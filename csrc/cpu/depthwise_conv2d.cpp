@@ -1261,7 +1261,8 @@ void grad_weight_blocked(const at::Tensor& grad_output, const at::Tensor& input,
 
 #if defined(CPU_CAPABILITY_AVX512)
 // One float vector of the plane kernels (direct 3x3 and staged K x K), with lane masks for
-// the edges of a row: masked lanes are neither read nor written (no fault past a row).
+// loads at the edges of a row (masked lanes are not read: no fault past a row) and
+// store_first for a row's last, partial vector.
 struct Lanes {
   using Reg = __m512;
   using Mask = __mmask16;
@@ -1271,7 +1272,7 @@ struct Lanes {
   static Reg load(const float* p) { return _mm512_loadu_ps(p); }
   static Reg load(Mask m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
   static void store(float* p, Reg x) { _mm512_storeu_ps(p, x); }
-  static void store(float* p, Mask m, Reg x) { _mm512_mask_storeu_ps(p, m, x); }
+  static void store_first(float* p, int n, Reg x) { _mm512_mask_storeu_ps(p, static_cast<Mask>((1u << n) - 1u), x); }
   static Reg fmadd(Reg a, Reg b, Reg c) { return _mm512_fmadd_ps(a, b, c); }
   // Lanes 0, 2, .., 30 of lo:hi (the columns a stride-2 row reads): one two-source permute.
   static Reg even_lanes(Reg lo, Reg hi) {
@@ -1296,7 +1297,24 @@ struct Lanes {
   static Reg load(const float* p) { return _mm256_loadu_ps(p); }
   static Reg load(Mask m, const float* p) { return _mm256_maskload_ps(p, m.lanes); }
   static void store(float* p, Reg x) { _mm256_storeu_ps(p, x); }
-  static void store(float* p, Mask m, Reg x) { _mm256_maskstore_ps(p, m.lanes, x); }
+  // Lanes 0..n-1 (n < 8) in at most three plain stores: vmaskmovps stores measured several
+  // times slower than a whole vector's on this AMD EPYC.
+  static void store_first(float* p, int n, Reg x) {
+    __m128 part = _mm256_castps256_ps128(x);
+    if (n >= 4) {
+      _mm_storeu_ps(p, part);
+      part = _mm256_extractf128_ps(x, 1);
+      p += 4;
+      n -= 4;
+    }
+    if (n >= 2) {
+      _mm_storel_pi(reinterpret_cast<__m64*>(p), part);
+      part = _mm_movehl_ps(part, part);
+      p += 2;
+      n -= 2;
+    }
+    if (n == 1) _mm_store_ss(p, part);
+  }
   static Reg fmadd(Reg a, Reg b, Reg c) { return _mm256_fmadd_ps(a, b, c); }
   // Lanes 0, 2, .., 14 of lo:hi: pairs (lo0 lo2 hi0 hi2 | lo4 lo6 hi4 hi6), then the
   // middle 64-bit halves swapped.
@@ -1362,13 +1380,12 @@ bool use_direct(const Conv2dGeometry& g, const at::Tensor& input, const at::Tens
 // Stride S (1 or 2, with D = 1 for 2): a vector of W outputs reads W (S = 1) or 2W input
 // columns (S = 2: two loads, their even lanes picked by Lanes::even_lanes).
 // tap_masks holds S masks per (vector, kernel column). Masked: the vectors' loads are
-// masked, and with out_tail their last vector's stores; else (every column they read and
-// write inside the row) plain loads and stores. (AVX2 does plain ones faster; its masked
-// stores measured several times slower than a whole vector's on this AMD EPYC.)
+// masked; else (every column they read inside the row) plain loads, which AVX2 does
+// faster. The last vector stores its first last_lanes lanes (all W: a whole vector).
 template <int K, int D, int S, int R, int B, bool Masked>
 inline void direct_rows(const float* in_plane, int64_t in_row_stride, int64_t ih0, int64_t in_h, int64_t x0,
                         const Lanes::Mask* tap_masks, const Lanes::Reg* wv, Lanes::Reg bv, int64_t rows,
-                        bool out_tail, Lanes::Mask out_mask_last, float* out_row0, int64_t out_row_stride) {
+                        int last_lanes, float* out_row0, int64_t out_row_stride) {
   static_assert(K == 3, "nine weights in registers");
   constexpr int W = Lanes::kWidth;
   Lanes::Reg acc[R][B];
@@ -1405,7 +1422,7 @@ inline void direct_rows(const float* in_plane, int64_t in_row_stride, int64_t ih
     if (j >= rows) break;
     float* out = out_row0 + j * out_row_stride;
     for (int b = 0; b < B; ++b) {
-      if (Masked && b == B - 1 && out_tail) Lanes::store(out + b * W, out_mask_last, acc[j][b]);
+      if (b == B - 1 && last_lanes < W) Lanes::store_first(out + b * W, last_lanes, acc[j][b]);
       else Lanes::store(out + b * W, acc[j][b]);
     }
   }
@@ -1425,11 +1442,10 @@ void forward_direct_k(const FloatPlanes& planes, const Conv2dGeometry& g) {
   constexpr int W = Lanes::kWidth, RB = kDirectRows, B = kDirectVecs;
   constexpr unsigned kAll = (1u << W) - 1u;
   const int64_t vecs = (g.out_w + W - 1) / W;
-  const bool out_partial = g.out_w % W != 0;
-  const Lanes::Mask out_mask = Lanes::mask(kAll >> (vecs * W - g.out_w));  // the last vector's columns
+  const int tail_lanes = static_cast<int>(g.out_w - (vecs - 1) * W);  // the last vector's columns
   std::vector<Lanes::Mask> tap_masks(vecs * K * S);
   std::vector<char> inside(vecs, 1);
-  inside[vecs - 1] = !out_partial;
+  inside[vecs - 1] = tail_lanes == W;
   for (int64_t v = 0; v < vecs; ++v)
     for (int kw = 0; kw < K; ++kw)
       for (int h = 0; h < S; ++h) {
@@ -1454,8 +1470,8 @@ void forward_direct_k(const FloatPlanes& planes, const Conv2dGeometry& g) {
         constexpr int R1 = kDirectRowsOneVec;
         for (int64_t oh = 0; oh < g.out_h; oh += R1)
           direct_rows<K, D, S, R1, 1, true>(in_plane, in_s.h, oh * S - g.pad_top, g.in_h, 0, tap_masks.data(), wv, bv,
-                                            std::min<int64_t>(R1, g.out_h - oh), out_partial, out_mask,
-                                            out_plane + oh * out_s.h, out_s.h);
+                                            std::min<int64_t>(R1, g.out_h - oh), tail_lanes, out_plane + oh * out_s.h,
+                                            out_s.h);
         continue;
       }
       for (int64_t oh = 0; oh < g.out_h; oh += RB) {
@@ -1464,17 +1480,17 @@ void forward_direct_k(const FloatPlanes& planes, const Conv2dGeometry& g) {
         int64_t v = 0;
         for (; v + B <= vecs; v += B) {
           const Lanes::Mask* m = tap_masks.data() + v * K * S;
-          const bool tail = out_partial && v + B == vecs;
+          const int last = v + B == vecs ? tail_lanes : W;
           if (std::all_of(inside.begin() + v, inside.begin() + v + B, [](char f) { return f != 0; }))
-            direct_rows<K, D, S, RB, B, false>(in_plane, in_s.h, ih0, g.in_h, v * W, m, wv, bv, rows, tail, out_mask,
+            direct_rows<K, D, S, RB, B, false>(in_plane, in_s.h, ih0, g.in_h, v * W, m, wv, bv, rows, last,
                                                orow + v * W, out_s.h);
           else
-            direct_rows<K, D, S, RB, B, true>(in_plane, in_s.h, ih0, g.in_h, v * W, m, wv, bv, rows, tail, out_mask,
+            direct_rows<K, D, S, RB, B, true>(in_plane, in_s.h, ih0, g.in_h, v * W, m, wv, bv, rows, last,
                                               orow + v * W, out_s.h);
         }
         for (; v < vecs; ++v)  // the last vector of a row whose vectors are not a multiple of B
           direct_rows<K, D, S, RB, 1, true>(in_plane, in_s.h, ih0, g.in_h, v * W, tap_masks.data() + v * K * S, wv,
-                                            bv, rows, out_partial && v + 1 == vecs, out_mask, orow + v * W, out_s.h);
+                                            bv, rows, v + 1 == vecs ? tail_lanes : W, orow + v * W, out_s.h);
       }
     }
   });
@@ -1547,7 +1563,7 @@ bool use_staged(const Conv2dGeometry& g, const at::Tensor& input, const at::Tens
 // plane at the tile's first input row and column.
 template <int K, int D, int R, bool Tail>
 inline void staged_tile(const float* src, int64_t row_stride, const float* w, Lanes::Reg bias, int64_t rows,
-                        Lanes::Mask out_mask, float* out, int64_t out_row_stride) {
+                        int tail_lanes, float* out, int64_t out_row_stride) {
   Lanes::Reg acc[R];
   for (int j = 0; j < R; ++j) acc[j] = bias;
 #pragma GCC unroll 1
@@ -1568,27 +1584,27 @@ inline void staged_tile(const float* src, int64_t row_stride, const float* w, La
   }
   for (int j = 0; j < R; ++j) {
     if (j >= rows) break;
-    if (Tail) Lanes::store(out + j * out_row_stride, out_mask, acc[j]);
+    if (Tail) Lanes::store_first(out + j * out_row_stride, tail_lanes, acc[j]);
     else Lanes::store(out + j * out_row_stride, acc[j]);
   }
 }
 
-// One vector of output columns, all its rows: tiles of R rows, then the rest. Tail: the
-// vector's last columns are past the row (masked stores; AVX2's are slow, so only there).
+// One vector of output columns, all its rows: tiles of R rows, then the rest. Tail: only
+// the vector's first tail_lanes columns are inside the row.
 template <int K, int D, bool Tail>
 void staged_column(const float* src, int64_t row_stride, const float* w, Lanes::Reg bias, int64_t out_h,
-                   Lanes::Mask out_mask, float* dst, int64_t out_row_stride) {
+                   int tail_lanes, float* dst, int64_t out_row_stride) {
   constexpr int R = staged_rows(K);
   int64_t oh = 0;
   for (; oh + R <= out_h; oh += R)
-    staged_tile<K, D, R, Tail>(src + oh * row_stride, row_stride, w, bias, R, out_mask, dst + oh * out_row_stride,
+    staged_tile<K, D, R, Tail>(src + oh * row_stride, row_stride, w, bias, R, tail_lanes, dst + oh * out_row_stride,
                                out_row_stride);
   const int64_t rest = out_h - oh;  // a half tile where it covers them, for fewer wasted rows
   if (rest > R / 2)
-    staged_tile<K, D, R, Tail>(src + oh * row_stride, row_stride, w, bias, rest, out_mask,
+    staged_tile<K, D, R, Tail>(src + oh * row_stride, row_stride, w, bias, rest, tail_lanes,
                                dst + oh * out_row_stride, out_row_stride);
   else if (rest > 0)
-    staged_tile<K, D, (R + 1) / 2, Tail>(src + oh * row_stride, row_stride, w, bias, rest, out_mask,
+    staged_tile<K, D, (R + 1) / 2, Tail>(src + oh * row_stride, row_stride, w, bias, rest, tail_lanes,
                                          dst + oh * out_row_stride, out_row_stride);
 }
 
@@ -1598,8 +1614,7 @@ void forward_staged_k(const FloatPlanes& planes, const Conv2dGeometry& g) {
   constexpr unsigned kAll = (1u << W) - 1u;
   const StagedPlane sp(g);
   const int64_t vecs = (g.out_w + W - 1) / W, in_vecs = (g.in_w + W - 1) / W;
-  const bool out_partial = g.out_w % W != 0;
-  const Lanes::Mask out_tail = Lanes::mask(kAll >> (vecs * W - g.out_w));
+  const int tail_lanes = static_cast<int>(g.out_w - (vecs - 1) * W);
   const Lanes::Mask in_tail = Lanes::mask(kAll >> (in_vecs * W - g.in_w));
   const Strides4d &in_s = planes.in_s, &out_s = planes.out_s;
   at::parallel_for(0, g.batch * g.out_channels, grain_for(g.out_h * g.out_w * K * K), [&](int64_t begin, int64_t end) {
@@ -1620,10 +1635,10 @@ void forward_staged_k(const FloatPlanes& planes, const Conv2dGeometry& g) {
       for (int64_t v = 0; v < vecs; ++v) {
         const float* src = plane + sp.origin - g.pad_left + v * W;
         float* dst = out_plane + v * W;
-        if (v + 1 == vecs && out_partial)
-          staged_column<K, D, true>(src, sp.row_stride, wk, bias, g.out_h, out_tail, dst, out_s.h);
+        if (v + 1 == vecs && tail_lanes < W)
+          staged_column<K, D, true>(src, sp.row_stride, wk, bias, g.out_h, tail_lanes, dst, out_s.h);
         else
-          staged_column<K, D, false>(src, sp.row_stride, wk, bias, g.out_h, out_tail, dst, out_s.h);
+          staged_column<K, D, false>(src, sp.row_stride, wk, bias, g.out_h, tail_lanes, dst, out_s.h);
       }
     }
   });
