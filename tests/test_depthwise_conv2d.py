@@ -455,9 +455,10 @@ def test_channels_last_streamed_stores(channels, stride, case, monkeypatch):
     quads or row kernel (STREAM_CASES) and the input gradient's (stride 1: the forward of
     the flipped kernel; stride 2: the gather's classes). Only whole 64-byte aligned vectors
     stream: 64 channels; with 40 the forward's pixels, 160 bytes apart, take ordinary
-    stores, and of the stride-2 gather's, 320 bytes apart, the even columns stream. The
-    sums are the same, so the bits are the same either way. (Builds without AVX-512 have no
-    streaming store: there this checks the ordinary stores only.)"""
+    stores on AVX-512, and of the stride-2 gather's, 320 bytes apart, the even columns
+    stream (AVX2's 32-byte vectors stream at 40 channels too). The sums are the same, so the
+    bits are the same either way. (Builds without AVX2 have no streaming store: there this
+    checks the ordinary stores only.)"""
     kernel, dilation, height, width = case
     torch.manual_seed(0)
     pad = dilation * (kernel // 2)
@@ -480,6 +481,31 @@ def test_channels_last_streamed_stores(channels, stride, case, monkeypatch):
         assert_close(got, exp.float(), torch.float32, "cpu", msg=what)
         for choice in ("never", "auto"):
             assert torch.equal(got, results[choice][i]), f"{what} {choice}"
+
+
+# (height, width, stride, dilation): float32 NCHW 3x3 planes (the direct kernel) whose rows
+# are 128 bytes, so every output row is vector aligned and streams; and 20 columns (80-byte
+# rows: on AVX2 the second row of a pair is not aligned, so no plane streams).
+DIRECT_STREAM_CASES = [(13, 32, 1, 1), (13, 32, 1, 2), (14, 64, 2, 1), (9, 20, 1, 1)]
+
+
+@pytest.mark.parametrize("case", DIRECT_STREAM_CASES,
+                         ids=[f"{c[0]}x{c[1]}_s{c[2]}_d{c[3]}" for c in DIRECT_STREAM_CASES])
+def test_direct_3x3_streamed_stores(case, monkeypatch):
+    """The NCHW direct 3x3 forward streams its output rows where they are all vector
+    aligned and the output outgrows the threads' L2 (forced here). Same bits either way,
+    and torch's values."""
+    height, width, stride, dilation = case
+    torch.manual_seed(0)
+    x = rand(2, 5, height, width).float()
+    wt, b = rand(5, 1, 3, 3).float(), rand(5).float()
+    results = {}
+    for choice in ("always", "never"):
+        monkeypatch.setenv("CNNOPS_DEPTHWISE_CPU_STREAM", choice)
+        results[choice] = cnnops.F.depthwise_conv2d(x, wt, b, stride, dilation, dilation)
+    ref = torch_depthwise(x.double(), wt.double(), b.double(), stride, dilation, dilation)
+    assert_close(results["always"], ref.float(), torch.float32, "cpu")
+    assert torch.equal(results["always"], results["never"])
 
 
 def test_stream_env_is_checked(monkeypatch):

@@ -353,9 +353,11 @@ inline void streamed_stores_done() {}
 // threads, float32, medians in one process: 8x144x56x56 forward 0.89 -> 0.69 ms, torch
 // 0.80; 8x96x112x112 stride 2 grad_input 3.96 -> 1.64 ms, torch 3.57). The row kernel too
 // (5x5, 7x7, 3x3 on rows of up to 8; inputs rotated over 4 tensors: 8x240x28x28 5x5 0.84 ->
-// 0.54 ms, torch 0.62; 4x320x33x33 5x5 d2 0.71 -> 0.59 ms, torch 0.69).
+// 0.54 ms, torch 0.62; 4x320x33x33 5x5 d2 0.71 -> 0.59 ms, torch 0.69). And the NCHW
+// direct 3x3 (AVX2 AMD EPYC, best of 4 alternating runs: 8x144x56x56 1.43 -> 0.98 ms,
+// 8x32x112x112 1.32 -> 1.01 ms, torch 2.42 and 1.98).
 // CNNOPS_DEPTHWISE_CPU_STREAM=always|never overrides that (read on every call of the
-// channels_last forward and gather, for tests).
+// channels_last forward and gather and the direct 3x3, for tests).
 bool streams_output(const at::Tensor& output) {
   const std::size_t choice =
       env_choice("cnnops.depthwise_conv2d", "CNNOPS_DEPTHWISE_CPU_STREAM", {"auto", "always", "never"});
@@ -1272,6 +1274,7 @@ struct Lanes {
   static Reg load(const float* p) { return _mm512_loadu_ps(p); }
   static Reg load(Mask m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
   static void store(float* p, Reg x) { _mm512_storeu_ps(p, x); }
+  static void stream(float* p, Reg x) { _mm512_stream_ps(p, x); }  // p 64-byte aligned
   static void store_first(float* p, int n, Reg x) { _mm512_mask_storeu_ps(p, static_cast<Mask>((1u << n) - 1u), x); }
   static Reg fmadd(Reg a, Reg b, Reg c) { return _mm512_fmadd_ps(a, b, c); }
   // Lanes 0, 2, .., 30 of lo:hi (the columns a stride-2 row reads): one two-source permute.
@@ -1297,6 +1300,7 @@ struct Lanes {
   static Reg load(const float* p) { return _mm256_loadu_ps(p); }
   static Reg load(Mask m, const float* p) { return _mm256_maskload_ps(p, m.lanes); }
   static void store(float* p, Reg x) { _mm256_storeu_ps(p, x); }
+  static void stream(float* p, Reg x) { _mm256_stream_ps(p, x); }  // p 32-byte aligned
   // Lanes 0..n-1 (n < 8) in at most three plain stores: vmaskmovps stores measured several
   // times slower than a whole vector's on this AMD EPYC.
   static void store_first(float* p, int n, Reg x) {
@@ -1382,7 +1386,8 @@ bool use_direct(const Conv2dGeometry& g, const at::Tensor& input, const at::Tens
 // tap_masks holds S masks per (vector, kernel column). Masked: the vectors' loads are
 // masked; else (every column they read inside the row) plain loads, which AVX2 does
 // faster. The last vector stores its first last_lanes lanes (all W: a whole vector).
-template <int K, int D, int S, int R, int B, bool Masked>
+// Stream: whole vectors are stored around the caches (Lanes::stream, rows aligned).
+template <int K, int D, int S, int R, int B, bool Masked, bool Stream>
 inline void direct_rows(const float* in_plane, int64_t in_row_stride, int64_t ih0, int64_t in_h, int64_t x0,
                         const Lanes::Mask* tap_masks, const Lanes::Reg* wv, Lanes::Reg bv, int64_t rows,
                         int last_lanes, float* out_row0, int64_t out_row_stride) {
@@ -1423,6 +1428,7 @@ inline void direct_rows(const float* in_plane, int64_t in_row_stride, int64_t ih
     float* out = out_row0 + j * out_row_stride;
     for (int b = 0; b < B; ++b) {
       if (b == B - 1 && last_lanes < W) Lanes::store_first(out + b * W, last_lanes, acc[j][b]);
+      else if (Stream) Lanes::stream(out + b * W, acc[j][b]);
       else Lanes::store(out + b * W, acc[j][b]);
     }
   }
@@ -1434,7 +1440,7 @@ inline void direct_rows(const float* in_plane, int64_t in_row_stride, int64_t ih
 constexpr int kDirectRows = 4, kDirectVecs = Lanes::kRegisters >= 32 ? 2 : 1;
 constexpr int kDirectRowsOneVec = Lanes::kRegisters >= 32 ? 8 : 4;
 
-template <int K, int D, int S>
+template <int K, int D, int S, bool Stream>
 void forward_direct_k(const FloatPlanes& planes, const Conv2dGeometry& g) {
   // Per output vector v (columns Wv..Wv+W-1), kernel column kw and load h < S: the lanes
   // whose input column S * Wv + Wh + l - pad_left + kw * D is inside the row. inside[v]:
@@ -1469,9 +1475,9 @@ void forward_direct_k(const FloatPlanes& planes, const Conv2dGeometry& g) {
       if (vecs == 1) {  // one vector per row: more rows at once instead
         constexpr int R1 = kDirectRowsOneVec;
         for (int64_t oh = 0; oh < g.out_h; oh += R1)
-          direct_rows<K, D, S, R1, 1, true>(in_plane, in_s.h, oh * S - g.pad_top, g.in_h, 0, tap_masks.data(), wv, bv,
-                                            std::min<int64_t>(R1, g.out_h - oh), tail_lanes, out_plane + oh * out_s.h,
-                                            out_s.h);
+          direct_rows<K, D, S, R1, 1, true, Stream>(in_plane, in_s.h, oh * S - g.pad_top, g.in_h, 0, tap_masks.data(),
+                                                    wv, bv, std::min<int64_t>(R1, g.out_h - oh), tail_lanes,
+                                                    out_plane + oh * out_s.h, out_s.h);
         continue;
       }
       for (int64_t oh = 0; oh < g.out_h; oh += RB) {
@@ -1482,26 +1488,37 @@ void forward_direct_k(const FloatPlanes& planes, const Conv2dGeometry& g) {
           const Lanes::Mask* m = tap_masks.data() + v * K * S;
           const int last = v + B == vecs ? tail_lanes : W;
           if (std::all_of(inside.begin() + v, inside.begin() + v + B, [](char f) { return f != 0; }))
-            direct_rows<K, D, S, RB, B, false>(in_plane, in_s.h, ih0, g.in_h, v * W, m, wv, bv, rows, last,
-                                               orow + v * W, out_s.h);
+            direct_rows<K, D, S, RB, B, false, Stream>(in_plane, in_s.h, ih0, g.in_h, v * W, m, wv, bv, rows, last,
+                                                       orow + v * W, out_s.h);
           else
-            direct_rows<K, D, S, RB, B, true>(in_plane, in_s.h, ih0, g.in_h, v * W, m, wv, bv, rows, last,
-                                              orow + v * W, out_s.h);
+            direct_rows<K, D, S, RB, B, true, Stream>(in_plane, in_s.h, ih0, g.in_h, v * W, m, wv, bv, rows, last,
+                                                      orow + v * W, out_s.h);
         }
         for (; v < vecs; ++v)  // the last vector of a row whose vectors are not a multiple of B
-          direct_rows<K, D, S, RB, 1, true>(in_plane, in_s.h, ih0, g.in_h, v * W, tap_masks.data() + v * K * S, wv,
-                                            bv, rows, v + 1 == vecs ? tail_lanes : W, orow + v * W, out_s.h);
+          direct_rows<K, D, S, RB, 1, true, Stream>(in_plane, in_s.h, ih0, g.in_h, v * W, tap_masks.data() + v * K * S,
+                                                    wv, bv, rows, v + 1 == vecs ? tail_lanes : W, orow + v * W,
+                                                    out_s.h);
       }
     }
+    if (Stream) streamed_stores_done();
   });
 }
 
 void forward_direct(const at::Tensor& input, const at::Tensor& weight, const at::Tensor* bias, at::Tensor& output,
                     const Conv2dGeometry& g) {
   const FloatPlanes planes(input, weight, bias, output, g);
-  if (g.stride_h == 2) forward_direct_k<3, 1, 2>(planes, g);
-  else if (g.dilation_h == 2) forward_direct_k<3, 2, 1>(planes, g);
-  else forward_direct_k<3, 1, 1>(planes, g);
+  // Whole vectors stream where every output row starts aligned (all of them at 56 or 112
+  // columns on AVX2; at 112 on AVX-512).
+  const Strides4d& os = planes.out_s;
+  if (streams_output(output) && on_cache_lines(planes.out, {os.n, os.c, os.h})) {
+    if (g.stride_h == 2) forward_direct_k<3, 1, 2, true>(planes, g);
+    else if (g.dilation_h == 2) forward_direct_k<3, 2, 1, true>(planes, g);
+    else forward_direct_k<3, 1, 1, true>(planes, g);
+  } else {
+    if (g.stride_h == 2) forward_direct_k<3, 1, 2, false>(planes, g);
+    else if (g.dilation_h == 2) forward_direct_k<3, 2, 1, false>(planes, g);
+    else forward_direct_k<3, 1, 1, false>(planes, g);
+  }
 }
 
 // ---------------------------------------------------------------- staged direct K x K
