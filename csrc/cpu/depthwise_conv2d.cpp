@@ -1277,11 +1277,13 @@ struct Lanes {
   static void stream(float* p, Reg x) { _mm512_stream_ps(p, x); }  // p 64-byte aligned
   static void store_first(float* p, int n, Reg x) { _mm512_mask_storeu_ps(p, static_cast<Mask>((1u << n) - 1u), x); }
   static Reg fmadd(Reg a, Reg b, Reg c) { return _mm512_fmadd_ps(a, b, c); }
-  // Lanes 0, 2, .., 30 of lo:hi (the columns a stride-2 row reads): one two-source permute.
+  // Lanes 0, 2, .., 30 of lo:hi (the columns a stride-2 row reads), in order: one
+  // two-source permute, so in_order has nothing left to do.
   static Reg even_lanes(Reg lo, Reg hi) {
     const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
     return _mm512_permutex2var_ps(lo, even, hi);
   }
+  static Reg in_order(Reg x) { return x; }
 };
 #elif defined(CPU_CAPABILITY_AVX2)
 // AVX2: 8 lanes, 16 registers; a mask is a vector whose lanes are all ones or all zeros
@@ -1320,11 +1322,12 @@ struct Lanes {
     if (n == 1) _mm_store_ss(p, part);
   }
   static Reg fmadd(Reg a, Reg b, Reg c) { return _mm256_fmadd_ps(a, b, c); }
-  // Lanes 0, 2, .., 14 of lo:hi: pairs (lo0 lo2 hi0 hi2 | lo4 lo6 hi4 hi6), then the
-  // middle 64-bit halves swapped.
-  static Reg even_lanes(Reg lo, Reg hi) {
-    const __m256 pairs = _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0));
-    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(pairs), _MM_SHUFFLE(3, 1, 2, 0)));
+  // Lanes 0, 2, .., 14 of lo:hi, as (0 2 8 10 | 4 6 12 14): one in-lane shuffle. Sums of
+  // such vectors keep that order; in_order swaps their middle 64-bit halves, once a sum
+  // (lane-crossing permutes were half the shuffles of a stride-2 3x3 done per load).
+  static Reg even_lanes(Reg lo, Reg hi) { return _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0)); }
+  static Reg in_order(Reg x) {
+    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(x), _MM_SHUFFLE(3, 1, 2, 0)));
   }
 };
 #endif
@@ -1382,7 +1385,8 @@ bool use_direct(const Conv2dGeometry& g, const at::Tensor& input, const at::Tens
 // Weights: the nine broadcast once per plane (wv; they stay in registers, measured 1.3x
 // faster than a broadcast per FMA).
 // Stride S (1 or 2, with D = 1 for 2): a vector of W outputs reads W (S = 1) or 2W input
-// columns (S = 2: two loads, their even lanes picked by Lanes::even_lanes).
+// columns (S = 2: two loads, their even lanes picked by Lanes::even_lanes, the sums put in
+// column order at the store).
 // tap_masks holds S masks per (vector, kernel column). Masked: the vectors' loads are
 // masked; else (every column they read inside the row) plain loads, which AVX2 does
 // faster. The last vector stores its first last_lanes lanes (all W: a whole vector).
@@ -1427,9 +1431,10 @@ inline void direct_rows(const float* in_plane, int64_t in_row_stride, int64_t ih
     if (j >= rows) break;
     float* out = out_row0 + j * out_row_stride;
     for (int b = 0; b < B; ++b) {
-      if (b == B - 1 && last_lanes < W) Lanes::store_first(out + b * W, last_lanes, acc[j][b]);
-      else if (Stream) Lanes::stream(out + b * W, acc[j][b]);
-      else Lanes::store(out + b * W, acc[j][b]);
+      const Lanes::Reg y = S == 2 ? Lanes::in_order(acc[j][b]) : acc[j][b];
+      if (b == B - 1 && last_lanes < W) Lanes::store_first(out + b * W, last_lanes, y);
+      else if (Stream) Lanes::stream(out + b * W, y);
+      else Lanes::store(out + b * W, y);
     }
   }
 }
