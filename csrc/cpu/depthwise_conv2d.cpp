@@ -32,8 +32,8 @@
 // pixels of the forward four at a time with fixed tap offsets (outputs larger than the
 // threads' L2 caches written with streaming stores), or, for float32 5x5 and 7x7
 // kernels at column stride 1 or 2, or stride 1 and dilation 2, and 3x3 on rows of up to 8
-// (AVX-512), a row kernel with a kernel row's weights in registers and each input vector
-// loaded once for the outputs that read it. grad_input: a gather whose regular pixels go
+// (AVX-512 and AVX2), a row kernel with a kernel row's weights in registers and each input
+// vector loaded once for the outputs that read it. grad_input: a gather whose regular pixels go
 // through the forward's quads, per residue class mod stride. The float32 3x3 grad_weight
 // (zero padding, column stride 1 or 2, AVX-512) keeps a window of input pixels per kernel
 // row in registers. Kernels of 9x9 and more at stride 1 run the NCHW kernels on NCHW copies.
@@ -382,11 +382,86 @@ bool on_cache_lines(const S* p, std::initializer_list<int64_t> steps) {
   return bits % kAlign == 0;
 }
 
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+#define CNNOPS_PLANE_KERNELS 1  // the direct 3x3, staged K x K and channels_last row kernels, on Lanes
+#endif
+
+#if defined(CPU_CAPABILITY_AVX512)
+// One float vector of the Lanes kernels (direct 3x3, staged K x K, channels_last rows),
+// with lane masks for loads at the edges of a row or past the last channel (masked lanes
+// are not read: no fault past them) and store_first for a last, partial vector.
+struct Lanes {
+  using Reg = __m512;
+  using Mask = __mmask16;
+  static constexpr int kWidth = 16, kRegisters = 32;
+  static Mask mask(unsigned bits) { return static_cast<Mask>(bits); }
+  static Reg broadcast(float x) { return _mm512_set1_ps(x); }
+  static Reg load(const float* p) { return _mm512_loadu_ps(p); }
+  static Reg load(Mask m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
+  static void store(float* p, Reg x) { _mm512_storeu_ps(p, x); }
+  static void stream(float* p, Reg x) { _mm512_stream_ps(p, x); }  // p 64-byte aligned
+  static void store_first(float* p, int n, Reg x) { _mm512_mask_storeu_ps(p, static_cast<Mask>((1u << n) - 1u), x); }
+  static Reg fmadd(Reg a, Reg b, Reg c) { return _mm512_fmadd_ps(a, b, c); }
+  // Lanes 0, 2, .., 30 of lo:hi (the columns a stride-2 row reads), in order: one
+  // two-source permute, so in_order has nothing left to do.
+  static Reg even_lanes(Reg lo, Reg hi) {
+    const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    return _mm512_permutex2var_ps(lo, even, hi);
+  }
+  static Reg in_order(Reg x) { return x; }
+};
+#elif defined(CPU_CAPABILITY_AVX2)
+// AVX2: 8 lanes, 16 registers; a mask is a vector whose lanes are all ones or all zeros
+// (wrapped: std::vector would drop the vector type's attributes).
+struct Lanes {
+  using Reg = __m256;
+  struct Mask {
+    __m256i lanes;
+  };
+  static constexpr int kWidth = 8, kRegisters = 16;
+  static Mask mask(unsigned bits) {
+    const __m256i lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    return {_mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(static_cast<int>(bits)), lane_bit), lane_bit)};
+  }
+  static Reg broadcast(float x) { return _mm256_set1_ps(x); }
+  static Reg load(const float* p) { return _mm256_loadu_ps(p); }
+  static Reg load(Mask m, const float* p) { return _mm256_maskload_ps(p, m.lanes); }
+  static void store(float* p, Reg x) { _mm256_storeu_ps(p, x); }
+  static void stream(float* p, Reg x) { _mm256_stream_ps(p, x); }  // p 32-byte aligned
+  // Lanes 0..n-1 (n < 8) in at most three plain stores: vmaskmovps stores measured several
+  // times slower than a whole vector's on this AMD EPYC.
+  static void store_first(float* p, int n, Reg x) {
+    __m128 part = _mm256_castps256_ps128(x);
+    if (n >= 4) {
+      _mm_storeu_ps(p, part);
+      part = _mm256_extractf128_ps(x, 1);
+      p += 4;
+      n -= 4;
+    }
+    if (n >= 2) {
+      _mm_storel_pi(reinterpret_cast<__m64*>(p), part);
+      part = _mm_movehl_ps(part, part);
+      p += 2;
+      n -= 2;
+    }
+    if (n == 1) _mm_store_ss(p, part);
+  }
+  static Reg fmadd(Reg a, Reg b, Reg c) { return _mm256_fmadd_ps(a, b, c); }
+  // Lanes 0, 2, .., 14 of lo:hi, as (0 2 8 10 | 4 6 12 14): one in-lane shuffle. Sums of
+  // such vectors keep that order; in_order swaps their middle 64-bit halves, once a sum
+  // (lane-crossing permutes were half the shuffles of a stride-2 3x3 done per load).
+  static Reg even_lanes(Reg lo, Reg hi) { return _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0)); }
+  static Reg in_order(Reg x) {
+    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(x), _MM_SHUFFLE(3, 1, 2, 0)));
+  }
+};
+#endif
+
 // channels_last forward: a task is a few output rows of one image. Interior pixels (every
 // tap inside the input) go four at a time with fixed tap offsets (cl_interior_quad); the
 // others list their taps through the padding map, and vectors of channels accumulate over
-// them, up to 4 vectors (64 float channels) in registers. (Float32 5x5 and 7x7 under AVX-512
-// go through the row kernel further down instead: whole rows with zero padding, the
+// them, up to 4 vectors of channels in registers. (Float32 5x5 and 7x7 in AVX-512 and AVX2
+// builds go through the row kernel further down instead: whole rows with zero padding, the
 // interior columns with the other modes.) Input and output are stored as S, the sums kept
 // in T.
 template <typename S, typename T, int B>
@@ -502,48 +577,50 @@ C10_NOINLINE void cl_interior_quads(const S* in, int64_t in_row, int64_t in_pix,
 // Kernel rows the channels_last row kernel below takes (a pointer per row).
 constexpr int64_t kMaxRowsInterior = 16;
 
-#if defined(CPU_CAPABILITY_AVX512)
-// channels_last, AVX-512 float: P output pixels of one row, one vector of 16 channels,
-// column stride SW and dilation DW. Per kernel row, its KW weights sit in registers and
+#if defined(CNNOPS_PLANE_KERNELS)
+// channels_last float: P output pixels of one row, one vector of channels (Lanes), column
+// stride SW and dilation DW. Per kernel row, its KW weights sit in registers and
 // each input pixel vector is loaded once (into a register: GCC would fold it into every
 // FMA) for every output of the block that reads it, KW of them at stride 1: the quad
 // kernel above loads one input vector per FMA. rows[r]: kernel row r's input row at the
 // block's first tap column, channel c; wrows[r]: its weights for channel c, one tap every
 // cpad floats.
-// Masked: the loads and stores take only the lanes of `lanes`, and input pixel j only if
-// bit j of `inside` is set (zero padding columns and a channel tail, without branches).
-// Trim: the block is a whole row of P pixels with KW / 2 zero columns each side ("same",
-// stride 1); the pixels in those columns are not read at all (a quarter of a 7x7 on 7x7).
-// stream: whole vectors (lanes all set) are stored with stream_lanes; dst 64-byte aligned.
+// Masked: the loads take only the first `lanes` channels, and input pixel j only if bit j
+// of `inside` is set (zero padding columns and a channel tail, without branches); the
+// stores the first `lanes`. Trim: the block is a whole row of P pixels with KW / 2 zero
+// columns each side ("same", stride 1); the pixels in those columns are not read at all (a
+// quarter of a 7x7 on 7x7). stream: whole vectors are stored with Lanes::stream; dst
+// aligned to them.
 template <int KW, int SW, int DW, int P, bool Masked, bool Trim = false>
 inline void cl_row_block(const float* const* rows, const float* const* wrows, int64_t nrows, int64_t cpad,
-                         const float* bias, __mmask16 lanes, uint64_t inside, int64_t pix, float* dst,
-                         int64_t dst_pix, bool stream) {
+                         const float* bias, int lanes, uint64_t inside, int64_t pix, float* dst, int64_t dst_pix,
+                         bool stream) {
   constexpr int J = (P - 1) * SW + (KW - 1) * DW + 1;  // input pixels the block reads per kernel row
   static_assert(J <= 64 && (!Trim || DW == 1), "inside is a 64-bit mask; the trim is for dilation 1");
-  __m512 acc[P];
-  const __m512 b = _mm512_loadu_ps(bias);
+  const Lanes::Mask channels = Lanes::mask((1u << lanes) - 1u), none = Lanes::mask(0);
+  Lanes::Reg acc[P];
+  const Lanes::Reg b = Lanes::load(bias);  // bias and weights are padded to whole vectors
   for (int p = 0; p < P; ++p) acc[p] = b;
   for (int64_t r = 0; r < nrows; ++r) {
     const float* x = rows[r];
-    __m512 w[KW];
-    for (int kw = 0; kw < KW; ++kw) w[kw] = _mm512_loadu_ps(wrows[r] + kw * cpad);
+    Lanes::Reg w[KW];
+    for (int kw = 0; kw < KW; ++kw) w[kw] = Lanes::load(wrows[r] + kw * cpad);
 #pragma GCC unroll 64
     for (int j = 0; j < J; ++j, x += pix) {
       if (Trim && (j < KW / 2 || j >= KW / 2 + P)) continue;
-      __m512 v = Masked ? _mm512_maskz_loadu_ps(((inside >> j) & 1) ? lanes : __mmask16(0), x) : _mm512_loadu_ps(x);
+      Lanes::Reg v = Masked ? Lanes::load(((inside >> j) & 1) ? channels : none, x) : Lanes::load(x);
       __asm__("" : "+v"(v));
 #pragma GCC unroll 16
       for (int kw = 0; kw < KW; ++kw) {
         const int d = j - kw * DW;  // output p reads this pixel with tap kw when d == p * SW
-        if (d >= 0 && d % SW == 0 && d / SW < P) acc[d / SW] = _mm512_fmadd_ps(w[kw], v, acc[d / SW]);
+        if (d >= 0 && d % SW == 0 && d / SW < P) acc[d / SW] = Lanes::fmadd(w[kw], v, acc[d / SW]);
       }
     }
   }
   for (int p = 0; p < P; ++p) {
-    if (stream && lanes == 0xFFFF) stream_lanes(dst + p * dst_pix, at::vec::Vectorized<float>(acc[p]));
-    else if (Masked) _mm512_mask_storeu_ps(dst + p * dst_pix, lanes, acc[p]);
-    else _mm512_storeu_ps(dst + p * dst_pix, acc[p]);
+    if (lanes < Lanes::kWidth) Lanes::store_first(dst + p * dst_pix, lanes, acc[p]);
+    else if (stream) Lanes::stream(dst + p * dst_pix, acc[p]);
+    else Lanes::store(dst + p * dst_pix, acc[p]);
   }
 }
 
@@ -552,13 +629,15 @@ inline void cl_row_block(const float* const* rows, const float* const* wrows, in
 // pointing at input column col0 (negative in the left padding), with weights wrows[...].
 // Input columns outside [0, in_w) read as zeros. One channel vector at a time over all the
 // task's rows, so that the input rows it reads stay in L1 from one output row to the next;
-// along a row, blocks of 16 pixels, then at most one of 8 and one of the rest. stream: as
+// along a row, blocks of 16 pixels (AVX2, 16 registers: 8), then at most one of 8 and one
+// of the rest. stream: as
 // in cl_interior_quads (whole vectors around the caches where all of them are aligned).
 template <int KW, int SW, int DW>
 void cl_rows(const float* const* rows, const float* const* wrows, const int64_t* nrows, int64_t nout, int64_t cpad,
              const float* bias, int64_t channels, int64_t pix, int64_t col0, int64_t in_w, int64_t count, float* dst,
              int64_t dst_row, int64_t dst_pix, bool stream) {
-  constexpr int64_t V = 16;
+  constexpr int64_t V = Lanes::kWidth;
+  constexpr int64_t kBlock = Lanes::kRegisters >= 32 ? 16 : 8;  // accumulators beside KW weights
   stream = stream && on_cache_lines(dst, {dst_row, dst_pix, V});
   auto block = [&](auto p_const, int64_t i, int64_t c, int64_t ow) {
     constexpr int P = decltype(p_const)::value;
@@ -571,27 +650,29 @@ void cl_rows(const float* const* rows, const float* const* wrows, const int64_t*
       wr[k] = wrows[i * kMaxRowsInterior + k] + c;
     }
     float* d = dst + i * dst_row + ow * dst_pix + c;
-    const __mmask16 lanes = first_lanes(channels - c);
+    const int lanes = static_cast<int>(std::min(V, channels - c));
     const int64_t first = col0 + ow * SW;  // input column of the block's pixel j = 0
     const int64_t lo = std::clamp<int64_t>(-first, 0, J), hi = std::clamp<int64_t>(in_w - first, lo, J);
     const uint64_t inside = ((uint64_t(1) << hi) - 1) & ~((uint64_t(1) << lo) - 1);
     if constexpr (P == 7 && SW == 1 && DW == 1) {  // 7-wide "same" rows (ConvNeXt's and MobileNet's 7x7 planes)
       if (count == 7 && in_w == 7 && col0 == -(KW / 2)) {
-        if (lanes == 0xFFFF)
+        if (lanes == V)
           cl_row_block<KW, SW, DW, P, false, true>(r, wr, nr, cpad, bias + c, lanes, inside, pix, d, dst_pix, stream);
         else
           cl_row_block<KW, SW, DW, P, true, true>(r, wr, nr, cpad, bias + c, lanes, inside, pix, d, dst_pix, stream);
         return;
       }
     }
-    if (lanes == 0xFFFF && lo == 0 && hi == J)
+    if (lanes == V && lo == 0 && hi == J)
       cl_row_block<KW, SW, DW, P, false>(r, wr, nr, cpad, bias + c, lanes, inside, pix, d, dst_pix, stream);
     else
       cl_row_block<KW, SW, DW, P, true>(r, wr, nr, cpad, bias + c, lanes, inside, pix, d, dst_pix, stream);
   };
   auto any_block = [&](int64_t p, int64_t i, int64_t c, int64_t ow) {
     switch (p) {
-      case 16: return block(std::integral_constant<int, 16>(), i, c, ow);
+      case 16:
+        if constexpr (kBlock == 16) block(std::integral_constant<int, 16>(), i, c, ow);
+        return;
       case 8: return block(std::integral_constant<int, 8>(), i, c, ow);
       case 7: return block(std::integral_constant<int, 7>(), i, c, ow);
       case 6: return block(std::integral_constant<int, 6>(), i, c, ow);
@@ -606,8 +687,8 @@ void cl_rows(const float* const* rows, const float* const* wrows, const int64_t*
   for (int64_t c = 0; c < channels; c += V)
     for (int64_t i = 0; i < nout; ++i)
       for (int64_t ow = 0, p = 0; ow < count; ow += p) {
-        // Blocks of 16 pixels, then at most one of 8 and one of the rest (a 7-wide row is one).
-        p = count - ow >= 16 ? 16 : count - ow >= 8 ? 8 : count - ow;
+        // Blocks of kBlock pixels, then at most one of 8 and one of the rest (a 7-wide row is one).
+        p = count - ow >= kBlock ? kBlock : count - ow >= 8 ? 8 : count - ow;
         any_block(p, i, c, ow);
       }
   if (stream) streamed_stores_done();
@@ -622,13 +703,22 @@ using ClRowKernel = void (*)(const float* const*, const float* const*, const int
 // 5x5 and 7x7, and 3x3 (stride 1) only on rows of at most 8 outputs: on wider ones it
 // measured 5-30% slower than the quads (whose pixel-major order streams the input better),
 // but on 7x7 planes, where the quads leave 29 of the 49 pixels to the tap-by-tap loop, it
-// is faster (1 thread, float32: 8x960x7x7 0.24 -> 0.21 ms, 4x768x7x7 0.10 -> 0.07 ms).
+// is faster (1 thread, float32: 8x960x7x7 0.24 -> 0.21 ms, 4x768x7x7 0.10 -> 0.07 ms;
+// AVX-512).
 constexpr int64_t kClRows3x3MaxWidth = 8;
 
 template <typename T>
 ClRowKernel pick_cl_row_kernel(const Conv2dGeometry& g) {
-#if defined(CPU_CAPABILITY_AVX512)
+#if defined(CNNOPS_PLANE_KERNELS)
   if (!std::is_same<T, float>::value || g.kernel_h > kMaxRowsInterior) return nullptr;
+  // AVX2 (blocks of 8 pixels, one vector of 8 channels): 7x7 and 5x5 on rows of at most 8
+  // only. 2 threads, best of 3 alternating runs, quads -> row kernel: 8x768x7x7 7x7 0.64 ->
+  // 0.41 ms, 8x96x56x56 7x7 3.84 -> 3.03 (stride 2 1.26 -> 1.09), 8x672x7x7 5x5 0.36 ->
+  // 0.30; but 8x240x28x28 5x5 1.40 -> 1.61, 4x320x33x33 5x5 d2 1.37 -> 1.63, 8x960x7x7
+  // 3x3 0.16 -> 0.34.
+  const bool avx2_rows = g.kernel_w == 7 || (g.kernel_w == 5 && g.stride_w == 1 && g.dilation_w == 1 &&
+                                             g.out_w <= kClRows3x3MaxWidth);
+  if (Lanes::kWidth == 8 && !avx2_rows) return nullptr;
   // (one digit each: kernel width 4 at stride 11 would read as 5x5 at stride 1)
   if (g.stride_w < 1 || g.stride_w > 2 || g.dilation_w < 1 || g.dilation_w > 2) return nullptr;
   switch (g.kernel_w * 100 + g.stride_w * 10 + g.dilation_w) {
@@ -1256,81 +1346,6 @@ void grad_weight_blocked(const at::Tensor& grad_output, const at::Tensor& input,
       gw[gw_s.offset(oc, 0, t / g.kernel_w, t % g.kernel_w)] = static_cast<scalar_t>(sum);
     }
 }
-
-#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
-#define CNNOPS_PLANE_KERNELS 1  // the direct 3x3 and staged K x K kernels, on Lanes
-#endif
-
-#if defined(CPU_CAPABILITY_AVX512)
-// One float vector of the plane kernels (direct 3x3 and staged K x K), with lane masks for
-// loads at the edges of a row (masked lanes are not read: no fault past a row) and
-// store_first for a row's last, partial vector.
-struct Lanes {
-  using Reg = __m512;
-  using Mask = __mmask16;
-  static constexpr int kWidth = 16, kRegisters = 32;
-  static Mask mask(unsigned bits) { return static_cast<Mask>(bits); }
-  static Reg broadcast(float x) { return _mm512_set1_ps(x); }
-  static Reg load(const float* p) { return _mm512_loadu_ps(p); }
-  static Reg load(Mask m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
-  static void store(float* p, Reg x) { _mm512_storeu_ps(p, x); }
-  static void stream(float* p, Reg x) { _mm512_stream_ps(p, x); }  // p 64-byte aligned
-  static void store_first(float* p, int n, Reg x) { _mm512_mask_storeu_ps(p, static_cast<Mask>((1u << n) - 1u), x); }
-  static Reg fmadd(Reg a, Reg b, Reg c) { return _mm512_fmadd_ps(a, b, c); }
-  // Lanes 0, 2, .., 30 of lo:hi (the columns a stride-2 row reads), in order: one
-  // two-source permute, so in_order has nothing left to do.
-  static Reg even_lanes(Reg lo, Reg hi) {
-    const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-    return _mm512_permutex2var_ps(lo, even, hi);
-  }
-  static Reg in_order(Reg x) { return x; }
-};
-#elif defined(CPU_CAPABILITY_AVX2)
-// AVX2: 8 lanes, 16 registers; a mask is a vector whose lanes are all ones or all zeros
-// (wrapped: std::vector would drop the vector type's attributes).
-struct Lanes {
-  using Reg = __m256;
-  struct Mask {
-    __m256i lanes;
-  };
-  static constexpr int kWidth = 8, kRegisters = 16;
-  static Mask mask(unsigned bits) {
-    const __m256i lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-    return {_mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(static_cast<int>(bits)), lane_bit), lane_bit)};
-  }
-  static Reg broadcast(float x) { return _mm256_set1_ps(x); }
-  static Reg load(const float* p) { return _mm256_loadu_ps(p); }
-  static Reg load(Mask m, const float* p) { return _mm256_maskload_ps(p, m.lanes); }
-  static void store(float* p, Reg x) { _mm256_storeu_ps(p, x); }
-  static void stream(float* p, Reg x) { _mm256_stream_ps(p, x); }  // p 32-byte aligned
-  // Lanes 0..n-1 (n < 8) in at most three plain stores: vmaskmovps stores measured several
-  // times slower than a whole vector's on this AMD EPYC.
-  static void store_first(float* p, int n, Reg x) {
-    __m128 part = _mm256_castps256_ps128(x);
-    if (n >= 4) {
-      _mm_storeu_ps(p, part);
-      part = _mm256_extractf128_ps(x, 1);
-      p += 4;
-      n -= 4;
-    }
-    if (n >= 2) {
-      _mm_storel_pi(reinterpret_cast<__m64*>(p), part);
-      part = _mm_movehl_ps(part, part);
-      p += 2;
-      n -= 2;
-    }
-    if (n == 1) _mm_store_ss(p, part);
-  }
-  static Reg fmadd(Reg a, Reg b, Reg c) { return _mm256_fmadd_ps(a, b, c); }
-  // Lanes 0, 2, .., 14 of lo:hi, as (0 2 8 10 | 4 6 12 14): one in-lane shuffle. Sums of
-  // such vectors keep that order; in_order swaps their middle 64-bit halves, once a sum
-  // (lane-crossing permutes were half the shuffles of a stride-2 3x3 done per load).
-  static Reg even_lanes(Reg lo, Reg hi) { return _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0)); }
-  static Reg in_order(Reg x) {
-    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(x), _MM_SHUFFLE(3, 1, 2, 0)));
-  }
-};
-#endif
 
 #if defined(CNNOPS_PLANE_KERNELS)
 // The float NCHW planes of one call by item = image * out_channels + output channel: the
