@@ -32,11 +32,11 @@
 // pixels of the forward four at a time with fixed tap offsets (outputs larger than the
 // threads' L2 caches written with streaming stores), or, for float32 5x5 and 7x7
 // kernels at column stride 1 or 2, or stride 1 and dilation 2, and 3x3 on rows of up to 8
-// (AVX-512 and AVX2), a row kernel with a kernel row's weights in registers and each input
-// vector loaded once for the outputs that read it. grad_input: a gather whose regular pixels go
-// through the forward's quads, per residue class mod stride. The float32 3x3 grad_weight
-// (zero padding, column stride 1 or 2, AVX-512) keeps a window of input pixels per kernel
-// row in registers. Kernels of 9x9 and more at stride 1 run the NCHW kernels on NCHW copies.
+// (AVX-512; AVX2: 7x7, and 5x5 on rows of up to 8), a row kernel with a kernel row's
+// weights in registers and each input vector loaded once for the outputs that read it.
+// grad_input: a gather whose regular pixels go through the forward's quads, per residue
+// class mod stride. The float32 3x3 grad_weight (zero padding, column stride 1 or 2,
+// AVX-512) keeps a window of input pixels per kernel row in registers. Kernels of 9x9 and more at stride 1 run the NCHW kernels on NCHW copies.
 // bfloat16 channels_last (AVX-512): the forward (but for 7-wide kernels), the input
 // gradient and the 3x3 window kernels' weight gradient read and write bfloat16 in place,
 // widened to float in registers; the other weight gradients and the 7-wide forwards run
@@ -630,8 +630,8 @@ inline void cl_row_block(const float* const* rows, const float* const* wrows, in
 // Input columns outside [0, in_w) read as zeros. One channel vector at a time over all the
 // task's rows, so that the input rows it reads stay in L1 from one output row to the next;
 // along a row, blocks of 16 pixels (AVX2, 16 registers: 8), then at most one of 8 and one
-// of the rest. stream: as
-// in cl_interior_quads (whole vectors around the caches where all of them are aligned).
+// of the rest. stream: as in cl_interior_quads (whole vectors around the caches where all
+// of them are aligned).
 template <int KW, int SW, int DW>
 void cl_rows(const float* const* rows, const float* const* wrows, const int64_t* nrows, int64_t nout, int64_t cpad,
              const float* bias, int64_t channels, int64_t pix, int64_t col0, int64_t in_w, int64_t count, float* dst,
@@ -704,8 +704,8 @@ using ClRowKernel = void (*)(const float* const*, const float* const*, const int
 // measured 5-30% slower than the quads (whose pixel-major order streams the input better),
 // but on 7x7 planes, where the quads leave 29 of the 49 pixels to the tap-by-tap loop, it
 // is faster (1 thread, float32: 8x960x7x7 0.24 -> 0.21 ms, 4x768x7x7 0.10 -> 0.07 ms;
-// AVX-512).
-constexpr int64_t kClRows3x3MaxWidth = 8;
+// AVX-512). AVX2 takes the 5x5 on such narrow rows too, below.
+constexpr int64_t kClRowsNarrowWidth = 8;
 
 template <typename T>
 ClRowKernel pick_cl_row_kernel(const Conv2dGeometry& g) {
@@ -717,12 +717,12 @@ ClRowKernel pick_cl_row_kernel(const Conv2dGeometry& g) {
   // 0.30; but 8x240x28x28 5x5 1.40 -> 1.61, 4x320x33x33 5x5 d2 1.37 -> 1.63, 8x960x7x7
   // 3x3 0.16 -> 0.34.
   const bool avx2_rows = g.kernel_w == 7 || (g.kernel_w == 5 && g.stride_w == 1 && g.dilation_w == 1 &&
-                                             g.out_w <= kClRows3x3MaxWidth);
+                                             g.out_w <= kClRowsNarrowWidth);
   if (Lanes::kWidth == 8 && !avx2_rows) return nullptr;
   // (one digit each: kernel width 4 at stride 11 would read as 5x5 at stride 1)
   if (g.stride_w < 1 || g.stride_w > 2 || g.dilation_w < 1 || g.dilation_w > 2) return nullptr;
   switch (g.kernel_w * 100 + g.stride_w * 10 + g.dilation_w) {
-    case 311: return g.out_w <= kClRows3x3MaxWidth ? cl_rows<3, 1, 1> : nullptr;
+    case 311: return g.out_w <= kClRowsNarrowWidth ? cl_rows<3, 1, 1> : nullptr;
     case 511: return cl_rows<5, 1, 1>;
     case 521: return cl_rows<5, 2, 1>;
     case 711: return cl_rows<7, 1, 1>;
