@@ -399,7 +399,6 @@ struct Lanes {
   static Reg load(const float* p) { return _mm512_loadu_ps(p); }
   static Reg load(Mask m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
   static void store(float* p, Reg x) { _mm512_storeu_ps(p, x); }
-  static void stream(float* p, Reg x) { _mm512_stream_ps(p, x); }  // p 64-byte aligned
   static void store_first(float* p, int n, Reg x) { _mm512_mask_storeu_ps(p, static_cast<Mask>((1u << n) - 1u), x); }
   static Reg fmadd(Reg a, Reg b, Reg c) { return _mm512_fmadd_ps(a, b, c); }
   // Lanes 0, 2, .., 30 of lo:hi (the columns a stride-2 row reads), in order: one
@@ -427,7 +426,6 @@ struct Lanes {
   static Reg load(const float* p) { return _mm256_loadu_ps(p); }
   static Reg load(Mask m, const float* p) { return _mm256_maskload_ps(p, m.lanes); }
   static void store(float* p, Reg x) { _mm256_storeu_ps(p, x); }
-  static void stream(float* p, Reg x) { _mm256_stream_ps(p, x); }  // p 32-byte aligned
   // Lanes 0..n-1 (n < 8) in at most three plain stores: vmaskmovps stores measured several
   // times slower than a whole vector's on this AMD EPYC.
   static void store_first(float* p, int n, Reg x) {
@@ -589,7 +587,7 @@ constexpr int64_t kMaxRowsInterior = 16;
 // of `inside` is set (zero padding columns and a channel tail, without branches); the
 // stores the first `lanes`. Trim: the block is a whole row of P pixels with KW / 2 zero
 // columns each side ("same", stride 1); the pixels in those columns are not read at all (a
-// quarter of a 7x7 on 7x7). stream: whole vectors are stored with Lanes::stream; dst
+// quarter of a 7x7 on 7x7). stream: whole vectors are stored with stream_lanes; dst
 // aligned to them.
 template <int KW, int SW, int DW, int P, bool Masked, bool Trim = false>
 inline void cl_row_block(const float* const* rows, const float* const* wrows, int64_t nrows, int64_t cpad,
@@ -619,7 +617,7 @@ inline void cl_row_block(const float* const* rows, const float* const* wrows, in
   }
   for (int p = 0; p < P; ++p) {
     if (lanes < Lanes::kWidth) Lanes::store_first(dst + p * dst_pix, lanes, acc[p]);
-    else if (stream) Lanes::stream(dst + p * dst_pix, acc[p]);
+    else if (stream) stream_lanes(dst + p * dst_pix, at::vec::Vectorized<float>(acc[p]));
     else Lanes::store(dst + p * dst_pix, acc[p]);
   }
 }
@@ -1405,7 +1403,7 @@ bool use_direct(const Conv2dGeometry& g, const at::Tensor& input, const at::Tens
 // tap_masks holds S masks per (vector, kernel column). Masked: the vectors' loads are
 // masked; else (every column they read inside the row) plain loads, which AVX2 does
 // faster. The last vector stores its first last_lanes lanes (all W: a whole vector).
-// Stream: whole vectors are stored around the caches (Lanes::stream, rows aligned).
+// Stream: whole vectors are stored around the caches (stream_lanes, rows aligned).
 template <int K, int D, int S, int R, int B, bool Masked, bool Stream>
 inline void direct_rows(const float* in_plane, int64_t in_row_stride, int64_t ih0, int64_t in_h, int64_t x0,
                         const Lanes::Mask* tap_masks, const Lanes::Reg* wv, Lanes::Reg bv, int64_t rows,
@@ -1448,7 +1446,7 @@ inline void direct_rows(const float* in_plane, int64_t in_row_stride, int64_t ih
     for (int b = 0; b < B; ++b) {
       const Lanes::Reg y = S == 2 ? Lanes::in_order(acc[j][b]) : acc[j][b];
       if (b == B - 1 && last_lanes < W) Lanes::store_first(out + b * W, last_lanes, y);
-      else if (Stream) Lanes::stream(out + b * W, y);
+      else if (Stream) stream_lanes(out + b * W, at::vec::Vectorized<float>(y));
       else Lanes::store(out + b * W, y);
     }
   }
@@ -1530,15 +1528,14 @@ void forward_direct(const at::Tensor& input, const at::Tensor& weight, const at:
   // Whole vectors stream where every output row starts aligned (all of them at 56 or 112
   // columns on AVX2; at 112 on AVX-512).
   const Strides4d& os = planes.out_s;
-  if (streams_output(output) && on_cache_lines(planes.out, {os.n, os.c, os.h})) {
-    if (g.stride_h == 2) forward_direct_k<3, 1, 2, true>(planes, g);
-    else if (g.dilation_h == 2) forward_direct_k<3, 2, 1, true>(planes, g);
-    else forward_direct_k<3, 1, 1, true>(planes, g);
-  } else {
-    if (g.stride_h == 2) forward_direct_k<3, 1, 2, false>(planes, g);
-    else if (g.dilation_h == 2) forward_direct_k<3, 2, 1, false>(planes, g);
-    else forward_direct_k<3, 1, 1, false>(planes, g);
-  }
+  auto run = [&](auto stream) {
+    constexpr bool Stream = decltype(stream)::value;
+    if (g.stride_h == 2) forward_direct_k<3, 1, 2, Stream>(planes, g);
+    else if (g.dilation_h == 2) forward_direct_k<3, 2, 1, Stream>(planes, g);
+    else forward_direct_k<3, 1, 1, Stream>(planes, g);
+  };
+  if (streams_output(output) && on_cache_lines(planes.out, {os.n, os.c, os.h})) run(std::true_type());
+  else run(std::false_type());
 }
 
 // ---------------------------------------------------------------- staged direct K x K
