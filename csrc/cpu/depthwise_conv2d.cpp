@@ -521,6 +521,10 @@ C10_ALWAYS_INLINE void cl_interior_quad(const S* base, const int64_t* off, int64
   const S* src = base + c;
   const T* wv = wt + c;
   const int64_t taps = KK > 0 ? KK : kk;
+  // Unrolled: AVX2 AMD EPYC, 2 threads, best of 8 alternating runs, 8x96x112x112 3x3
+  // stride 2 2.90 -> 2.14 ms, the other channels_last cases within noise. (Our guess: a
+  // load instruction per tap then walks a fixed stride, which the prefetcher follows.)
+#pragma GCC unroll 16
   for (int64_t t = 0; t < taps; ++t, wv += cpad) {
     const S* x = src + off[t];
     for (int b = 0; b < B; ++b) {
