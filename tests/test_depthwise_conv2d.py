@@ -483,6 +483,31 @@ def test_channels_last_streamed_stores(channels, stride, case, monkeypatch):
             assert torch.equal(got, results[choice][i]), f"{what} {choice}"
 
 
+# (kernel, stride, dilation, padding, height, width): channels_last forwards whose border
+# pixels go through the listed-taps kernel in groups of 1 to 4 along a row (zero padding:
+# a group's taps are the union of its pixels', the others read zeros), beside interior quads
+LISTED_CASES = [(5, 1, 1, 2, 14, 14), (3, 1, 2, 2, 9, 11), (5, 1, 1, (1, 3), 10, 17), (3, 2, 1, 1, 13, 15),
+                (4, 1, 1, (2, 1), 8, 9)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("case", LISTED_CASES, ids=[f"k{c[0]}_s{c[1]}_d{c[2]}_w{c[5]}" for c in LISTED_CASES])
+def test_channels_last_listed_pixels(case, mode, dtype):
+    """channels_last forward over channel counts that end in every kind of channel block
+    (whole blocks, a whole vector, a partial one, both) for groups of 1 to 4 border pixels,
+    every padding mode, against torch. (float64 takes these kernels on every CPU; float32 5x5
+    goes to the row kernel on AVX-512.)"""
+    kernel, stride, dilation, padding, height, width = case
+    for channels in (3, 8, 13, 16, 21, 24, 29, 40):
+        torch.manual_seed(channels)
+        x = rand(2, channels, height, width, dtype=dtype).contiguous(memory_format=CL)
+        wt, b = rand(channels, 1, kernel, kernel, dtype=dtype), rand(channels, dtype=dtype)
+        got = cnnops.F.depthwise_conv2d(x, wt, b, stride, padding, dilation, mode)
+        ref = torch_depthwise(x.double(), wt.double(), b.double(), stride, padding, dilation, mode)
+        assert_close(got, ref.to(dtype), dtype, "cpu", msg=f"{channels} channels")
+
+
 # (height, width, stride, dilation): float32 NCHW 3x3 planes (the direct kernel) whose rows
 # are 128 bytes, so every output row is vector aligned and streams; and 20 columns (80-byte
 # rows: on AVX2 the second row of a pair is not aligned, so no plane streams).
