@@ -399,7 +399,7 @@ struct Lanes {
   static Reg load(const float* p) { return _mm512_loadu_ps(p); }
   static Reg load(Mask m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
   static void store(float* p, Reg x) { _mm512_storeu_ps(p, x); }
-  static void store_first(float* p, int n, Reg x) { _mm512_mask_storeu_ps(p, static_cast<Mask>((1u << n) - 1u), x); }
+  static void store_first(float* p, int n, Reg x) { _mm512_mask_storeu_ps(p, first_lanes(n), x); }
   static Reg fmadd(Reg a, Reg b, Reg c) { return _mm512_fmadd_ps(a, b, c); }
   // Lanes 0, 2, .., 30 of lo:hi (the columns a stride-2 row reads), in order: one
   // two-source permute, so in_order has nothing left to do.
