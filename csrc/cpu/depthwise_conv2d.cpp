@@ -356,12 +356,17 @@ inline void streamed_stores_done() {}
 // 0.54 ms, torch 0.62; 4x320x33x33 5x5 d2 0.71 -> 0.59 ms, torch 0.69). And the NCHW
 // direct 3x3 (AVX2 AMD EPYC, best of 4 alternating runs: 8x144x56x56 1.43 -> 0.98 ms,
 // 8x32x112x112 1.32 -> 1.01 ms, torch 2.42 and 1.98).
+// Not the channels_last forward at stride 2 (worth_it false): its output is a quarter of
+// what it reads, and streaming it measured slower (AVX2 AMD EPYC, 2 threads, best of 5
+// alternating in one process: 8x96x112x112 3.99 -> 3.27 ms unstreamed, 8x144x56x56 1.15 ->
+// 0.74, torch 2.19 and 0.75; the NCHW direct 3x3 at stride 2 within noise either way).
 // CNNOPS_DEPTHWISE_CPU_STREAM=always|never overrides that (read on every call of the
 // channels_last forward and gather and the direct 3x3, for tests).
-bool streams_output(const at::Tensor& output) {
+bool streams_output(const at::Tensor& output, bool worth_it = true) {
   const std::size_t choice =
       env_choice("cnnops.depthwise_conv2d", "CNNOPS_DEPTHWISE_CPU_STREAM", {"auto", "always", "never"});
   if (choice != 0) return choice == 1;
+  if (!worth_it) return false;
   static const int64_t l2_bytes = [] {
 #if defined(_SC_LEVEL2_CACHE_SIZE)
     const long bytes = sysconf(_SC_LEVEL2_CACHE_SIZE);
@@ -795,7 +800,7 @@ void forward_channels_last(const at::Tensor& input, const at::Tensor& weight, co
   const int64_t tasks_per_image = (g.out_h + kRowsPerTask - 1) / kRowsPerTask;
   const int64_t quads = (ow_hi - ow_lo) / 4, quad_end = ow_lo + 4 * quads;  // [ow_lo, quad_end) by quads
   const ClRowKernel row_kernel = pick_cl_row_kernel<S>(g);
-  const bool stream = may_stream && streams_output(output);
+  const bool stream = may_stream && streams_output(output, g.stride_h == 1 && g.stride_w == 1);
   // The row kernel reads zero padding columns as zeros, so it takes whole rows; other
   // modes leave it the interior columns and the per-pixel loop the rest.
   const bool zero_cols = g.mode == PaddingMode::Zeros;
