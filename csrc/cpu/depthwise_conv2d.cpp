@@ -734,9 +734,10 @@ using ClRowKernel = void (*)(const float* const*, const float* const*, const int
 // The row kernel for g, or nullptr where it does not apply (the quad kernel runs then).
 // 5x5 and 7x7, and 3x3 (stride 1) only on rows of at most 8 outputs: on wider ones it
 // measured 5-30% slower than the quads (whose pixel-major order streams the input better),
-// but on 7x7 planes, where the quads leave 29 of the 49 pixels to the tap-by-tap loop, it
+// but on 7x7 planes, where the quads leave 29 of the 49 pixels to the listed-taps loop, it
 // is faster (1 thread, float32: 8x960x7x7 0.24 -> 0.21 ms, 4x768x7x7 0.10 -> 0.07 ms;
-// AVX-512). AVX2 takes the 5x5 on such narrow rows too, below.
+// AVX-512, when that loop took one pixel at a time). AVX2 takes the 5x5 on such narrow
+// rows too, below.
 constexpr int64_t kClRowsNarrowWidth = 8;
 
 template <typename T>
@@ -802,7 +803,7 @@ void forward_channels_last(const at::Tensor& input, const at::Tensor& weight, co
   const ClRowKernel row_kernel = pick_cl_row_kernel<S>(g);
   const bool stream = may_stream && streams_output(output, g.stride_h == 1 && g.stride_w == 1);
   // The row kernel reads zero padding columns as zeros, so it takes whole rows; other
-  // modes leave it the interior columns and the per-pixel loop the rest.
+  // modes leave it the interior columns and the listed-taps loop the rest.
   const bool zero_cols = g.mode == PaddingMode::Zeros;
   const int64_t row_lo = zero_cols ? 0 : ow_lo, row_hi = zero_cols ? g.out_w : ow_hi;
   const std::vector<S> zeros(cpad, S(0));  // what listed pixels read for a tap in zero padding
@@ -1842,10 +1843,11 @@ ForwardPath forward_path() {
 }
 
 // channels_last operands with a kernel of 9 x 9 or more at stride 1 go to the NCHW kernels
-// on NCHW copies: the channels_last kernel lists most pixels' taps one by one (a weight and
-// an input load per FMA) and its rows outgrow L1. Measured, copies included, 2 threads:
-// forward 1.3x (9x9, 8x128x28x28) to 4.8x (31x31, 2x64x32x32) faster; at stride 2 the
-// channels_last kernel stays faster (9x9 and 13x13: 0.66-0.69x), so it keeps those.
+// on NCHW copies: the channels_last kernel lists most pixels' taps (a weight and an input
+// load per FMA when this was measured, one pixel at a time) and its rows outgrow L1.
+// Measured, copies included, 2 threads: forward 1.3x (9x9, 8x128x28x28) to 4.8x (31x31,
+// 2x64x32x32) faster; at stride 2 the channels_last kernel stays faster (9x9 and 13x13:
+// 0.66-0.69x), so it keeps those.
 bool large_kernel_via_nchw(const Conv2dGeometry& g) {
   return g.kernel_h * g.kernel_w >= 81 && g.stride_h == 1 && g.stride_w == 1;
 }
@@ -1890,7 +1892,7 @@ bool bfloat16_via_float(const Conv2dGeometry& g, at::ScalarType dtype, std::init
 }
 
 // Most bfloat16 forwards read and write bfloat16 in place, widening to float in registers
-// (the quads and the tap-by-tap loop, as float32 runs 3x3): no copies. Only 7-wide kernels
+// (the quads and the listed-taps loop, as float32 runs 3x3): no copies. Only 7-wide kernels
 // keep the float32 copies, for the row kernel (in place measured 1.1-1.5x slower there).
 // 2 threads, ms, float32 copies -> in place (torch): 8x96x112x112 3x3 s2 3.6 -> 0.78 (1.6),
 // 8x144x56x56 3x3 2.4 -> 0.90 (2.3), 8x672x14x14 5x5 0.88 -> 0.66 (1.6), 8x768x7x7 7x7
