@@ -508,6 +508,37 @@ def test_channels_last_listed_pixels(case, mode, dtype):
         assert_close(got, ref.to(dtype), dtype, "cpu", msg=f"{channels} channels")
 
 
+# (kernel, stride, dilation, height, width): channels_last forwards with interior quads
+ORDER_CASES = [(3, 1, 1, 9, 21), (3, 2, 1, 11, 23), (3, 1, 2, 10, 19), (5, 1, 1, 9, 13), (2, 2, 1, 8, 17)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", ORDER_CASES, ids=[f"k{c[0]}_s{c[1]}_d{c[2]}" for c in ORDER_CASES])
+def test_channels_last_interior_orders(case, dtype, monkeypatch):
+    """The forward's interior pixels four at a time (CNNOPS_DEPTHWISE_CPU_ORDER=quads) or
+    one at a time, every channel of one before the next (pixels; auto takes it for 3x3 on
+    inputs over 16 MB), with and without streamed stores, over channel counts ending in
+    every kind of block of up to four vectors: torch's values, and the same bits in every
+    order (each output sums its taps in the same order)."""
+    kernel, stride, dilation, height, width = case
+    pad = dilation * (kernel // 2)
+    for channels in (3, 13, 16, 21, 24, 40, 61, 64):
+        torch.manual_seed(channels)
+        x = rand(2, channels, height, width, dtype=dtype).contiguous(memory_format=CL)
+        wt, b = rand(channels, 1, kernel, kernel, dtype=dtype), rand(channels, dtype=dtype)
+        results = {}
+        for order in ("quads", "pixels"):
+            for stream in ("never", "always"):
+                monkeypatch.setenv("CNNOPS_DEPTHWISE_CPU_ORDER", order)
+                monkeypatch.setenv("CNNOPS_DEPTHWISE_CPU_STREAM", stream)
+                results[order, stream] = cnnops.F.depthwise_conv2d(x, wt, b, stride, pad, dilation)
+        ref = torch_depthwise(x.double(), wt.double(), b.double(), stride, pad, dilation)
+        got = results["pixels", "always"]
+        assert_close(got, ref.to(dtype), dtype, "cpu", msg=f"{channels} channels")
+        for key, other in results.items():
+            assert torch.equal(got, other), f"{channels} channels, {key}"
+
+
 # (height, width, stride, dilation): float32 NCHW 3x3 planes (the direct kernel) whose rows
 # are 128 bytes, so every output row is vector aligned and streams; and 20 columns (80-byte
 # rows: on AVX2 the second row of a pair is not aligned, so no plane streams).
@@ -533,11 +564,12 @@ def test_direct_3x3_streamed_stores(case, monkeypatch):
     assert torch.equal(results["always"], results["never"])
 
 
-def test_stream_env_is_checked(monkeypatch):
-    monkeypatch.setenv("CNNOPS_DEPTHWISE_CPU_STREAM", "sometimes")
+@pytest.mark.parametrize("var,choices", [("CNNOPS_DEPTHWISE_CPU_STREAM", "'auto', 'always', 'never'"),
+                                         ("CNNOPS_DEPTHWISE_CPU_ORDER", "'auto', 'pixels', 'quads'")])
+def test_path_env_is_checked(var, choices, monkeypatch):
+    monkeypatch.setenv(var, "sometimes")
     x = rand(1, 16, 8, 8).float().contiguous(memory_format=CL)
-    with pytest.raises(ValueError, match="CNNOPS_DEPTHWISE_CPU_STREAM to be one of 'auto', 'always', 'never', "
-                                         "got 'sometimes'"):
+    with pytest.raises(ValueError, match=f"{var} to be one of {choices}, got 'sometimes'"):
         cnnops.F.depthwise_conv2d(x, rand(16, 1, 3, 3).float(), None, 1, 1)
 
 

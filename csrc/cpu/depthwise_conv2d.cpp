@@ -377,6 +377,26 @@ bool streams_output(const at::Tensor& output, bool worth_it = true) {
   return static_cast<int64_t>(output.nbytes()) > l2_bytes * at::get_num_threads();
 }
 
+// Whether the channels_last forward's interior quads go pixel by pixel, every channel of
+// one before the next (cl_interior_quads' by_pixel order): for kernels of up to 9 taps
+// (5x5 measured slower: there the loads, not the memory, bound it) on inputs that come
+// from memory, with pixels of more than two cache lines (at 32 float32 channels the quads
+// kept up: 16x32x112x112 2.15 ms against 2.23). "From memory": over 16 MB, half the L3
+// of the AMD EPYC measured on (32 MB per core complex; sysconf reports the whole chip's
+// 256 MB). There 4x96x112x112 stride 2 (19 MB) went 1.04 -> 0.56 ms by pixel, while
+// 2x96x112x112 (10 MB) was even and 8x144x56x56 stride 1 (14 MB) 0.82 -> 0.93.
+// CNNOPS_DEPTHWISE_CPU_ORDER=auto|pixels|quads overrides that (read on every call, for
+// tests).
+constexpr int64_t kFromMemoryBytes = int64_t(16) << 20;
+
+bool interior_by_pixel(const at::Tensor& input, const Conv2dGeometry& g) {
+  const std::size_t choice =
+      env_choice("cnnops.depthwise_conv2d", "CNNOPS_DEPTHWISE_CPU_ORDER", {"auto", "pixels", "quads"});
+  if (choice != 0) return choice == 1;
+  const int64_t pixel_bytes = g.in_channels * static_cast<int64_t>(input.element_size());
+  return g.kernel_h * g.kernel_w <= 9 && pixel_bytes > 128 && static_cast<int64_t>(input.nbytes()) > kFromMemoryBytes;
+}
+
 // Whether stores at p plus any sum of multiples of `steps` (in elements) are all aligned
 // as stream_lanes needs: to a float vector (64 bytes, a cache line, on AVX-512; 32 on AVX2).
 template <typename S>
@@ -460,8 +480,31 @@ struct Lanes {
 };
 #endif
 
+// Every channel in blocks of KB whole vectors, then one block of what is left (1 to KB - 1
+// whole vectors and/or a partial one): chunk(integral_constant<int, B>, Tail, c, tail) for
+// B vectors from channel c, the last of them holding only `tail` channels where Tail.
+template <int KB, int64_t V, typename Chunk>
+C10_ALWAYS_INLINE void for_channel_blocks(int64_t channels, const Chunk& chunk) {
+  static_assert(KB >= 1 && KB <= 4, "blocks of 1 to 4 vectors");
+  using Whole = std::false_type;
+  using Tail = std::true_type;
+  int64_t c = 0;
+  for (; c + KB * V <= channels; c += KB * V) chunk(std::integral_constant<int, KB>(), Whole(), c, int64_t(0));
+  const int64_t tail = (channels - c) % V;
+  switch ((channels - c) / V * 2 + (tail > 0)) {  // whole vectors left, and whether a partial one follows
+    case 1: chunk(std::integral_constant<int, 1>(), Tail(), c, tail); break;
+    case 2: if constexpr (KB > 1) chunk(std::integral_constant<int, 1>(), Whole(), c, int64_t(0)); break;
+    case 3: if constexpr (KB > 1) chunk(std::integral_constant<int, 2>(), Tail(), c, tail); break;
+    case 4: if constexpr (KB > 2) chunk(std::integral_constant<int, 2>(), Whole(), c, int64_t(0)); break;
+    case 5: if constexpr (KB > 2) chunk(std::integral_constant<int, 3>(), Tail(), c, tail); break;
+    case 6: if constexpr (KB > 3) chunk(std::integral_constant<int, 3>(), Whole(), c, int64_t(0)); break;
+    case 7: if constexpr (KB > 3) chunk(std::integral_constant<int, 4>(), Tail(), c, tail); break;
+    default: break;
+  }
+}
+
 // channels_last forward: a task is a few output rows of one image. Interior pixels (every
-// tap inside the input) go four at a time with fixed tap offsets (cl_interior_quad); the
+// tap inside the input) go four at a time with fixed tap offsets (cl_interior_quads); the
 // others list their taps through the padding map, up to four pixels of a row at a time
 // (cl_listed_pixels). (Float32 5x5 and 7x7 in AVX-512 and AVX2 builds go through the row
 // kernel further down instead: whole rows with zero padding, the interior columns with the
@@ -512,41 +555,27 @@ C10_NOINLINE void cl_listed_pixels(const S* const* srcs, int64_t src_step, const
                                    int64_t dst_pix) {
   constexpr int64_t V = at::vec::Vectorized<T>::size();
   constexpr int kB = P == 1 ? 4 : 2;  // accumulators: P * kB <= 8
-  auto chunk = [&](auto b_const, auto tail_const, int64_t c, int64_t tail) {
+  for_channel_blocks<kB, V>(channels, [&](auto b_const, auto tail_const, int64_t c, int64_t tail) {
     cl_listed_chunk<S, T, P, decltype(b_const)::value, decltype(tail_const)::value>(srcs, src_step, tap_ids, nt, wt,
                                                                                      cpad, bias, c, tail, dst, dst_pix);
-  };
-  using Whole = std::false_type;
-  using Tail = std::true_type;
-  int64_t c = 0;
-  for (; c + kB * V <= channels; c += kB * V) chunk(std::integral_constant<int, kB>(), Whole(), c, 0);
-  const int64_t tail = (channels - c) % V;
-  switch ((channels - c) / V * 2 + (tail > 0)) {  // whole vectors left, and whether a partial one follows
-    case 1: chunk(std::integral_constant<int, 1>(), Tail(), c, tail); break;
-    case 2: chunk(std::integral_constant<int, 1>(), Whole(), c, 0); break;
-    case 3: chunk(std::integral_constant<int, 2>(), Tail(), c, tail); break;
-    case 4: if constexpr (kB > 2) chunk(std::integral_constant<int, 2>(), Whole(), c, 0); break;
-    case 5: if constexpr (kB > 2) chunk(std::integral_constant<int, 3>(), Tail(), c, tail); break;
-    case 6: if constexpr (kB > 3) chunk(std::integral_constant<int, 3>(), Whole(), c, 0); break;
-    case 7: if constexpr (kB > 3) chunk(std::integral_constant<int, 4>(), Tail(), c, tail); break;
-    default: break;
-  }
+  });
 }
 
-// Four interior output pixels (every tap inside the input, no padding map): tap t of pixel
-// p reads base + off[t] + p * pix. Each tap's weights are loaded once for the four pixels
-// (the one-pixel chunk above loads them per pixel: two loads per FMA). B whole vectors of
+// P interior output pixels (every tap inside the input, no padding map): tap t of pixel p
+// reads base + off[t] + p * pix. Each tap's weights are loaded once for the P pixels (the
+// listed chunk with one pixel loads them per pixel: two loads per FMA). B whole vectors of
 // channels from c; Tail: the last of them holds only `tail` channels (masked). KK > 0 fixes
 // the tap count at compile time (3x3: 5-10% faster in a standalone copy of this loop).
-template <typename S, typename T, int B, bool Tail, int KK = 0>
-C10_ALWAYS_INLINE void cl_interior_quad(const S* base, const int64_t* off, int64_t kk, int64_t pix, const T* wt, int64_t cpad,
-                             const T* bias, int64_t c, int64_t tail, S* dst, int64_t dst_pix, bool stream) {
+template <typename S, typename T, int P, int B, bool Tail, int KK = 0>
+C10_ALWAYS_INLINE void cl_interior_chunk(const S* base, const int64_t* off, int64_t kk, int64_t pix, const T* wt,
+                                         int64_t cpad, const T* bias, int64_t c, int64_t tail, S* dst,
+                                         int64_t dst_pix, bool stream) {
   using Vec = at::vec::Vectorized<T>;
   constexpr int64_t V = Vec::size();
-  Vec acc[4][B];
+  Vec acc[P][B];
   for (int b = 0; b < B; ++b) {
     const Vec init = Vec::loadu(bias + c + b * V);
-    for (int p = 0; p < 4; ++p) acc[p][b] = init;
+    for (int p = 0; p < P; ++p) acc[p][b] = init;
   }
   const S* src = base + c;
   const T* wv = wt + c;
@@ -559,13 +588,13 @@ C10_ALWAYS_INLINE void cl_interior_quad(const S* base, const int64_t* off, int64
     const S* x = src + off[t];
     for (int b = 0; b < B; ++b) {
       const Vec w = Vec::loadu(wv + b * V);
-      for (int p = 0; p < 4; ++p) {
+      for (int p = 0; p < P; ++p) {
         const S* xp = x + p * pix + b * V;
         acc[p][b] = at::vec::fmadd(w, (Tail && b == B - 1) ? load_lanes(xp, tail) : load_lanes(xp), acc[p][b]);
       }
     }
   }
-  for (int p = 0; p < 4; ++p)
+  for (int p = 0; p < P; ++p)
     for (int b = 0; b < B; ++b) {
       S* d = dst + p * dst_pix + c + b * V;
       if (Tail && b == B - 1) store_lanes(d, acc[p][b], tail);
@@ -574,35 +603,46 @@ C10_ALWAYS_INLINE void cl_interior_quad(const S* base, const int64_t* off, int64
     }
 }
 
-// The interior quads of `rows` output rows and `quads` quads along them, every channel:
-// quad column by quad column, every row at each, so that the input rows they share are
-// read from L1 (row by row, each input row came from L2 once per output row that reads
-// it). Along the channels, blocks of two vectors, then what is left (a whole vector and/or
-// a partial one). `in`: the first row's first quad's input pixel at tap 0, rows in_row
-// apart, output pixels in_pix apart; `out` its output pixel. One call per task: a call
-// per quad position cost about 10% of a 32-channel 112x112 forward. stream: whole vectors
-// go through stream_lanes where every one of them is aligned (on_cache_lines).
+// The interior quads of `rows` output rows and `quads` quads along them, every channel.
+// `in`: the first row's first quad's input pixel at tap 0, rows in_row apart, output
+// pixels in_pix apart; `out` its output pixel. One call per task: a call per quad position
+// cost about 10% of a 32-channel 112x112 forward. stream: whole vectors go through
+// stream_lanes where every one of them is aligned (on_cache_lines).
+// Two orders:
+// - four pixels at a time, blocks of two vectors along the channels; quad column by quad
+//   column, every row at each, so that the input rows they share are read from L1 (row by
+//   row, each input row came from L2 once per output row that reads it).
+// - by_pixel: row by row, one pixel at a time, its every channel (blocks of four vectors)
+//   before the next pixel's. Twice the loads per FMA, but the input is read in address
+//   order; where it comes from memory, not the caches, that is what counts (2 threads,
+//   float32 3x3, AVX2 AMD EPYC, best of 3 in one process: 8x96x112x112 stride 2 2.85 ->
+//   1.60 ms, torch 2.03; 16x64x112x112 stride 2 4.47 -> 2.34, torch 2.36; 32x144x56x56
+//   stride 1 7.3 -> 5.3, torch 7.1; but 8x32x112x112 0.86 -> 1.09 and 8x192x28x28 stride 2
+//   0.114 -> 0.127, from the caches).
 template <typename S, typename T, int KK>
 C10_NOINLINE void cl_interior_quads(const S* in, int64_t in_row, int64_t in_pix, const int64_t* off, int64_t kk,
                                     const T* wt, int64_t cpad, const T* bias, int64_t channels, int64_t rows,
-                                    int64_t quads, S* out, int64_t out_row, int64_t out_pix, bool stream) {
+                                    int64_t quads, S* out, int64_t out_row, int64_t out_pix, bool stream,
+                                    bool by_pixel) {
   constexpr int64_t V = at::vec::Vectorized<T>::size();
   stream = stream && on_cache_lines(out, {out_row, out_pix, V});
-  const int64_t tail = channels % V, whole = channels - channels % (2 * V);
-  const int64_t rest = ((channels - whole) / V) * 2 + (tail > 0);  // whole vectors left (0 or 1), and a partial one
-  for (int64_t q = 0; q < quads; ++q)
-    for (int64_t r = 0; r < rows; ++r) {
-      const S* base = in + r * in_row + 4 * q * in_pix;
-      S* dst = out + r * out_row + 4 * q * out_pix;
-      for (int64_t c = 0; c < whole; c += 2 * V)
-        cl_interior_quad<S, T, 2, false, KK>(base, off, kk, in_pix, wt, cpad, bias, c, 0, dst, out_pix, stream);
-      switch (rest) {
-        case 1: cl_interior_quad<S, T, 1, true, KK>(base, off, kk, in_pix, wt, cpad, bias, whole, tail, dst, out_pix, stream); break;
-        case 2: cl_interior_quad<S, T, 1, false, KK>(base, off, kk, in_pix, wt, cpad, bias, whole, 0, dst, out_pix, stream); break;
-        case 3: cl_interior_quad<S, T, 2, true, KK>(base, off, kk, in_pix, wt, cpad, bias, whole, tail, dst, out_pix, stream); break;
-        default: break;
-      }
-    }
+  // Every channel of P pixels from base (input) to dst (output).
+  auto pixels = [&](auto p_const, const S* base, S* dst) {
+    constexpr int P = decltype(p_const)::value;
+    for_channel_blocks<P == 1 ? 4 : 2, V>(channels, [&](auto b_const, auto tail_const, int64_t c, int64_t tail) {
+      cl_interior_chunk<S, T, P, decltype(b_const)::value, decltype(tail_const)::value, KK>(
+          base, off, kk, in_pix, wt, cpad, bias, c, tail, dst, out_pix, stream);
+    });
+  };
+  if (by_pixel) {
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t j = 0; j < 4 * quads; ++j)
+        pixels(std::integral_constant<int, 1>(), in + r * in_row + j * in_pix, out + r * out_row + j * out_pix);
+  } else {
+    for (int64_t q = 0; q < quads; ++q)
+      for (int64_t r = 0; r < rows; ++r)
+        pixels(std::integral_constant<int, 4>(), in + r * in_row + 4 * q * in_pix, out + r * out_row + 4 * q * out_pix);
+  }
   if (stream) streamed_stores_done();
 }
 
@@ -802,6 +842,7 @@ void forward_channels_last(const at::Tensor& input, const at::Tensor& weight, co
   const int64_t quads = (ow_hi - ow_lo) / 4, quad_end = ow_lo + 4 * quads;  // [ow_lo, quad_end) by quads
   const ClRowKernel row_kernel = pick_cl_row_kernel<S>(g);
   const bool stream = may_stream && streams_output(output, g.stride_h == 1 && g.stride_w == 1);
+  const bool by_pixel = interior_by_pixel(input, g);
   // The row kernel reads zero padding columns as zeros, so it takes whole rows; other
   // modes leave it the interior columns and the listed-taps loop the rest.
   const bool zero_cols = g.mode == PaddingMode::Zeros;
@@ -844,7 +885,7 @@ void forward_channels_last(const at::Tensor& input, const at::Tensor& weight, co
         S* dst = out + n * out_s.n + inner0 * out_s.h + ow_lo * out_s.w;
         const auto quad_rows = kk == 9 ? cl_interior_quads<S, T, 9> : cl_interior_quads<S, T, 0>;
         quad_rows(first, g.stride_h * in_s.h, g.stride_w * in_s.w, off.data(), kk, wt.data(), cpad, b.data(), C,
-                  inner1 - inner0, quads, dst, out_s.h, out_s.w, stream);
+                  inner1 - inner0, quads, dst, out_s.h, out_s.w, stream, by_pixel);
       }
       for (int64_t oh = oh0; oh < oh1; ++oh) {  // the other pixels: taps listed, four pixels at a time
         // [skip_lo, skip_hi): the columns the row kernel or the quads took
@@ -2222,7 +2263,7 @@ void grad_input_channels_last(const at::Tensor& grad_output, const at::Tensor& w
           const S* base = go + n * go_s.n + first_output(rp) * go_s.h + cq.go_col * go_s.w;
           cl_interior_quads<S, T, 0>(base, go_s.h, go_s.w, cq.off.data(), static_cast<int64_t>(cq.off.size()),
                                      cq.w.data(), cpad, zeros.data(), C, 1, cq.quads, gi_row + cq.first * gi_s.w,
-                                     gi_s.h, sw * gi_s.w, stream);
+                                     gi_s.h, sw * gi_s.w, stream, /*by_pixel=*/false);
         }
       for (int64_t iw = 0; iw < g.in_w; ++iw) {
         if (quad_row && quad_col[iw]) continue;
