@@ -2595,6 +2595,10 @@ void cl_grad_weight_group(const T* go, int64_t go_step, const T* in, int64_t in_
   }
 }
 
+// channels_last grad_weight: rows of more outputs than this go in tasks of whole rows,
+// every channel (see grad_weight_channels_last).
+constexpr int64_t kClWideRows = 32;
+
 // channels_last grad_weight of a KH x KW kernel on narrow planes (3x3 up to 8 columns, 5x5
 // up to kClNarrowWidth): rows [row_begin, row_end) of one vector of channels, every tap's
 // sum in a register over all the rows, added to the partial once. The general loop below adds each
@@ -2641,9 +2645,8 @@ void cl_grad_weight_narrow(const T* go, const Strides4d& go_s, const T* in, cons
 // does not share with the previous one: 4 loads for 9 FMAs at stride 1 and 7 at stride 2,
 // against 10 in the loops below. Input pixels in the padding are zero vectors (masked
 // loads with no lanes), so the border pixels need no loop of their own. A task is one
-// vector of channels on rows of up to kClWindowMaxWidth outputs, all the channels on wider
+// vector of channels on rows of up to kClWideRows outputs, all the channels on wider
 // ones (cl_grad_weight_3x3_wide).
-constexpr int64_t kClWindowMaxWidth = 32;
 
 // The geometries the window kernels take.
 bool uses_3x3_window(const Conv2dGeometry& g) {
@@ -2755,11 +2758,9 @@ void cl_grad_weight_3x3(const S* go, const Strides4d& go_s, const S* in, const S
     _mm512_storeu_ps(part + t * cpad, _mm512_add_ps(_mm512_loadu_ps(part + t * cpad), acc[t]));
 }
 
-// Rows wider than kClWindowMaxWidth: rows [row_begin, row_end) of every channel, row by row
+// Rows wider than kClWideRows: rows [row_begin, row_end) of every channel, row by row
 // and every channel vector of a row in turn (its sums through part), so that each input
-// cache line is read whole (a task per channel vector, as above, read the lines it shares
-// with the next vector again: 2 threads, 8x32x112x112 1.17 -> 0.93 ms, 8x96x112x112
-// stride 2 2.02 -> 1.49 ms).
+// cache line is read whole (see grad_weight_channels_last).
 template <int SW, typename S>
 void cl_grad_weight_3x3_wide(const S* go, const Strides4d& go_s, const S* in, const Strides4d& in_s,
                              const Conv2dGeometry& g, int64_t row_begin, int64_t row_end, float* part, int64_t cpad) {
@@ -2778,8 +2779,9 @@ void cl_grad_weight_3x3_wide(const S* go, const Strides4d& go_s, const S* in, co
 constexpr int64_t kClGradWeightTasks = 64;
 
 // channels_last grad_weight (multiplier 1): the output rows (n, oh) are cut into a number
-// of chunks that depends on the geometry only; a task is (chunk, vector of channels) and
-// owns its partial (kH * kW, channels) slice; the chunks are summed in order at the end. S: the storage type
+// of chunks that depends on the geometry only; a task is (chunk, vector of channels), or
+// on wide rows a chunk, and owns its partial (kH * kW, channels) slice; the chunks are
+// summed in order at the end. S: the storage type
 // of the tensors; bfloat16 (in place, widened in registers) only where the float32 window
 // kernels run (uses_3x3_window).
 template <typename S>
@@ -2793,10 +2795,16 @@ void grad_weight_channels_last(const at::Tensor& grad_output, const at::Tensor& 
   const int64_t rows = g.batch * g.out_h;
   const int64_t cvecs = cpad / V;
   [[maybe_unused]] bool window = false;  // the float32 3x3 window kernels run (AVX-512)
+  // Rows wider than kClWideRows: a task is a chunk of rows, every vector of channels of a
+  // row in turn, so that each input cache line is read whole (a task per vector of
+  // channels read the lines it shares with the next vector again; AVX-512 window kernel,
+  // 2 threads: 8x32x112x112 1.17 -> 0.93 ms, 8x96x112x112 stride 2 2.02 -> 1.49 ms; AVX2
+  // AMD EPYC, the loop below, best of 3 in one process: 8x96x112x112 stride 2 3.65 -> 2.06
+  // ms, 8x32x112x112 1.74 -> 1.17, 8x144x56x56 2.05 -> 1.80, 8x96x56x56 7x7 4.81 -> 4.05).
+  const bool wide_rows = g.out_w > kClWideRows;
 #if defined(CPU_CAPABILITY_AVX512)
   if constexpr (std::is_same<T, float>::value) window = uses_3x3_window(g);
-  // the window kernel for rows wider than kClWindowMaxWidth: a task per chunk
-  const bool wide_window = window && g.out_w > kClWindowMaxWidth;
+  const bool wide_window = window && wide_rows;  // the window kernel for wide rows
 #else
   const bool wide_window = false;
 #endif
@@ -2806,7 +2814,7 @@ void grad_weight_channels_last(const at::Tensor& grad_output, const at::Tensor& 
   // 960-channel 7x7 plane were 0.5 MB: 2 threads, 8x960x7x7 0.168 -> 0.129 ms with 2, torch
   // 0.120). A function of the geometry only: the sums are the same with any number of threads.
   const int64_t chunks =
-      std::min<int64_t>(rows, wide_window ? 16 : std::clamp<int64_t>((kClGradWeightTasks + cvecs - 1) / cvecs, 1, 16));
+      std::min<int64_t>(rows, wide_rows ? 16 : std::clamp<int64_t>((kClGradWeightTasks + cvecs - 1) / cvecs, 1, 16));
   std::vector<T> partial(chunks * kk * cpad, T(0));
   std::vector<int64_t> cols(g.out_w * g.kernel_w);
   for (int64_t ow = 0; ow < g.out_w; ++ow)
@@ -2851,47 +2859,61 @@ void grad_weight_channels_last(const at::Tensor& grad_output, const at::Tensor& 
 #endif
   TORCH_INTERNAL_ASSERT(!in_place || partials_done || narrow != nullptr,
                         "cnnops: a bfloat16 channels_last weight gradient outside the window kernels");
-  if (!partials_done) at::parallel_for(0, chunks * cvecs, grain_for(work), [&](int64_t begin, int64_t end) {
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t chunk = item / cvecs, c = (item % cvecs) * V;
+  // One output row of the vector of channels from c, its sums added to part (that
+  // vector's slice of a chunk's partial).
+  auto general_row = [&](int64_t row, int64_t c, T* part) {
+    if constexpr (!in_place) {  // (bfloat16 goes through the window kernels only)
       const int64_t count = std::min<int64_t>(V, C - c);
-      T* part = partial.data() + chunk * kk * cpad + c;
-      const int64_t row_begin = chunk * rows / chunks, row_end = (chunk + 1) * rows / chunks;
-      if (narrow != nullptr) {
-        narrow(go, go_s, in, in_s, g, cols.data(), row_begin, row_end, c, count, part, cpad);
-        continue;
+      const int64_t n = row / g.out_h, oh = row % g.out_h;
+      const int64_t ih0 = oh * g.stride_h - g.pad_top;
+      const bool inside = oh >= inside_h.lo && oh < inside_h.hi && ow_hi > ow_lo;
+      const T* go_row = go + n * go_s.n + oh * go_s.h + c;
+      if (inside) {
+        const T* in_px = in + n * in_s.n + ih0 * in_s.h + (ow_lo * g.stride_w - g.pad_left) * in_s.w + c;
+        for (int64_t t0 = 0; t0 < kk; t0 += 9)
+          cl_grad_weight_group<T>(go_row + ow_lo * go_s.w, go_s.w, in_px, g.stride_w * in_s.w, off.data() + t0,
+                                  std::min<int64_t>(9, kk - t0), ow_hi - ow_lo, count, part + t0 * cpad, cpad);
       }
-      if constexpr (!in_place) for (int64_t row = row_begin; row < row_end; ++row) {
-        const int64_t n = row / g.out_h, oh = row % g.out_h;
-        const int64_t ih0 = oh * g.stride_h - g.pad_top;
-        const bool inside = oh >= inside_h.lo && oh < inside_h.hi && ow_hi > ow_lo;
-        const T* go_row = go + n * go_s.n + oh * go_s.h + c;
-        if (inside) {
-          const T* in_px = in + n * in_s.n + ih0 * in_s.h + (ow_lo * g.stride_w - g.pad_left) * in_s.w + c;
-          for (int64_t t0 = 0; t0 < kk; t0 += 9)
-            cl_grad_weight_group<T>(go_row + ow_lo * go_s.w, go_s.w, in_px, g.stride_w * in_s.w, off.data() + t0,
-                                    std::min<int64_t>(9, kk - t0), ow_hi - ow_lo, count, part + t0 * cpad, cpad);
-        }
-        for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
-          const int64_t ih = source_index(oh * g.stride_h - g.pad_top + kh * g.dilation_h, g.in_h, g.mode);
-          if (ih < 0) continue;
-          const T* in_row = in + n * in_s.n + ih * in_s.h + c;
-          for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
-            Vec acc(T(0));
-            for (int64_t ow = 0; ow < g.out_w; ++ow) {
-              if (inside && ow == ow_lo) ow = ow_hi;  // done above
-              if (ow >= g.out_w) break;
-              const int64_t iw = cols[ow * g.kernel_w + kw];
-              if (iw >= 0)
-                acc = at::vec::fmadd(Vec::loadu(go_row + ow * go_s.w, count), Vec::loadu(in_row + iw * in_s.w, count), acc);
-            }
-            T* dst = part + (kh * g.kernel_w + kw) * cpad;
-            (Vec::loadu(dst) + acc).store(dst);
+      for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+        const int64_t ih = source_index(oh * g.stride_h - g.pad_top + kh * g.dilation_h, g.in_h, g.mode);
+        if (ih < 0) continue;
+        const T* in_row = in + n * in_s.n + ih * in_s.h + c;
+        for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+          Vec acc(T(0));
+          for (int64_t ow = 0; ow < g.out_w; ++ow) {
+            if (inside && ow == ow_lo) ow = ow_hi;  // done above
+            if (ow >= g.out_w) break;
+            const int64_t iw = cols[ow * g.kernel_w + kw];
+            if (iw >= 0)
+              acc = at::vec::fmadd(Vec::loadu(go_row + ow * go_s.w, count), Vec::loadu(in_row + iw * in_s.w, count), acc);
           }
+          T* dst = part + (kh * g.kernel_w + kw) * cpad;
+          (Vec::loadu(dst) + acc).store(dst);
         }
       }
     }
-  });
+  };
+  if (!partials_done && wide_rows) {
+    at::parallel_for(0, chunks, grain_for(work * cvecs), [&](int64_t begin, int64_t end) {
+      for (int64_t chunk = begin; chunk < end; ++chunk)
+        for (int64_t row = chunk * rows / chunks; row < (chunk + 1) * rows / chunks; ++row)
+          for (int64_t c = 0; c < C; c += V) general_row(row, c, partial.data() + chunk * kk * cpad + c);
+    });
+  } else if (!partials_done) {
+    at::parallel_for(0, chunks * cvecs, grain_for(work), [&](int64_t begin, int64_t end) {
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t chunk = item / cvecs, c = (item % cvecs) * V;
+        T* part = partial.data() + chunk * kk * cpad + c;
+        const int64_t row_begin = chunk * rows / chunks, row_end = (chunk + 1) * rows / chunks;
+        if (narrow != nullptr) {
+          narrow(go, go_s, in, in_s, g, cols.data(), row_begin, row_end, c, std::min<int64_t>(V, C - c), part, cpad);
+          continue;
+        }
+        if constexpr (!in_place)
+          for (int64_t row = row_begin; row < row_end; ++row) general_row(row, c, part);
+      }
+    });
+  }
   // The chunks' sums in order, a vector of channels at a time (the element loop over
   // chunks x taps x channels took a third of a 960-channel 7x7-plane call).
   const Strides4d gw_s = strides4d(grad_weight);
