@@ -30,13 +30,16 @@
 // channels_last (multiplier 1, channel stride 1): vectors along C, with the
 // tap enumeration of common/depthwise_index.h (source_index / padded_preimages); interior
 // pixels of the forward four at a time with fixed tap offsets (outputs larger than the
-// threads' L2 caches written with streaming stores), or, for float32 5x5 and 7x7
+// threads' L2 caches written with streaming stores; 3x3 inputs over 16 MB one pixel at a
+// time, every channel, so that the input is read in address order), or, for float32 5x5 and 7x7
 // kernels at column stride 1 or 2, or stride 1 and dilation 2, and 3x3 on rows of up to 8
 // (AVX-512; AVX2: 7x7, and 5x5 on rows of up to 8), a row kernel with a kernel row's
 // weights in registers and each input vector loaded once for the outputs that read it.
 // grad_input: a gather whose regular pixels go through the forward's quads, per residue
 // class mod stride. The float32 3x3 grad_weight (zero padding, column stride 1 or 2,
-// AVX-512) keeps a window of input pixels per kernel row in registers. Kernels of 9x9 and more at stride 1 run the NCHW kernels on NCHW copies.
+// AVX-512) keeps a window of input pixels per kernel row in registers; on rows wider than
+// 32 a task takes every channel of its rows (each input cache line read whole). Kernels
+// of 9x9 and more at stride 1 run the NCHW kernels on NCHW copies.
 // bfloat16 channels_last (AVX-512): the forward (but for 7-wide kernels), the input
 // gradient and the 3x3 window kernels' weight gradient read and write bfloat16 in place,
 // widened to float in registers; the other weight gradients and the 7-wide forwards run
