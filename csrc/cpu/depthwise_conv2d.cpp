@@ -2770,21 +2770,18 @@ void cl_grad_weight_3x3(const S* go, const Strides4d& go_s, const S* in, const S
     _mm512_storeu_ps(part + t * cpad, _mm512_add_ps(_mm512_loadu_ps(part + t * cpad), acc[t]));
 }
 
-// Rows wider than kClWideRows: rows [row_begin, row_end) of every channel, row by row
-// and every channel vector of a row in turn (its sums through part), so that each input
-// cache line is read whole (see grad_weight_channels_last).
+// Rows wider than kClWideRows: one row of the 16 channels from c (fewer at the end), its
+// sums through part (that vector's slice of a chunk's partial); the caller takes every
+// vector of a row in turn, so that each input cache line is read whole (see
+// grad_weight_channels_last).
 template <int SW, typename S>
 void cl_grad_weight_3x3_wide(const S* go, const Strides4d& go_s, const S* in, const Strides4d& in_s,
-                             const Conv2dGeometry& g, int64_t row_begin, int64_t row_end, float* part, int64_t cpad) {
-  const int64_t C = g.in_channels;
-  for (int64_t row = row_begin; row < row_end; ++row)
-    for (int64_t c = 0; c < C; c += 16) {
-      const __mmask16 lanes = first_lanes(C - c);
-      __m512 acc[9];
-      for (int t = 0; t < 9; ++t) acc[t] = _mm512_loadu_ps(part + t * cpad + c);
-      cl_grad_weight_3x3_row<SW, S>(go, go_s, in, in_s, g, row / g.out_h, row % g.out_h, c, lanes, acc);
-      for (int t = 0; t < 9; ++t) _mm512_storeu_ps(part + t * cpad + c, acc[t]);
-    }
+                             const Conv2dGeometry& g, int64_t row, int64_t c, float* part, int64_t cpad) {
+  __m512 acc[9];
+  for (int t = 0; t < 9; ++t) acc[t] = _mm512_loadu_ps(part + t * cpad);
+  cl_grad_weight_3x3_row<SW, S>(go, go_s, in, in_s, g, row / g.out_h, row % g.out_h, c, first_lanes(g.in_channels - c),
+                                acc);
+  for (int t = 0; t < 9; ++t) _mm512_storeu_ps(part + t * cpad, acc[t]);
 }
 #endif
 
@@ -2846,7 +2843,6 @@ void grad_weight_channels_last(const at::Tensor& grad_output, const at::Tensor& 
   using Narrow = void (*)(const S*, const Strides4d&, const S*, const Strides4d&, const Conv2dGeometry&,
                           const int64_t*, int64_t, int64_t, int64_t, int64_t, T*, int64_t);
   Narrow narrow = nullptr;
-  bool partials_done = false;  // by the window kernel for wide rows below
   // Measured (2 threads, float32, 8 images): 5x5 on 14x14 1.20 -> 1.08 ms (672 channels);
   // 3x3 on 7x7 planes 0.22 -> 0.185 ms (960), which the window kernel below takes in float32
   // (0.18 -> 0.14 ms; 14x14 0.24 -> 0.15, 28x28 0.45 -> 0.35; stride 2, 56x56 input 0.44 -> 0.39).
@@ -2858,20 +2854,12 @@ void grad_weight_channels_last(const at::Tensor& grad_output, const at::Tensor& 
   }
 #if defined(CPU_CAPABILITY_AVX512)
   if constexpr (std::is_same<T, float>::value) {
-    if (wide_window) {
-      const auto wide = g.stride_w == 1 ? cl_grad_weight_3x3_wide<1, S> : cl_grad_weight_3x3_wide<2, S>;
-      at::parallel_for(0, chunks, grain_for(work * cvecs), [&](int64_t begin, int64_t end) {
-        for (int64_t chunk = begin; chunk < end; ++chunk)
-          wide(go, go_s, in, in_s, g, chunk * rows / chunks, (chunk + 1) * rows / chunks,
-               partial.data() + chunk * kk * cpad, cpad);
-      });
-      partials_done = true;
-    } else if (window) {
+    if (window && !wide_window) {
       narrow = g.stride_w == 1 ? cl_grad_weight_3x3<1, S> : cl_grad_weight_3x3<2, S>;
     }
   }
 #endif
-  TORCH_INTERNAL_ASSERT(!in_place || partials_done || narrow != nullptr,
+  TORCH_INTERNAL_ASSERT(!in_place || wide_window || narrow != nullptr,
                         "cnnops: a bfloat16 channels_last weight gradient outside the window kernels");
   // One output row of the vector of channels from c, its sums added to part (that
   // vector's slice of a chunk's partial).
@@ -2907,13 +2895,25 @@ void grad_weight_channels_last(const at::Tensor& grad_output, const at::Tensor& 
       }
     }
   };
-  if (!partials_done && wide_rows) {
+  // A row of wide rows: the window kernel where it runs, else the general loop.
+  auto wide_row = [&](int64_t row, int64_t c, T* part) {
+#if defined(CPU_CAPABILITY_AVX512)
+    if constexpr (std::is_same<T, float>::value) {
+      if (wide_window) {
+        const auto wide = g.stride_w == 1 ? cl_grad_weight_3x3_wide<1, S> : cl_grad_weight_3x3_wide<2, S>;
+        return wide(go, go_s, in, in_s, g, row, c, part, cpad);
+      }
+    }
+#endif
+    general_row(row, c, part);
+  };
+  if (wide_rows) {
     at::parallel_for(0, chunks, grain_for(work * cvecs), [&](int64_t begin, int64_t end) {
       for (int64_t chunk = begin; chunk < end; ++chunk)
         for (int64_t row = chunk * rows / chunks; row < (chunk + 1) * rows / chunks; ++row)
-          for (int64_t c = 0; c < C; c += V) general_row(row, c, partial.data() + chunk * kk * cpad + c);
+          for (int64_t c = 0; c < C; c += V) wide_row(row, c, partial.data() + chunk * kk * cpad + c);
     });
-  } else if (!partials_done) {
+  } else {
     at::parallel_for(0, chunks * cvecs, grain_for(work), [&](int64_t begin, int64_t end) {
       for (int64_t item = begin; item < end; ++item) {
         const int64_t chunk = item / cvecs, c = (item % cvecs) * V;
