@@ -14,7 +14,7 @@
 // column][V lanes], so that each FMA updates V channels of one pixel with an aligned load
 // and no bounds check; large planes go in strips of rows that stay in L2. NCHW float/double
 // planes are staged, and results written back, with in-register transposes
-// (lane_transpose.h).
+// (lanes.h).
 //   forward:     register-blocked over 8 output pixels of a row; kernel rows that fall in
 //                zero padding are skipped.
 //   grad_weight: grad_output rows staged the same way, each of its vectors loaded once
@@ -66,7 +66,7 @@
 #include "common/depthwise_index.h"
 #include "common/env_choice.h"
 #include "cpu/conv_forward.h"
-#include "cpu/lane_transpose.h"
+#include "cpu/lanes.h"
 #include "cpu/layout_copy.h"
 
 namespace cnnops {
@@ -312,9 +312,6 @@ template <typename T>
 inline void store_lanes(T* p, const at::vec::Vectorized<T>& v, int64_t n) { v.store(p, n); }
 
 #if defined(CPU_CAPABILITY_AVX512)
-// The first min(n, 16) lanes of a float vector: the channels of a vector from c are
-// first_lanes(channels - c).
-inline __mmask16 first_lanes(int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1u); }
 
 // bfloat16 is the high half of a float: widening is a shift. Narrowing rounds to nearest
 // even, as c10::BFloat16 does (at::vec's cvtfp32_bf16).
@@ -409,79 +406,6 @@ bool on_cache_lines(const S* p, std::initializer_list<int64_t> steps) {
   for (const int64_t step : steps) bits |= static_cast<std::uintptr_t>(step * static_cast<int64_t>(sizeof(S)));
   return bits % kAlign == 0;
 }
-
-#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
-#define CNNOPS_PLANE_KERNELS 1  // the direct 3x3, staged K x K and channels_last row kernels, on Lanes
-#endif
-
-#if defined(CPU_CAPABILITY_AVX512)
-// One float vector of the Lanes kernels (direct 3x3, staged K x K, channels_last rows),
-// with lane masks for loads at the edges of a row or past the last channel (masked lanes
-// are not read: no fault past them) and store_first for a last, partial vector.
-struct Lanes {
-  using Reg = __m512;
-  using Mask = __mmask16;
-  static constexpr int kWidth = 16, kRegisters = 32;
-  static Mask mask(unsigned bits) { return static_cast<Mask>(bits); }
-  static Reg broadcast(float x) { return _mm512_set1_ps(x); }
-  static Reg load(const float* p) { return _mm512_loadu_ps(p); }
-  static Reg load(Mask m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
-  static void store(float* p, Reg x) { _mm512_storeu_ps(p, x); }
-  static void store_first(float* p, int n, Reg x) { _mm512_mask_storeu_ps(p, first_lanes(n), x); }
-  static Reg fmadd(Reg a, Reg b, Reg c) { return _mm512_fmadd_ps(a, b, c); }
-  // Lanes 0, 2, .., 30 of lo:hi (the columns a stride-2 row reads), in order: one
-  // two-source permute, so in_order has nothing left to do.
-  static Reg even_lanes(Reg lo, Reg hi) {
-    const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-    return _mm512_permutex2var_ps(lo, even, hi);
-  }
-  static Reg in_order(Reg x) { return x; }
-};
-#elif defined(CPU_CAPABILITY_AVX2)
-// AVX2: 8 lanes, 16 registers; a mask is a vector whose lanes are all ones or all zeros
-// (wrapped: std::vector would drop the vector type's attributes).
-struct Lanes {
-  using Reg = __m256;
-  struct Mask {
-    __m256i lanes;
-  };
-  static constexpr int kWidth = 8, kRegisters = 16;
-  static Mask mask(unsigned bits) {
-    const __m256i lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-    return {_mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(static_cast<int>(bits)), lane_bit), lane_bit)};
-  }
-  static Reg broadcast(float x) { return _mm256_set1_ps(x); }
-  static Reg load(const float* p) { return _mm256_loadu_ps(p); }
-  static Reg load(Mask m, const float* p) { return _mm256_maskload_ps(p, m.lanes); }
-  static void store(float* p, Reg x) { _mm256_storeu_ps(p, x); }
-  // Lanes 0..n-1 (n < 8) in at most three plain stores: vmaskmovps stores measured several
-  // times slower than a whole vector's on this AMD EPYC.
-  static void store_first(float* p, int n, Reg x) {
-    __m128 part = _mm256_castps256_ps128(x);
-    if (n >= 4) {
-      _mm_storeu_ps(p, part);
-      part = _mm256_extractf128_ps(x, 1);
-      p += 4;
-      n -= 4;
-    }
-    if (n >= 2) {
-      _mm_storel_pi(reinterpret_cast<__m64*>(p), part);
-      part = _mm_movehl_ps(part, part);
-      p += 2;
-      n -= 2;
-    }
-    if (n == 1) _mm_store_ss(p, part);
-  }
-  static Reg fmadd(Reg a, Reg b, Reg c) { return _mm256_fmadd_ps(a, b, c); }
-  // Lanes 0, 2, .., 14 of lo:hi, as (0 2 8 10 | 4 6 12 14): one in-lane shuffle. Sums of
-  // such vectors keep that order; in_order swaps their middle 64-bit halves, once a sum
-  // (lane-crossing permutes were half the shuffles of a stride-2 3x3 done per load).
-  static Reg even_lanes(Reg lo, Reg hi) { return _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0)); }
-  static Reg in_order(Reg x) {
-    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(x), _MM_SHUFFLE(3, 1, 2, 0)));
-  }
-};
-#endif
 
 // Every channel in blocks of KB whole vectors, then one block of what is left (1 to KB - 1
 // whole vectors and/or a partial one): chunk(integral_constant<int, B>, Tail, c, tail) for
@@ -652,7 +576,7 @@ C10_NOINLINE void cl_interior_quads(const S* in, int64_t in_row, int64_t in_pix,
 // Kernel rows the channels_last row kernel below takes (a pointer per row).
 constexpr int64_t kMaxRowsInterior = 16;
 
-#if defined(CNNOPS_PLANE_KERNELS)
+#if defined(CNNOPS_HAVE_LANES)
 // channels_last float: P output pixels of one row, one vector of channels (Lanes), column
 // stride SW and dilation DW. Per kernel row, its KW weights sit in registers and
 // each input pixel vector is loaded once (into a register: GCC would fold it into every
@@ -785,7 +709,7 @@ constexpr int64_t kClRowsNarrowWidth = 8;
 
 template <typename T>
 ClRowKernel pick_cl_row_kernel(const Conv2dGeometry& g) {
-#if defined(CNNOPS_PLANE_KERNELS)
+#if defined(CNNOPS_HAVE_LANES)
   if (!std::is_same<T, float>::value || g.kernel_h > kMaxRowsInterior) return nullptr;
   // AVX2 (blocks of 8 pixels, one vector of 8 channels): 7x7 and 5x5 on rows of at most 8
   // only. 2 threads, best of 3 alternating runs, quads -> row kernel: 8x768x7x7 7x7 0.64 ->
@@ -1110,7 +1034,7 @@ void fill_padded_columns(T* row, const Conv2dGeometry& g, const int64_t* col_src
 }
 
 // Padded rows [r0, r1) of a block from NCHW planes with unit column stride (no conversion):
-// V channel runs at a time become pixel vectors (lane_transpose.h). lane_src[l] is lane l's
+// V channel runs at a time become pixel vectors (lanes.h). lane_src[l] is lane l's
 // input plane, nullptr past the last channel (read as zeros). A whole contiguous plane is
 // one run of in_h * in_w pixels, so narrow rows (7 wide) still fill whole transposes; its
 // padded rows are then copies of its real ones.
@@ -1441,7 +1365,7 @@ void grad_weight_blocked(const at::Tensor& grad_output, const at::Tensor& input,
     }
 }
 
-#if defined(CNNOPS_PLANE_KERNELS)
+#if defined(CNNOPS_HAVE_LANES)
 // The float NCHW planes of one call by item = image * out_channels + output channel: the
 // input plane the channel reads (channel oc / multiplier), its output plane, its kH * kW
 // weights and its bias. The direct, staged and shifted kernels each run over all the items
@@ -1788,7 +1712,7 @@ void forward_staged(const at::Tensor& input, const at::Tensor& weight, const at:
   }
 }
 
-#endif  // CNNOPS_PLANE_KERNELS
+#endif  // CNNOPS_HAVE_LANES
 
 #if defined(CPU_CAPABILITY_AVX512)
 // ---------------------------------------------------------------- shifted rows
@@ -1907,7 +1831,7 @@ void forward_planes(const at::Tensor& input, const at::Tensor& weight, const at:
     return;
   }
 #endif
-#if defined(CNNOPS_PLANE_KERNELS)
+#if defined(CNNOPS_HAVE_LANES)
   if (path != ForwardPath::Blocked && use_staged(g, input, output)) {
     forward_staged(input, weight, bias, output, g);
     return;

@@ -7,7 +7,7 @@
 #include <algorithm>
 #include <cstdint>
 
-#include "cpu/lane_transpose.h"
+#include "cpu/lanes.h"
 
 namespace cnnops {
 namespace {
