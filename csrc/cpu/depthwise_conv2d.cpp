@@ -193,28 +193,13 @@ std::vector<T> weight_taps(const at::Tensor& weight, const Conv2dGeometry& g) {
   return w;
 }
 
-// The weight transposed to (kH * kW, OC) with OC padded to a whole number of cache lines:
-// the channels_last kernels load one tap's weights for consecutive channels as one
-// vector, aligned (with a std::vector's 16-byte alignment every such load could split two
-// cache lines).
+// The weights of output channels [block * V, block * V + V) as one vector per tap, tap t's
+// at dst + t * tap_step, lanes past the last channel zero, so that the channel-blocked
+// kernels (tap_step V) and the channels_last ones (tap_step: the padded channel count) load
+// a tap's weights for a vector of channels with one aligned load.
 template <typename scalar_t, typename T>
-AlignedBuffer<T> weight_taps_by_channel(const at::Tensor& weight, const Conv2dGeometry& g, int64_t cpad) {
-  const Strides4d s = strides4d(weight);
-  const scalar_t* p = weight.const_data_ptr<scalar_t>();
-  const int64_t kk = g.kernel_h * g.kernel_w;
-  AlignedBuffer<T> w(kk * cpad);
-  for (int64_t oc = 0; oc < g.out_channels; ++oc)
-    for (int64_t kh = 0; kh < g.kernel_h; ++kh)
-      for (int64_t kw = 0; kw < g.kernel_w; ++kw)
-        w.data()[(kh * g.kernel_w + kw) * cpad + oc] = static_cast<T>(p[s.offset(oc, 0, kh, kw)]);
-  return w;
-}
-
-// The weights of output channels [block * V, block * V + V) as one vector per tap,
-// [tap][lane], lanes past the last channel zero, so that the channel-blocked kernels load
-// a tap's weights for their block with one aligned load.
-template <typename scalar_t, typename T>
-void pack_block_weights(const scalar_t* w, const Strides4d& s, const Conv2dGeometry& g, int64_t block, T* dst) {
+void pack_block_weights(const scalar_t* w, const Strides4d& s, const Conv2dGeometry& g, int64_t block, T* dst,
+                        int64_t tap_step) {
   constexpr int64_t V = at::vec::Vectorized<T>::size();
   const int64_t kk = g.kernel_h * g.kernel_w, oc0 = block * V, lanes = std::min(V, g.out_channels - oc0);
   if constexpr (std::is_same<scalar_t, T>::value) {
@@ -225,7 +210,7 @@ void pack_block_weights(const scalar_t* w, const Strides4d& s, const Conv2dGeome
       for (int64_t l = 0; l < V; ++l) src[l] = l < lanes ? w + (oc0 + l) * s.n : zeros;
       for (int64_t t = 0; t < kk; t += V) {
         const int64_t count = std::min(V, kk - t);
-        for (int64_t i = 0; i < count; ++i) dsts[i] = dst + (t + i) * V;
+        for (int64_t i = 0; i < count; ++i) dsts[i] = dst + (t + i) * tap_step;
         runs_to_pixels(src, count, dsts);
         for (int64_t l = 0; l < lanes; ++l) src[l] += count;
       }
@@ -235,12 +220,12 @@ void pack_block_weights(const scalar_t* w, const Strides4d& s, const Conv2dGeome
   for (int64_t l = 0; l < V; ++l) {
     T* d = dst + l;
     if (l >= lanes) {
-      for (int64_t t = 0; t < kk; ++t) d[t * V] = T(0);
+      for (int64_t t = 0; t < kk; ++t) d[t * tap_step] = T(0);
       continue;
     }
     for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
       const scalar_t* row = w + (oc0 + l) * s.n + kh * s.h;
-      for (int64_t kw = 0; kw < g.kernel_w; ++kw, d += V) *d = static_cast<T>(row[kw * s.w]);
+      for (int64_t kw = 0; kw < g.kernel_w; ++kw, d += tap_step) *d = static_cast<T>(row[kw * s.w]);
     }
   }
 }
@@ -254,8 +239,24 @@ AlignedBuffer<T> weight_taps_by_block(const at::Tensor& weight, const Conv2dGeom
   const scalar_t* w = weight.const_data_ptr<scalar_t>();
   const Strides4d s = strides4d(weight);
   for (int64_t block = 0; block < blocks; ++block)
-    pack_block_weights<scalar_t, T>(w, s, g, block, packed.data() + block * kk * V);
+    pack_block_weights<scalar_t, T>(w, s, g, block, packed.data() + block * kk * V, V);
   return packed;
+}
+
+// The weight transposed to (kH * kW, OC) with OC padded to cpad, a whole number of cache
+// lines: the channels_last kernels load one tap's weights for consecutive channels as one
+// vector, aligned (with a std::vector's 16-byte alignment every such load could split two
+// cache lines). In 16 x 16 transposes where the build has them: an element at a time, each
+// to another cache line, this took a fifth of a channels_last 8x768x7x7 7x7 forward.
+template <typename scalar_t, typename T>
+AlignedBuffer<T> weight_taps_by_channel(const at::Tensor& weight, const Conv2dGeometry& g, int64_t cpad) {
+  constexpr int64_t V = at::vec::Vectorized<T>::size();
+  AlignedBuffer<T> taps(g.kernel_h * g.kernel_w * cpad);  // zero: the channels past OC stay so
+  const scalar_t* w = weight.const_data_ptr<scalar_t>();
+  const Strides4d s = strides4d(weight);
+  for (int64_t block = 0; block * V < g.out_channels; ++block)
+    pack_block_weights<scalar_t, T>(w, s, g, block, taps.data() + block * V, cpad);
+  return taps;
 }
 
 // The bias of `channels` output channels in T, zero-padded to `size` values (zeros without one).
@@ -1201,7 +1202,7 @@ void forward_blocked(const at::Tensor& input, const at::Tensor& weight, const at
     scalar_t* lane_dst[V];
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item % g.batch, block = item / g.batch, oc0 = block * V;
-      if (block != packed) pack_block_weights<scalar_t, T>(f.weight, f.weight_s, g, block, wt.data()), packed = block;
+      if (block != packed) pack_block_weights<scalar_t, T>(f.weight, f.weight_s, g, block, wt.data(), V), packed = block;
       const int64_t lanes = std::min<int64_t>(V, g.out_channels - oc0);
       for (int64_t l = 0; l < V; ++l) {
         lane_src[l] = l < lanes ? in + n * in_s.n + ((oc0 + l) / mult) * in_s.c : nullptr;
