@@ -191,7 +191,7 @@ def test_depthwise_cuda_path_rejects_unknown_names(monkeypatch):
 # The forward is channel-blocked except for channels_last input with multiplier 1 (its own
 # kernel under 'auto') and, in AVX-512 and AVX2 builds, zero-padded float32 rows: 3x3
 # (direct), 5x5 to 13x13 at stride 1 (staged) and, AVX-512 only, 14-row "same" planes up to
-# 16 wide (shifted);
+# 16 wide (shifted) and 3x3 "same" planes of up to 64 pixels (flat);
 # CNNOPS_DEPTHWISE_CPU_PATH=blocked forces the blocked one everywhere, =direct skips the
 # channels_last kernel.
 # The shapes below reach its staging variants: whole contiguous planes turned into pixel
@@ -248,6 +248,11 @@ BLOCKED_SHAPES = [
     ("shifted_5x5", (2, 5, 14, 14), 1, (5, 5), 1, 2, 1),
     ("shifted_7x7_w9_mult2", (1, 3, 14, 9), 2, (7, 7), 1, 3, 1),
     ("shifted_3x3_w16", (1, 4, 14, 16), 1, (3, 3), 1, 1, 1),
+    # flat planes (AVX-512: 3x3 "same" at stride 1 on contiguous planes of up to 64 pixels,
+    # two planes a call; narrow_3x3_same above too)
+    ("flat_8x8", (1, 7, 8, 8), 1, (3, 3), 1, 1, 1),  # four whole vectors; 7 planes: one left alone
+    ("flat_3x5_d2_mult2", (2, 3, 3, 5), 2, (3, 3), 1, 2, 2),  # taps two rows and columns away
+    ("flat_2x9", (1, 5, 2, 9), 1, (3, 3), 1, 1, 1),  # 18 pixels: a vector and 2 lanes
     # channels_last row kernel with zero padding: masked edge blocks of 16 (left and right)
     ("cl_rows_7x7", (1, 20, 9, 40), 1, (7, 7), 1, 3, 1),
     ("cl_rows_5x5_s2", (1, 18, 13, 50), 1, (5, 5), 2, 2, 1),

@@ -6,7 +6,9 @@
 // output rows with a kernel column's weights in registers), both written once over Lanes
 // (16 lanes and 32 registers, or 8 and 16); and, AVX-512 only, shifted rows for 14-row
 // "same" planes of at most 16 columns (each row one register, its column shifts made in
-// registers). Sections "direct 3x3", "staged direct K x K" and "shifted rows".
+// registers) and flat planes for 3x3 "same" on planes of at most 64 pixels (16 pixels a
+// vector whatever their rows, a masked load per tap). Sections "direct 3x3", "staged
+// direct K x K", "shifted rows" and "flat planes".
 //
 // Channel-blocked kernels (every other forward but the channels_last case below, and
 // grad_weight): V consecutive output channels of one image are one task. Their input
@@ -1797,13 +1799,103 @@ void forward_shifted(const at::Tensor& input, const at::Tensor& weight, const at
     default: return forward_shifted_k<7>(planes, g);
   }
 }
+
+// ---------------------------------------------------------------- flat planes
+// 3x3 at stride 1 on contiguous planes of at most 64 pixels whose output is the input's
+// size ("same": the 7x7 stages of MobileNet): the plane is read as one run of pixels, 16
+// outputs a vector whatever their rows, and each tap is one masked load at a fixed offset
+// from them (its mask drops the lanes whose tap falls outside the plane or wraps into the
+// row before or after). A 7-wide row per vector, as the direct kernel does, used 7 of 16
+// lanes; this uses 49 of 64. Two planes at a time: 8 accumulators to cover the FMA latency.
+constexpr int64_t kFlatMaxVectors = 4;
+
+bool use_flat(const Conv2dGeometry& g, const at::Tensor& input, const at::Tensor& output) {
+  const int64_t pixels = g.in_h * g.in_w;
+  return g.kernel_h == 3 && g.kernel_w == 3 && g.stride_h == 1 && g.stride_w == 1 && g.out_h == g.in_h &&
+         g.out_w == g.in_w && pixels > 0 && pixels <= 16 * kFlatMaxVectors && input.stride(2) == g.in_w &&
+         output.stride(2) == g.out_w && zero_padded_float_rows(g, input, output);
+}
+
+// P planes (in[p], w[p], bias[p], out[p]); masks[t][v] and offsets[t] are tap t's for
+// vector v.
+template <int NV, int P>
+inline void flat_planes(const float* const* in, const float* const* w, const float* bias, float* const* out,
+                        const __mmask16 (*masks)[NV], const int64_t* offsets, __mmask16 last) {
+  __m512 acc[P][NV];
+  for (int p = 0; p < P; ++p)
+    for (int v = 0; v < NV; ++v) acc[p][v] = _mm512_set1_ps(bias[p]);
+#pragma GCC unroll 9
+  for (int t = 0; t < 9; ++t)
+    for (int p = 0; p < P; ++p) {
+      const __m512 wt = _mm512_set1_ps(w[p][t]);
+      for (int v = 0; v < NV; ++v)
+        acc[p][v] = _mm512_fmadd_ps(wt, _mm512_maskz_loadu_ps(masks[t][v], in[p] + v * 16 + offsets[t]), acc[p][v]);
+    }
+  for (int p = 0; p < P; ++p) {
+    for (int v = 0; v + 1 < NV; ++v) _mm512_storeu_ps(out[p] + v * 16, acc[p][v]);
+    _mm512_mask_storeu_ps(out[p] + (NV - 1) * 16, last, acc[p][NV - 1]);
+  }
+}
+
+template <int NV>
+void forward_flat_k(const FloatPlanes& planes, const Conv2dGeometry& g) {
+  const int64_t h = g.in_h, w = g.in_w, pixels = h * w;
+  __mmask16 masks[9][NV];
+  int64_t offsets[9];
+  for (int t = 0; t < 9; ++t) {
+    const int64_t dh = t / 3 * g.dilation_h - g.pad_top, dw = t % 3 * g.dilation_w - g.pad_left;
+    offsets[t] = dh * w + dw;
+    for (int v = 0; v < NV; ++v) {
+      unsigned bits = 0;
+      for (int64_t l = 0, q = v * 16; l < 16 && q < pixels; ++l, ++q) {
+        const int64_t ih = q / w + dh, iw = q % w + dw;
+        if (ih >= 0 && ih < h && iw >= 0 && iw < w) bits |= 1u << l;
+      }
+      masks[t][v] = static_cast<__mmask16>(bits);
+    }
+  }
+  const __mmask16 last = first_lanes(pixels - (NV - 1) * 16);
+  at::parallel_for(0, g.batch * g.out_channels, grain_for(pixels * 9), [&](int64_t begin, int64_t end) {
+    // Two planes a call. The (image, channel) of each is counted up from the task's first,
+    // not divided out of the item as FloatPlanes' accessors do: those divisions cost about
+    // as much as a plane's 9 taps.
+    const float *in[2], *wt[2];
+    float bias[2], *out[2];
+    int64_t n = begin / planes.channels, oc = begin % planes.channels, ic = oc / planes.mult, r = oc % planes.mult;
+    auto take = [&](int p) {
+      in[p] = planes.in + n * planes.in_s.n + ic * planes.in_s.c;
+      out[p] = planes.out + n * planes.out_s.n + oc * planes.out_s.c;
+      wt[p] = planes.w.data() + oc * 9, bias[p] = planes.b[oc];
+      if (++r == planes.mult) r = 0, ++ic;
+      if (++oc == planes.channels) oc = ic = 0, ++n;
+    };
+    int64_t item = begin;
+    for (; item + 2 <= end; item += 2) {
+      take(0), take(1);
+      flat_planes<NV, 2>(in, wt, bias, out, masks, offsets, last);
+    }
+    if (item < end) take(0), flat_planes<NV, 1>(in, wt, bias, out, masks, offsets, last);
+  });
+}
+
+void forward_flat(const at::Tensor& input, const at::Tensor& weight, const at::Tensor* bias, at::Tensor& output,
+                  const Conv2dGeometry& g) {
+  const FloatPlanes planes(input, weight, bias, output, g);
+  switch ((g.in_h * g.in_w + 15) / 16) {
+    case 1: return forward_flat_k<1>(planes, g);
+    case 2: return forward_flat_k<2>(planes, g);
+    case 3: return forward_flat_k<3>(planes, g);
+    default: return forward_flat_k<4>(planes, g);
+  }
+}
 #endif
 
 // Which forward kernel runs, from CNNOPS_DEPTHWISE_CPU_PATH (read on every call, so that
 // tests can force each one): auto (default: the channels_last kernel where it applies, else
-// shifted rows, staged K x K or direct 3x3 where they apply, else channel-blocked), blocked
-// (channel-blocked everywhere) or direct (as auto without the channels_last kernel:
-// channels_last operands, whose rows have no unit column stride, go channel-blocked).
+// shifted rows, flat planes, staged K x K or direct 3x3 where they apply, else
+// channel-blocked), blocked (channel-blocked everywhere) or direct (as auto without the
+// channels_last kernel: channels_last operands, whose rows have no unit column stride, go
+// channel-blocked).
 enum class ForwardPath { Auto, Blocked, Direct };
 
 ForwardPath forward_path() {
@@ -1822,13 +1914,17 @@ bool large_kernel_via_nchw(const Conv2dGeometry& g) {
 }
 
 // The forward kernels for planes (any layout but the channels_last kernel's): shifted rows,
-// staged K x K, direct 3x3 or channel-blocked.
+// flat planes, staged K x K, direct 3x3 or channel-blocked.
 template <typename scalar_t>
 void forward_planes(const at::Tensor& input, const at::Tensor& weight, const at::Tensor* bias, at::Tensor& output,
                     const Conv2dGeometry& g, ForwardPath path) {
 #if defined(CPU_CAPABILITY_AVX512)
   if (path != ForwardPath::Blocked && use_shifted(g, input, output)) {
     forward_shifted(input, weight, bias, output, g);
+    return;
+  }
+  if (path != ForwardPath::Blocked && use_flat(g, input, output)) {
+    forward_flat(input, weight, bias, output, g);
     return;
   }
 #endif
