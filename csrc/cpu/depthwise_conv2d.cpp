@@ -1369,10 +1369,18 @@ void grad_weight_blocked(const at::Tensor& grad_output, const at::Tensor& input,
 }
 
 #if defined(CNNOPS_HAVE_LANES)
-// The float NCHW planes of one call by item = image * out_channels + output channel: the
-// input plane the channel reads (channel oc / multiplier), its output plane, its kH * kW
-// weights and its bias. The direct, staged and shifted kernels each run over all the items
-// in parallel.
+// One (image, output channel) plane's operands: the input plane the channel reads (channel
+// oc / multiplier), its kH * kW weights, its bias and its output plane.
+struct Plane {
+  const float* in;
+  const float* w;
+  float bias;
+  float* out;
+};
+
+// The float NCHW planes of one call by item = image * out_channels + output channel. The
+// direct, staged, shifted and flat kernels each run over all the items in parallel, a task
+// taking items [begin, end) from from(begin).
 struct FloatPlanes {
   Strides4d in_s, out_s;
   const float* in;
@@ -1385,10 +1393,25 @@ struct FloatPlanes {
         out(output.mutable_data_ptr<float>()), channels(g.out_channels), mult(multiplier(g)),
         kk(g.kernel_h * g.kernel_w), w(weight_taps<float, float>(weight, g)),
         b(bias_values<float, float>(bias, g.out_channels, g.out_channels)) {}
-  const float* input(int64_t item) const { return in + item / channels * in_s.n + item % channels / mult * in_s.c; }
-  float* output(int64_t item) const { return out + item / channels * out_s.n + item % channels * out_s.c; }
-  const float* weights(int64_t item) const { return w.data() + item % channels * kk; }
-  float bias(int64_t item) const { return b[item % channels]; }
+  // next() gives item, item + 1, ... in turn, their (image, channel) counted up from the
+  // first: dividing them out of each item cost as much as a small plane's taps.
+  class Cursor {
+   public:
+    Cursor(const FloatPlanes& p, int64_t item)
+        : p_(p), n_(item / p.channels), oc_(item % p.channels), ic_(oc_ / p.mult), r_(oc_ % p.mult) {}
+    Plane next() {
+      const Plane plane{p_.in + n_ * p_.in_s.n + ic_ * p_.in_s.c, p_.w.data() + oc_ * p_.kk, p_.b[oc_],
+                        p_.out + n_ * p_.out_s.n + oc_ * p_.out_s.c};
+      if (++r_ == p_.mult) r_ = 0, ++ic_;  // r_ = oc_ % mult
+      if (++oc_ == p_.channels) oc_ = ic_ = 0, ++n_;
+      return plane;
+    }
+
+   private:
+    const FloatPlanes& p_;
+    int64_t n_, oc_, ic_, r_;
+  };
+  Cursor from(int64_t item) const { return Cursor(*this, item); }
 };
 
 // The operands the direct, staged and shifted kernels read: float32, zero padding, and rows
@@ -1506,11 +1529,13 @@ void forward_direct_k(const FloatPlanes& planes, const Conv2dGeometry& g) {
       }
   const Strides4d &in_s = planes.in_s, &out_s = planes.out_s;
   at::parallel_for(0, g.batch * g.out_channels, grain_for(g.out_h * g.out_w * K * K), [&](int64_t begin, int64_t end) {
+    FloatPlanes::Cursor cursor = planes.from(begin);
     for (int64_t item = begin; item < end; ++item) {
-      const float* in_plane = planes.input(item) - g.pad_left;  // column x reads x - pad_left
-      float* out_plane = planes.output(item);
-      const float* wk = planes.weights(item);
-      const Lanes::Reg bv = Lanes::broadcast(planes.bias(item));
+      const Plane plane = cursor.next();
+      const float* in_plane = plane.in - g.pad_left;  // column x reads x - pad_left
+      float* out_plane = plane.out;
+      const float* wk = plane.w;
+      const Lanes::Reg bv = Lanes::broadcast(plane.bias);
       Lanes::Reg wv[9];
       for (int t = 0; t < 9; ++t) wv[t] = Lanes::broadcast(wk[t]);
       if (vecs == 1) {  // one vector per row: more rows at once instead
@@ -1677,8 +1702,10 @@ void forward_staged_k(const FloatPlanes& planes, const Conv2dGeometry& g) {
   at::parallel_for(0, g.batch * g.out_channels, grain_for(g.out_h * g.out_w * K * K), [&](int64_t begin, int64_t end) {
     AlignedBuffer<float> scratch(sp.rows * sp.row_stride);  // zero: the borders are never written
     float* plane = scratch.data();
+    FloatPlanes::Cursor cursor = planes.from(begin);
     for (int64_t item = begin; item < end; ++item) {
-      const float* in_plane = planes.input(item);
+      const Plane operands = cursor.next();
+      const float* in_plane = operands.in;
       for (int64_t ih = 0; ih < g.in_h; ++ih) {
         const float* from = in_plane + ih * in_s.h;
         float* to = plane + (ih + g.pad_top) * sp.row_stride + sp.origin;
@@ -1686,9 +1713,9 @@ void forward_staged_k(const FloatPlanes& planes, const Conv2dGeometry& g) {
         const int64_t last = (in_vecs - 1) * W;  // its lanes past the row are zeros: the right padding
         Lanes::store(to + last, Lanes::load(in_tail, from + last));
       }
-      const float* wk = planes.weights(item);
-      const Lanes::Reg bias = Lanes::broadcast(planes.bias(item));
-      float* out_plane = planes.output(item);
+      const float* wk = operands.w;
+      const Lanes::Reg bias = Lanes::broadcast(operands.bias);
+      float* out_plane = operands.out;
       for (int64_t v = 0; v < vecs; ++v) {
         const float* src = plane + sp.origin - g.pad_left + v * W;
         float* dst = out_plane + v * W;
@@ -1784,9 +1811,11 @@ void forward_shifted_k(const FloatPlanes& planes, const Conv2dGeometry& g) {
   const __mmask16 mask = static_cast<__mmask16>((1u << g.in_w) - 1u);
   const Strides4d &in_s = planes.in_s, &out_s = planes.out_s;
   at::parallel_for(0, g.batch * g.out_channels, grain_for(g.out_h * g.out_w * K * K), [&](int64_t begin, int64_t end) {
-    for (int64_t item = begin; item < end; ++item)
-      shifted_plane<K, kShiftedRows>(planes.input(item), in_s.h, planes.weights(item), planes.bias(item), mask,
-                                     planes.output(item), out_s.h);
+    FloatPlanes::Cursor cursor = planes.from(begin);
+    for (int64_t item = begin; item < end; ++item) {
+      const Plane plane = cursor.next();
+      shifted_plane<K, kShiftedRows>(plane.in, in_s.h, plane.w, plane.bias, mask, plane.out, out_s.h);
+    }
   });
 }
 
@@ -1806,7 +1835,7 @@ void forward_shifted(const at::Tensor& input, const at::Tensor& weight, const at
 // outputs a vector whatever their rows, and each tap is one masked load at a fixed offset
 // from them (its mask drops the lanes whose tap falls outside the plane or wraps into the
 // row before or after). A 7-wide row per vector, as the direct kernel does, used 7 of 16
-// lanes; this uses 49 of 64. Two planes at a time: 8 accumulators to cover the FMA latency.
+// lanes; this uses 49 of 64. Two planes a call: 8 accumulators to cover the FMA latency.
 constexpr int64_t kFlatMaxVectors = 4;
 
 bool use_flat(const Conv2dGeometry& g, const at::Tensor& input, const at::Tensor& output) {
@@ -1816,24 +1845,24 @@ bool use_flat(const Conv2dGeometry& g, const at::Tensor& input, const at::Tensor
          output.stride(2) == g.out_w && zero_padded_float_rows(g, input, output);
 }
 
-// P planes (in[p], w[p], bias[p], out[p]); masks[t][v] and offsets[t] are tap t's for
-// vector v.
+// P planes; masks[t][v] and offsets[t] are tap t's for vector v.
 template <int NV, int P>
-inline void flat_planes(const float* const* in, const float* const* w, const float* bias, float* const* out,
-                        const __mmask16 (*masks)[NV], const int64_t* offsets, __mmask16 last) {
+inline void flat_planes(const Plane* planes, const __mmask16 (*masks)[NV], const int64_t* offsets, __mmask16 last) {
   __m512 acc[P][NV];
   for (int p = 0; p < P; ++p)
-    for (int v = 0; v < NV; ++v) acc[p][v] = _mm512_set1_ps(bias[p]);
+    for (int v = 0; v < NV; ++v) acc[p][v] = _mm512_set1_ps(planes[p].bias);
 #pragma GCC unroll 9
   for (int t = 0; t < 9; ++t)
     for (int p = 0; p < P; ++p) {
-      const __m512 wt = _mm512_set1_ps(w[p][t]);
-      for (int v = 0; v < NV; ++v)
-        acc[p][v] = _mm512_fmadd_ps(wt, _mm512_maskz_loadu_ps(masks[t][v], in[p] + v * 16 + offsets[t]), acc[p][v]);
+      const __m512 wt = _mm512_set1_ps(planes[p].w[t]);
+      for (int v = 0; v < NV; ++v) {
+        const __m512 x = _mm512_maskz_loadu_ps(masks[t][v], planes[p].in + v * 16 + offsets[t]);
+        acc[p][v] = _mm512_fmadd_ps(wt, x, acc[p][v]);
+      }
     }
   for (int p = 0; p < P; ++p) {
-    for (int v = 0; v + 1 < NV; ++v) _mm512_storeu_ps(out[p] + v * 16, acc[p][v]);
-    _mm512_mask_storeu_ps(out[p] + (NV - 1) * 16, last, acc[p][NV - 1]);
+    for (int v = 0; v + 1 < NV; ++v) _mm512_storeu_ps(planes[p].out + v * 16, acc[p][v]);
+    _mm512_mask_storeu_ps(planes[p].out + (NV - 1) * 16, last, acc[p][NV - 1]);
   }
 }
 
@@ -1856,25 +1885,14 @@ void forward_flat_k(const FloatPlanes& planes, const Conv2dGeometry& g) {
   }
   const __mmask16 last = first_lanes(pixels - (NV - 1) * 16);
   at::parallel_for(0, g.batch * g.out_channels, grain_for(pixels * 9), [&](int64_t begin, int64_t end) {
-    // Two planes a call. The (image, channel) of each is counted up from the task's first,
-    // not divided out of the item as FloatPlanes' accessors do: those divisions cost about
-    // as much as a plane's 9 taps.
-    const float *in[2], *wt[2];
-    float bias[2], *out[2];
-    int64_t n = begin / planes.channels, oc = begin % planes.channels, ic = oc / planes.mult, r = oc % planes.mult;
-    auto take = [&](int p) {
-      in[p] = planes.in + n * planes.in_s.n + ic * planes.in_s.c;
-      out[p] = planes.out + n * planes.out_s.n + oc * planes.out_s.c;
-      wt[p] = planes.w.data() + oc * 9, bias[p] = planes.b[oc];
-      if (++r == planes.mult) r = 0, ++ic;
-      if (++oc == planes.channels) oc = ic = 0, ++n;
-    };
+    FloatPlanes::Cursor cursor = planes.from(begin);
+    Plane two[2];
     int64_t item = begin;
     for (; item + 2 <= end; item += 2) {
-      take(0), take(1);
-      flat_planes<NV, 2>(in, wt, bias, out, masks, offsets, last);
+      two[0] = cursor.next(), two[1] = cursor.next();
+      flat_planes<NV, 2>(two, masks, offsets, last);
     }
-    if (item < end) take(0), flat_planes<NV, 1>(in, wt, bias, out, masks, offsets, last);
+    if (item < end) two[0] = cursor.next(), flat_planes<NV, 1>(two, masks, offsets, last);
   });
 }
 
