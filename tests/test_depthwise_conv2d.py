@@ -230,20 +230,21 @@ BLOCKED_SHAPES = [
     ("direct_w8", (1, 3, 10, 8), 1, (3, 3), 1, 1, 1),
     ("direct_s2_wide", (1, 3, 9, 70), 1, (3, 3), 2, 1, 1),
     ("stride3_dilation2", (1, 16, 20, 29), 1, (3, 3), 3, 2, 2),  # strided grad_input: 3 phases
-    # staged K x K (K 5-13, stride 1, zero padding, float32, 12+ columns): 14-row tiles, then
-    # a 7-row tile (rest <= 7) or a 14-row one holding the rest
+    # staged K x K (5x5 and 7x7, stride 1, zero padding, float32, 12+ columns): 14-row tiles
+    # (AVX2: 15 - K rows), then a half tile (rest <= half) or a whole one holding the rest
     ("staged_5x5_rest6", (2, 3, 20, 12), 1, (5, 5), 1, 2, 1),
     ("staged_7x7_rest11_mult2", (1, 2, 25, 33), 2, (7, 7), 1, 3, 1),  # last vector: 1 column
     ("staged_5x5_d2", (1, 3, 30, 40), 1, (5, 5), 1, (4, 1), 2),
     ("staged_7x7_d2", (1, 2, 19, 26), 1, (7, 7), 1, 6, 2),
-    ("nonsquare_9x11_nopad", (1, 2, 30, 28), 1, (9, 11), 1, 0, 1),  # not square: channel-blocked
-    ("staged_9x9", (1, 2, 16, 16), 1, (9, 9), 1, 4, 1),
-    ("staged_11x11_nopad", (1, 2, 30, 28), 1, (11, 11), 1, 0, 1),
-    ("staged_13x13", (1, 3, 28, 28), 1, (13, 13), 1, 6, 1),
     ("staged_pad17", (1, 2, 18, 19), 1, (5, 5), 1, 17, 1),  # scratch origin 32 columns in
-    # AVX2: 15 - K rows a tile (9x9: 6, then a 3-row tile; AVX-512: a 7-row one), the last
-    # vector partial
-    ("staged_9x9_rest3", (1, 2, 15, 13), 1, (9, 9), 1, 4, 1),
+    ("staged_7x7_rest3", (1, 2, 19, 13), 1, (7, 7), 1, 3, 1),  # AVX2: 8-row tiles, then 3 rows
+    # 9x9 and up: channel-blocked, the kernel width fixed at compile time for 9, 11 and 13
+    # at column stride 1
+    ("nonsquare_9x11_nopad", (1, 2, 30, 28), 1, (9, 11), 1, 0, 1),
+    ("blocked_9x9", (1, 2, 16, 16), 1, (9, 9), 1, 4, 1),
+    ("blocked_11x11_nopad", (1, 2, 30, 28), 1, (11, 11), 1, 0, 1),
+    ("blocked_13x13", (1, 3, 28, 28), 1, (13, 13), 1, 6, 1),
+    ("blocked_13x13_s2", (1, 17, 30, 29), 1, (13, 13), 2, 6, 1),  # column stride 2: the run-time width
     # shifted rows (14-row planes up to 16 columns, "same" zero padding, stride 1)
     ("shifted_5x5", (2, 5, 14, 14), 1, (5, 5), 1, 2, 1),
     ("shifted_7x7_w9_mult2", (1, 3, 14, 9), 2, (7, 7), 1, 3, 1),

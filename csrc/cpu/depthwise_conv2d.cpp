@@ -2,7 +2,7 @@
 //
 // Forward, AVX-512 and AVX2 builds, zero-padded float32 NCHW rows: direct 3x3 (vectors
 // along W read straight from the input rows, masked at the padding), staged K x K for
-// K = 5..13 at stride 1 (each plane copied into a zero-bordered scratch plane, tiles of
+// K = 5 and 7 at stride 1 (each plane copied into a zero-bordered scratch plane, tiles of
 // output rows with a kernel column's weights in registers), both written once over Lanes
 // (16 lanes and 32 registers, or 8 and 16); and, AVX-512 only, shifted rows for 14-row
 // "same" planes of at most 16 columns (each row one register, its column shifts made in
@@ -989,10 +989,16 @@ void blocked_row_kw(const T* staged, const T* wt, const Conv2dGeometry& g, const
 template <typename T, int SW>
 void blocked_row_sw(const T* staged, const T* wt, const Conv2dGeometry& g, const BlockedGeometry& bg, int64_t oh,
                     int64_t kh0, int64_t kh1, const T* bias, T* orow) {
-  switch (g.kernel_w) {  // the common widths with the tap loop unrolled
+  switch (g.kernel_w) {  // the common widths with the tap loop unrolled (9 to 13: the large kernels at stride 1)
     case 3: return blocked_row_kw<T, 3, SW>(staged, wt, g, bg, oh, kh0, kh1, bias, orow);
     case 5: return blocked_row_kw<T, 5, SW>(staged, wt, g, bg, oh, kh0, kh1, bias, orow);
     case 7: return blocked_row_kw<T, 7, SW>(staged, wt, g, bg, oh, kh0, kh1, bias, orow);
+    case 9: if constexpr (SW == 1) return blocked_row_kw<T, 9, SW>(staged, wt, g, bg, oh, kh0, kh1, bias, orow);
+      [[fallthrough]];
+    case 11: if constexpr (SW == 1) return blocked_row_kw<T, 11, SW>(staged, wt, g, bg, oh, kh0, kh1, bias, orow);
+      [[fallthrough]];
+    case 13: if constexpr (SW == 1) return blocked_row_kw<T, 13, SW>(staged, wt, g, bg, oh, kh0, kh1, bias, orow);
+      [[fallthrough]];
     default: return blocked_row_kw<T, 0, SW>(staged, wt, g, bg, oh, kh0, kh1, bias, orow);
   }
 }
@@ -1587,8 +1593,8 @@ void forward_direct(const at::Tensor& input, const at::Tensor& weight, const at:
 }
 
 // ---------------------------------------------------------------- staged direct K x K
-// K x K for K = 5..13 (odd; AVX2: 5..9, and 3 on narrow rows, see use_staged), stride 1,
-// dilation 1 or 2 (5 and 7 only), zero padding, float planes with unit column stride, at
+// K x K for K = 5 and 7 (AVX2: and 3 on narrow rows, see use_staged), stride 1, dilation
+// 1 or 2, zero padding, float planes with unit column stride, at
 // least 12 columns (narrower rows waste most lanes; the channel-blocked kernel is faster
 // there, on AVX2 too for 7x7 planes). Each plane is first copied into a zero-bordered
 // scratch plane (its borders are written once per thread and never again), so that the
@@ -1598,7 +1604,7 @@ void forward_direct(const at::Tensor& input, const at::Tensor& weight, const at:
 // once and feeds every output row that reads it. Per tile and kernel column that is K
 // broadcasts and R + (K - 1) * D loads for R * K FMAs, against a load per FMA for weights
 // broadcast from memory (which kept the 5x5 at 35-45% of the FMA peak; this runs at
-// 55-98%, from 5x5 to 13x13, measured on one core with planes in L2, AVX-512). kw is a
+// 55-98%, from 5x5 to 13x13, measured on one core with planes in L2, Intel AVX-512). kw is a
 // real loop: unrolled, GCC kept a pointer per input row and spilled them with the
 // accumulators.
 // AVX2 has half the registers: R + K + 1 of them (accumulators, a kernel column's weights,
@@ -1625,19 +1631,24 @@ struct StagedPlane {
 // works in strips of rows.
 constexpr int64_t kStagedPlaneMaxBytes = 1 << 20;
 
-// At least 6 rows a tile (AVX2: K <= 9): with fewer accumulators the FMAs wait on each
-// other's latency (AVX2, 2 threads, 4x256x28x28: 11x11 2.6 ms, 13x13 6.3 ms; the
-// channel-blocked kernel 2.1 and 2.4).
+// Up to 7x7: from 9x9 on, the channel-blocked kernel (with the kernel width fixed at
+// compile time, every lane a channel, kernel rows in the padding skipped) was faster: the
+// tiles compute the padding rows and the unused lanes of a row's last vector (of 28
+// columns, 4 of 32). AMD EPYC Zen 4, 2 threads, float32, in one process, staged ->
+// channel-blocked: AVX-512 4x256x28x28 13x13 1.59 -> 1.41 ms, 11x11 1.12 -> 0.99,
+// 4x128x56x56 11x11 2.30 -> 2.01, 8x128x28x28 9x9 0.77 -> 0.71 (8x256x14x14 even); built
+// for AVX2, 9x9 1.26 -> 1.03 (28x28), 4.48 -> 3.69 (56x56), 0.66 -> 0.49 (14x14). (On
+// AVX2 the tiles were also too short from 11x11 on: 15 - K rows, FMAs waiting on each
+// other's latency.)
 // On AVX2 also 3x3 (dilation 1) on rows of at most 16 columns, the 14x14 stages that
 // AVX-512 gives to the shifted rows: the direct kernel's two vectors a row are both at an
 // edge, all masked loads (2 threads, 8x384x14x14: 0.42 ms, direct 0.53; at 28x28 even, at
 // 56x56 the copy made it 2x slower).
 bool use_staged(const Conv2dGeometry& g, const at::Tensor& input, const at::Tensor& output) {
   const int64_t k = g.kernel_h;
-  const bool small_dilation = g.dilation_h == 1 || (g.dilation_h == 2 && k <= 7);
   const bool narrow_3x3 = k == 3 && Lanes::kRegisters == 16 && g.out_w <= 16 && g.dilation_h == 1;
-  return (k >= 5 || narrow_3x3) && k <= 13 && k % 2 == 1 && staged_rows(k) >= 6 && g.kernel_w == k &&
-         g.stride_h == 1 && g.stride_w == 1 && small_dilation && g.dilation_w == g.dilation_h && g.out_w >= 12 &&
+  return (k == 5 || k == 7 || narrow_3x3) && g.kernel_w == k && g.stride_h == 1 && g.stride_w == 1 &&
+         (g.dilation_h == 1 || g.dilation_h == 2) && g.dilation_w == g.dilation_h && g.out_w >= 12 &&
          zero_padded_float_rows(g, input, output) && StagedPlane(g).bytes() <= kStagedPlaneMaxBytes;
 }
 
@@ -1735,10 +1746,7 @@ void forward_staged(const at::Tensor& input, const at::Tensor& weight, const at:
   switch (g.kernel_h) {
     case 3: forward_staged_k<3, 1>(planes, g); break;  // AVX2 only
     case 5: d2 ? forward_staged_k<5, 2>(planes, g) : forward_staged_k<5, 1>(planes, g); break;
-    case 7: d2 ? forward_staged_k<7, 2>(planes, g) : forward_staged_k<7, 1>(planes, g); break;
-    case 9: forward_staged_k<9, 1>(planes, g); break;
-    case 11: forward_staged_k<11, 1>(planes, g); break;
-    default: forward_staged_k<13, 1>(planes, g); break;
+    default: d2 ? forward_staged_k<7, 2>(planes, g) : forward_staged_k<7, 1>(planes, g); break;
   }
 }
 
