@@ -245,6 +245,10 @@ BLOCKED_SHAPES = [
     ("blocked_11x11_nopad", (1, 2, 30, 28), 1, (11, 11), 1, 0, 1),
     ("blocked_13x13", (1, 3, 28, 28), 1, (13, 13), 1, 6, 1),
     ("blocked_13x13_s2", (1, 17, 30, 29), 1, (13, 13), 2, 6, 1),  # column stride 2: the run-time width
+    # run-time widths with zero padding: the blocks at a row's edges skip the kernel columns
+    # that read only padding
+    ("blocked_17x17", (1, 17, 20, 23), 1, (17, 17), 1, 8, 1),
+    ("blocked_15x15_s2_d2", (1, 16, 40, 45), 1, (15, 15), 2, 14, 2),
     # shifted rows (14-row planes up to 16 columns, "same" zero padding, stride 1)
     ("shifted_5x5", (2, 5, 14, 14), 1, (5, 5), 1, 2, 1),
     ("shifted_7x7_w9_mult2", (1, 3, 14, 9), 2, (7, 7), 1, 3, 1),

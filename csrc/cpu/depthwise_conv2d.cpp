@@ -933,12 +933,15 @@ std::vector<int64_t> padded_map(int64_t size, int64_t pad_before, int64_t pad_af
 // run-time steps the address arithmetic took the FMA ports). Trim: the block is a whole
 // row of P pixels with KW / 2 zero columns each side (a "same" convolution, stride 1): the
 // taps that read those columns are left out at compile time (a quarter of a 7x7 on 7x7).
+// With a run-time width (KW = 0), only kernel columns [kw0, kw1) are read: blocked_row_kw
+// leaves out those in which every pixel of the block reads zero padding.
 template <typename T, int P, int KW, int SW, bool Trim = false>
 inline void blocked_pixels(const T* staged, const T* wt, const Conv2dGeometry& g, const BlockedGeometry& bg,
-                           int64_t oh, int64_t ow, int64_t kh0, int64_t kh1, const T* bias, T* out) {
+                           int64_t oh, int64_t ow, int64_t kh0, int64_t kh1, const T* bias, T* out,
+                           int64_t kw0 = 0, int64_t kw1 = 0) {
   using Vec = at::vec::Vectorized<T>;
   constexpr int64_t V = Vec::size();
-  const int64_t kw_count = KW > 0 ? KW : g.kernel_w;
+  const int64_t kw_count = KW > 0 ? KW : g.kernel_w, kw_begin = KW > 0 ? 0 : kw0, kw_end = KW > 0 ? KW : kw1;
   const int64_t step = (SW > 0 ? SW : g.stride_w) * V, tap_step = (SW > 0 ? 1 : g.dilation_w) * V;
   Vec acc[P];
   const Vec b = Vec::loadu(bias);
@@ -947,7 +950,7 @@ inline void blocked_pixels(const T* staged, const T* wt, const Conv2dGeometry& g
     const T* row = staged + ((oh * g.stride_h + kh * g.dilation_h) * bg.padded_w + ow * g.stride_w) * V;
     const T* wk = wt + kh * kw_count * V;
 #pragma GCC unroll 8
-    for (int64_t kw = 0; kw < kw_count; ++kw) {
+    for (int64_t kw = kw_begin; kw < kw_end; ++kw) {
       const Vec wv = Vec::loadu(wk + kw * V);
       const T* src = row + kw * tap_step;
       for (int p = 0; p < P; ++p) {
@@ -970,18 +973,33 @@ void blocked_row_kw(const T* staged, const T* wt, const Conv2dGeometry& g, const
     if (g.out_w == 7 && g.in_w == 7 && g.pad_left == KW / 2 && g.mode == PaddingMode::Zeros)
       return blocked_pixels<T, 7, KW, 1, true>(staged, wt, g, bg, oh, 0, kh0, kh1, bias, orow);
   }
+  // Run-time widths (the large kernels): the kernel columns [kw0, kw1) in which some pixel
+  // of the P from ow reads the input; with zero padding the others add nothing (on 31x31
+  // over 32 columns, blocks at the edges skip up to 8 of the 31).
+  const int64_t sw = g.stride_w, dw = g.dilation_w;
   int64_t ow = 0;
-  for (; ow + 8 <= g.out_w; ow += 8)
-    blocked_pixels<T, 8, KW, SW>(staged, wt, g, bg, oh, ow, kh0, kh1, bias, orow + ow * V);
+  auto columns = [&](int64_t p) -> std::pair<int64_t, int64_t> {
+    if (KW > 0 || g.mode != PaddingMode::Zeros) return {0, g.kernel_w};
+    // input column of pixel ow + q, tap kw: (ow + q) * sw - pad_left + kw * dw, rising in q
+    const int64_t need_last = g.pad_left - (ow + p - 1) * sw, room_first = g.in_w + g.pad_left - ow * sw;
+    const int64_t lo = need_last <= 0 ? 0 : (need_last + dw - 1) / dw;
+    const int64_t hi = room_first <= 0 ? 0 : (room_first + dw - 1) / dw;
+    return {std::min(lo, g.kernel_w), std::max(std::min(hi, g.kernel_w), std::min(lo, g.kernel_w))};
+  };
+  for (; ow + 8 <= g.out_w; ow += 8) {
+    const auto [kw0, kw1] = columns(8);
+    blocked_pixels<T, 8, KW, SW>(staged, wt, g, bg, oh, ow, kh0, kh1, bias, orow + ow * V, kw0, kw1);
+  }
   T* o = orow + ow * V;
+  const auto [kw0, kw1] = columns(g.out_w - ow);
   switch (g.out_w - ow) {
-    case 7: blocked_pixels<T, 7, KW, SW>(staged, wt, g, bg, oh, ow, kh0, kh1, bias, o); break;
-    case 6: blocked_pixels<T, 6, KW, SW>(staged, wt, g, bg, oh, ow, kh0, kh1, bias, o); break;
-    case 5: blocked_pixels<T, 5, KW, SW>(staged, wt, g, bg, oh, ow, kh0, kh1, bias, o); break;
-    case 4: blocked_pixels<T, 4, KW, SW>(staged, wt, g, bg, oh, ow, kh0, kh1, bias, o); break;
-    case 3: blocked_pixels<T, 3, KW, SW>(staged, wt, g, bg, oh, ow, kh0, kh1, bias, o); break;
-    case 2: blocked_pixels<T, 2, KW, SW>(staged, wt, g, bg, oh, ow, kh0, kh1, bias, o); break;
-    case 1: blocked_pixels<T, 1, KW, SW>(staged, wt, g, bg, oh, ow, kh0, kh1, bias, o); break;
+    case 7: blocked_pixels<T, 7, KW, SW>(staged, wt, g, bg, oh, ow, kh0, kh1, bias, o, kw0, kw1); break;
+    case 6: blocked_pixels<T, 6, KW, SW>(staged, wt, g, bg, oh, ow, kh0, kh1, bias, o, kw0, kw1); break;
+    case 5: blocked_pixels<T, 5, KW, SW>(staged, wt, g, bg, oh, ow, kh0, kh1, bias, o, kw0, kw1); break;
+    case 4: blocked_pixels<T, 4, KW, SW>(staged, wt, g, bg, oh, ow, kh0, kh1, bias, o, kw0, kw1); break;
+    case 3: blocked_pixels<T, 3, KW, SW>(staged, wt, g, bg, oh, ow, kh0, kh1, bias, o, kw0, kw1); break;
+    case 2: blocked_pixels<T, 2, KW, SW>(staged, wt, g, bg, oh, ow, kh0, kh1, bias, o, kw0, kw1); break;
+    case 1: blocked_pixels<T, 1, KW, SW>(staged, wt, g, bg, oh, ow, kh0, kh1, bias, o, kw0, kw1); break;
     default: break;
   }
 }
