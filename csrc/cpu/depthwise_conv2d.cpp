@@ -18,7 +18,7 @@
 // planes are staged, and results written back, with in-register transposes
 // (lanes.h).
 //   forward:     register-blocked over 8 output pixels of a row; kernel rows that fall in
-//                zero padding are skipped.
+//                zero padding are skipped (with run-time kernel widths, kernel columns too).
 //   grad_weight: grad_output rows staged the same way, each of its vectors loaded once
 //                for up to 16 taps; per-image partials summed over images in order (fixed
 //                partition: bitwise reproducible with any thread count).
@@ -315,7 +315,6 @@ template <typename T>
 inline void store_lanes(T* p, const at::vec::Vectorized<T>& v, int64_t n) { v.store(p, n); }
 
 #if defined(CPU_CAPABILITY_AVX512)
-
 // bfloat16 is the high half of a float: widening is a shift. Narrowing rounds to nearest
 // even, as c10::BFloat16 does (at::vec's cvtfp32_bf16).
 inline __m512 widen_bf16(__m256i bits) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16)); }
@@ -1438,7 +1437,7 @@ struct FloatPlanes {
   Cursor from(int64_t item) const { return Cursor(*this, item); }
 };
 
-// The operands the direct, staged and shifted kernels read: float32, zero padding, and rows
+// The operands the direct, staged, shifted and flat kernels read: float32, zero padding, and rows
 // with unit column stride in the input and the output.
 bool zero_padded_float_rows(const Conv2dGeometry& g, const at::Tensor& input, const at::Tensor& output) {
   return g.mode == PaddingMode::Zeros && input.scalar_type() == at::kFloat && input.stride(3) == 1 &&
@@ -1612,11 +1611,11 @@ void forward_direct(const at::Tensor& input, const at::Tensor& weight, const at:
 
 // ---------------------------------------------------------------- staged direct K x K
 // K x K for K = 5 and 7 (AVX2: and 3 on narrow rows, see use_staged), stride 1, dilation
-// 1 or 2, zero padding, float planes with unit column stride, at
-// least 12 columns (narrower rows waste most lanes; the channel-blocked kernel is faster
-// there, on AVX2 too for 7x7 planes). Each plane is first copied into a zero-bordered
-// scratch plane (its borders are written once per thread and never again), so that the
-// kernel itself has no masks and no edge cases. A tile is R = 14 output rows (AVX2: fewer,
+// 1 or 2, zero padding, float planes with unit column stride, at least 12 columns
+// (narrower rows waste most lanes; the channel-blocked kernel is faster there, on AVX2 too
+// for 7x7 planes). Each plane is first copied into a zero-bordered scratch plane (its
+// borders are written once per thread and never again), so that the kernel itself has no
+// masks and no edge cases. A tile is R = 14 output rows (AVX2: fewer,
 // staged_rows) of one vector: for each kernel column kw, its K weights are broadcast into
 // registers once, and each of the R + (K - 1) * D input vectors of that column is loaded
 // once and feeds every output row that reads it. Per tile and kernel column that is K
