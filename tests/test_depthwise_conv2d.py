@@ -262,6 +262,10 @@ BLOCKED_SHAPES = [
     ("cl_rows_7x7", (1, 20, 9, 40), 1, (7, 7), 1, 3, 1),
     ("cl_rows_5x5_s2", (1, 18, 13, 50), 1, (5, 5), 2, 2, 1),
     ("same_5x5_on_7x7", (2, 20, 7, 7), 1, (5, 5), 1, 2, 1),  # trimmed taps, both layouts
+    # AVX-512: a 14-wide "same" channels_last row is one block of 14, its padding columns
+    # trimmed (a whole channel vector and a partial one; whole vectors only)
+    ("cl_same14_7x7", (1, 20, 14, 14), 1, (7, 7), 1, 3, 1),
+    ("cl_same14_5x5_c16", (2, 16, 14, 14), 1, (5, 5), 1, 2, 1),
     ("cl_rows_5x5", (1, 17, 10, 37), 1, (5, 5), 1, 2, 1),
     ("cl_rows_7x7_s2", (1, 16, 15, 44), 1, (7, 7), 2, 3, 1),
     ("cl_rows_3x3_w8_s2", (2, 17, 9, 8), 1, (3, 3), (2, 1), (1, 0), 1),  # 3x3: rows up to 8 wide
