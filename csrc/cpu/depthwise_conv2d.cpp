@@ -646,6 +646,8 @@ void cl_rows(const float* const* rows, const float* const* wrows, const int64_t*
   constexpr int64_t V = Lanes::kWidth;
   constexpr int64_t kBlock = Lanes::kRegisters >= 32 ? 16 : 8;  // accumulators beside KW weights
   stream = stream && on_cache_lines(dst, {dst_row, dst_pix, V});
+  // A whole "same" row at stride 1: 7 or 14 wide, one block with its padding columns trimmed.
+  const bool same_row = SW == 1 && DW == 1 && count == in_w && col0 == -(KW / 2);
   auto block = [&](auto p_const, int64_t i, int64_t c, int64_t ow) {
     constexpr int P = decltype(p_const)::value;
     constexpr int J = (P - 1) * SW + (KW - 1) * DW + 1;
@@ -661,8 +663,8 @@ void cl_rows(const float* const* rows, const float* const* wrows, const int64_t*
     const int64_t first = col0 + ow * SW;  // input column of the block's pixel j = 0
     const int64_t lo = std::clamp<int64_t>(-first, 0, J), hi = std::clamp<int64_t>(in_w - first, lo, J);
     const uint64_t inside = ((uint64_t(1) << hi) - 1) & ~((uint64_t(1) << lo) - 1);
-    if constexpr ((P == 7 || P == kSameRow14) && SW == 1 && DW == 1) {  // 7- and 14-wide "same" rows
-      if (count == P && in_w == P && col0 == -(KW / 2)) {
+    if constexpr ((P == 7 || P == kSameRow14) && SW == 1 && DW == 1) {
+      if (same_row && count == P) {
         if (lanes == V)
           cl_row_block<KW, SW, DW, P, false, true>(r, wr, nr, cpad, bias + c, lanes, inside, pix, d, dst_pix, stream);
         else
@@ -698,9 +700,8 @@ void cl_rows(const float* const* rows, const float* const* wrows, const int64_t*
     for (int64_t i = 0; i < nout; ++i)
       for (int64_t ow = 0, p = 0; ow < count; ow += p) {
         // Blocks of kBlock pixels, then at most one of 8 and one of the rest (a 7-wide row is
-        // one); a 14-wide "same" row (AVX-512) is one block, its padding columns trimmed.
-        const bool same14 = kBlock == 16 && SW == 1 && DW == 1 && count == kSameRow14 && in_w == count &&
-                            col0 == -(KW / 2);
+        // one); a 14-wide "same" row (AVX-512) is one block.
+        const bool same14 = kBlock == 16 && same_row && count == kSameRow14;
         p = same14 ? count : count - ow >= kBlock ? kBlock : count - ow >= 8 ? 8 : count - ow;
         any_block(p, i, c, ow);
       }
