@@ -230,13 +230,15 @@ BLOCKED_SHAPES = [
     ("direct_w8", (1, 3, 10, 8), 1, (3, 3), 1, 1, 1),
     ("direct_s2_wide", (1, 3, 9, 70), 1, (3, 3), 2, 1, 1),
     ("stride3_dilation2", (1, 16, 20, 29), 1, (3, 3), 3, 2, 2),  # strided grad_input: 3 phases
-    # staged K x K (5x5 and 7x7, stride 1, zero padding, float32, 12+ columns): 14-row tiles
-    # (AVX2: 15 - K rows), then a half tile (rest <= half) or a whole one holding the rest
-    ("staged_5x5_rest6", (2, 3, 20, 12), 1, (5, 5), 1, 2, 1),
-    ("staged_7x7_rest11_mult2", (1, 2, 25, 33), 2, (7, 7), 1, 3, 1),  # last vector: 1 column
-    ("staged_5x5_d2", (1, 3, 30, 40), 1, (5, 5), 1, (4, 1), 2),
+    # staged K x K (5x5 and 7x7, stride 1, zero padding, float32, 12+ columns, AVX-512: rows
+    # 80% of their vectors or more): 14-row tiles (AVX2: 15 - K rows), then a half tile
+    # (rest <= half) or a whole one holding the rest
+    ("staged_5x5_rest6", (2, 3, 20, 13), 1, (5, 5), 1, 2, 1),
+    ("staged_7x7_rest11_mult2", (1, 2, 25, 81), 2, (7, 7), 1, 3, 1),  # last vector: 1 column
+    ("staged_5x5_d2", (1, 3, 30, 46), 1, (5, 5), 1, (4, 1), 2),
     ("staged_7x7_d2", (1, 2, 19, 26), 1, (7, 7), 1, 6, 2),
-    ("staged_pad17", (1, 2, 18, 19), 1, (5, 5), 1, 17, 1),  # scratch origin 32 columns in
+    ("staged_pad17", (1, 2, 18, 24), 1, (5, 5), 1, 17, 1),  # scratch origin 32 columns in
+    ("blocked_not_staged_w33", (1, 17, 9, 33), 1, (5, 5), 1, 2, 1),  # AVX-512: 33 of 48 lanes
     ("staged_7x7_rest3", (1, 2, 19, 13), 1, (7, 7), 1, 3, 1),  # AVX2: 8-row tiles, then 3 rows
     # 9x9 and up: channel-blocked, the kernel width fixed at compile time for 9, 11 and 13
     # at column stride 1

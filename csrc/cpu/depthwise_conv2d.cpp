@@ -1674,11 +1674,20 @@ constexpr int64_t kStagedPlaneMaxBytes = 1 << 20;
 // AVX-512 gives to the shifted rows: the direct kernel's two vectors a row are both at an
 // edge, all masked loads (2 threads, 8x384x14x14: 0.42 ms, direct 0.53; at 28x28 even, at
 // 56x56 the copy made it 2x slower).
+// AVX-512 also needs 80% of a row's lanes used: the tiles compute whole vectors, and the
+// channel-blocked kernel (every lane a channel) was faster wherever a row's vectors were
+// under 80% full. AMD EPYC Zen 4, one thread, staged -> channel-blocked: 4x320x33x33 5x5 d2
+// 1.71-2.07 -> 1.53-1.62 ms and 5x5 1.69 -> 1.36-1.42 (33 columns: 69%), 2x128x24x24 7x7
+// 0.237 -> 0.193 (75%), 2x128x20x20 5x5 0.108 -> 0.095 (63%); while at 80% and over the
+// tiles stayed ahead: 2x128x40x40 5x5 0.336 against 0.364 (83%), 2x128x28x28 0.142
+// against 0.168 (88%).
 bool use_staged(const Conv2dGeometry& g, const at::Tensor& input, const at::Tensor& output) {
   const int64_t k = g.kernel_h;
   const bool narrow_3x3 = k == 3 && Lanes::kRegisters == 16 && g.out_w <= 16 && g.dilation_h == 1;
+  const int64_t lanes = round_up(g.out_w, Lanes::kWidth);
+  const bool full_enough = Lanes::kWidth == 8 || g.out_w * 5 >= lanes * 4;
   return (k == 5 || k == 7 || narrow_3x3) && g.kernel_w == k && g.stride_h == 1 && g.stride_w == 1 &&
-         (g.dilation_h == 1 || g.dilation_h == 2) && g.dilation_w == g.dilation_h && g.out_w >= 12 &&
+         (g.dilation_h == 1 || g.dilation_h == 2) && g.dilation_w == g.dilation_h && g.out_w >= 12 && full_enough &&
          zero_padded_float_rows(g, input, output) && StagedPlane(g).bytes() <= kStagedPlaneMaxBytes;
 }
 
