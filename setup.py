@@ -148,7 +148,8 @@ def build_extension():
 
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     define_macros = [("CNNOPS_CPU_CAPABILITY_NAME", f'"{capability}"')]
-    cxx = opt + ["-fopenmp", "-fvisibility=hidden"] + simd_flags
+    # torch's vec headers use clang's '#pragma unroll', which GCC reports once per file.
+    cxx = opt + ["-fopenmp", "-fvisibility=hidden", "-Wno-unknown-pragmas"] + simd_flags
     include_dirs = [os.path.join(ROOT, "csrc")]
     extra_link = ["-fopenmp"]
     libstdcxx = _runtime_libstdcxx()

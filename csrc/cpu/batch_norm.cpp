@@ -17,6 +17,15 @@
 //    dresidual = g. No intermediate full-size tensors.
 // float32 and float64 compute in their own type; bfloat16 is converted to float per L1
 // block. Weight, bias and running statistics are read as float (double for double).
+
+#if defined(CPU_CAPABILITY_AVX512) && defined(__GNUC__) && !defined(__clang__)
+// GCC 12's AVX-512 intrinsics, inlined through at::vec's bfloat16 conversions (in this file
+// and in at::vec::convert, hence before the includes), pass an undefined vector as an
+// unused merge source, and -W(maybe-)uninitialized reports every such call.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -30,6 +39,7 @@
 #include <vector>
 
 #include "common/batch_norm_ops.h"
+
 
 namespace cnnops {
 namespace {

@@ -315,6 +315,11 @@ template <typename T>
 inline void store_lanes(T* p, const at::vec::Vectorized<T>& v, int64_t n) { v.store(p, n); }
 
 #if defined(CPU_CAPABILITY_AVX512)
+// GCC 12's AVX-512 shift, widening and narrowing intrinsics pass an undefined vector as
+// the (unused) merge source, and -W(maybe-)uninitialized reports it once per inlined call.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 // bfloat16 is the high half of a float: widening is a shift. Narrowing rounds to nearest
 // even, as c10::BFloat16 does (at::vec's cvtfp32_bf16).
 inline __m512 widen_bf16(__m256i bits) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16)); }
@@ -331,6 +336,7 @@ inline void store_lanes(at::BFloat16* p, const at::vec::Vectorized<float>& v) {
 inline void store_lanes(at::BFloat16* p, const at::vec::Vectorized<float>& v, int64_t n) {
   _mm256_mask_storeu_epi16(p, first_lanes(n), at::vec::cvtfp32_bf16(__m512(v)));
 }
+#pragma GCC diagnostic pop
 #endif
 
 // A whole vector written around the caches (a non-temporal store: no read for ownership of
@@ -1803,6 +1809,10 @@ void forward_staged(const at::Tensor& input, const at::Tensor& weight, const at:
 constexpr int kShiftedRows = 14;
 
 // x shifted by S lanes: lane i holds x[i + S], zero where i + S is outside [0, 16).
+// (GCC 12's valignd intrinsic trips -W(maybe-)uninitialized as the bfloat16 helpers do.)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 template <int S>
 inline __m512 shift_lanes(__m512 x) {
   const __m512i v = _mm512_castps_si512(x), zero = _mm512_setzero_si512();
@@ -1810,6 +1820,7 @@ inline __m512 shift_lanes(__m512 x) {
   else if constexpr (S < 0) return _mm512_castsi512_ps(_mm512_alignr_epi32(v, zero, 16 + S));
   else return x;
 }
+#pragma GCC diagnostic pop
 
 // Output rows [OH0, OH0 + R) of an H-row plane. Two accumulators per row (even and odd
 // kernel columns): one per row left the FMAs waiting on each other's latency, as an input

@@ -25,9 +25,10 @@ namespace cnnops {
 inline __mmask16 first_lanes(int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1u); }
 
 // GCC 12's unpack intrinsics pass an undefined vector as the (unused) merge source, and
-// -Wmaybe-uninitialized reports it once per inlined call.
+// -W(maybe-)uninitialized reports it once per inlined call.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 // r[l] = 16 values of row l on entry, r[j] = column j on exit. Unpacks within 128-bit lanes
 // (pairs, then quads), then two rounds of 128-bit lane shuffles.
 inline void transpose16x16(__m512 r[16]) {

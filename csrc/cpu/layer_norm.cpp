@@ -22,6 +22,15 @@
 //
 // float32 and float64 compute in their own type; bfloat16 is converted to float per row
 // or tile (statistics, parameters and sums all in float).
+
+#if defined(CPU_CAPABILITY_AVX512) && defined(__GNUC__) && !defined(__clang__)
+// GCC 12's AVX-512 intrinsics, inlined through at::vec's bfloat16 conversions (in this file
+// and in at::vec::convert, hence before the includes), pass an undefined vector as an
+// unused merge source, and -W(maybe-)uninitialized reports every such call.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -38,6 +47,7 @@
 
 #include "common/layer_norm_checks.h"
 #include "common/welford.h"
+
 
 namespace cnnops {
 namespace {

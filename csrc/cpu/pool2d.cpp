@@ -17,6 +17,15 @@
 // use. Both sum each element's contributions in the same order: identical results.
 // Global pooling (adaptive to 1 x 1) uses reduction kernels.
 // Reduced precision (bfloat16) accumulates in float (at::opmath_type).
+
+#if defined(CPU_CAPABILITY_AVX512) && defined(__GNUC__) && !defined(__clang__)
+// GCC 12's AVX-512 intrinsics, inlined through at::vec's bfloat16 conversions (in this file
+// and in at::vec::convert, hence before the includes), pass an undefined vector as an
+// unused merge source, and -W(maybe-)uninitialized reports every such call.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -34,6 +43,7 @@
 
 #include "common/pool_checks.h"
 #include "common/pool_index.h"
+
 
 namespace cnnops {
 namespace {
