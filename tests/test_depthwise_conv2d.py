@@ -115,6 +115,9 @@ CASES = [
     Case("5x5_s2_wide", 2, 24, 1, 21, 40, (5, 5), stride=2, padding=2),
     Case("7x7_wide", 1, 17, 1, 10, 45, (7, 7), padding=3),
     Case("5x5_c48", 1, 48, 1, 9, 26, (5, 5), padding=(2, 1)),
+    # multiplier 2 on 16 channels: at channels_last the NCHW kernels on NCHW copies, all
+    # three directions (copies both ways, 16 x 16 transposes on AVX-512)
+    Case("3x3_s2_mult2_c16", 2, 16, 2, 11, 18, (3, 3), stride=2, padding=1),
 ]
 
 
@@ -860,7 +863,7 @@ def test_grad_weight_is_reproducible_across_thread_counts():
 # ---------------------------------------------------------------- 4. gradcheck / gradgradcheck
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("mult,layout", [(1, "contiguous"), (2, "contiguous"), (1, "channels_last")])
+@pytest.mark.parametrize("mult,layout", [(1, "contiguous"), (2, "contiguous"), (1, "channels_last"), (2, "channels_last")])
 def test_gradcheck(mode, mult, layout, single_thread):
     c = 8 if layout == "channels_last" else 2
     x = make_input((2, c, 5, 6), layout)
