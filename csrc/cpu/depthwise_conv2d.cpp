@@ -2097,12 +2097,13 @@ void forward_bfloat16_channels_last(const at::Tensor& input, const at::Tensor& w
 // bfloat16 planes (NCHW, and channels_last with a multiplier over 1) run the float32 plane
 // kernels on float32 NCHW copies of a few images at a time: the plane kernels on bfloat16
 // staged it through scalar loops, and the direct, flat, shifted and staged kernels read
-// float32 only. (channels_last 9x9 and up stay on the bfloat16 channel-blocked kernel:
-// converting and transposing in one copy made 8x128x28x28 9x9 1.27 -> 1.71 ms.) AMD EPYC Zen 4, 2 threads, NCHW forward, ms (torch
-// 2.14.1 in the same process): 8x128x28x28 3x3 0.70 -> 0.24 (0.32), 8x256x14x14 3x3 0.47
-// -> 0.13 (0.26), 8x128x28x28 7x7 0.94 -> 0.57 (0.72), 8x240x28x28 5x5 1.45 -> 0.69
-// (0.96); the input gradient at stride 1 (this forward, flipped) 8x64x56x56 3x3 1.4 ->
-// 0.6 (0.8). The weight gradient does the same (grad_weight_by_float_chunks).
+// float32 only. AMD EPYC Zen 4, 2 threads, NCHW forward, ms (torch 2.14.1 in the same
+// process): 8x128x28x28 3x3 0.70 -> 0.24 (0.32), 8x256x14x14 3x3 0.47 -> 0.13 (0.26),
+// 8x128x28x28 7x7 0.94 -> 0.57 (0.72), 8x240x28x28 5x5 1.45 -> 0.69 (0.96); the input
+// gradient at stride 1 (this forward, flipped) 8x64x56x56 3x3 1.4 -> 0.6 (0.8). The weight
+// gradient does the same (grad_weight_by_float_chunks). channels_last 9x9 and up stay on
+// the bfloat16 channel-blocked kernel: converting and transposing in one copy (at::Tensor::to)
+// made 8x128x28x28 9x9 1.27 -> 1.71 ms.
 void forward_bfloat16_planes(const at::Tensor& input, const at::Tensor& weight, const at::Tensor* bias,
                              at::Tensor& output, const Conv2dGeometry& g) {
   const at::Tensor weight_f = weight.to(at::kFloat);
@@ -2117,8 +2118,9 @@ void forward_bfloat16_planes(const at::Tensor& input, const at::Tensor& weight, 
   });
 }
 
-// The forward kernel for these operands: channels_last (or, for large kernels, the plane
-// kernels on NCHW copies; bfloat16 through float32 copies), else forward_planes.
+// The forward kernel for these operands: channels_last (or, for large kernels and
+// multipliers over 1, the plane kernels on NCHW copies; bfloat16 through float32 copies),
+// else forward_planes.
 template <typename scalar_t>
 void forward_any(const at::Tensor& input, const at::Tensor& weight, const at::Tensor* bias, at::Tensor& output,
                  const Conv2dGeometry& g) {
@@ -2139,9 +2141,10 @@ void forward_any(const at::Tensor& input, const at::Tensor& weight, const at::Te
     forward_bfloat16_planes(input, weight, bias, output, g);
     return;
   }
-  const bool cl_kernel = path == ForwardPath::Auto && use_channels_last(g, std::is_same<T, scalar_t>::value, {&input, &output});
-  if ((cl_kernel && large_kernel_via_nchw(g)) || (path == ForwardPath::Auto &&
-                   multiplier_via_nchw(g, input.suggest_memory_format() == at::MemoryFormat::ChannelsLast))) {
+  const bool auto_path = path == ForwardPath::Auto;
+  const bool cl_kernel = auto_path && use_channels_last(g, std::is_same<T, scalar_t>::value, {&input, &output});
+  const bool cl_input = input.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+  if ((cl_kernel && large_kernel_via_nchw(g)) || (auto_path && multiplier_via_nchw(g, cl_input))) {
     const auto planar_format = at::MemoryFormat::Contiguous;
     at::Tensor planar = output.is_contiguous(planar_format)
                             ? output
@@ -3132,12 +3135,12 @@ at::Tensor depthwise_conv2d_grad_weight_cpu(const at::Tensor& grad_output, const
     using T = at::opmath_type<scalar_t>;
     const bool cl = use_channels_last(g, std::is_same<T, scalar_t>::value, {&input}) &&
                     input.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
-    if (cl && large_kernel_via_nchw(g)) {  // as the forward; the backward (both gradients): 13x13
-                                           // 4x256x28x28 12.9 -> 6.5 ms, 31x31 2x64x32x32 14.3 -> 3.9 ms
-      grad_weight_blocked<scalar_t>(contiguous_cpu(grad_output, at::MemoryFormat::Contiguous),
-                                    contiguous_cpu(input, at::MemoryFormat::Contiguous), grad_weight, g);
-    } else if (multiplier_via_nchw(g, input.suggest_memory_format() == at::MemoryFormat::ChannelsLast) &&
-               forward_path() == ForwardPath::Auto && input.scalar_type() != at::kBFloat16) {
+    // As the forward: large kernels (the backward, both gradients: 13x13 4x256x28x28 12.9 ->
+    // 6.5 ms, 31x31 2x64x32x32 14.3 -> 3.9 ms) and multipliers over 1 on NCHW copies.
+    const bool cl_input = input.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+    const bool multiplier_copies = multiplier_via_nchw(g, cl_input) && forward_path() == ForwardPath::Auto &&
+                                   input.scalar_type() != at::kBFloat16;
+    if ((cl && large_kernel_via_nchw(g)) || multiplier_copies) {
       grad_weight_blocked<scalar_t>(contiguous_cpu(grad_output, at::MemoryFormat::Contiguous),
                                     contiguous_cpu(input, at::MemoryFormat::Contiguous), grad_weight, g);
     } else if (cl) {
