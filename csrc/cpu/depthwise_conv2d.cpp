@@ -728,8 +728,25 @@ using ClRowKernel = void (*)(const float* const*, const float* const*, const int
 // rows too, below.
 constexpr int64_t kClRowsNarrowWidth = 8;
 
+// AVX-512 also takes 3x3 (stride 1) on rows of 40 or more outputs with whole channel
+// vectors, where the input comes from the caches (the quads' by-pixel order is off,
+// from_caches): there the row kernel's one load per 3 FMAs beat the quads' 5 loads per 4
+// on AMD EPYC Zen 4 (2 threads, float32, one process: 8x64x56x56 0.30 -> 0.27 ms,
+// 8x144x56x56 0.75-0.82 -> 0.60-0.64, 4x64x80x80 0.31 -> 0.25, 8x64x40x40 0.16-0.17 ->
+// 0.14-0.16, 4x16x112x112 0.17 -> 0.14), but not on 28- and 14-wide rows (blocks of 16,
+// 8 and a rest: 8x128x28x28 0.15 -> 0.17), with a channel tail (8x24x112x112 0.71 ->
+// 0.89-0.99) or from memory (16x144x56x56 2.6 -> 3.1).
+bool wide_3x3_rows(const Conv2dGeometry& g, bool from_caches) {
+#if defined(CPU_CAPABILITY_AVX512)
+  return from_caches && g.out_w >= 40 && g.in_channels % 16 == 0;
+#else
+  (void)g, (void)from_caches;
+  return false;
+#endif
+}
+
 template <typename T>
-ClRowKernel pick_cl_row_kernel(const Conv2dGeometry& g) {
+ClRowKernel pick_cl_row_kernel(const Conv2dGeometry& g, bool from_caches = false) {
 #if defined(CNNOPS_HAVE_LANES)
   if (!std::is_same<T, float>::value || g.kernel_h > kMaxRowsInterior) return nullptr;
   // AVX2 (blocks of 8 pixels, one vector of 8 channels): 7x7 and 5x5 on rows of at most 8
@@ -743,7 +760,7 @@ ClRowKernel pick_cl_row_kernel(const Conv2dGeometry& g) {
   // (one digit each: kernel width 4 at stride 11 would read as 5x5 at stride 1)
   if (g.stride_w < 1 || g.stride_w > 2 || g.dilation_w < 1 || g.dilation_w > 2) return nullptr;
   switch (g.kernel_w * 100 + g.stride_w * 10 + g.dilation_w) {
-    case 311: return g.out_w <= kClRowsNarrowWidth ? cl_rows<3, 1, 1> : nullptr;
+    case 311: return g.out_w <= kClRowsNarrowWidth || wide_3x3_rows(g, from_caches) ? cl_rows<3, 1, 1> : nullptr;
     case 511: return cl_rows<5, 1, 1>;
     case 521: return cl_rows<5, 2, 1>;
     case 711: return cl_rows<7, 1, 1>;
@@ -788,9 +805,9 @@ void forward_channels_last(const at::Tensor& input, const at::Tensor& weight, co
   constexpr int64_t kRowsPerTask = 8;
   const int64_t tasks_per_image = (g.out_h + kRowsPerTask - 1) / kRowsPerTask;
   const int64_t quads = (ow_hi - ow_lo) / 4, quad_end = ow_lo + 4 * quads;  // [ow_lo, quad_end) by quads
-  const ClRowKernel row_kernel = pick_cl_row_kernel<S>(g);
-  const bool stream = may_stream && streams_output(output, g.stride_h == 1 && g.stride_w == 1);
   const bool by_pixel = interior_by_pixel(input, g);
+  const ClRowKernel row_kernel = pick_cl_row_kernel<S>(g, /*from_caches=*/!by_pixel);
+  const bool stream = may_stream && streams_output(output, g.stride_h == 1 && g.stride_w == 1);
   // The row kernel reads zero padding columns as zeros, so it takes whole rows; other
   // modes leave it the interior columns and the listed-taps loop the rest.
   const bool zero_cols = g.mode == PaddingMode::Zeros;
