@@ -2065,7 +2065,7 @@ bool bfloat16_via_float(const Conv2dGeometry& g, at::ScalarType dtype, std::init
 // 2 threads, ms, float32 copies -> in place (torch): 8x96x112x112 3x3 s2 3.6 -> 0.78 (1.6),
 // 8x144x56x56 3x3 2.4 -> 0.90 (2.3), 8x672x14x14 5x5 0.88 -> 0.66 (1.6), 8x768x7x7 7x7
 // 0.26 -> 0.38 (0.60).
-bool bfloat16_in_place(const Conv2dGeometry& g) {
+[[maybe_unused]] bool bfloat16_in_place(const Conv2dGeometry& g) {  // (used by AVX-512 builds only)
 #if defined(CPU_CAPABILITY_AVX512)
   return g.kernel_w < 7 || pick_cl_row_kernel<float>(g) == nullptr;
 #else
