@@ -6,7 +6,7 @@ NCHW and channels_last, float32/bfloat16/float64, padding modes) on a few sizes,
 one line per config with torch's time over ours, marking those under --mark (default 1.1).
 On 2026-11-29 (AMD EPYC Zen 4, 2 threads) it found channels_last with a multiplier of 2 at
 0.34-0.6x and NCHW bfloat16 3x3 at 0.34-0.73x; both were then fixed (multiplier_via_nchw,
-forward_bfloat16_planes in csrc/cpu/depthwise_conv2d.cpp).
+forward_bfloat16_via_float in csrc/cpu/depthwise_conv2d.cpp).
 
 Timings are best of 3 runs of at least --min-ms each, ours then torch's, on the same
 tensors; a noisy machine moves single lines by 20% or more, so rerun a marked line before

@@ -2011,9 +2011,10 @@ bool large_kernel_via_nchw(const Conv2dGeometry& g) {
 // plane kernels straight on them staged every value through scalar loops. AMD EPYC Zen 4,
 // 2 threads, float32, forward, ms (torch 2.14.1 in the same process): 8x64x56x56 3x3 m2
 // 8.1 -> 2.1 (4.3), 4x32x112x112 3x3 s2 3.9 -> 0.74 (1.3), 8x128x28x28 5x5 s2 1.8 -> 0.38
-// (1.2), 8x512x7x7 3x3 1.36 -> 0.19 (1.0).
+// (1.2), 8x512x7x7 3x3 1.36 -> 0.19 (1.0). Auto path only: CNNOPS_DEPTHWISE_CPU_PATH's
+// blocked and direct run the plane kernels on the operands as given (tests reach them so).
 bool multiplier_via_nchw(const Conv2dGeometry& g, bool channels_last) {
-  return channels_last && multiplier(g) > 1 && g.in_channels > 1;
+  return channels_last && multiplier(g) > 1 && g.in_channels > 1 && forward_path() == ForwardPath::Auto;
 }
 
 // The forward kernels for planes (any layout but the channels_last kernel's): shifted rows,
@@ -2088,49 +2089,42 @@ void for_float_chunks(const Conv2dGeometry& g, const Fn& fn) {
   }
 }
 
-// Images [n0, n0 + n) of t as a float32 channels_last tensor.
-at::Tensor float_images(const at::Tensor& t, int64_t n0, int64_t n) {
-  return t.narrow(0, n0, n).to(at::kFloat, /*non_blocking=*/false, /*copy=*/false, at::MemoryFormat::ChannelsLast);
+// Images [n0, n0 + n) of t as a float32 tensor in `layout`.
+at::Tensor float_images(const at::Tensor& t, int64_t n0, int64_t n,
+                        at::MemoryFormat layout = at::MemoryFormat::ChannelsLast) {
+  return t.narrow(0, n0, n).to(at::kFloat, /*non_blocking=*/false, /*copy=*/false, layout);
 }
 
-// An empty float32 channels_last tensor of n images of `like`'s other sizes.
-at::Tensor float_channels_last(const at::Tensor& like, int64_t n) {
+// An empty float32 tensor in `layout` of n images of `like`'s other sizes.
+at::Tensor float_empty(const at::Tensor& like, int64_t n, at::MemoryFormat layout = at::MemoryFormat::ChannelsLast) {
   return at::empty({n, like.size(1), like.size(2), like.size(3)},
-                   like.options().dtype(at::kFloat).memory_format(at::MemoryFormat::ChannelsLast));
+                   like.options().dtype(at::kFloat).memory_format(layout));
 }
 
-void forward_bfloat16_channels_last(const at::Tensor& input, const at::Tensor& weight, const at::Tensor* bias,
-                                    at::Tensor& output, const Conv2dGeometry& g) {
-  const at::Tensor weight_f = weight.to(at::kFloat);
-  const at::Tensor bias_f = bias != nullptr ? bias->to(at::kFloat) : at::Tensor();
-  for_float_chunks(g, [&](int64_t n0, const Conv2dGeometry& chunk) {
-    at::Tensor out = float_channels_last(output, chunk.batch);
-    forward_channels_last<float>(float_images(input, n0, chunk.batch), weight_f, bias != nullptr ? &bias_f : nullptr,
-                                 out, chunk, /*may_stream=*/false);
-    output.narrow(0, n0, chunk.batch).copy_(out);
-  });
-}
-
-// bfloat16 planes (NCHW, and channels_last with a multiplier over 1) run the float32 plane
-// kernels on float32 NCHW copies of a few images at a time: the plane kernels on bfloat16
-// staged it through scalar loops, and the direct, flat, shifted and staged kernels read
-// float32 only. AMD EPYC Zen 4, 2 threads, NCHW forward, ms (torch 2.14.1 in the same
+// bfloat16 through float32 copies of a few images at a time (for_float_chunks), in
+// `layout`: channels_last ones for the channels_last kernel (where bfloat16_in_place says
+// no), NCHW ones for the plane kernels. bfloat16 planes (NCHW, and channels_last with a
+// multiplier over 1) take the NCHW ones: the plane kernels on bfloat16 staged it through
+// scalar loops, and the direct, flat, shifted and staged kernels read float32 only. AMD EPYC Zen 4, 2 threads, NCHW forward, ms (torch 2.14.1 in the same
 // process): 8x128x28x28 3x3 0.70 -> 0.24 (0.32), 8x256x14x14 3x3 0.47 -> 0.13 (0.26),
 // 8x128x28x28 7x7 0.94 -> 0.57 (0.72), 8x240x28x28 5x5 1.45 -> 0.69 (0.96); the input
 // gradient at stride 1 (this forward, flipped) 8x64x56x56 3x3 1.4 -> 0.6 (0.8). The weight
 // gradient does the same (grad_weight_by_float_chunks). channels_last 9x9 and up stay on
 // the bfloat16 channel-blocked kernel: converting and transposing in one copy (at::Tensor::to)
 // made 8x128x28x28 9x9 1.27 -> 1.71 ms.
-void forward_bfloat16_planes(const at::Tensor& input, const at::Tensor& weight, const at::Tensor* bias,
-                             at::Tensor& output, const Conv2dGeometry& g) {
+void forward_bfloat16_via_float(const at::Tensor& input, const at::Tensor& weight, const at::Tensor* bias,
+                                at::Tensor& output, const Conv2dGeometry& g, at::MemoryFormat layout) {
   const at::Tensor weight_f = weight.to(at::kFloat);
   const at::Tensor bias_f = bias != nullptr ? bias->to(at::kFloat) : at::Tensor();
-  const auto planar = at::MemoryFormat::Contiguous;
+  const at::Tensor* bias_ptr = bias != nullptr ? &bias_f : nullptr;
   for_float_chunks(g, [&](int64_t n0, const Conv2dGeometry& chunk) {
-    at::Tensor out = at::empty({chunk.batch, output.size(1), output.size(2), output.size(3)},
-                               output.options().dtype(at::kFloat).memory_format(planar));
-    const at::Tensor in = input.narrow(0, n0, chunk.batch).to(at::kFloat, false, false, planar);
-    forward_planes<float>(in, weight_f, bias != nullptr ? &bias_f : nullptr, out, chunk, ForwardPath::Auto);
+    at::Tensor out = float_empty(output, chunk.batch, layout);
+    const at::Tensor in = float_images(input, n0, chunk.batch, layout);
+    if (layout == at::MemoryFormat::ChannelsLast) {
+      forward_channels_last<float>(in, weight_f, bias_ptr, out, chunk, /*may_stream=*/false);
+    } else {
+      forward_planes<float>(in, weight_f, bias_ptr, out, chunk, ForwardPath::Auto);
+    }
     output.narrow(0, n0, chunk.batch).copy_(out);
   });
 }
@@ -2150,18 +2144,18 @@ void forward_any(const at::Tensor& input, const at::Tensor& weight, const at::Te
       return;
     }
 #endif
-    forward_bfloat16_channels_last(input, weight, bias, output, g);
+    forward_bfloat16_via_float(input, weight, bias, output, g, at::MemoryFormat::ChannelsLast);
     return;
   }
   if (path == ForwardPath::Auto && input.scalar_type() == at::kBFloat16 &&
       (input.suggest_memory_format() != at::MemoryFormat::ChannelsLast || multiplier(g) > 1)) {
-    forward_bfloat16_planes(input, weight, bias, output, g);
+    forward_bfloat16_via_float(input, weight, bias, output, g, at::MemoryFormat::Contiguous);
     return;
   }
   const bool auto_path = path == ForwardPath::Auto;
   const bool cl_kernel = auto_path && use_channels_last(g, std::is_same<T, scalar_t>::value, {&input, &output});
   const bool cl_input = input.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
-  if ((cl_kernel && large_kernel_via_nchw(g)) || (auto_path && multiplier_via_nchw(g, cl_input))) {
+  if ((cl_kernel && large_kernel_via_nchw(g)) || multiplier_via_nchw(g, cl_input)) {
     const auto planar_format = at::MemoryFormat::Contiguous;
     at::Tensor planar = output.is_contiguous(planar_format)
                             ? output
@@ -2676,7 +2670,7 @@ at::Tensor depthwise_conv2d_grad_input_cpu(const at::Tensor& grad_output, const 
   at::Tensor grad_input =
       at::empty(input_size, grad_output.options().memory_format(layout_from_flag(channels_last)));
   if (grad_input.numel() == 0) return grad_input;
-  if (forward_path() == ForwardPath::Auto && multiplier_via_nchw(g, channels_last)) {
+  if (multiplier_via_nchw(g, channels_last)) {
     const auto planar_format = at::MemoryFormat::Contiguous;
     const at::Tensor planar = depthwise_conv2d_grad_input_cpu(contiguous_cpu(grad_output, planar_format), weight,
                                                               input_size, stride, padding, dilation, padding_mode,
@@ -2707,7 +2701,7 @@ at::Tensor depthwise_conv2d_grad_input_cpu(const at::Tensor& grad_output, const 
 #else
       const at::Tensor weight_f = weight.to(at::kFloat);
       for_float_chunks(g, [&](int64_t n0, const Conv2dGeometry& chunk) {
-        at::Tensor part = float_channels_last(grad_input, chunk.batch);
+        at::Tensor part = float_empty(grad_input, chunk.batch);
         grad_input_channels_last<float>(float_images(grad_output, n0, chunk.batch), weight_f, part, chunk);
         grad_input.narrow(0, n0, chunk.batch).copy_(part);
       });
@@ -3153,10 +3147,10 @@ at::Tensor depthwise_conv2d_grad_weight_cpu(const at::Tensor& grad_output, const
     const bool cl = use_channels_last(g, std::is_same<T, scalar_t>::value, {&input}) &&
                     input.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
     // As the forward: large kernels (the backward, both gradients: 13x13 4x256x28x28 12.9 ->
-    // 6.5 ms, 31x31 2x64x32x32 14.3 -> 3.9 ms) and multipliers over 1 on NCHW copies.
+    // 6.5 ms, 31x31 2x64x32x32 14.3 -> 3.9 ms) and multipliers over 1 on NCHW copies
+    // (bfloat16 ones come back here as the float32 copies of the bfloat16 branch below).
     const bool cl_input = input.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
-    const bool multiplier_copies = multiplier_via_nchw(g, cl_input) && forward_path() == ForwardPath::Auto &&
-                                   input.scalar_type() != at::kBFloat16;
+    const bool multiplier_copies = multiplier_via_nchw(g, cl_input) && input.scalar_type() != at::kBFloat16;
     if ((cl && large_kernel_via_nchw(g)) || multiplier_copies) {
       grad_weight_blocked<scalar_t>(contiguous_cpu(grad_output, at::MemoryFormat::Contiguous),
                                     contiguous_cpu(input, at::MemoryFormat::Contiguous), grad_weight, g);
@@ -3175,10 +3169,10 @@ at::Tensor depthwise_conv2d_grad_weight_cpu(const at::Tensor& grad_output, const
         });
       }
     } else if (input.scalar_type() == at::kBFloat16 && forward_path() == ForwardPath::Auto) {
-      // as forward_bfloat16_planes: whatever float32 takes, on float32 copies
+      // as the bfloat16 plane forward: whatever float32 takes, on float32 copies
       grad_weight_by_float_chunks(grad_weight, g, [&](int64_t n0, const Conv2dGeometry& chunk, at::Tensor& part) {
         auto as_float = [&](const at::Tensor& t) {
-          return t.narrow(0, n0, chunk.batch).to(at::kFloat, false, false, t.suggest_memory_format());
+          return float_images(t, n0, chunk.batch, t.suggest_memory_format());
         };
         part.copy_(depthwise_conv2d_grad_weight_cpu(as_float(grad_output), as_float(input), weight_size, stride,
                                                     padding, dilation, padding_mode, channels_last));
