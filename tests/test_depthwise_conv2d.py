@@ -275,6 +275,8 @@ BLOCKED_SHAPES = [
     ("cl_rows_7x7_s2", (1, 16, 15, 44), 1, (7, 7), 2, 3, 1),
     ("cl_rows_3x3_w8_s2", (2, 17, 9, 8), 1, (3, 3), (2, 1), (1, 0), 1),  # 3x3: rows up to 8 wide
     ("cl_rows_3x3_w45", (1, 32, 6, 45), 1, (3, 3), 1, 1, 1),  # AVX-512: and from 40 wide, whole vectors
+    ("cl_rows_3x3_same14", (2, 48, 14, 14), 1, (3, 3), 1, 1, 1),  # AVX-512: and 14-wide "same" rows
+    ("cl_quads_3x3_same14_2kb", (1, 512, 5, 14), 1, (3, 3), 1, 1, 1),  # ... not with pixels 2 KB apart
     # the row kernel at column dilation 2 (5x5, 7x7; stride 1), "same" and uneven padding
     ("cl_rows_5x5_d2", (1, 20, 11, 41), 1, (5, 5), 1, 4, 2),
     ("cl_rows_7x7_d2", (1, 17, 14, 30), 1, (7, 7), 1, (5, 6), 2),

@@ -728,17 +728,29 @@ using ClRowKernel = void (*)(const float* const*, const float* const*, const int
 // rows too, below.
 constexpr int64_t kClRowsNarrowWidth = 8;
 
-// AVX-512 also takes 3x3 (stride 1) on rows of 40 or more outputs with whole channel
-// vectors, where the input comes from the caches (the quads' by-pixel order is off,
-// from_caches): there the row kernel's one load per 3 FMAs beat the quads' 5 loads per 4
-// on AMD EPYC Zen 4 (2 threads, float32, one process: 8x64x56x56 0.30 -> 0.27 ms,
-// 8x144x56x56 0.75-0.82 -> 0.60-0.64, 4x64x80x80 0.31 -> 0.25, 8x64x40x40 0.16-0.17 ->
-// 0.14-0.16, 4x16x112x112 0.17 -> 0.14), but not on 28- and 14-wide rows (blocks of 16,
-// 8 and a rest: 8x128x28x28 0.15 -> 0.17), with a channel tail (8x24x112x112 0.71 ->
-// 0.89-0.99) or from memory (16x144x56x56 2.6 -> 3.1).
-bool wide_3x3_rows(const Conv2dGeometry& g, bool from_caches) {
+// AVX-512 also takes 3x3 (stride 1) on some wider rows with whole channel vectors, where
+// the input comes from the caches (the quads' by-pixel order is off, from_caches): there
+// the row kernel's one load per 3 FMAs beat the quads' 5 loads per 4. AMD EPYC Zen 4, 2
+// threads, float32, one process:
+// - rows of 40 or more: 8x64x56x56 0.30 -> 0.27 ms, 8x144x56x56 0.75-0.82 -> 0.60-0.64,
+//   4x64x80x80 0.31 -> 0.25, 8x64x40x40 0.16-0.17 -> 0.14-0.16, 4x16x112x112 0.17 -> 0.14;
+// - 14-wide "same" rows, zero padding (one trimmed block, kSameRow14): 8x384x14x14 0.14-0.18
+//   -> 0.11-0.15, 8x576x14x14 0.20-0.23 -> 0.14-0.17, 8x960x14x14 0.40 -> 0.30, 32x384x14x14
+//   0.71-1.2 -> 0.40-0.84, 8x256x14x14 0.09 -> 0.07; but not where pixels are a multiple
+//   of 2 KB apart (8x512x14x14 0.216 -> 0.233, 8x1024x14x14 0.52-0.56 -> 0.57-0.62): the
+//   row kernel reads one channel vector of pixel after pixel, and those fall in one or two
+//   of the L1's 64 sets, evicting the input rows that the next output row reads again.
+// Not on 16- to 32-wide rows (blocks of 16, 8 and a rest; 8x128x28x28 0.159 -> 0.164,
+// 8x64x32x32 0.127 -> 0.146, though at 1 thread they gained 15-30%), reflect-padded 14-wide
+// rows (12 interior columns: even), with a channel tail (8x24x112x112 0.71 -> 0.89-0.99),
+// from memory (16x144x56x56 2.6 -> 3.1) or at stride 2 (8x144x56x56 0.55 -> 1.0,
+// 8x384x28x28 0.28 -> 0.39).
+bool rows_beat_quads_3x3(const Conv2dGeometry& g, bool from_caches) {
 #if defined(CPU_CAPABILITY_AVX512)
-  return from_caches && g.out_w >= 40 && g.in_channels % 16 == 0;
+  const bool same_row_14 = g.out_w == kSameRow14 && g.in_w == kSameRow14 && g.pad_left == 1 &&
+                           g.mode == PaddingMode::Zeros;
+  const int64_t pix_bytes = g.in_channels * int64_t(sizeof(float));
+  return from_caches && g.in_channels % 16 == 0 && pix_bytes % 2048 != 0 && (g.out_w >= 40 || same_row_14);
 #else
   (void)g, (void)from_caches;
   return false;
@@ -760,7 +772,7 @@ ClRowKernel pick_cl_row_kernel(const Conv2dGeometry& g, bool from_caches = false
   // (one digit each: kernel width 4 at stride 11 would read as 5x5 at stride 1)
   if (g.stride_w < 1 || g.stride_w > 2 || g.dilation_w < 1 || g.dilation_w > 2) return nullptr;
   switch (g.kernel_w * 100 + g.stride_w * 10 + g.dilation_w) {
-    case 311: return g.out_w <= kClRowsNarrowWidth || wide_3x3_rows(g, from_caches) ? cl_rows<3, 1, 1> : nullptr;
+    case 311: return g.out_w <= kClRowsNarrowWidth || rows_beat_quads_3x3(g, from_caches) ? cl_rows<3, 1, 1> : nullptr;
     case 511: return cl_rows<5, 1, 1>;
     case 521: return cl_rows<5, 2, 1>;
     case 711: return cl_rows<7, 1, 1>;
