@@ -280,6 +280,8 @@ BLOCKED_SHAPES = [
     # the row kernel at column dilation 2 (5x5, 7x7; stride 1), "same" and uneven padding
     ("cl_rows_5x5_d2", (1, 20, 11, 41), 1, (5, 5), 1, 4, 2),
     ("cl_rows_7x7_d2", (1, 17, 14, 30), 1, (7, 7), 1, (5, 6), 2),
+    # ... but not on rows narrower than a dilated kernel's reach (the quads' listed taps)
+    ("cl_d2_narrower_than_reach", (2, 32, 7, 7), 1, (5, 5), 1, 4, 2),
     # channels_last 9x9 and up at stride 1: NCHW kernels on NCHW copies; at stride 2 not
     ("cl_9x9_via_planes", (2, 18, 12, 13), 1, (9, 9), 1, 4, 1),
     ("cl_9x9_s2", (1, 16, 15, 17), 1, (9, 9), 2, 4, 1),
