@@ -342,7 +342,9 @@ inline void store_lanes(at::BFloat16* p, const at::vec::Vectorized<float>& v, in
 // A whole vector written around the caches (a non-temporal store: no read for ownership of
 // a line about to be overwritten; p aligned to the vector's size) where the build has one
 // for S, else an ordinary store. streamed_stores_done() orders them before what the thread
-// stores next.
+// stores next: a parallel task calls it once, when its range of items is done (it waits
+// for the streamed lines to drain; after every row of a channels_last grad_input, 2
+// threads, 8x64x56x56 3x3 stride 2, the waits were 30-40% of its time).
 template <typename S, typename T>
 inline void stream_lanes(S* p, const at::vec::Vectorized<T>& v) { store_lanes(p, v); }
 #if defined(CPU_CAPABILITY_AVX512)
@@ -538,11 +540,13 @@ C10_ALWAYS_INLINE void cl_interior_chunk(const S* base, const int64_t* off, int6
     }
 }
 
-// The interior quads of `rows` output rows and `quads` quads along them, every channel.
+// The interior quads of `rows` output rows and `quads` quads along them, then `rest` (< 4)
+// single pixels after them, every channel.
 // `in`: the first row's first quad's input pixel at tap 0, rows in_row apart, output
 // pixels in_pix apart; `out` its output pixel. One call per task: a call per quad position
 // cost about 10% of a 32-channel 112x112 forward. stream: whole vectors go through
-// stream_lanes where every one of them is aligned (on_cache_lines).
+// stream_lanes where every one of them is aligned (on_cache_lines); the caller's task
+// calls streamed_stores_done().
 // Two orders:
 // - four pixels at a time, blocks of two vectors along the channels; quad column by quad
 //   column, every row at each, so that the input rows they share are read from L1 (row by
@@ -557,8 +561,8 @@ C10_ALWAYS_INLINE void cl_interior_chunk(const S* base, const int64_t* off, int6
 template <typename S, typename T, int KK>
 C10_NOINLINE void cl_interior_quads(const S* in, int64_t in_row, int64_t in_pix, const int64_t* off, int64_t kk,
                                     const T* wt, int64_t cpad, const T* bias, int64_t channels, int64_t rows,
-                                    int64_t quads, S* out, int64_t out_row, int64_t out_pix, bool stream,
-                                    bool by_pixel) {
+                                    int64_t quads, int64_t rest, S* out, int64_t out_row, int64_t out_pix,
+                                    bool stream, bool by_pixel) {
   constexpr int64_t V = at::vec::Vectorized<T>::size();
   stream = stream && on_cache_lines(out, {out_row, out_pix, V});
   // Every channel of P pixels from base (input) to dst (output).
@@ -569,16 +573,19 @@ C10_NOINLINE void cl_interior_quads(const S* in, int64_t in_row, int64_t in_pix,
           base, off, kk, in_pix, wt, cpad, bias, c, tail, dst, out_pix, stream);
     });
   };
+  auto one = [&](int64_t r, int64_t j) {
+    pixels(std::integral_constant<int, 1>(), in + r * in_row + j * in_pix, out + r * out_row + j * out_pix);
+  };
   if (by_pixel) {
     for (int64_t r = 0; r < rows; ++r)
-      for (int64_t j = 0; j < 4 * quads; ++j)
-        pixels(std::integral_constant<int, 1>(), in + r * in_row + j * in_pix, out + r * out_row + j * out_pix);
+      for (int64_t j = 0; j < 4 * quads + rest; ++j) one(r, j);
   } else {
     for (int64_t q = 0; q < quads; ++q)
       for (int64_t r = 0; r < rows; ++r)
         pixels(std::integral_constant<int, 4>(), in + r * in_row + 4 * q * in_pix, out + r * out_row + 4 * q * out_pix);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t j = 4 * quads; j < 4 * quads + rest; ++j) one(r, j);
   }
-  if (stream) streamed_stores_done();
 }
 
 // Kernel rows the channels_last row kernel below takes (a pointer per row).
@@ -711,7 +718,6 @@ void cl_rows(const float* const* rows, const float* const* wrows, const int64_t*
         p = same14 ? count : count - ow >= kBlock ? kBlock : count - ow >= 8 ? 8 : count - ow;
         any_block(p, i, c, ow);
       }
-  if (stream) streamed_stores_done();
 }
 #endif
 
@@ -865,8 +871,10 @@ void forward_channels_last(const at::Tensor& input, const at::Tensor& weight, co
                          (ow_lo * g.stride_w - g.pad_left) * in_s.w;
         S* dst = out + n * out_s.n + inner0 * out_s.h + ow_lo * out_s.w;
         const auto quad_rows = kk == 9 ? cl_interior_quads<S, T, 9> : cl_interior_quads<S, T, 0>;
+        // (the 1-3 interior columns after the quads go with the listed pixels: four of those
+        // at a time load a tap's weights once, a single interior pixel once per FMA)
         quad_rows(first, g.stride_h * in_s.h, g.stride_w * in_s.w, off.data(), kk, wt.data(), cpad, b.data(), C,
-                  inner1 - inner0, quads, dst, out_s.h, out_s.w, stream, by_pixel);
+                  inner1 - inner0, quads, /*rest=*/0, dst, out_s.h, out_s.w, stream, by_pixel);
       }
       for (int64_t oh = oh0; oh < oh1; ++oh) {  // the other pixels: taps listed, four pixels at a time
         // [skip_lo, skip_hi): the columns the row kernel or the quads took
@@ -905,6 +913,7 @@ void forward_channels_last(const at::Tensor& input, const at::Tensor& weight, co
         }
       }
     }
+    if (stream) streamed_stores_done();
   });
 }
 
@@ -2385,7 +2394,7 @@ void grad_input_channels_last(const at::Tensor& grad_output, const at::Tensor& w
   // from the first pair's output pixel) are the same. Classes of rows and columns the input
   // has: a stride may be far larger than it.
   struct ClassQuads {
-    int64_t first = 0, go_col = 0, quads = 0;
+    int64_t first = 0, go_col = 0, quads = 0, rest = 0;  // rest: single pixels after the quads
     std::vector<int64_t> off;
     AlignedBuffer<T> w{0};
   };
@@ -2393,15 +2402,14 @@ void grad_input_channels_last(const at::Tensor& grad_output, const at::Tensor& w
   std::vector<ClassQuads> classes(row_classes * col_classes);
   // The output index the offsets count from (0 where a class has no taps: nothing is read).
   auto first_output = [](const std::vector<AxisPair>& pairs) { return pairs.empty() ? int64_t(0) : pairs[0].o; };
-  std::vector<char> quad_col(g.in_w, 0);  // columns the quads write in a regular row
+  std::vector<char> quad_col(g.in_w, 0);  // columns the quads (and their rest) write in a regular row
   for (int64_t rw = 0; rw < col_classes; ++rw) {
     int64_t first = rw;
     while (first < g.in_w && !cols[first].regular) first += sw;
     int64_t count = 0;
     while (first + count * sw < g.in_w && cols[first + count * sw].regular) ++count;
-    const int64_t quads = count / 4;
-    for (int64_t q = 0; q < 4 * quads; ++q) quad_col[first + q * sw] = 1;
-    for (int64_t rh = 0; rh < row_classes && quads > 0; ++rh) {
+    for (int64_t q = 0; q < count; ++q) quad_col[first + q * sw] = 1;
+    for (int64_t rh = 0; rh < row_classes && count > 0; ++rh) {
       int64_t ih = rh;
       while (ih < g.in_h && !rows[ih].regular) ih += sh;
       if (ih >= g.in_h) continue;
@@ -2410,7 +2418,8 @@ void grad_input_channels_last(const at::Tensor& grad_output, const at::Tensor& w
       const auto& cp = cols[first].pairs;
       cq.first = first;
       cq.go_col = first_output(cp);
-      cq.quads = quads;
+      cq.quads = count / 4;
+      cq.rest = count % 4;
       cq.w = AlignedBuffer<T>(static_cast<int64_t>(rp.size() * cp.size()) * cpad);
       for (const AxisPair& r : rp)
         for (const AxisPair& c : cp) {
@@ -2419,6 +2428,13 @@ void grad_input_channels_last(const at::Tensor& grad_output, const at::Tensor& w
           std::copy_n(wt.data() + (r.k * g.kernel_w + c.k) * cpad, cpad, cq.w.data() + t * cpad);
         }
     }
+  }
+
+  // The pixels whose pairs are listed: in a regular row the columns the quads leave, else all.
+  std::vector<int64_t> listed_cols, all_cols(g.in_w);
+  for (int64_t iw = 0; iw < g.in_w; ++iw) {
+    all_cols[iw] = iw;
+    if (!quad_col[iw]) listed_cols.push_back(iw);
   }
 
   at::parallel_for(0, g.batch * g.in_h, grain_for(g.in_w * C * kk), [&](int64_t begin, int64_t end) {
@@ -2432,14 +2448,13 @@ void grad_input_channels_last(const at::Tensor& grad_output, const at::Tensor& w
       if (quad_row)
         for (int64_t rw = 0; rw < col_classes; ++rw) {
           const ClassQuads& cq = classes[(ih % sh) * col_classes + rw];
-          if (cq.quads == 0) continue;
+          if (cq.quads == 0 && cq.rest == 0) continue;
           const S* base = go + n * go_s.n + first_output(rp) * go_s.h + cq.go_col * go_s.w;
           cl_interior_quads<S, T, 0>(base, go_s.h, go_s.w, cq.off.data(), static_cast<int64_t>(cq.off.size()),
-                                     cq.w.data(), cpad, zeros.data(), C, 1, cq.quads, gi_row + cq.first * gi_s.w,
-                                     gi_s.h, sw * gi_s.w, stream, /*by_pixel=*/false);
+                                     cq.w.data(), cpad, zeros.data(), C, 1, cq.quads, cq.rest,
+                                     gi_row + cq.first * gi_s.w, gi_s.h, sw * gi_s.w, stream, /*by_pixel=*/false);
         }
-      for (int64_t iw = 0; iw < g.in_w; ++iw) {
-        if (quad_row && quad_col[iw]) continue;
+      for (const int64_t iw : quad_row ? listed_cols : all_cols) {
         srcs.clear();
         ids.clear();
         for (const AxisPair& r : rp)
@@ -2451,6 +2466,7 @@ void grad_input_channels_last(const at::Tensor& grad_output, const at::Tensor& w
                                   zeros.data(), C, gi_row + iw * gi_s.w, 0);
       }
     }
+    if (stream) streamed_stores_done();
   });
 }
 
