@@ -364,6 +364,7 @@ IN_PLACE_CASES = [
     (33, 12, 40, 3, 2, 2, 2, "circular"), (8, 11, 13, 3, 1, 1, 1, "replicate"), (20, 30, 31, 3, 3, 1, 0, "zeros"),
     (48, 30, 30, (4, 2), 1, 1, (1, 0), "zeros"), (64, 16, 16, 5, 1, 1, 2, "zeros"), (9, 20, 20, 5, 2, 1, 2, "replicate"),
     (32, 21, 22, 5, 1, 2, 4, "reflect"), (24, 5, 5, 3, 1, 1, 1, "zeros"), (16, 15, 15, 7, 2, 1, 3, "zeros"),
+    (48, 14, 14, 3, 1, 1, 1, "zeros"), (40, 7, 7, 7, 1, 1, 3, "zeros"),  # AVX-512 row kernel: 14 and 7 wide
 ]
 
 
@@ -384,8 +385,8 @@ def test_bfloat16_channels_last_in_place(case):
     gradient read and write bfloat16 in place (AVX-512), widening to float in registers:
     the float32 sums rounded once to nearest even. Against float64 (one bfloat16 rounding),
     NaN and Inf carried to the outputs that read them; where float32 takes the same loops
-    (3x3 forwards on rows wider than 8, the input gradient's gather, the window kernels) the
-    bits equal float32's rounded. A channel-sliced input and a grad_output without unit
+    (every forward: quads, listed taps and row kernel; the input gradient's gather, the
+    window kernels) the bits equal float32's rounded. A channel-sliced input and a grad_output without unit
     channel stride give the same bits."""
     c, h, w, k, stride, dilation, padding, mode = case
     op_geometry = ([stride] * 2, four_sided(padding), [dilation] * 2, mode)  # the ops' stride .. padding_mode
@@ -403,9 +404,8 @@ def test_bfloat16_channels_last_in_place(case):
     finite = ref.isfinite()
     assert finite.sum() > ref.numel() // 2
     assert_close(out[finite], ref[finite].to(torch.bfloat16), torch.bfloat16, "cpu")
-    if (kh, kw) == (3, 3) and out.shape[-1] > 8:
-        as_float = cnnops.F.depthwise_conv2d(x.float(), wt.float(), b.float(), stride, padding, dilation, mode)
-        assert same_bits(out, as_float.to(torch.bfloat16))
+    as_float = cnnops.F.depthwise_conv2d(x.float(), wt.float(), b.float(), stride, padding, dilation, mode)
+    assert same_bits(out, as_float.to(torch.bfloat16))
     # Channels 3..3+c of a wider channels_last tensor: pixels c + 5 values apart.
     wide = rand(2, c + 5, h, w).to(torch.bfloat16).contiguous(memory_format=CL)
     wide[:, 3:3 + c] = x

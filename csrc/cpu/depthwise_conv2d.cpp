@@ -42,10 +42,10 @@
 // AVX-512) keeps a window of input pixels per kernel row in registers; on rows wider than
 // 32 a task takes every channel of its rows (each input cache line read whole). Kernels
 // of 9x9 and more at stride 1 run the NCHW kernels on NCHW copies.
-// bfloat16 channels_last (AVX-512): the forward (but for 7-wide kernels), the input
-// gradient and the 3x3 window kernels' weight gradient read and write bfloat16 in place,
-// widened to float in registers; the other weight gradients and the 7-wide forwards run
-// the float32 kernels on float32 copies of a few images at a time. Section "bfloat16
+// bfloat16 channels_last (AVX-512): the forward (quads, listed taps and row kernel), the
+// input gradient and the 3x3 window kernels' weight gradient read and write bfloat16 in
+// place, widened to float in registers; the other weight gradients run the float32
+// kernels on float32 copies of a few images at a time. Section "bfloat16
 // channels_last".
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -592,9 +592,26 @@ C10_NOINLINE void cl_interior_quads(const S* in, int64_t in_row, int64_t in_pix,
 constexpr int64_t kMaxRowsInterior = 16;
 
 #if defined(CNNOPS_HAVE_LANES)
-// channels_last float: P output pixels of one row, one vector of channels (Lanes), column
-// stride SW and dilation DW. Per kernel row, its KW weights sit in registers and
-// each input pixel vector is loaded once (into a register: GCC would fold it into every
+// The row kernel's loads and stores for storage S: float, and (AVX-512) bfloat16 widened to
+// float in registers and rounded back on the store, as the quads do.
+inline Lanes::Reg row_load(const float* p) { return Lanes::load(p); }
+inline Lanes::Reg row_load(Lanes::Mask m, const float* p) { return Lanes::load(m, p); }
+inline void row_store(float* p, Lanes::Reg x) { Lanes::store(p, x); }
+inline void row_store_first(float* p, int n, Lanes::Reg x) { Lanes::store_first(p, n, x); }
+#if defined(CPU_CAPABILITY_AVX512)
+inline Lanes::Reg row_load(const at::BFloat16* p) {
+  return widen_bf16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+inline Lanes::Reg row_load(Lanes::Mask m, const at::BFloat16* p) { return load_masked(m, p); }
+inline void row_store(at::BFloat16* p, Lanes::Reg x) { store_lanes(p, at::vec::Vectorized<float>(x)); }
+inline void row_store_first(at::BFloat16* p, int n, Lanes::Reg x) {
+  store_lanes(p, at::vec::Vectorized<float>(x), n);
+}
+#endif
+
+// channels_last float (AVX-512: or bfloat16; S): P output pixels of one row, one vector of
+// channels (Lanes), column stride SW and dilation DW. Per kernel row, its KW weights sit in
+// registers and each input pixel vector is loaded once (into a register: GCC would fold it into every
 // FMA) for every output of the block that reads it, KW of them at stride 1: the quad
 // kernel above loads one input vector per FMA. rows[r]: kernel row r's input row at the
 // block's first tap column, channel c; wrows[r]: its weights for channel c, one tap every
@@ -605,9 +622,9 @@ constexpr int64_t kMaxRowsInterior = 16;
 // columns each side ("same", stride 1); the pixels in those columns are not read at all (a
 // quarter of a 7x7 on 7x7). stream: whole vectors are stored with stream_lanes; dst
 // aligned to them.
-template <int KW, int SW, int DW, int P, bool Masked, bool Trim = false>
-inline void cl_row_block(const float* const* rows, const float* const* wrows, int64_t nrows, int64_t cpad,
-                         const float* bias, int lanes, uint64_t inside, int64_t pix, float* dst, int64_t dst_pix,
+template <typename S, int KW, int SW, int DW, int P, bool Masked, bool Trim = false>
+inline void cl_row_block(const S* const* rows, const float* const* wrows, int64_t nrows, int64_t cpad,
+                         const float* bias, int lanes, uint64_t inside, int64_t pix, S* dst, int64_t dst_pix,
                          bool stream) {
   constexpr int J = (P - 1) * SW + (KW - 1) * DW + 1;  // input pixels the block reads per kernel row
   static_assert(J <= 64 && (!Trim || DW == 1), "inside is a 64-bit mask; the trim is for dilation 1");
@@ -616,13 +633,13 @@ inline void cl_row_block(const float* const* rows, const float* const* wrows, in
   const Lanes::Reg b = Lanes::load(bias);  // bias and weights are padded to whole vectors
   for (int p = 0; p < P; ++p) acc[p] = b;
   for (int64_t r = 0; r < nrows; ++r) {
-    const float* x = rows[r];
+    const S* x = rows[r];
     Lanes::Reg w[KW];
     for (int kw = 0; kw < KW; ++kw) w[kw] = Lanes::load(wrows[r] + kw * cpad);
 #pragma GCC unroll 64
     for (int j = 0; j < J; ++j, x += pix) {
       if (Trim && (j < KW / 2 || j >= KW / 2 + P)) continue;
-      Lanes::Reg v = Masked ? Lanes::load(((inside >> j) & 1) ? channels : none, x) : Lanes::load(x);
+      Lanes::Reg v = Masked ? row_load(((inside >> j) & 1) ? channels : none, x) : row_load(x);
       __asm__("" : "+v"(v));
 #pragma GCC unroll 16
       for (int kw = 0; kw < KW; ++kw) {
@@ -632,9 +649,9 @@ inline void cl_row_block(const float* const* rows, const float* const* wrows, in
     }
   }
   for (int p = 0; p < P; ++p) {
-    if (lanes < Lanes::kWidth) Lanes::store_first(dst + p * dst_pix, lanes, acc[p]);
+    if (lanes < Lanes::kWidth) row_store_first(dst + p * dst_pix, lanes, acc[p]);
     else if (stream) stream_lanes(dst + p * dst_pix, at::vec::Vectorized<float>(acc[p]));
-    else Lanes::store(dst + p * dst_pix, acc[p]);
+    else row_store(dst + p * dst_pix, acc[p]);
   }
 }
 
@@ -652,9 +669,9 @@ constexpr int kSameRow14 = 14;
 // along a row, blocks of 16 pixels (AVX2, 16 registers: 8), then at most one of 8 and one
 // of the rest. stream: as in cl_interior_quads (whole vectors around the caches where all
 // of them are aligned).
-template <int KW, int SW, int DW>
-void cl_rows(const float* const* rows, const float* const* wrows, const int64_t* nrows, int64_t nout, int64_t cpad,
-             const float* bias, int64_t channels, int64_t pix, int64_t col0, int64_t in_w, int64_t count, float* dst,
+template <typename S, int KW, int SW, int DW>
+void cl_rows(const S* const* rows, const float* const* wrows, const int64_t* nrows, int64_t nout, int64_t cpad,
+             const float* bias, int64_t channels, int64_t pix, int64_t col0, int64_t in_w, int64_t count, S* dst,
              int64_t dst_row, int64_t dst_pix, bool stream) {
   constexpr int64_t V = Lanes::kWidth;
   constexpr int64_t kBlock = Lanes::kRegisters >= 32 ? 16 : 8;  // accumulators beside KW weights
@@ -664,14 +681,14 @@ void cl_rows(const float* const* rows, const float* const* wrows, const int64_t*
   auto block = [&](auto p_const, int64_t i, int64_t c, int64_t ow) {
     constexpr int P = decltype(p_const)::value;
     constexpr int J = (P - 1) * SW + (KW - 1) * DW + 1;
-    const float* r[kMaxRowsInterior];
+    const S* r[kMaxRowsInterior];
     const float* wr[kMaxRowsInterior];
     const int64_t nr = nrows[i];
     for (int64_t k = 0; k < nr; ++k) {
       r[k] = rows[i * kMaxRowsInterior + k] + ow * SW * pix + c;
       wr[k] = wrows[i * kMaxRowsInterior + k] + c;
     }
-    float* d = dst + i * dst_row + ow * dst_pix + c;
+    S* d = dst + i * dst_row + ow * dst_pix + c;
     const int lanes = static_cast<int>(std::min(V, channels - c));
     const int64_t first = col0 + ow * SW;  // input column of the block's pixel j = 0
     const int64_t lo = std::clamp<int64_t>(-first, 0, J), hi = std::clamp<int64_t>(in_w - first, lo, J);
@@ -679,16 +696,16 @@ void cl_rows(const float* const* rows, const float* const* wrows, const int64_t*
     if constexpr ((P == 7 || P == kSameRow14) && SW == 1 && DW == 1) {
       if (same_row && count == P) {
         if (lanes == V)
-          cl_row_block<KW, SW, DW, P, false, true>(r, wr, nr, cpad, bias + c, lanes, inside, pix, d, dst_pix, stream);
+          cl_row_block<S, KW, SW, DW, P, false, true>(r, wr, nr, cpad, bias + c, lanes, inside, pix, d, dst_pix, stream);
         else
-          cl_row_block<KW, SW, DW, P, true, true>(r, wr, nr, cpad, bias + c, lanes, inside, pix, d, dst_pix, stream);
+          cl_row_block<S, KW, SW, DW, P, true, true>(r, wr, nr, cpad, bias + c, lanes, inside, pix, d, dst_pix, stream);
         return;
       }
     }
     if (lanes == V && lo == 0 && hi == J)
-      cl_row_block<KW, SW, DW, P, false>(r, wr, nr, cpad, bias + c, lanes, inside, pix, d, dst_pix, stream);
+      cl_row_block<S, KW, SW, DW, P, false>(r, wr, nr, cpad, bias + c, lanes, inside, pix, d, dst_pix, stream);
     else
-      cl_row_block<KW, SW, DW, P, true>(r, wr, nr, cpad, bias + c, lanes, inside, pix, d, dst_pix, stream);
+      cl_row_block<S, KW, SW, DW, P, true>(r, wr, nr, cpad, bias + c, lanes, inside, pix, d, dst_pix, stream);
   };
   auto any_block = [&](int64_t p, int64_t i, int64_t c, int64_t ow) {
     switch (p) {
@@ -721,9 +738,9 @@ void cl_rows(const float* const* rows, const float* const* wrows, const int64_t*
 }
 #endif
 
-using ClRowKernel = void (*)(const float* const*, const float* const*, const int64_t*, int64_t, int64_t,
-                             const float*, int64_t, int64_t, int64_t, int64_t, int64_t, float*, int64_t, int64_t,
-                             bool);
+template <typename S>
+using ClRowKernel = void (*)(const S* const*, const float* const*, const int64_t*, int64_t, int64_t, const float*,
+                             int64_t, int64_t, int64_t, int64_t, int64_t, S*, int64_t, int64_t, bool);
 
 // The row kernel for g, or nullptr where it does not apply (the quad kernel runs then).
 // 5x5 and 7x7, and 3x3 (stride 1) only on rows of at most 8 outputs: on wider ones it
@@ -751,22 +768,33 @@ constexpr int64_t kClRowsNarrowWidth = 8;
 // rows (12 interior columns: even), with a channel tail (8x24x112x112 0.71 -> 0.89-0.99),
 // from memory (16x144x56x56 2.6 -> 3.1) or at stride 2 (8x144x56x56 0.55 -> 1.0,
 // 8x384x28x28 0.28 -> 0.39).
-bool rows_beat_quads_3x3(const Conv2dGeometry& g, bool from_caches) {
+bool rows_beat_quads_3x3(const Conv2dGeometry& g, int64_t elem_bytes, bool from_caches) {
 #if defined(CPU_CAPABILITY_AVX512)
   const bool same_row_14 = g.out_w == kSameRow14 && g.in_w == kSameRow14 && g.pad_left == 1 &&
                            g.mode == PaddingMode::Zeros;
-  const int64_t pix_bytes = g.in_channels * int64_t(sizeof(float));
-  return from_caches && g.in_channels % 16 == 0 && pix_bytes % 2048 != 0 && (g.out_w >= 40 || same_row_14);
+  const int64_t pix_bytes = g.in_channels * elem_bytes;
+  const bool wide = g.out_w >= 40 && elem_bytes == 4;  // bfloat16: 8x144x56x56 0.84 -> 1.54 ms
+  return from_caches && g.in_channels % 16 == 0 && pix_bytes % 2048 != 0 && (wide || same_row_14);
 #else
-  (void)g, (void)from_caches;
+  (void)g, (void)elem_bytes, (void)from_caches;
   return false;
 #endif
 }
 
-template <typename T>
-ClRowKernel pick_cl_row_kernel(const Conv2dGeometry& g, bool from_caches = false) {
+// S: the input and output storage, float (AVX-512: or bfloat16); other types have none.
+template <typename S>
+ClRowKernel<S> pick_cl_row_kernel(const Conv2dGeometry& g, bool from_caches = false) {
+#if defined(CPU_CAPABILITY_AVX512)
+  constexpr bool kRowStorage = std::is_same<S, float>::value || std::is_same<S, at::BFloat16>::value;
+#else
+  constexpr bool kRowStorage = std::is_same<S, float>::value;
+#endif
 #if defined(CNNOPS_HAVE_LANES)
-  if (!std::is_same<T, float>::value || g.kernel_h > kMaxRowsInterior) return nullptr;
+  if constexpr (!kRowStorage) {
+    (void)g, (void)from_caches;
+    return nullptr;
+  } else {
+  if (g.kernel_h > kMaxRowsInterior) return nullptr;
   // AVX2 (blocks of 8 pixels, one vector of 8 channels): 7x7 and 5x5 on rows of at most 8
   // only. 2 threads, best of 3 alternating runs, quads -> row kernel: 8x768x7x7 7x7 0.64 ->
   // 0.41 ms, 8x96x56x56 7x7 3.84 -> 3.03 (stride 2 1.26 -> 1.09), 8x672x7x7 5x5 0.36 ->
@@ -778,21 +806,24 @@ ClRowKernel pick_cl_row_kernel(const Conv2dGeometry& g, bool from_caches = false
   // (one digit each: kernel width 4 at stride 11 would read as 5x5 at stride 1)
   if (g.stride_w < 1 || g.stride_w > 2 || g.dilation_w < 1 || g.dilation_w > 2) return nullptr;
   switch (g.kernel_w * 100 + g.stride_w * 10 + g.dilation_w) {
-    case 311: return g.out_w <= kClRowsNarrowWidth || rows_beat_quads_3x3(g, from_caches) ? cl_rows<3, 1, 1> : nullptr;
-    case 511: return cl_rows<5, 1, 1>;
-    case 521: return cl_rows<5, 2, 1>;
-    case 711: return cl_rows<7, 1, 1>;
-    case 721: return cl_rows<7, 2, 1>;
+    case 311:
+      return g.out_w <= kClRowsNarrowWidth || rows_beat_quads_3x3(g, sizeof(S), from_caches) ? cl_rows<S, 3, 1, 1>
+                                                                                             : nullptr;
+    case 511: return cl_rows<S, 5, 1, 1>;
+    case 521: return cl_rows<S, 5, 2, 1>;
+    case 711: return cl_rows<S, 7, 1, 1>;
+    case 721: return cl_rows<S, 7, 2, 1>;
     // Dilated, on rows narrower than the kernel's reach (no output column has all its taps
     // inside): the quads' listed-taps loop skips the taps in padding, the row kernel
     // multiplies their zeros (2 threads: 8x512x7x7 5x5 d2 0.124-0.139 -> 0.102-0.107 ms,
     // 7x7 d2 0.158 -> 0.141; 8x128x12x12 7x7 d2, reach 12, stays: 0.137 against 0.178).
-    case 512: return g.out_w < 4 * 2 ? nullptr : cl_rows<5, 1, 2>;
-    case 712: return g.out_w < 6 * 2 ? nullptr : cl_rows<7, 1, 2>;
+    case 512: return g.out_w < 4 * 2 ? nullptr : cl_rows<S, 5, 1, 2>;
+    case 712: return g.out_w < 6 * 2 ? nullptr : cl_rows<S, 7, 1, 2>;
     default: return nullptr;
   }
+  }
 #else
-  (void)g;
+  (void)g, (void)from_caches, (void)kRowStorage;
   return nullptr;
 #endif
 }
@@ -828,7 +859,7 @@ void forward_channels_last(const at::Tensor& input, const at::Tensor& weight, co
   const int64_t tasks_per_image = (g.out_h + kRowsPerTask - 1) / kRowsPerTask;
   const int64_t quads = (ow_hi - ow_lo) / 4, quad_end = ow_lo + 4 * quads;  // [ow_lo, quad_end) by quads
   const bool by_pixel = interior_by_pixel(input, g);
-  const ClRowKernel row_kernel = pick_cl_row_kernel<S>(g, /*from_caches=*/!by_pixel);
+  const ClRowKernel<S> row_kernel = pick_cl_row_kernel<S>(g, /*from_caches=*/!by_pixel);
   const bool stream = may_stream && streams_output(output, g.stride_h == 1 && g.stride_w == 1);
   // The row kernel reads zero padding columns as zeros, so it takes whole rows; other
   // modes leave it the interior columns and the listed-taps loop the rest.
@@ -843,10 +874,10 @@ void forward_channels_last(const at::Tensor& input, const at::Tensor& weight, co
       const int64_t n = item / tasks_per_image, oh0 = (item % tasks_per_image) * kRowsPerTask;
       const int64_t oh1 = std::min(oh0 + kRowsPerTask, g.out_h);
       auto row_inside = [&](int64_t oh) { return oh >= inside_h.lo && oh < inside_h.hi; };
-      if constexpr (std::is_same<S, float>::value) {
+      if constexpr (std::is_same<T, float>::value) {  // (the row kernel's weights are float)
         if (row_kernel != nullptr) {
           // Columns [row_lo, row_hi) of every row; its kernel rows through the padding map.
-          const float* rows[kRowsPerTask * kMaxRowsInterior];
+          const S* rows[kRowsPerTask * kMaxRowsInterior];
           const float* wrows[kRowsPerTask * kMaxRowsInterior];
           int64_t nrows[kRowsPerTask];
           for (int64_t oh = oh0; oh < oh1; ++oh) {
@@ -2074,7 +2105,7 @@ void forward_planes(const at::Tensor& input, const at::Tensor& weight, const at:
 
 // ---------------------------------------------------------------- bfloat16 channels_last
 // bfloat16 channels_last takes the channels_last kernels: in place where they widen
-// bfloat16 in registers (bfloat16_in_place, the input gradient's gather,
+// bfloat16 in registers (AVX-512: the forward, the input gradient's gather,
 // bfloat16_window_in_place), else on float32 copies of a few images at a time. (The plane
 // kernels it took before ran at 0.18-0.50x of torch (oneDNN) on channels_last 3x3
 // forwards; the copies made that 0.5-1.4x, in place 1.7-2.8x.) A chunk's copies (about
@@ -2083,21 +2114,6 @@ void forward_planes(const at::Tensor& input, const at::Tensor& weight, const at:
 // threshold page-faults on every call.
 bool bfloat16_via_float(const Conv2dGeometry& g, at::ScalarType dtype, std::initializer_list<const at::Tensor*> ts) {
   return dtype == at::kBFloat16 && use_channels_last(g, /*same_type=*/true, ts) && !large_kernel_via_nchw(g);
-}
-
-// Most bfloat16 forwards read and write bfloat16 in place, widening to float in registers
-// (the quads and the listed-taps loop, as float32 runs 3x3): no copies. Only 7-wide kernels
-// keep the float32 copies, for the row kernel (in place measured 1.1-1.5x slower there).
-// 2 threads, ms, float32 copies -> in place (torch): 8x96x112x112 3x3 s2 3.6 -> 0.78 (1.6),
-// 8x144x56x56 3x3 2.4 -> 0.90 (2.3), 8x672x14x14 5x5 0.88 -> 0.66 (1.6), 8x768x7x7 7x7
-// 0.26 -> 0.38 (0.60).
-[[maybe_unused]] bool bfloat16_in_place(const Conv2dGeometry& g) {  // (used by AVX-512 builds only)
-#if defined(CPU_CAPABILITY_AVX512)
-  return g.kernel_w < 7 || pick_cl_row_kernel<float>(g) == nullptr;
-#else
-  (void)g;
-  return false;
-#endif
 }
 
 // fn(first image, geometry of the chunk's images) for consecutive chunks of images, each
@@ -2127,8 +2143,8 @@ at::Tensor float_empty(const at::Tensor& like, int64_t n, at::MemoryFormat layou
 }
 
 // bfloat16 through float32 copies of a few images at a time (for_float_chunks), in
-// `layout`: channels_last ones for the channels_last kernel (where bfloat16_in_place says
-// no), NCHW ones for the plane kernels. bfloat16 planes (NCHW, and channels_last with a
+// `layout`: channels_last ones for the channels_last kernel (AVX2 builds, which do not
+// widen bfloat16 in place), NCHW ones for the plane kernels. bfloat16 planes (NCHW, and channels_last with a
 // multiplier over 1) take the NCHW ones: the plane kernels on bfloat16 staged it through
 // scalar loops, and the direct, flat, shifted and staged kernels read float32 only. AMD EPYC Zen 4, 2 threads, NCHW forward, ms (torch 2.14.1 in the same
 // process): 8x128x28x28 3x3 0.70 -> 0.24 (0.32), 8x256x14x14 3x3 0.47 -> 0.13 (0.26),
@@ -2164,12 +2180,19 @@ void forward_any(const at::Tensor& input, const at::Tensor& weight, const at::Te
   const ForwardPath path = forward_path();
   if (path == ForwardPath::Auto && bfloat16_via_float(g, input.scalar_type(), {&input, &output})) {
 #if defined(CPU_CAPABILITY_AVX512)
-    if (bfloat16_in_place(g)) {
-      forward_channels_last<at::BFloat16>(input, weight, bias, output, g);
-      return;
-    }
-#endif
+    // In place: the quads, the listed-taps loop and the row kernel widen bfloat16 to float
+    // in registers. 2 threads, ms, float32 copies -> in place (torch): 8x96x112x112 3x3 s2
+    // 3.6 -> 0.78 (1.6), 8x144x56x56 3x3 2.4 -> 0.90 (2.3), 8x672x14x14 5x5 0.88 -> 0.66
+    // (1.6). The row kernel on bfloat16 (AMD EPYC Zen 4, 2 threads, against the bfloat16
+    // quads, or for 7-wide kernels float32 copies and the float32 row kernel; torch 2.14.1
+    // in the same session): 8x240x28x28 5x5 0.77-0.81 -> 0.59-0.61 (0.53), 8x672x14x14 5x5
+    // 0.50 -> 0.31 (0.31), 4x320x33x33 5x5 d2 0.71-0.74 -> 0.57-0.61 (0.50), 8x768x7x7 7x7
+    // 0.39 -> 0.25 (0.19), 8x384x14x14 7x7 0.70 -> 0.33 (0.33), 8x96x56x56 7x7 2.1 -> 1.7
+    // (1.2), 8x96x56x56 7x7 s2 0.71 -> 0.40, 8x384x14x14 3x3 0.13-0.14 -> 0.10-0.12 (0.12).
+    forward_channels_last<at::BFloat16>(input, weight, bias, output, g);
+#else
     forward_bfloat16_via_float(input, weight, bias, output, g, at::MemoryFormat::ChannelsLast);
+#endif
     return;
   }
   if (path == ForwardPath::Auto && input.scalar_type() == at::kBFloat16 &&
