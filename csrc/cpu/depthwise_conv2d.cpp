@@ -611,9 +611,9 @@ inline void row_store_first(at::BFloat16* p, int n, Lanes::Reg x) {
 
 // channels_last float (AVX-512: or bfloat16; S): P output pixels of one row, one vector of
 // channels (Lanes), column stride SW and dilation DW. Per kernel row, its KW weights sit in
-// registers and each input pixel vector is loaded once (into a register: GCC would fold it into every
-// FMA) for every output of the block that reads it, KW of them at stride 1: the quad
-// kernel above loads one input vector per FMA. rows[r]: kernel row r's input row at the
+// registers and each input pixel vector is loaded once (into a register: GCC would fold it
+// into every FMA) for every output of the block that reads it, KW of them at stride 1: the
+// quad kernel above loads one input vector per FMA. rows[r]: kernel row r's input row at the
 // block's first tap column, channel c; wrows[r]: its weights for channel c, one tap every
 // cpad floats.
 // Masked: the loads take only the first `lanes` channels, and input pixel j only if bit j
@@ -696,9 +696,11 @@ void cl_rows(const S* const* rows, const float* const* wrows, const int64_t* nro
     if constexpr ((P == 7 || P == kSameRow14) && SW == 1 && DW == 1) {
       if (same_row && count == P) {
         if (lanes == V)
-          cl_row_block<S, KW, SW, DW, P, false, true>(r, wr, nr, cpad, bias + c, lanes, inside, pix, d, dst_pix, stream);
+          cl_row_block<S, KW, SW, DW, P, false, true>(r, wr, nr, cpad, bias + c, lanes, inside, pix, d, dst_pix,
+                                                      stream);
         else
-          cl_row_block<S, KW, SW, DW, P, true, true>(r, wr, nr, cpad, bias + c, lanes, inside, pix, d, dst_pix, stream);
+          cl_row_block<S, KW, SW, DW, P, true, true>(r, wr, nr, cpad, bias + c, lanes, inside, pix, d, dst_pix,
+                                                     stream);
         return;
       }
     }
@@ -794,33 +796,34 @@ ClRowKernel<S> pick_cl_row_kernel(const Conv2dGeometry& g, bool from_caches = fa
     (void)g, (void)from_caches;
     return nullptr;
   } else {
-  if (g.kernel_h > kMaxRowsInterior) return nullptr;
-  // AVX2 (blocks of 8 pixels, one vector of 8 channels): 7x7 and 5x5 on rows of at most 8
-  // only. 2 threads, best of 3 alternating runs, quads -> row kernel: 8x768x7x7 7x7 0.64 ->
-  // 0.41 ms, 8x96x56x56 7x7 3.84 -> 3.03 (stride 2 1.26 -> 1.09), 8x672x7x7 5x5 0.36 ->
-  // 0.30; but 8x240x28x28 5x5 1.40 -> 1.61, 4x320x33x33 5x5 d2 1.37 -> 1.63, 8x960x7x7
-  // 3x3 0.16 -> 0.34.
-  const bool avx2_rows = g.kernel_w == 7 || (g.kernel_w == 5 && g.stride_w == 1 && g.dilation_w == 1 &&
-                                             g.out_w <= kClRowsNarrowWidth);
-  if (Lanes::kWidth == 8 && !avx2_rows) return nullptr;
-  // (one digit each: kernel width 4 at stride 11 would read as 5x5 at stride 1)
-  if (g.stride_w < 1 || g.stride_w > 2 || g.dilation_w < 1 || g.dilation_w > 2) return nullptr;
-  switch (g.kernel_w * 100 + g.stride_w * 10 + g.dilation_w) {
-    case 311:
-      return g.out_w <= kClRowsNarrowWidth || rows_beat_quads_3x3(g, sizeof(S), from_caches) ? cl_rows<S, 3, 1, 1>
-                                                                                             : nullptr;
-    case 511: return cl_rows<S, 5, 1, 1>;
-    case 521: return cl_rows<S, 5, 2, 1>;
-    case 711: return cl_rows<S, 7, 1, 1>;
-    case 721: return cl_rows<S, 7, 2, 1>;
-    // Dilated, on rows narrower than the kernel's reach (no output column has all its taps
-    // inside): the quads' listed-taps loop skips the taps in padding, the row kernel
-    // multiplies their zeros (2 threads: 8x512x7x7 5x5 d2 0.124-0.139 -> 0.102-0.107 ms,
-    // 7x7 d2 0.158 -> 0.141; 8x128x12x12 7x7 d2, reach 12, stays: 0.137 against 0.178).
-    case 512: return g.out_w < 4 * 2 ? nullptr : cl_rows<S, 5, 1, 2>;
-    case 712: return g.out_w < 6 * 2 ? nullptr : cl_rows<S, 7, 1, 2>;
-    default: return nullptr;
-  }
+    if (g.kernel_h > kMaxRowsInterior) return nullptr;
+    // AVX2 (blocks of 8 pixels, one vector of 8 channels): 7x7 and 5x5 on rows of at most 8
+    // only. 2 threads, best of 3 alternating runs, quads -> row kernel: 8x768x7x7 7x7 0.64 ->
+    // 0.41 ms, 8x96x56x56 7x7 3.84 -> 3.03 (stride 2 1.26 -> 1.09), 8x672x7x7 5x5 0.36 ->
+    // 0.30; but 8x240x28x28 5x5 1.40 -> 1.61, 4x320x33x33 5x5 d2 1.37 -> 1.63, 8x960x7x7
+    // 3x3 0.16 -> 0.34.
+    const bool avx2_rows = g.kernel_w == 7 || (g.kernel_w == 5 && g.stride_w == 1 && g.dilation_w == 1 &&
+                                               g.out_w <= kClRowsNarrowWidth);
+    if (Lanes::kWidth == 8 && !avx2_rows) return nullptr;
+    // (one digit each: kernel width 4 at stride 11 would read as 5x5 at stride 1)
+    if (g.stride_w < 1 || g.stride_w > 2 || g.dilation_w < 1 || g.dilation_w > 2) return nullptr;
+    switch (g.kernel_w * 100 + g.stride_w * 10 + g.dilation_w) {
+      case 311: {
+        const bool rows = g.out_w <= kClRowsNarrowWidth || rows_beat_quads_3x3(g, sizeof(S), from_caches);
+        return rows ? cl_rows<S, 3, 1, 1> : nullptr;
+      }
+      case 511: return cl_rows<S, 5, 1, 1>;
+      case 521: return cl_rows<S, 5, 2, 1>;
+      case 711: return cl_rows<S, 7, 1, 1>;
+      case 721: return cl_rows<S, 7, 2, 1>;
+      // Dilated, on rows narrower than the kernel's reach (no output column has all its taps
+      // inside): the quads' listed-taps loop skips the taps in padding, the row kernel
+      // multiplies their zeros (2 threads: 8x512x7x7 5x5 d2 0.124-0.139 -> 0.102-0.107 ms,
+      // 7x7 d2 0.158 -> 0.141; 8x128x12x12 7x7 d2, reach 12, stays: 0.137 against 0.178).
+      case 512: return g.out_w < 4 * 2 ? nullptr : cl_rows<S, 5, 1, 2>;
+      case 712: return g.out_w < 6 * 2 ? nullptr : cl_rows<S, 7, 1, 2>;
+      default: return nullptr;
+    }
   }
 #else
   (void)g, (void)from_caches, (void)kRowStorage;
@@ -2142,17 +2145,17 @@ at::Tensor float_empty(const at::Tensor& like, int64_t n, at::MemoryFormat layou
                    like.options().dtype(at::kFloat).memory_format(layout));
 }
 
-// bfloat16 through float32 copies of a few images at a time (for_float_chunks), in
-// `layout`: channels_last ones for the channels_last kernel (AVX2 builds, which do not
-// widen bfloat16 in place), NCHW ones for the plane kernels. bfloat16 planes (NCHW, and channels_last with a
-// multiplier over 1) take the NCHW ones: the plane kernels on bfloat16 staged it through
-// scalar loops, and the direct, flat, shifted and staged kernels read float32 only. AMD EPYC Zen 4, 2 threads, NCHW forward, ms (torch 2.14.1 in the same
-// process): 8x128x28x28 3x3 0.70 -> 0.24 (0.32), 8x256x14x14 3x3 0.47 -> 0.13 (0.26),
-// 8x128x28x28 7x7 0.94 -> 0.57 (0.72), 8x240x28x28 5x5 1.45 -> 0.69 (0.96); the input
-// gradient at stride 1 (this forward, flipped) 8x64x56x56 3x3 1.4 -> 0.6 (0.8). The weight
-// gradient does the same (grad_weight_by_float_chunks). channels_last 9x9 and up stay on
-// the bfloat16 channel-blocked kernel: converting and transposing in one copy (at::Tensor::to)
-// made 8x128x28x28 9x9 1.27 -> 1.71 ms.
+// bfloat16 through float32 copies of a few images at a time (for_float_chunks), in `layout`:
+// channels_last ones for the channels_last kernel (AVX2 builds, which do not widen bfloat16 in
+// place), NCHW ones for the plane kernels. bfloat16 planes (NCHW, and channels_last with a
+// multiplier over 1) take the NCHW ones: the plane kernels on bfloat16 staged it through scalar
+// loops, and the direct, flat, shifted and staged kernels read float32 only. AMD EPYC Zen 4, 2
+// threads, NCHW forward, ms (torch 2.14.1 in the same process): 8x128x28x28 3x3 0.70 -> 0.24
+// (0.32), 8x256x14x14 3x3 0.47 -> 0.13 (0.26), 8x128x28x28 7x7 0.94 -> 0.57 (0.72), 8x240x28x28
+// 5x5 1.45 -> 0.69 (0.96); the input gradient at stride 1 (this forward, flipped) 8x64x56x56
+// 3x3 1.4 -> 0.6 (0.8). The weight gradient does the same (grad_weight_by_float_chunks).
+// channels_last 9x9 and up stay on the bfloat16 channel-blocked kernel: converting and
+// transposing in one copy (at::Tensor::to) made 8x128x28x28 9x9 1.27 -> 1.71 ms.
 void forward_bfloat16_via_float(const at::Tensor& input, const at::Tensor& weight, const at::Tensor* bias,
                                 at::Tensor& output, const Conv2dGeometry& g, at::MemoryFormat layout) {
   const at::Tensor weight_f = weight.to(at::kFloat);
