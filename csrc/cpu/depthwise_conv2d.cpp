@@ -443,9 +443,10 @@ C10_ALWAYS_INLINE void for_channel_blocks(int64_t channels, const Chunk& chunk) 
 // channels_last forward: a task is a few output rows of one image. Interior pixels (every
 // tap inside the input) go four at a time with fixed tap offsets (cl_interior_quads); the
 // others list their taps through the padding map, up to four pixels of a row at a time
-// (cl_listed_pixels). (Float32 5x5 and 7x7 in AVX-512 and AVX2 builds go through the row
-// kernel further down instead: whole rows with zero padding, the interior columns with the
-// other modes.) Input and output are stored as S, the sums kept in T.
+// (cl_listed_pixels). (Where pick_cl_row_kernel has one, mostly 5x5 and 7x7, float32 and,
+// under AVX-512, bfloat16 go through the row kernel further down instead: whole rows with
+// zero padding, the interior columns with the other modes.) Input and output are stored as
+// S, the sums kept in T.
 //
 // P pixels from listed taps: tap t of pixel p reads srcs[p * src_step + t], with the
 // weights of tap tap_ids[t], loaded once for the P pixels. A pixel whose tap lies in zero
@@ -543,8 +544,8 @@ C10_ALWAYS_INLINE void cl_interior_chunk(const S* base, const int64_t* off, int6
 // The interior quads of `rows` output rows and `quads` quads along them, then `rest` (< 4)
 // single pixels after them, every channel.
 // `in`: the first row's first quad's input pixel at tap 0, rows in_row apart, output
-// pixels in_pix apart; `out` its output pixel. One call per task: a call per quad position
-// cost about 10% of a 32-channel 112x112 forward. stream: whole vectors go through
+// pixels in_pix apart; `out` its output pixel. The forward makes one call per task: a call
+// per quad position cost about 10% of a 32-channel 112x112 forward. stream: whole vectors go through
 // stream_lanes where every one of them is aligned (on_cache_lines); the caller's task
 // calls streamed_stores_done().
 // Two orders:
@@ -761,8 +762,8 @@ constexpr int64_t kClRowsNarrowWidth = 8;
 //   4x64x80x80 0.31 -> 0.25, 8x64x40x40 0.16-0.17 -> 0.14-0.16, 4x16x112x112 0.17 -> 0.14;
 // - 14-wide "same" rows, zero padding (one trimmed block, kSameRow14): 8x384x14x14 0.14-0.18
 //   -> 0.11-0.15, 8x576x14x14 0.20-0.23 -> 0.14-0.17, 8x960x14x14 0.40 -> 0.30, 32x384x14x14
-//   0.71-1.2 -> 0.40-0.84, 8x256x14x14 0.09 -> 0.07; but not where pixels are a multiple
-//   of 2 KB apart (8x512x14x14 0.216 -> 0.233, 8x1024x14x14 0.52-0.56 -> 0.57-0.62): the
+//   0.71-1.2 -> 0.40-0.84, 8x256x14x14 0.09 -> 0.07; but not where a pixel's channels take
+//   a multiple of 2 KB (8x512x14x14 0.216 -> 0.233, 8x1024x14x14 0.52-0.56 -> 0.57-0.62): the
 //   row kernel reads one channel vector of pixel after pixel, and those fall in one or two
 //   of the L1's 64 sets, evicting the input rows that the next output row reads again.
 // Not on 16- to 32-wide rows (blocks of 16, 8 and a rest; 8x128x28x28 0.159 -> 0.164,
@@ -816,8 +817,8 @@ ClRowKernel<S> pick_cl_row_kernel(const Conv2dGeometry& g, bool from_caches = fa
       case 521: return cl_rows<S, 5, 2, 1>;
       case 711: return cl_rows<S, 7, 1, 1>;
       case 721: return cl_rows<S, 7, 2, 1>;
-      // Dilated, on rows narrower than the kernel's reach (no output column has all its taps
-      // inside): the quads' listed-taps loop skips the taps in padding, the row kernel
+      // Dilated, on rows narrower than the kernel's reach ((k - 1) * 2 columns: most taps in
+      // the padding): the quads' listed-taps loop skips the taps in padding, the row kernel
       // multiplies their zeros (2 threads: 8x512x7x7 5x5 d2 0.124-0.139 -> 0.102-0.107 ms,
       // 7x7 d2 0.158 -> 0.141; 8x128x12x12 7x7 d2, reach 12, stays: 0.137 against 0.178).
       case 512: return g.out_w < 4 * 2 ? nullptr : cl_rows<S, 5, 1, 2>;
