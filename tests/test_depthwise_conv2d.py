@@ -386,8 +386,9 @@ def test_bfloat16_channels_last_in_place(case):
     the float32 sums rounded once to nearest even. Against float64 (one bfloat16 rounding),
     NaN and Inf carried to the outputs that read them; where float32 takes the same loops
     (every forward case here: quads, listed taps and row kernel, whose tap order is the
-    same; the input gradient's gather, the window kernels) the bits equal float32's rounded. A channel-sliced input and a grad_output without unit
-    channel stride give the same bits."""
+    same; the input gradient's gather, the window kernels) the bits equal float32's
+    rounded. A channel-sliced input and a grad_output without unit channel stride give the
+    same bits."""
     c, h, w, k, stride, dilation, padding, mode = case
     op_geometry = ([stride] * 2, four_sided(padding), [dilation] * 2, mode)  # the ops' stride .. padding_mode
     torch.manual_seed(0)

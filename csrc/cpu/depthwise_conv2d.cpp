@@ -545,9 +545,9 @@ C10_ALWAYS_INLINE void cl_interior_chunk(const S* base, const int64_t* off, int6
 // single pixels after them, every channel.
 // `in`: the first row's first quad's input pixel at tap 0, rows in_row apart, output
 // pixels in_pix apart; `out` its output pixel. The forward makes one call per task: a call
-// per quad position cost about 10% of a 32-channel 112x112 forward. stream: whole vectors go through
-// stream_lanes where every one of them is aligned (on_cache_lines); the caller's task
-// calls streamed_stores_done().
+// per quad position cost about 10% of a 32-channel 112x112 forward. stream: whole vectors go
+// through stream_lanes where every one of them is aligned (on_cache_lines); the caller's
+// task calls streamed_stores_done().
 // Two orders:
 // - four pixels at a time, blocks of two vectors along the channels; quad column by quad
 //   column, every row at each, so that the input rows they share are read from L1 (row by
