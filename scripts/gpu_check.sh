@@ -104,12 +104,12 @@ bench_depthwise() {
   # alone), against torch in the same run, for each CNNOPS_DEPTHWISE_CUDA_PATH in DW_PATHS:
   # auto (default: the tiled kernels of depthwise_conv2d_fast.cu) and direct (the opt-in kernels
   # of depthwise_conv2d_direct.cu, and 16-byte channel vectors in the channels_last forward);
-  # DW_SIMPLE=1 adds simple.
+  # DW_SIMPLE=1 adds simple; DW_BENCH_ARGS adds bench options (e.g. "--rounds 3" to fit a lease).
   for path in ${DW_PATHS:-auto direct} $([ "${DW_SIMPLE:-0}" = 1 ] && echo simple); do
     for dt in ${DW_DTYPES:-fp32 fp16}; do
       if [ $dt = fp32 ]; then args=""; else args="--dtype float16 --channels-last --no-roofline"; fi
       CNNOPS_DEPTHWISE_CUDA_PATH=$path stage "bench-dw-$dt-$path" "$T_BENCH" "$OUT/bench_dw_${dt}_$path.log" \
-        python3 -m cnnops.bench --device cuda --ops depthwise_conv2d $args --json "$OUT/bench_cuda_dw_${dt}_$path.json"
+        python3 -m cnnops.bench --device cuda --ops depthwise_conv2d $args ${DW_BENCH_ARGS:-} --json "$OUT/bench_cuda_dw_${dt}_$path.json"
     done
   done
 }
