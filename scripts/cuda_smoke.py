@@ -280,14 +280,15 @@ def check_batch_norm():
 
 def check_depthwise_conv2d():
     """depthwise_conv2d forward and all gradients, every dtype, padding mode and layout,
-    small and large kernels, against float64 torch on the CPU: the default kernels (the tiled
-    ones of depthwise_conv2d_fast.cu where they apply), with CNNOPS_DEPTHWISE_CUDA_PATH=direct (the
-    opt-in direct NCHW kernels of depthwise_conv2d_direct.cu first), then with =simple
+    small and large kernels, against float64 torch on the CPU: the default kernels (the direct
+    ones of depthwise_conv2d_direct.cu for 3x3, the tiled ones of depthwise_conv2d_fast.cu
+    for the rest, where they apply), with CNNOPS_DEPTHWISE_CUDA_PATH=direct (the direct kernels
+    first at every size), =tiled (the tiled ones first, 3x3 included), then with =simple
     the simple ones of depthwise_conv2d.cu everywhere (the tiled forward, its per-output
     fallback for channels_last, the gather grad_input and the two-pass grad_weight)."""
     import os
     bad = 0
-    for path in ("auto", "direct", "simple"):
+    for path in ("auto", "direct", "tiled", "simple"):
         os.environ["CNNOPS_DEPTHWISE_CUDA_PATH"] = path
         bad += _check_depthwise_conv2d(f"path={path}")
     os.environ.pop("CNNOPS_DEPTHWISE_CUDA_PATH", None)

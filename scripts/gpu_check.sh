@@ -8,12 +8,12 @@
 #   4 compute-sanitizer memcheck + racecheck over scripts/cuda_smoke.py, cnnops_ kernels only
 #   5 the benchmark, JSON to $OUT/bench_cuda.json
 # Later op families only add tests, smoke cases and bench cases; this script stays.
-# Depthwise (`bash scripts/gpu_check.sh depthwise_conv2d`): stage 2 runs its tests, the simple
-# kernels included (test_depthwise_cuda_simple_matches_torch forces them, and
-# test_depthwise_cuda_direct_matches_torch the opt-in direct ones), and stage 5 the depthwise
-# benches: fp32 NCHW and fp16 channels_last, on the default (tiled) kernels and on the direct
-# ones (CNNOPS_DEPTHWISE_CUDA_PATH=direct), after a breakdown of each case's forward+backward
-# into its ops (scripts/depthwise_breakdown.py, $OUT/dw_breakdown.json).
+# Depthwise (`bash scripts/gpu_check.sh depthwise_conv2d`): stage 2 runs its tests, each forced
+# kernel path included (test_depthwise_cuda_path_matches_torch: simple, direct, tiled), and
+# stage 5 the depthwise benches: fp32 NCHW and fp16 channels_last, on the default kernels
+# (direct for 3x3, tiled for the rest) and on the direct ones at every size they take
+# (CNNOPS_DEPTHWISE_CUDA_PATH=direct), after a breakdown of each case's forward+backward into
+# its ops (scripts/depthwise_breakdown.py, $OUT/dw_breakdown.json).
 # Tensor-core conv2d (opt-in kernels, csrc/cuda/conv2d_mma*.cu): `bash scripts/gpu_check.sh conv2d_mma`
 # runs tests/test_conv2d_mma.py in stage 2, the foundation's conv2d CUDA tests with the switch
 # on in stage 3, and in stage 5 the channels_last bench cases (fp16, bf16 on the tensor-core
@@ -102,8 +102,9 @@ bench_depthwise() {
   fi
   # The GPU targets, fp32 NCHW and fp16 channels_last (DW_DTYPES="fp32" for the first
   # alone), against torch in the same run, for each CNNOPS_DEPTHWISE_CUDA_PATH in DW_PATHS:
-  # auto (default: the tiled kernels of depthwise_conv2d_fast.cu) and direct (the opt-in kernels
-  # of depthwise_conv2d_direct.cu, and 16-byte channel vectors in the channels_last forward);
+  # auto (default: depthwise_conv2d_direct.cu's kernels for 3x3, the tiled ones of
+  # depthwise_conv2d_fast.cu for the rest), direct (the direct kernels, and 16-byte channel
+  # vectors in the channels_last forward, at every size), tiled (the tiled kernels alone);
   # DW_SIMPLE=1 adds simple; DW_BENCH_ARGS adds bench options (e.g. "--rounds 3" to fit a lease).
   for path in ${DW_PATHS:-auto direct} $([ "${DW_SIMPLE:-0}" = 1 ] && echo simple); do
     for dt in ${DW_DTYPES:-fp32 fp16}; do

@@ -140,24 +140,18 @@ def test_depthwise_matches_torch(device, dtype, case, layout, mode):
     compare(x, w, b, c.stride, c.padding, c.dilation, mode, msg=f"{c} {layout} {mode}")
 
 
+# CNNOPS_DEPTHWISE_CUDA_PATH's forced paths (the default, auto: direct for 3x3, else tiled, is
+# test_depthwise_matches_torch's): simple, the kernels of depthwise_conv2d.cu that run where
+# the others decline; direct, depthwise_conv2d_direct.cu's first at every size they take (zero
+# padding, square 3/5/7: test_depthwise_cuda_direct_shapes below covers each of their
+# kernels); tiled, depthwise_conv2d_fast.cu's first, 3x3 included.
+@pytest.mark.parametrize("cuda_path", ["simple", "direct", "tiled"])
 @pytest.mark.parametrize("case,layout,mode", _params())
 @pytest.mark.parametrize("device,dtype", [p for p in device_dtype_params() if p.values[0] == "cuda"])
-def test_depthwise_cuda_simple_matches_torch(device, dtype, case, layout, mode, monkeypatch):
-    """The simple CUDA kernels of depthwise_conv2d.cu, which run where the tiled ones
-    (depthwise_conv2d_fast.cu, the default; tests/test_depthwise_cuda_emulated.py runs them
-    on the CPU) decline, forced everywhere on the same cases."""
-    monkeypatch.setenv("CNNOPS_DEPTHWISE_CUDA_PATH", "simple")
-    test_depthwise_matches_torch(device, dtype, case, layout, mode)
-
-
-@pytest.mark.parametrize("case,layout,mode", _params())
-@pytest.mark.parametrize("device,dtype", [p for p in device_dtype_params() if p.values[0] == "cuda"])
-def test_depthwise_cuda_direct_matches_torch(device, dtype, case, layout, mode, monkeypatch):
-    """The opt-in direct kernels of depthwise_conv2d_direct.cu (forward, grad_input and
-    grad_weight; tests/test_depthwise_cuda_emulated.py runs them on the CPU) first, where they
-    apply. Few of CASES are theirs (zero padding, square 3/5/7): test_depthwise_cuda_direct_shapes
-    below covers every one of their kernels."""
-    monkeypatch.setenv("CNNOPS_DEPTHWISE_CUDA_PATH", "direct")
+def test_depthwise_cuda_path_matches_torch(device, dtype, case, layout, mode, cuda_path, monkeypatch):
+    """Each forced CUDA path on the same cases as the default;
+    tests/test_depthwise_cuda_emulated.py runs the direct and tiled kernels on the CPU."""
+    monkeypatch.setenv("CNNOPS_DEPTHWISE_CUDA_PATH", cuda_path)
     test_depthwise_matches_torch(device, dtype, case, layout, mode)
 
 
@@ -186,7 +180,8 @@ def test_depthwise_cuda_direct_shapes(device, dtype, layout, kernel, stride, dil
 def test_depthwise_cuda_path_rejects_unknown_names(monkeypatch):
     monkeypatch.setenv("CNNOPS_DEPTHWISE_CUDA_PATH", "fast")
     x = torch.randn(1, 2, 5, 5, device="cuda")
-    with pytest.raises(ValueError, match="CNNOPS_DEPTHWISE_CUDA_PATH to be one of 'auto', 'direct', 'simple', got 'fast'"):
+    with pytest.raises(ValueError,
+                       match="CNNOPS_DEPTHWISE_CUDA_PATH to be one of 'auto', 'direct', 'tiled', 'simple', got 'fast'"):
         cnnops.F.depthwise_conv2d(x, torch.randn(2, 1, 3, 3, device="cuda"))
 
 
@@ -820,7 +815,7 @@ def test_strided_weight(size, kernel, layout):
 
 # Weight and bias views (an odd storage offset, every other element) on every device: the
 # CUDA kernels index the bias as bias[oc] and read channel pairs of a weight copy.
-@pytest.mark.parametrize("cuda_path", ["auto", "direct", "simple"])
+@pytest.mark.parametrize("cuda_path", ["auto", "direct", "tiled", "simple"])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("device,dtype", device_dtype_params())
 def test_weight_and_bias_views(device, dtype, layout, cuda_path, monkeypatch):

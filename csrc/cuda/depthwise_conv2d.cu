@@ -1,10 +1,10 @@
-// Depthwise convolution on CUDA. The tiled kernels of depthwise_conv2d_fast.cu run first
-// where they apply (every CUDA test and the compute-sanitizer smoke run passed on the H100,
-// 2026-11-27); this file's simple kernels, written to be obviously correct, run where they
-// decline (shared memory over 48 KiB; grad_input other than zero padding at multiplier 1)
-// and for every call with CNNOPS_DEPTHWISE_CUDA_PATH=simple, which the tests use to keep
-// them checked. CNNOPS_DEPTHWISE_CUDA_PATH=direct runs the opt-in direct NCHW kernels of
-// depthwise_conv2d_direct.cu first, where they apply (forward, grad_input, grad_weight). This
+// Depthwise convolution on CUDA. By default (CNNOPS_DEPTHWISE_CUDA_PATH, below) the direct
+// kernels of depthwise_conv2d_direct.cu run 3x3 kernels and the tiled kernels of
+// depthwise_conv2d_fast.cu the rest, where they apply (both passed every CUDA test and the
+// compute-sanitizer smoke run on the H200, 2026-11-29); this file's simple kernels, written
+// to be obviously correct, run where they decline (shared memory over 48 KiB; grad_input
+// other than zero padding at multiplier 1) and for every call with
+// CNNOPS_DEPTHWISE_CUDA_PATH=simple, which the tests use to keep them checked. This
 // file's index math is common/depthwise_index.h and common/conv_index.h, which the CPU tests
 // exercise, in 64 bits. Accumulation in at::opmath_type (float for half/bfloat16); no float
 // atomics anywhere (deterministic).
@@ -42,27 +42,35 @@ constexpr int kTile = 16;  // forward tile: kTile x kTile outputs, one per threa
 constexpr int64_t kMaxTileBytes = 32 * 1024;
 
 // CNNOPS_DEPTHWISE_CUDA_PATH, read on every call so that tests can force each path: auto
-// (default: the tiled kernels where they apply), direct (the opt-in direct NCHW kernels of
-// depthwise_conv2d_direct.cu where they apply, else as auto) or simple (this file's kernels
-// everywhere).
-enum class KernelPath { Auto, Direct, Simple };
+// (default: the direct kernels of depthwise_conv2d_direct.cu for 3x3 kernels where they
+// apply, else the tiled ones of depthwise_conv2d_fast.cu), direct (the direct kernels for
+// every kernel size they take), tiled (the tiled ones only, the default before 2026-11-29)
+// or simple (this file's kernels everywhere).
+// Why 3x3 alone: on the H200 (2026-11-29, fp32 NCHW, batch 8, same run as torch) the direct
+// path ran the seven 3x3 forwards 1.05-2.3x as fast as the tiled one (8x96x112x112 stride 2:
+// 0.065 -> 0.028 ms) and their forward+backward 0.95-1.5x; 5x5: forward 1.0-1.2x but
+// forward+backward 0.85-1.0x; 7x7: forward 0.76-1.1x (8x96x56x56 0.056 -> 0.074 ms).
+enum class KernelPath { Auto, Direct, Tiled, Simple };
 
 KernelPath kernel_path() {
-  return static_cast<KernelPath>(
-      env_choice("cnnops.depthwise_conv2d", "CNNOPS_DEPTHWISE_CUDA_PATH", {"auto", "direct", "simple"}));
+  return static_cast<KernelPath>(env_choice("cnnops.depthwise_conv2d", "CNNOPS_DEPTHWISE_CUDA_PATH",
+                                            {"auto", "direct", "tiled", "simple"}));
+}
+
+// Whether the direct kernels (and the channels_last forward's 16-byte channel vectors) go first.
+bool direct_first(KernelPath path, const Conv2dGeometry& g) {
+  return path == KernelPath::Direct || (path == KernelPath::Auto && g.kernel_h == 3 && g.kernel_w == 3);
 }
 
 // A forward (or grad_input as a forward) by the direct kernels where chosen, else the tiled
-// ones (whose channels_last kernel takes 16-byte channel vectors on the direct path).
+// ones (whose channels_last kernel takes 16-byte channel vectors where the direct go first).
 bool forward_by_fast_kernels(KernelPath path, const at::Tensor& input, const at::Tensor& weight,
                              const at::Tensor* bias, at::Tensor& output, const Conv2dGeometry& g, bool flip = false,
                              int64_t spread_h = 1, int64_t spread_w = 1) {
   if (path == KernelPath::Simple) return false;
-  if (path == KernelPath::Direct &&
-      depthwise_forward_direct(input, weight, bias, output, g, flip, spread_h, spread_w))
-    return true;
-  return depthwise_forward_fast(input, weight, bias, output, g, flip, spread_h, spread_w,
-                                /*wide_vectors=*/path == KernelPath::Direct);
+  const bool direct = direct_first(path, g);
+  if (direct && depthwise_forward_direct(input, weight, bias, output, g, flip, spread_h, spread_w)) return true;
+  return depthwise_forward_fast(input, weight, bias, output, g, flip, spread_h, spread_w, /*wide_vectors=*/direct);
 }
 
 // Thread idx -> (n, c, h, w) in the order of a tensor's memory: channels_last walks
@@ -303,8 +311,7 @@ at::Tensor depthwise_conv2d_grad_weight_cuda(const at::Tensor& grad_output, cons
   int64_t fast_slices = 0;
   const KernelPath path = kernel_path();
   const bool fast =
-      (path == KernelPath::Direct &&
-       depthwise_grad_weight_partials_direct(grad_output, input, g, partials, fast_slices)) ||
+      (direct_first(path, g) && depthwise_grad_weight_partials_direct(grad_output, input, g, partials, fast_slices)) ||
       (path != KernelPath::Simple && depthwise_grad_weight_partials_fast(grad_output, input, g, partials, fast_slices));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "cnnops_depthwise_grad_weight_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;

@@ -1,7 +1,7 @@
-// Depthwise convolution on CUDA, the direct kernels: opt-in
-// (CNNOPS_DEPTHWISE_CUDA_PATH=direct) until a GPU run has measured them against the tiled
-// kernels of depthwise_conv2d_fast.cu (DESIGN.md section 3). Compiled for sm_90 and run on
-// the CPU by tests/test_depthwise_cuda_emulated.py; not yet run on a GPU.
+// Depthwise convolution on CUDA, the direct kernels: the default for 3x3 kernels, and for
+// 5x5 and 7x7 too with CNNOPS_DEPTHWISE_CUDA_PATH=direct (depthwise_conv2d.cu says why). First
+// run on a GPU 2026-11-29 (H200: every CUDA test and the compute-sanitizer smoke run passed);
+// tests/test_depthwise_cuda_emulated.py also runs them on the CPU.
 //
 // Why more kernels: on the H100 the tiled kernels ran the 3x3 forward at 0.3-0.7x of torch
 // (whose kernel is a thread per output reading global memory), 540 GB/s where the copy limit

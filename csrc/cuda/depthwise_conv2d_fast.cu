@@ -208,7 +208,7 @@ __global__ void __launch_bounds__(kBlock, 6)
 // consecutive channels of the same pixel. wt: the weight as (tap, output channel),
 // already flipped where needed. VEC > 1 needs multiplier 1, unit channel strides, and
 // channel counts, strides and addresses that are multiples of VEC (checked by the caller):
-// VEC 2 by default, 16 bytes (8 half or bfloat16, 4 float) opt-in with the direct path.
+// VEC 2, or 16 bytes (8 half or bfloat16, 4 float) where the direct kernels go first.
 // (__launch_bounds__ with a minimum of 1 block per SM: with the bound alone, nvcc 13's
 // ptxas kept it to 64 registers and spilled 16-32 bytes.)
 template <typename scalar_t, int VEC>
@@ -278,6 +278,22 @@ __global__ void __launch_bounds__(kBlock, 1)
   }
 }
 
+// wt[tap][oc] = weight[oc][0][kh][kw], or at (K_h - 1 - kh, K_w - 1 - kw) for grad_input
+// (`flip`): the channels_last kernel's weight, read as channel vectors. One launch: at::flip
+// and copy_ took two allocations, two launches and their TensorIterator set-up on the host,
+// in a forward that is host-bound at batch 8 (H200: about 0.045 ms a call at every 3x3 shape).
+template <typename scalar_t>
+__global__ void __launch_bounds__(kBlock)
+    cnnops_depthwise_weight_by_tap_kernel(const scalar_t* weight, scalar_t* wt, Strides4d w_s, Conv2dGeometry g,
+                                          bool flip) {
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= g.kernel_h * g.kernel_w * g.out_channels) return;
+  const int64_t tap = idx / g.out_channels, oc = idx % g.out_channels;
+  int64_t kh = tap / g.kernel_w, kw = tap % g.kernel_w;
+  if (flip) kh = g.kernel_h - 1 - kh, kw = g.kernel_w - 1 - kw;
+  wt[idx] = weight[w_s.offset(oc, 0, kh, kw)];
+}
+
 // `vec` channels per thread: multiplier 1, a channel count that is a multiple of vec, and
 // input and output read as vectors (channel_vectors_fit; the weight copy is a fresh
 // allocation, aligned).
@@ -312,12 +328,6 @@ bool depthwise_forward_fast(const at::Tensor& input, const at::Tensor& weight, c
       launched = true;
       return;
     }
-    // (tap, output channel) copy of the weight, flipped for grad_input: coalesced reads. Always
-    // a fresh tensor: for a 1 x 1 kernel the transpose is contiguous already, and a view of the
-    // caller's weight could start at an odd element (misaligned channel pairs).
-    const at::Tensor oriented = flip ? at::flip(weight, {2, 3}) : weight;
-    at::Tensor wt = at::empty({g.kernel_h * g.kernel_w, g.out_channels}, weight.options());
-    wt.copy_(oriented.reshape({g.out_channels, g.kernel_h * g.kernel_w}).t());
     const int64_t col_groups = ceil_div(g.out_w, kColsPerThread);
     // Channels per thread: 16 bytes of them where asked (wide_vectors) and possible, else
     // pairs, else one.
@@ -327,6 +337,14 @@ bool depthwise_forward_fast(const at::Tensor& input, const at::Tensor& weight, c
                                                                                 : 1;
     const int64_t total = g.batch * g.out_h * col_groups * (g.out_channels / vec);
     if (total > UINT32_MAX) return;  // the kernel's 32-bit index math
+    // (tap, output channel) copy of the weight, flipped for grad_input: coalesced reads. Always
+    // a fresh tensor: for a 1 x 1 kernel the transpose is contiguous already, and a view of the
+    // caller's weight could start at an odd element (misaligned channel pairs).
+    at::Tensor wt = at::empty({g.kernel_h * g.kernel_w, g.out_channels}, weight.options());
+    cnnops_depthwise_weight_by_tap_kernel<scalar_t>
+        <<<static_cast<unsigned>(ceil_div(wt.numel(), kBlock)), kBlock, 0, stream>>>(
+            weight.const_data_ptr<scalar_t>(), wt.mutable_data_ptr<scalar_t>(), strides4d(weight), g, flip);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
     const int64_t blocks = ceil_div(total, kBlock);
     auto launch = [&](auto kernel) {
       kernel<<<static_cast<unsigned>(blocks), kBlock, 0, stream>>>(

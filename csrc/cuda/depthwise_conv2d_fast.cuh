@@ -33,13 +33,14 @@ inline bool channel_vectors_fit(const at::Tensor& t, int64_t vec) {
 // output = depthwise conv of input (geometry g), bias may be null. grad_input as a forward
 // (common/depthwise_index.h): `flip` the kernel in both axes, and read input (grad_output)
 // spread out by spread_h x spread_w, the convolution's stride, g being the spread geometry.
-// wide_vectors (opt-in, CNNOPS_DEPTHWISE_CUDA_PATH=direct; not yet run on a GPU): the
-// channels_last kernel takes 16 bytes of channels per thread where they align, not two.
+// wide_vectors (where the direct kernels go first: 3x3 by default, every size with
+// CNNOPS_DEPTHWISE_CUDA_PATH=direct): the channels_last kernel takes 16 bytes of channels
+// per thread where they align, not two.
 bool depthwise_forward_fast(const at::Tensor& input, const at::Tensor& weight, const at::Tensor* bias,
                             at::Tensor& output, const Conv2dGeometry& g, bool flip = false, int64_t spread_h = 1,
                             int64_t spread_w = 1, bool wide_vectors = false);
 
-// The direct NCHW kernels of depthwise_conv2d_direct.cu (opt-in: CNNOPS_DEPTHWISE_CUDA_PATH=direct),
+// The direct NCHW kernels of depthwise_conv2d_direct.cu (3x3 by default, see depthwise_conv2d.cu),
 // with the same arguments as depthwise_forward_fast: square kernels 3, 5, 7 at stride 1 or 2
 // (dilation 1 or 2 at stride 1; 7 x 7 at dilation 1), zero padding, spread 1 or 2 (at
 // stride 1), float, half and bfloat16.
@@ -52,7 +53,7 @@ bool depthwise_forward_direct(const at::Tensor& input, const at::Tensor& weight,
 bool depthwise_grad_weight_partials_fast(const at::Tensor& grad_output, const at::Tensor& input,
                                          const Conv2dGeometry& g, at::Tensor& partials, int64_t& slices);
 
-// The same partial sums by the direct kernels of depthwise_conv2d_direct.cu (opt-in, as
+// The same partial sums by the direct kernels of depthwise_conv2d_direct.cu (chosen as
 // depthwise_forward_direct): square kernels 3, 5, 7, stride 1 or 2, dilation 1 or 2 at stride 1;
 // NCHW, or channels_last with 16-byte channel vectors (multiplier 1, aligned).
 bool depthwise_grad_weight_partials_direct(const at::Tensor& grad_output, const at::Tensor& input,
