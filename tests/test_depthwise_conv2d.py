@@ -529,17 +529,20 @@ def test_channels_last_listed_pixels(case, mode, dtype):
 
 
 # (kernel, stride, dilation, height, width): channels_last forwards with interior quads
-ORDER_CASES = [(3, 1, 1, 9, 21), (3, 2, 1, 11, 23), (3, 1, 2, 10, 19), (5, 1, 1, 9, 13), (2, 2, 1, 8, 17)]
+# (3x3 with stride equal to dilation: the quads share each input pixel between its taps)
+ORDER_CASES = [(3, 1, 1, 9, 21), (3, 2, 1, 11, 23), (3, 1, 2, 10, 19), (3, 2, 2, 12, 25), (5, 1, 1, 9, 13),
+               (2, 2, 1, 8, 17)]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("case", ORDER_CASES, ids=[f"k{c[0]}_s{c[1]}_d{c[2]}" for c in ORDER_CASES])
 def test_channels_last_interior_orders(case, dtype, monkeypatch):
     """The forward's interior pixels four at a time (CNNOPS_DEPTHWISE_CPU_ORDER=quads) or
     one at a time, every channel of one before the next (pixels; auto takes it for 3x3 on
     inputs over 16 MB), with and without streamed stores, over channel counts ending in
     every kind of block of up to four vectors: torch's values, and the same bits in every
-    order (each output sums its taps in the same order)."""
+    order (each output sums its taps in the same order; bfloat16 also in the 32-channel
+    blocks that the shared 3x3 quads widen by unpacking and store, streamed, by packing)."""
     kernel, stride, dilation, height, width = case
     pad = dilation * (kernel // 2)
     for channels in (3, 13, 16, 21, 24, 40, 61, 64):
