@@ -644,7 +644,8 @@ C10_ALWAYS_INLINE void cl_interior_chunk_3x3_shared(const S* base, const int64_t
 }
 
 // The interior quads of `rows` output rows and `quads` quads along them, then `rest` (< 4)
-// single pixels after them, every channel.
+// single pixels after them, every channel. KK: 9 for a 3x3 kernel (tap count fixed at compile
+// time; taps in three rows of three, for cl_interior_chunk_3x3_shared), else 0.
 // `in`: the first row's first quad's input pixel at tap 0, rows in_row apart, output
 // pixels in_pix apart; `out` its output pixel. The forward makes one call per task: a call
 // per quad position cost about 10% of a 32-channel 112x112 forward. stream: whole vectors go
@@ -1016,7 +1017,9 @@ void forward_channels_last(const at::Tensor& input, const at::Tensor& weight, co
         const S* first = in + n * in_s.n + (inner0 * g.stride_h - g.pad_top) * in_s.h +
                          (ow_lo * g.stride_w - g.pad_left) * in_s.w;
         S* dst = out + n * out_s.n + inner0 * out_s.h + ow_lo * out_s.w;
-        const auto quad_rows = kk == 9 ? cl_interior_quads<S, T, 9> : cl_interior_quads<S, T, 0>;
+        // (KK = 9: 3x3 only, whose taps cl_interior_quads takes as three rows of three)
+        const auto quad_rows =
+            g.kernel_h == 3 && g.kernel_w == 3 ? cl_interior_quads<S, T, 9> : cl_interior_quads<S, T, 0>;
         // (the 1-3 interior columns after the quads go with the listed pixels: four of those
         // at a time load a tap's weights once, a single interior pixel once per FMA)
         quad_rows(first, g.stride_h * in_s.h, g.stride_w * in_s.w, off.data(), kk, wt.data(), cpad, b.data(), C,
