@@ -283,15 +283,23 @@ def check_depthwise_conv2d():
     small and large kernels, against float64 torch on the CPU: the default kernels (the direct
     ones of depthwise_conv2d_direct.cu for 3x3, the tiled ones of depthwise_conv2d_fast.cu
     for the rest, where they apply), with CNNOPS_DEPTHWISE_CUDA_PATH=direct (the direct kernels
-    first at every size), =tiled (the tiled ones first, 3x3 included), then with =simple
-    the simple ones of depthwise_conv2d.cu everywhere (the tiled forward, its per-output
-    fallback for channels_last, the gather grad_input and the two-pass grad_weight)."""
+    first at every size), =tiled (the tiled ones first, 3x3 included, and with
+    CNNOPS_EXPERIMENTAL=1 the opt-in kernel that makes the channels_last forward's weight
+    copy), then with =simple the simple ones of depthwise_conv2d.cu everywhere (the tiled
+    forward, its per-output fallback for channels_last, the gather grad_input and the two-pass
+    grad_weight)."""
     import os
     bad = 0
+    saved = os.environ.get("CNNOPS_EXPERIMENTAL")
     for path in ("auto", "direct", "tiled", "simple"):
         os.environ["CNNOPS_DEPTHWISE_CUDA_PATH"] = path
+        os.environ["CNNOPS_EXPERIMENTAL"] = "1" if path == "tiled" else "0"
         bad += _check_depthwise_conv2d(f"path={path}")
     os.environ.pop("CNNOPS_DEPTHWISE_CUDA_PATH", None)
+    if saved is None:
+        os.environ.pop("CNNOPS_EXPERIMENTAL", None)
+    else:
+        os.environ["CNNOPS_EXPERIMENTAL"] = saved
     return bad
 
 

@@ -16,7 +16,7 @@ three cnnops ops took 0.33 ms alone and 0.67 ms as a whole pass. So compare piec
 pieces, and wholes with wholes.
 No assertions on times: this is a measurement, for scripts/gpu_check.sh and for people.
 
-python scripts/depthwise_breakdown.py [--device cuda] [--sets fp32,fp16-nhwc] [--paths auto,direct]
+python scripts/depthwise_breakdown.py [--device cuda] [--sets fp32,fp16-nhwc] [--paths auto,tiled]
                                       [--filter TEXT] [--quick] [--json PATH]
 """
 import argparse
@@ -95,7 +95,7 @@ def pieces(case, device, dtype, channels_last):
     return out
 
 
-def breakdown(device="cuda", sets=("fp32", "fp16-nhwc"), paths=("auto", "direct"), text_filter=None, quick=False,
+def breakdown(device="cuda", sets=("fp32", "fp16-nhwc"), paths=("auto", "tiled"), text_filter=None, quick=False,
               reps=20, rounds=3, report=print):
     """One row per (set, case, path, piece): {set, case, shape, path, piece, device_ms, host_ms}."""
     rows = []
@@ -131,7 +131,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--sets", default="fp32,fp16-nhwc", help="comma-separated: " + ", ".join(SETS))
-    parser.add_argument("--paths", default="auto,direct", help="CNNOPS_DEPTHWISE_CUDA_PATH values, comma-separated")
+    parser.add_argument("--paths", default="auto,tiled", help="CNNOPS_DEPTHWISE_CUDA_PATH values, comma-separated")
     parser.add_argument("--filter", default=None, help="only cases whose name or shape contains this")
     parser.add_argument("--quick", action="store_true", help="the bench's quick cases")
     parser.add_argument("--reps", type=int, default=20)

@@ -11,9 +11,11 @@
 # Depthwise (`bash scripts/gpu_check.sh depthwise_conv2d`): stage 2 runs its tests, each forced
 # kernel path included (test_depthwise_cuda_path_matches_torch: simple, direct, tiled), and
 # stage 5 the depthwise benches: fp32 NCHW and fp16 channels_last, on the default kernels
-# (direct for 3x3, tiled for the rest) and on the direct ones at every size they take
-# (CNNOPS_DEPTHWISE_CUDA_PATH=direct), after a breakdown of each case's forward+backward into
-# its ops (scripts/depthwise_breakdown.py, $OUT/dw_breakdown.json).
+# (direct for 3x3, tiled for the rest) and on the tiled ones alone (the default before
+# 2026-11-29; DW_PATHS="auto tiled direct" adds the direct ones at every size they take), after
+# a breakdown of each case's forward+backward into its ops (scripts/depthwise_breakdown.py,
+# $OUT/dw_breakdown.json). The opt-in weight-copy kernel of the channels_last forward runs in
+# stage 2 (test_depthwise_cuda_weight_by_tap_kernel) and in the smoke run's tiled pass.
 # Tensor-core conv2d (opt-in kernels, csrc/cuda/conv2d_mma*.cu): `bash scripts/gpu_check.sh conv2d_mma`
 # runs tests/test_conv2d_mma.py in stage 2, the foundation's conv2d CUDA tests with the switch
 # on in stage 3, and in stage 5 the channels_last bench cases (fp16, bf16 on the tensor-core
@@ -98,7 +100,7 @@ bench_depthwise() {
   # torch's pieces, device and host time; DW_BREAKDOWN=0 skips it, T_BREAKDOWN limits it).
   if [ "${DW_BREAKDOWN:-1}" = 1 ]; then
     stage dw-breakdown "${T_BREAKDOWN:-60}" "$OUT/dw_breakdown.log" python3 scripts/depthwise_breakdown.py \
-      --paths "$(echo ${DW_PATHS:-auto direct} | tr ' ' ,)" --json "$OUT/dw_breakdown.json"
+      --paths "$(echo ${DW_PATHS:-auto tiled} | tr ' ' ,)" --json "$OUT/dw_breakdown.json"
   fi
   # The GPU targets, fp32 NCHW and fp16 channels_last (DW_DTYPES="fp32" for the first
   # alone), against torch in the same run, for each CNNOPS_DEPTHWISE_CUDA_PATH in DW_PATHS:
@@ -106,7 +108,7 @@ bench_depthwise() {
   # depthwise_conv2d_fast.cu for the rest), direct (the direct kernels, and 16-byte channel
   # vectors in the channels_last forward, at every size), tiled (the tiled kernels alone);
   # DW_SIMPLE=1 adds simple; DW_BENCH_ARGS adds bench options (e.g. "--rounds 3" to fit a lease).
-  for path in ${DW_PATHS:-auto direct} $([ "${DW_SIMPLE:-0}" = 1 ] && echo simple); do
+  for path in ${DW_PATHS:-auto tiled} $([ "${DW_SIMPLE:-0}" = 1 ] && echo simple); do
     for dt in ${DW_DTYPES:-fp32 fp16}; do
       if [ $dt = fp32 ]; then args=""; else args="--dtype float16 --channels-last --no-roofline"; fi
       CNNOPS_DEPTHWISE_CUDA_PATH=$path stage "bench-dw-$dt-$path" "$T_BENCH" "$OUT/bench_dw_${dt}_$path.log" \

@@ -155,6 +155,17 @@ def test_depthwise_cuda_path_matches_torch(device, dtype, case, layout, mode, cu
     test_depthwise_matches_torch(device, dtype, case, layout, mode)
 
 
+@pytest.mark.parametrize("case,mode", [pytest.param(c, m, id=f"{c.name}-{m}") for c, layout, m in
+                                       (p.values for p in _params()) if layout == "channels_last"])
+@pytest.mark.parametrize("device,dtype", [p for p in device_dtype_params() if p.values[0] == "cuda"])
+def test_depthwise_cuda_weight_by_tap_kernel(device, dtype, case, mode, monkeypatch):
+    """CNNOPS_EXPERIMENTAL=1: the channels_last forward (and grad_input) make their (tap,
+    channel) weight copy with cnnops_depthwise_weight_by_tap_kernel, opt-in until this test has
+    passed on a GPU (tests/test_depthwise_cuda_emulated.py runs it on the CPU)."""
+    monkeypatch.setenv("CNNOPS_EXPERIMENTAL", "1")
+    test_depthwise_matches_torch(device, dtype, case, "channels_last", mode)
+
+
 # (kernel, stride, dilation, multiplier): every (K, S, D) the direct kernels instantiate, a
 # multiplier of 3 (forward and grad_weight; grad_input then gathers), odd sizes
 DIRECT_SHAPES = [(3, 1, 1, 1), (3, 2, 1, 1), (3, 1, 2, 1), (5, 1, 1, 1), (5, 2, 1, 1), (5, 1, 2, 1),
@@ -542,7 +553,8 @@ def test_channels_last_interior_orders(case, dtype, monkeypatch):
     inputs over 16 MB), with and without streamed stores, over channel counts ending in
     every kind of block of up to four vectors: torch's values, and the same bits in every
     order (each output sums its taps in the same order; bfloat16 also in the 32-channel
-    blocks that the shared 3x3 quads widen by unpacking and store, streamed, by packing)."""
+    blocks that the shared 3x3 quads widen by unpacking and store, streamed, by packing: in
+    AVX-512 builds, where bfloat16 runs in place)."""
     kernel, stride, dilation, height, width = case
     pad = dilation * (kernel // 2)
     for channels in (3, 13, 16, 21, 24, 40, 61, 64):

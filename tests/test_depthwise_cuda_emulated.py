@@ -1,5 +1,6 @@
 """The tiled CUDA depthwise kernels (csrc/cuda/depthwise_conv2d_fast.cu, the default CUDA
-path) and the opt-in direct ones (csrc/cuda/depthwise_conv2d_direct.cu) run on the CPU through
+path but for 3x3) and the direct ones (csrc/cuda/depthwise_conv2d_direct.cu, the 3x3
+default) run on the CPU through
 tests/cuda_emulator.py, against torch in float64: forward (NCHW planes and channels_last),
 grad_input as the flipped forward, and grad_weight's partial sums (NCHW bands and
 channels_last runs; for the direct ones NCHW columns and channels_last vectors). This checks their index
@@ -269,11 +270,18 @@ def test_targeted(kernels, cfg):
     assert "forward" in ran and "grad_weight" in ran, f"a kernel declined {cfg}: ran {ran}"
 
 
+# CNNOPS_EXPERIMENTAL: "1" makes the channels_last kernel's (tap, channel) weight copy with
+# cnnops_depthwise_weight_by_tap_kernel (opt-in until a GPU run), "0" with at::flip and copy_.
+WEIGHT_COPIES = ["0", "1"]
+
+
+@pytest.mark.parametrize("experimental", WEIGHT_COPIES)
 @pytest.mark.parametrize("weight_view,bias_view", [("offset", "strided"), ("strided", "offset")])
 @pytest.mark.parametrize("kernel", [(1, 1), (3, 3)])
-def test_weight_and_bias_views(kernels, weight_view, bias_view, kernel):
+def test_weight_and_bias_views(kernels, weight_view, bias_view, kernel, experimental, monkeypatch):
     """Weights and biases that are views (an odd start, every other element): channels_last
     with even C takes channel pairs, whose weight copy must be aligned whatever the view."""
+    monkeypatch.setenv("CNNOPS_EXPERIMENTAL", experimental)
     torch.manual_seed(2)
     pad = (kernel[0] // 2,) * 4
     for layout, dtype in (("channels_last", torch.float16), ("contiguous", torch.float32)):
@@ -339,10 +347,12 @@ def test_random(kernels):
     (1, 10, 1, 9, 9, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), "zeros", "channels_last", torch.float16, True),
     (2, 6, 1, 8, 9, (3, 3), (2, 2), (1, 1), (1, 1, 1, 1), "zeros", "channels_last", torch.float64, True),
 ], ids=["f16_16ch", "bf16_s2", "f32_uneven", "f32_7x7_s2x1", "f16_10ch_pairs", "f64_pairs"])
-def test_wide_channel_vectors(kernels, cfg):
-    """The channels_last kernel with 16-byte channel vectors (8 half or bfloat16, 4 float; the
-    direct path's option), grad_input at stride 2 included; channel counts that are no multiple
-    of the vector (10 half) fall back to pairs, and double's pairs are its 16 bytes."""
+@pytest.mark.parametrize("experimental", WEIGHT_COPIES)
+def test_wide_channel_vectors(kernels, cfg, experimental, monkeypatch):
+    """The channels_last kernel with 16-byte channel vectors (8 half or bfloat16, 4 float; where
+    the direct kernels go first), grad_input at stride 2 included; channel counts that are no
+    multiple of the vector (10 half) fall back to pairs, and double's pairs are its 16 bytes."""
+    monkeypatch.setenv("CNNOPS_EXPERIMENTAL", experimental)
     torch.manual_seed(10)
     n, c, _, h, w = cfg[:5]
     x = torch.empty(n, c, h, w, dtype=cfg[11]).contiguous(memory_format=torch.channels_last)
@@ -387,7 +397,7 @@ def test_forward_plan(kernels, shape):
 
 
 # ---------------------------------------------------------------- the direct NCHW kernels
-# csrc/cuda/depthwise_conv2d_direct.cu (opt-in: CNNOPS_DEPTHWISE_CUDA_PATH=direct): square
+# csrc/cuda/depthwise_conv2d_direct.cu (the 3x3 default; CNNOPS_DEPTHWISE_CUDA_PATH=direct: 5x5, 7x7 too): square
 # kernels 3, 5, 7 at stride 1 or 2, dilation 1 or 2 at stride 1, zero padding, NCHW output;
 # grad_input as the flipped forward at spread 1 or 2.
 

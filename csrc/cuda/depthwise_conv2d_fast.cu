@@ -1,5 +1,6 @@
-// Depthwise convolution on CUDA, the tiled kernels (the default path; first run on the H100
-// 2026-11-27: every CUDA test passed, compute-sanitizer clean). The simple kernels of
+// Depthwise convolution on CUDA, the tiled kernels (the default path for every kernel but 3x3;
+// first run on the H100 2026-11-27, again on the H200 2026-11-29: every CUDA test passed,
+// compute-sanitizer clean). The simple kernels of
 // depthwise_conv2d.cu take one output (or one tap of one channel, for grad_weight) per
 // thread or block and recompute 64-bit tensor offsets for every weight they read; on the
 // H100 they ran at 0.1-0.6x of torch, these at 0.3-1.4x (benchmarks/results). Here:
@@ -32,6 +33,7 @@
 #include "common/conv_checks.h"
 #include "common/depthwise_index.h"
 #include "cuda/depthwise_conv2d_fast.cuh"
+#include "cuda/experimental.h"
 
 namespace cnnops {
 namespace cuda {
@@ -279,9 +281,10 @@ __global__ void __launch_bounds__(kBlock, 1)
 }
 
 // wt[tap][oc] = weight[oc][0][kh][kw], or at (K_h - 1 - kh, K_w - 1 - kw) for grad_input
-// (`flip`): the channels_last kernel's weight, read as channel vectors. One launch: at::flip
-// and copy_ took two allocations, two launches and their TensorIterator set-up on the host,
-// in a forward that is host-bound at batch 8 (H200: about 0.045 ms a call at every 3x3 shape).
+// (`flip`): the channels_last kernel's weight, read as channel vectors. One launch, where
+// at::flip and copy_ take two allocations, two launches and their TensorIterator set-up on
+// the host, in a forward that is host-bound at batch 8 (H200: about 0.045 ms a call at every
+// 3x3 shape). Opt-in (CNNOPS_EXPERIMENTAL=1) until a GPU run has tested it.
 template <typename scalar_t>
 __global__ void __launch_bounds__(kBlock)
     cnnops_depthwise_weight_by_tap_kernel(const scalar_t* weight, scalar_t* wt, Strides4d w_s, Conv2dGeometry g,
@@ -341,10 +344,14 @@ bool depthwise_forward_fast(const at::Tensor& input, const at::Tensor& weight, c
     // a fresh tensor: for a 1 x 1 kernel the transpose is contiguous already, and a view of the
     // caller's weight could start at an odd element (misaligned channel pairs).
     at::Tensor wt = at::empty({g.kernel_h * g.kernel_w, g.out_channels}, weight.options());
-    cnnops_depthwise_weight_by_tap_kernel<scalar_t>
-        <<<static_cast<unsigned>(ceil_div(wt.numel(), kBlock)), kBlock, 0, stream>>>(
-            weight.const_data_ptr<scalar_t>(), wt.mutable_data_ptr<scalar_t>(), strides4d(weight), g, flip);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (experimental_enabled()) {  // one launch (cnnops_depthwise_weight_by_tap_kernel: not yet run on a GPU)
+      cnnops_depthwise_weight_by_tap_kernel<scalar_t>
+          <<<static_cast<unsigned>(ceil_div(wt.numel(), kBlock)), kBlock, 0, stream>>>(
+              weight.const_data_ptr<scalar_t>(), wt.mutable_data_ptr<scalar_t>(), strides4d(weight), g, flip);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    } else {
+      wt.copy_((flip ? at::flip(weight, {2, 3}) : weight).reshape({g.out_channels, g.kernel_h * g.kernel_w}).t());
+    }
     const int64_t blocks = ceil_div(total, kBlock);
     auto launch = [&](auto kernel) {
       kernel<<<static_cast<unsigned>(blocks), kBlock, 0, stream>>>(
