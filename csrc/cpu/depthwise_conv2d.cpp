@@ -579,18 +579,23 @@ C10_ALWAYS_INLINE void cl_interior_chunk(const S* base, const int64_t* off, int6
   store_chunk<S, P, B, Tail>(acc, dst, dst_pix, c, tail, stream);
 }
 
-// cl_interior_chunk for four pixels of a 3x3 kernel whose taps along a row are one pixel
-// step apart (stride equal to dilation along W): pixel p's tap kw reads the row's input
-// pixel p + kw, so each of a kernel row's six input pixels is loaded once for the (up to
-// three) taps that read it, not once per tap. For bfloat16, where each load widens with two
-// more vector instructions, those were the bound (AMD EPYC Zen 4, 2 threads, alternating in
-// one process: 8x144x56x56 1.10 -> 0.85 ms, 2x64x80x80 0.27 -> 0.20; float32 0.89 -> 0.81 and
-// 0.185 -> 0.170). 32-channel bfloat16 blocks then widen by unpacking (load_bf16_pair) and
-// stream their stores: 8x144x56x56 0.91-0.99 -> 0.73-0.93 ms in three alternations of builds.
-template <typename S, typename T, int B, bool Tail>
-C10_ALWAYS_INLINE void cl_interior_chunk_3x3_shared(const S* base, const int64_t* off, int64_t pix, const T* wt,
+// cl_interior_chunk for four pixels of a 3x3 kernel whose taps along a row are tap_step
+// apart, with pixels STEP tap steps apart (STEP 1: stride equal to dilation along W; 2:
+// stride twice the dilation, the usual stride 2): pixel p's tap kw reads the row's input
+// pixel STEP * p + kw (in tap steps), so each of the kCols input pixels a kernel row reads is
+// loaded once for the taps that read it (up to three at STEP 1, two at STEP 2), not once per
+// tap. For bfloat16, where each load widens with two more vector instructions, those were the
+// bound (AMD EPYC Zen 4, 2 threads, alternating in one process: 8x144x56x56 1.10 -> 0.85 ms,
+// 2x64x80x80 0.27 -> 0.20; float32 0.89 -> 0.81 and 0.185 -> 0.170; stride 2: bfloat16
+// 8x144x56x56 0.28 -> 0.23, 8x64x56x56 0.17 -> 0.14, 8x192x28x28 0.084 -> 0.072, float32
+// 0.50-0.62 -> 0.48-0.54 and 8x192x28x28 0.110 -> 0.116). 32-channel bfloat16 blocks also widen
+// by unpacking (load_bf16_pair) and stream their stores: 8x144x56x56 0.91-0.99 -> 0.73-0.93 ms
+// in three alternations of builds.
+template <typename S, typename T, int STEP, int B, bool Tail>
+C10_ALWAYS_INLINE void cl_interior_chunk_3x3_shared(const S* base, const int64_t* off, int64_t tap_step, const T* wt,
                                                     int64_t cpad, const T* bias, int64_t c, int64_t tail, S* dst,
                                                     int64_t dst_pix, bool stream) {
+  constexpr int kCols = 3 * STEP + 3;  // the input pixels a kernel row of four outputs reads
   using Vec = at::vec::Vectorized<T>;
   constexpr int64_t V = Vec::size();
 #if defined(CPU_CAPABILITY_AVX512)
@@ -606,14 +611,15 @@ C10_ALWAYS_INLINE void cl_interior_chunk_3x3_shared(const S* base, const int64_t
         const T* wv = wt + (3 * kh + kw) * cpad + c;
         to_lane_order(_mm512_loadu_ps(wv), _mm512_loadu_ps(wv + V), w[kw][0], w[kw][1]);
       }
-#pragma GCC unroll 6
-      for (int j = 0; j < 6; ++j) {
+#pragma GCC unroll 9
+      for (int j = 0; j < kCols; ++j) {
         __m512 x[2];
-        load_bf16_pair(row + j * pix, x[0], x[1]);
+        load_bf16_pair(row + j * tap_step, x[0], x[1]);
 #pragma GCC unroll 3
         for (int kw = 0; kw < 3; ++kw)
-          if (j - kw >= 0 && j - kw < 4)
-            for (int h = 0; h < 2; ++h) sum[j - kw][h] = _mm512_fmadd_ps(w[kw][h], x[h], sum[j - kw][h]);
+          if (j - kw >= 0 && (j - kw) % STEP == 0 && (j - kw) / STEP < 4)
+            for (int h = 0; h < 2; ++h)
+              sum[(j - kw) / STEP][h] = _mm512_fmadd_ps(w[kw][h], x[h], sum[(j - kw) / STEP][h]);
       }
     }
     for (int p = 0; p < 4; ++p) store_bf16_pair(dst + p * dst_pix + c, sum[p][0], sum[p][1], stream);
@@ -630,14 +636,15 @@ C10_ALWAYS_INLINE void cl_interior_chunk_3x3_shared(const S* base, const int64_t
     Vec w[3][B];
     for (int kw = 0; kw < 3; ++kw)
       for (int b = 0; b < B; ++b) w[kw][b] = Vec::loadu(wt + (3 * kh + kw) * cpad + c + b * V);
-#pragma GCC unroll 6
-    for (int j = 0; j < 6; ++j)
+#pragma GCC unroll 9
+    for (int j = 0; j < kCols; ++j)
       for (int b = 0; b < B; ++b) {
-        const S* xp = row + j * pix + b * V;
+        const S* xp = row + j * tap_step + b * V;
         const Vec x = (Tail && b == B - 1) ? load_lanes(xp, tail) : load_lanes(xp);
 #pragma GCC unroll 3
         for (int kw = 0; kw < 3; ++kw)
-          if (j - kw >= 0 && j - kw < 4) acc[j - kw][b] = at::vec::fmadd(w[kw][b], x, acc[j - kw][b]);
+          if (j - kw >= 0 && (j - kw) % STEP == 0 && (j - kw) / STEP < 4)
+            acc[(j - kw) / STEP][b] = at::vec::fmadd(w[kw][b], x, acc[(j - kw) / STEP][b]);
       }
   }
   store_chunk<S, 4, B, Tail>(acc, dst, dst_pix, c, tail, stream);
@@ -670,7 +677,13 @@ C10_NOINLINE void cl_interior_quads(const S* in, int64_t in_row, int64_t in_pix,
   constexpr int64_t V = at::vec::Vectorized<T>::size();
   // (bfloat16 streams 32 channels at a time, in cl_interior_chunk_3x3_shared only)
   stream = stream && on_cache_lines(out, {out_row, out_pix, std::is_same<S, at::BFloat16>::value ? 2 * V : V});
-  const bool shared_3x3 = KK == 9 && off[1] - off[0] == in_pix && off[2] - off[1] == in_pix;
+  // 3x3 taps evenly spaced along a row with pixels one (stride = dilation) or two (stride =
+  // 2 x dilation) tap steps apart: cl_interior_chunk_3x3_shared at that STEP; 0: neither
+  const int64_t tap_step = KK == 9 ? off[1] - off[0] : 0;
+  const int shared_step = KK != 9 || off[2] - off[1] != tap_step ? 0
+                          : in_pix == tap_step                    ? 1
+                          : in_pix == 2 * tap_step                ? 2
+                                                                  : 0;
   // Every channel of P pixels from base (input) to dst (output).
   auto pixels = [&](auto p_const, const S* base, S* dst) {
     constexpr int P = decltype(p_const)::value;
@@ -678,8 +691,14 @@ C10_NOINLINE void cl_interior_quads(const S* in, int64_t in_row, int64_t in_pix,
       constexpr int B = decltype(b_const)::value;
       constexpr bool Tail = decltype(tail_const)::value;
       if constexpr (P == 4 && KK == 9) {
-        if (shared_3x3) {
-          cl_interior_chunk_3x3_shared<S, T, B, Tail>(base, off, in_pix, wt, cpad, bias, c, tail, dst, out_pix, stream);
+        if (shared_step == 1) {
+          cl_interior_chunk_3x3_shared<S, T, 1, B, Tail>(base, off, tap_step, wt, cpad, bias, c, tail, dst, out_pix,
+                                                         stream);
+          return;
+        }
+        if (shared_step == 2) {
+          cl_interior_chunk_3x3_shared<S, T, 2, B, Tail>(base, off, tap_step, wt, cpad, bias, c, tail, dst, out_pix,
+                                                         stream);
           return;
         }
       }
