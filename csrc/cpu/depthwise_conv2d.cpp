@@ -598,55 +598,58 @@ C10_ALWAYS_INLINE void cl_interior_chunk_3x3_shared(const S* base, const int64_t
   constexpr int kCols = 3 * STEP + 3;  // the input pixels a kernel row of four outputs reads
   using Vec = at::vec::Vectorized<T>;
   constexpr int64_t V = Vec::size();
+  // bfloat16's whole 32-channel blocks (AVX-512) in lane order (load_bf16_pair): half the
+  // widening instructions, and 64-byte stores that can stream.
 #if defined(CPU_CAPABILITY_AVX512)
-  if constexpr (std::is_same<S, at::BFloat16>::value && B == 2 && !Tail) {
-    // 32 channels in lane order (load_bf16_pair): half the widening instructions, and
-    // 64-byte stores that can stream.
-    __m512 sum[4][2], w[3][2];
-    to_lane_order(_mm512_loadu_ps(bias + c), _mm512_loadu_ps(bias + c + V), sum[0][0], sum[0][1]);
-    for (int p = 1; p < 4; ++p) sum[p][0] = sum[0][0], sum[p][1] = sum[0][1];
-    for (int kh = 0; kh < 3; ++kh) {
-      const S* row = base + c + off[3 * kh];
-      for (int kw = 0; kw < 3; ++kw) {
-        const T* wv = wt + (3 * kh + kw) * cpad + c;
-        to_lane_order(_mm512_loadu_ps(wv), _mm512_loadu_ps(wv + V), w[kw][0], w[kw][1]);
-      }
-#pragma GCC unroll 9
-      for (int j = 0; j < kCols; ++j) {
-        __m512 x[2];
-        load_bf16_pair(row + j * tap_step, x[0], x[1]);
-#pragma GCC unroll 3
-        for (int kw = 0; kw < 3; ++kw)
-          if (j - kw >= 0 && (j - kw) % STEP == 0 && (j - kw) / STEP < 4)
-            for (int h = 0; h < 2; ++h)
-              sum[(j - kw) / STEP][h] = _mm512_fmadd_ps(w[kw][h], x[h], sum[(j - kw) / STEP][h]);
-      }
-    }
-    for (int p = 0; p < 4; ++p) store_bf16_pair(dst + p * dst_pix + c, sum[p][0], sum[p][1], stream);
-    return;
-  }
+  constexpr bool kLaneOrder = std::is_same<S, at::BFloat16>::value && B == 2 && !Tail;
 #endif
-  Vec acc[4][B];
-  for (int b = 0; b < B; ++b) {
-    const Vec init = Vec::loadu(bias + c + b * V);
-    for (int p = 0; p < 4; ++p) acc[p][b] = init;
-  }
+  auto load_floats = [&](const T* p, Vec (&v)[B]) {  // weights and bias, in the inputs' order
+#if defined(CPU_CAPABILITY_AVX512)
+    if constexpr (kLaneOrder) {
+      __m512 lo, hi;
+      to_lane_order(_mm512_loadu_ps(p), _mm512_loadu_ps(p + V), lo, hi);
+      v[0] = lo, v[1] = hi;
+      return;
+    }
+#endif
+    for (int b = 0; b < B; ++b) v[b] = Vec::loadu(p + b * V);
+  };
+  auto load_inputs = [&](const S* p, Vec (&v)[B]) {
+#if defined(CPU_CAPABILITY_AVX512)
+    if constexpr (kLaneOrder) {
+      __m512 lo, hi;
+      load_bf16_pair(p, lo, hi);
+      v[0] = lo, v[1] = hi;
+      return;
+    }
+#endif
+    for (int b = 0; b < B; ++b) v[b] = (Tail && b == B - 1) ? load_lanes(p + b * V, tail) : load_lanes(p + b * V);
+  };
+  Vec acc[4][B], init[B];
+  load_floats(bias + c, init);
+  for (int p = 0; p < 4; ++p)
+    for (int b = 0; b < B; ++b) acc[p][b] = init[b];
   for (int kh = 0; kh < 3; ++kh) {
     const S* row = base + c + off[3 * kh];
     Vec w[3][B];
-    for (int kw = 0; kw < 3; ++kw)
-      for (int b = 0; b < B; ++b) w[kw][b] = Vec::loadu(wt + (3 * kh + kw) * cpad + c + b * V);
+    for (int kw = 0; kw < 3; ++kw) load_floats(wt + (3 * kh + kw) * cpad + c, w[kw]);
 #pragma GCC unroll 9
-    for (int j = 0; j < kCols; ++j)
-      for (int b = 0; b < B; ++b) {
-        const S* xp = row + j * tap_step + b * V;
-        const Vec x = (Tail && b == B - 1) ? load_lanes(xp, tail) : load_lanes(xp);
+    for (int j = 0; j < kCols; ++j) {
+      Vec x[B];
+      load_inputs(row + j * tap_step, x);
 #pragma GCC unroll 3
-        for (int kw = 0; kw < 3; ++kw)
-          if (j - kw >= 0 && (j - kw) % STEP == 0 && (j - kw) / STEP < 4)
-            acc[(j - kw) / STEP][b] = at::vec::fmadd(w[kw][b], x, acc[(j - kw) / STEP][b]);
-      }
+      for (int kw = 0; kw < 3; ++kw)
+        if (j - kw >= 0 && (j - kw) % STEP == 0 && (j - kw) / STEP < 4)
+          for (int b = 0; b < B; ++b)
+            acc[(j - kw) / STEP][b] = at::vec::fmadd(w[kw][b], x[b], acc[(j - kw) / STEP][b]);
+    }
   }
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (kLaneOrder) {
+    for (int p = 0; p < 4; ++p) store_bf16_pair(dst + p * dst_pix + c, acc[p][0], acc[p][1], stream);
+    return;
+  }
+#endif
   store_chunk<S, 4, B, Tail>(acc, dst, dst_pix, c, tail, stream);
 }
 
