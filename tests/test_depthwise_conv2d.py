@@ -248,6 +248,10 @@ BLOCKED_SHAPES = [
     ("staged_7x7_d2", (1, 2, 19, 26), 1, (7, 7), 1, 6, 2),
     ("staged_pad17", (1, 2, 18, 24), 1, (5, 5), 1, 17, 1),  # scratch origin 32 columns in
     ("blocked_not_staged_w33", (1, 17, 9, 33), 1, (5, 5), 1, 2, 1),  # AVX-512: 33 of 48 lanes
+    # DeepLab's atrous 5x5 (column dilation 2 fixed at compile time), whose 33-wide rows end
+    # in groups of 4 and 5 pixels, not 8 and 1; a 10-wide row is two groups of 5
+    ("blocked_5x5_d2_w33", (1, 17, 9, 33), 1, (5, 5), 1, 4, 2),
+    ("blocked_w10", (1, 16, 6, 10), 1, (5, 5), 1, 2, 1),
     ("staged_7x7_rest3", (1, 2, 19, 13), 1, (7, 7), 1, 3, 1),  # AVX2: 8-row tiles, then 3 rows
     # 9x9 and up: channel-blocked, the kernel width fixed at compile time for 9, 11 and 13
     # at column stride 1

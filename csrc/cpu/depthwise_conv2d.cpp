@@ -1158,22 +1158,22 @@ std::vector<int64_t> padded_map(int64_t size, int64_t pad_before, int64_t pad_af
 }
 
 // P output pixels (ow..ow + P - 1 of row oh, counted from the first staged row) of a block:
-// one accumulator per pixel, kernel rows [kh0, kh1). SW > 0 fixes the column stride (and a
-// column dilation of 1) and KW > 0 the kernel width at compile time: the tap loop unrolls
+// one accumulator per pixel, kernel rows [kh0, kh1). SW > 0 fixes the column stride (and
+// the column dilation, DW) and KW > 0 the kernel width at compile time: the tap loop unrolls
 // with every load at a constant offset, and the accumulators stay in registers (with
 // run-time steps the address arithmetic took the FMA ports). Trim: the block is a whole
 // row of P pixels with KW / 2 zero columns each side (a "same" convolution, stride 1): the
 // taps that read those columns are left out at compile time (a quarter of a 7x7 on 7x7).
 // With a run-time width (KW = 0), only kernel columns [kw0, kw1) are read: blocked_row_kw
 // leaves out those in which every pixel of the block reads zero padding.
-template <typename T, int P, int KW, int SW, bool Trim = false>
+template <typename T, int P, int KW, int SW, int DW = 1, bool Trim = false>
 inline void blocked_pixels(const T* staged, const T* wt, const Conv2dGeometry& g, const BlockedGeometry& bg,
                            int64_t oh, int64_t ow, int64_t kh0, int64_t kh1, const T* bias, T* out,
                            int64_t kw0 = 0, int64_t kw1 = 0) {
   using Vec = at::vec::Vectorized<T>;
   constexpr int64_t V = Vec::size();
   const int64_t kw_count = KW > 0 ? KW : g.kernel_w, kw_begin = KW > 0 ? 0 : kw0, kw_end = KW > 0 ? KW : kw1;
-  const int64_t step = (SW > 0 ? SW : g.stride_w) * V, tap_step = (SW > 0 ? 1 : g.dilation_w) * V;
+  const int64_t step = (SW > 0 ? SW : g.stride_w) * V, tap_step = (SW > 0 ? DW : g.dilation_w) * V;
   Vec acc[P];
   const Vec b = Vec::loadu(bias);
   for (int p = 0; p < P; ++p) acc[p] = b;
@@ -1193,16 +1193,16 @@ inline void blocked_pixels(const T* staged, const T* wt, const Conv2dGeometry& g
   for (int p = 0; p < P; ++p) acc[p].store(out + p * V);
 }
 
-// One output row of a block: 8 pixels at a time, then the rest of the row in one call (as
-// many independent accumulators as pixels: a 7-wide row one pixel at a time would wait on
-// the FMA latency).
-template <typename T, int KW, int SW>
+// One output row of a block: 8 pixels at a time, then the rest of the row in one or two
+// calls (as many independent accumulators as pixels: a 7-wide row one pixel at a time
+// would wait on the FMA latency).
+template <typename T, int KW, int SW, int DW = 1>
 void blocked_row_kw(const T* staged, const T* wt, const Conv2dGeometry& g, const BlockedGeometry& bg, int64_t oh,
                     int64_t kh0, int64_t kh1, const T* bias, T* orow) {
   constexpr int64_t V = at::vec::Vectorized<T>::size();
-  if constexpr (SW == 1 && KW > 0) {  // 7-wide planes of ConvNeXt and MobileNet ("same", zeros)
+  if constexpr (SW == 1 && DW == 1 && KW > 0) {  // 7-wide planes of ConvNeXt and MobileNet ("same", zeros)
     if (g.out_w == 7 && g.in_w == 7 && g.pad_left == KW / 2 && g.mode == PaddingMode::Zeros)
-      return blocked_pixels<T, 7, KW, 1, true>(staged, wt, g, bg, oh, 0, kh0, kh1, bias, orow);
+      return blocked_pixels<T, 7, KW, 1, 1, true>(staged, wt, g, bg, oh, 0, kh0, kh1, bias, orow);
   }
   // Run-time widths (the large kernels): the kernel columns [kw0, kw1) in which some pixel
   // of the P from ow reads the input; with zero padding the others add nothing (on 31x31
@@ -1217,38 +1217,46 @@ void blocked_row_kw(const T* staged, const T* wt, const Conv2dGeometry& g, const
     const int64_t hi = room_first <= 0 ? 0 : (room_first + dw - 1) / dw;
     return {std::min(lo, g.kernel_w), std::max(std::min(hi, g.kernel_w), std::min(lo, g.kernel_w))};
   };
-  for (; ow + 8 <= g.out_w; ow += 8) {
-    const auto [kw0, kw1] = columns(8);
-    blocked_pixels<T, 8, KW, SW>(staged, wt, g, bg, oh, ow, kh0, kh1, bias, orow + ow * V, kw0, kw1);
-  }
-  T* o = orow + ow * V;
-  const auto [kw0, kw1] = columns(g.out_w - ow);
-  switch (g.out_w - ow) {
-    case 7: blocked_pixels<T, 7, KW, SW>(staged, wt, g, bg, oh, ow, kh0, kh1, bias, o, kw0, kw1); break;
-    case 6: blocked_pixels<T, 6, KW, SW>(staged, wt, g, bg, oh, ow, kh0, kh1, bias, o, kw0, kw1); break;
-    case 5: blocked_pixels<T, 5, KW, SW>(staged, wt, g, bg, oh, ow, kh0, kh1, bias, o, kw0, kw1); break;
-    case 4: blocked_pixels<T, 4, KW, SW>(staged, wt, g, bg, oh, ow, kh0, kh1, bias, o, kw0, kw1); break;
-    case 3: blocked_pixels<T, 3, KW, SW>(staged, wt, g, bg, oh, ow, kh0, kh1, bias, o, kw0, kw1); break;
-    case 2: blocked_pixels<T, 2, KW, SW>(staged, wt, g, bg, oh, ow, kh0, kh1, bias, o, kw0, kw1); break;
-    case 1: blocked_pixels<T, 1, KW, SW>(staged, wt, g, bg, oh, ow, kh0, kh1, bias, o, kw0, kw1); break;
-    default: break;
-  }
+  auto pixels = [&](int64_t count) {  // `count` (1 to 8) pixels from ow
+    T* o = orow + ow * V;
+    const auto [kw0, kw1] = columns(count);
+    switch (count) {
+      case 8: blocked_pixels<T, 8, KW, SW, DW>(staged, wt, g, bg, oh, ow, kh0, kh1, bias, o, kw0, kw1); break;
+      case 7: blocked_pixels<T, 7, KW, SW, DW>(staged, wt, g, bg, oh, ow, kh0, kh1, bias, o, kw0, kw1); break;
+      case 6: blocked_pixels<T, 6, KW, SW, DW>(staged, wt, g, bg, oh, ow, kh0, kh1, bias, o, kw0, kw1); break;
+      case 5: blocked_pixels<T, 5, KW, SW, DW>(staged, wt, g, bg, oh, ow, kh0, kh1, bias, o, kw0, kw1); break;
+      case 4: blocked_pixels<T, 4, KW, SW, DW>(staged, wt, g, bg, oh, ow, kh0, kh1, bias, o, kw0, kw1); break;
+      case 3: blocked_pixels<T, 3, KW, SW, DW>(staged, wt, g, bg, oh, ow, kh0, kh1, bias, o, kw0, kw1); break;
+      case 2: blocked_pixels<T, 2, KW, SW, DW>(staged, wt, g, bg, oh, ow, kh0, kh1, bias, o, kw0, kw1); break;
+      case 1: blocked_pixels<T, 1, KW, SW, DW>(staged, wt, g, bg, oh, ow, kh0, kh1, bias, o, kw0, kw1); break;
+      default: break;
+    }
+    ow += count;
+  };
+  // A row's last 9 to 11 pixels go as two groups of 4 to 6: alone, a last group of 1 to 3
+  // would wait on its FMAs' latency (a 33-wide row's last pixel took a sixth of the row).
+  const int64_t rem = g.out_w % 8, split = g.out_w > 8 && rem > 0 && rem < 4 ? 8 + rem : 0;
+  while (g.out_w - ow > (split > 0 ? split : 7)) pixels(8);
+  if (split > 0) pixels(split / 2);
+  if (ow < g.out_w) pixels(g.out_w - ow);
 }
 
-template <typename T, int SW>
+template <typename T, int SW, int DW = 1>
 void blocked_row_sw(const T* staged, const T* wt, const Conv2dGeometry& g, const BlockedGeometry& bg, int64_t oh,
                     int64_t kh0, int64_t kh1, const T* bias, T* orow) {
-  switch (g.kernel_w) {  // the common widths with the tap loop unrolled (9 to 13: the large kernels at stride 1)
-    case 3: return blocked_row_kw<T, 3, SW>(staged, wt, g, bg, oh, kh0, kh1, bias, orow);
-    case 5: return blocked_row_kw<T, 5, SW>(staged, wt, g, bg, oh, kh0, kh1, bias, orow);
-    case 7: return blocked_row_kw<T, 7, SW>(staged, wt, g, bg, oh, kh0, kh1, bias, orow);
-    case 9: if constexpr (SW == 1) return blocked_row_kw<T, 9, SW>(staged, wt, g, bg, oh, kh0, kh1, bias, orow);
+  // The common widths with the tap loop unrolled (9 to 13: the large kernels at stride 1).
+  constexpr bool large = SW == 1 && DW == 1;
+  switch (g.kernel_w) {
+    case 3: return blocked_row_kw<T, 3, SW, DW>(staged, wt, g, bg, oh, kh0, kh1, bias, orow);
+    case 5: return blocked_row_kw<T, 5, SW, DW>(staged, wt, g, bg, oh, kh0, kh1, bias, orow);
+    case 7: return blocked_row_kw<T, 7, SW, DW>(staged, wt, g, bg, oh, kh0, kh1, bias, orow);
+    case 9: if constexpr (large) return blocked_row_kw<T, 9, SW>(staged, wt, g, bg, oh, kh0, kh1, bias, orow);
       [[fallthrough]];
-    case 11: if constexpr (SW == 1) return blocked_row_kw<T, 11, SW>(staged, wt, g, bg, oh, kh0, kh1, bias, orow);
+    case 11: if constexpr (large) return blocked_row_kw<T, 11, SW>(staged, wt, g, bg, oh, kh0, kh1, bias, orow);
       [[fallthrough]];
-    case 13: if constexpr (SW == 1) return blocked_row_kw<T, 13, SW>(staged, wt, g, bg, oh, kh0, kh1, bias, orow);
+    case 13: if constexpr (large) return blocked_row_kw<T, 13, SW>(staged, wt, g, bg, oh, kh0, kh1, bias, orow);
       [[fallthrough]];
-    default: return blocked_row_kw<T, 0, SW>(staged, wt, g, bg, oh, kh0, kh1, bias, orow);
+    default: return blocked_row_kw<T, 0, SW, DW>(staged, wt, g, bg, oh, kh0, kh1, bias, orow);
   }
 }
 
@@ -1257,6 +1265,9 @@ void blocked_row(const T* staged, const T* wt, const Conv2dGeometry& g, const Bl
                  int64_t kh0, int64_t kh1, const T* bias, T* orow) {
   if (g.dilation_w == 1 && g.stride_w == 1) return blocked_row_sw<T, 1>(staged, wt, g, bg, oh, kh0, kh1, bias, orow);
   if (g.dilation_w == 1 && g.stride_w == 2) return blocked_row_sw<T, 2>(staged, wt, g, bg, oh, kh0, kh1, bias, orow);
+  // Atrous convolutions (DeepLab's 5x5 and 3x3 at dilation 2): with a run-time tap step the
+  // address arithmetic competed with the FMAs.
+  if (g.dilation_w == 2 && g.stride_w == 1) return blocked_row_sw<T, 1, 2>(staged, wt, g, bg, oh, kh0, kh1, bias, orow);
   blocked_row_kw<T, 0, 0>(staged, wt, g, bg, oh, kh0, kh1, bias, orow);
 }
 
