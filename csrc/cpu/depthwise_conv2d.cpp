@@ -1234,7 +1234,7 @@ void blocked_row_kw(const T* staged, const T* wt, const Conv2dGeometry& g, const
     ow += count;
   };
   // A row's last 9 to 11 pixels go as two groups of 4 to 6: alone, a last group of 1 to 3
-  // would wait on its FMAs' latency (a 33-wide row's last pixel took a sixth of the row).
+  // would wait on its FMAs' latency (a 33-wide row's last pixel took about a tenth of it).
   const int64_t rem = g.out_w % 8, split = g.out_w > 8 && rem > 0 && rem < 4 ? 8 + rem : 0;
   while (g.out_w - ow > (split > 0 ? split : 7)) pixels(8);
   if (split > 0) pixels(split / 2);
