@@ -667,7 +667,10 @@ def run_case(case, opts, roofline, tf32_on, spec=None):
         base = case.make_inputs(device, dtype)
         with torch.no_grad():
             probe = case.torch_fn(*base)
-        gy = torch.randn(probe.shape, device=device, dtype=dtype)
+        # grad_output in the memory format of torch's output, as a channels_last network's
+        # backward hands it to each layer; an NCHW one made both sides transpose it first
+        # (about a sixth of cnnops's 8x144x56x56 3x3 channels_last forward+backward).
+        gy = torch.randn_like(probe)
         del probe
         checks, est = check_case(case, base, gy, opts, tf32_on)
     except Exception as e:
@@ -1118,6 +1121,7 @@ def _main(args, ops, directions, cases):
                    "cuda_round_time_s": opts.cuda_round_time if args.device == "cuda" else None,
                    "rotate_bytes": opts.rotate_bytes, "filter": args.filter, "busy_retries": args.busy_retries,
                    "channels_last": args.channels_last,
+                   "grad_output_layout": "memory format of torch's output",
                    # the opt-in CUDA kernels (DESIGN.md section 3) ran instead of the default ones
                    "experimental": os.environ.get("CNNOPS_EXPERIMENTAL", "") == "1",
                    # every kernel-choice switch set (CNNOPS_DEPTHWISE_CUDA_PATH, ...)
