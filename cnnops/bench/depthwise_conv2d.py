@@ -16,6 +16,11 @@ def _out_size(size, k, s, p, d):
     return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
 
+def _taps_inside(size, k, s, p, d, out):
+    """Taps of the `out` outputs along one axis that read the input, not its zero padding."""
+    return sum(sum(1 for t in range(k) if 0 <= o * s - p + t * d < size) for o in range(out))
+
+
 def dw_case(name, n, c, hw, k, stride=1, padding=None, dilation=1, multiplier=1, bias=False,
             channels_last=False):
     padding = dilation * (k - 1) // 2 if padding is None else padding
@@ -58,7 +63,13 @@ def dw_case(name, n, c, hw, k, stride=1, padding=None, dilation=1, multiplier=1,
         shape += " NHWC"
     params = dict(n=n, channels=c, multiplier=multiplier, height=h, width=w, kernel=k, stride=stride,
                   padding=padding, dilation=dilation, bias=bias, channels_last=channels_last,
-                  out_height=oh, out_width=ow)
+                  out_height=oh, out_width=ow,
+                  # the share of fwd_flops whose taps read the input: the rest multiply zero
+                  # padding, which a kernel may skip; flops / GFLOP/s count every tap (as
+                  # conv2d's do), so a large kernel on a small input can show more than the
+                  # peak. The time bound at the peak is flops * useful_taps / peak.
+                  useful_taps=round(_taps_inside(h, k, stride, padding, dilation, oh)
+                                    * _taps_inside(w, k, stride, padding, dilation, ow) / (oh * ow * k * k), 4))
     # 3x3 depthwise does 9 multiply-adds per 2 values moved: memory-bound; large kernels are not.
     return Case(family=FAMILY, name=name, shape=shape, make_inputs=make_inputs, cnnops_fn=cnnops_fn,
                 torch_fn=torch_fn, flops=flops, nbytes=nbytes, grad_inputs=(0, 1, 2),
