@@ -252,6 +252,7 @@ BLOCKED_SHAPES = [
     # in groups of 4 and 5 pixels, not 8 and 1; a 10-wide row is two groups of 5
     ("blocked_5x5_d2_w33", (1, 17, 9, 33), 1, (5, 5), 1, 4, 2),
     ("blocked_w10", (1, 16, 6, 10), 1, (5, 5), 1, 2, 1),
+    ("blocked_11x11_d2", (1, 17, 20, 27), 1, (11, 11), 1, 10, 2),  # dilation 2, run-time width
     ("staged_7x7_rest3", (1, 2, 19, 13), 1, (7, 7), 1, 3, 1),  # AVX2: 8-row tiles, then 3 rows
     # 9x9 and up: channel-blocked, the kernel width fixed at compile time for 9, 11 and 13
     # at column stride 1

@@ -667,10 +667,14 @@ def run_case(case, opts, roofline, tf32_on, spec=None):
         base = case.make_inputs(device, dtype)
         with torch.no_grad():
             probe = case.torch_fn(*base)
-        # grad_output in the memory format of torch's output, as a channels_last network's
-        # backward hands it to each layer; an NCHW one made both sides transpose it first
-        # (about a sixth of cnnops's 8x144x56x56 3x3 channels_last forward+backward).
-        gy = torch.randn_like(probe)
+        # grad_output channels_last in the channels_last cases, as a channels_last network's
+        # backward hands it to each layer (an NCHW one made both sides transpose it first:
+        # about a sixth of cnnops's 8x144x56x56 3x3 channels_last forward+backward), else
+        # contiguous; the same values either way. (Not torch's output's layout: torch's
+        # LayerNorm2d returns a permuted, channels_last-strided tensor for NCHW input.)
+        gy = torch.randn(probe.shape, device=device, dtype=dtype)
+        if case.params.get("channels_last") and gy.dim() == 4:
+            gy = gy.contiguous(memory_format=torch.channels_last)
         del probe
         checks, est = check_case(case, base, gy, opts, tf32_on)
     except Exception as e:
@@ -1121,7 +1125,7 @@ def _main(args, ops, directions, cases):
                    "cuda_round_time_s": opts.cuda_round_time if args.device == "cuda" else None,
                    "rotate_bytes": opts.rotate_bytes, "filter": args.filter, "busy_retries": args.busy_retries,
                    "channels_last": args.channels_last,
-                   "grad_output_layout": "memory format of torch's output",
+                   "grad_output_layout": "channels_last in channels_last cases, else contiguous",
                    # the opt-in CUDA kernels (DESIGN.md section 3) ran instead of the default ones
                    "experimental": os.environ.get("CNNOPS_EXPERIMENTAL", "") == "1",
                    # every kernel-choice switch set (CNNOPS_DEPTHWISE_CUDA_PATH, ...)

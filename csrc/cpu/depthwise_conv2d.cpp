@@ -1250,11 +1250,11 @@ void blocked_row_sw(const T* staged, const T* wt, const Conv2dGeometry& g, const
     case 3: return blocked_row_kw<T, 3, SW, DW>(staged, wt, g, bg, oh, kh0, kh1, bias, orow);
     case 5: return blocked_row_kw<T, 5, SW, DW>(staged, wt, g, bg, oh, kh0, kh1, bias, orow);
     case 7: return blocked_row_kw<T, 7, SW, DW>(staged, wt, g, bg, oh, kh0, kh1, bias, orow);
-    case 9: if constexpr (large) return blocked_row_kw<T, 9, SW>(staged, wt, g, bg, oh, kh0, kh1, bias, orow);
+    case 9: if constexpr (large) return blocked_row_kw<T, 9, SW, DW>(staged, wt, g, bg, oh, kh0, kh1, bias, orow);
       [[fallthrough]];
-    case 11: if constexpr (large) return blocked_row_kw<T, 11, SW>(staged, wt, g, bg, oh, kh0, kh1, bias, orow);
+    case 11: if constexpr (large) return blocked_row_kw<T, 11, SW, DW>(staged, wt, g, bg, oh, kh0, kh1, bias, orow);
       [[fallthrough]];
-    case 13: if constexpr (large) return blocked_row_kw<T, 13, SW>(staged, wt, g, bg, oh, kh0, kh1, bias, orow);
+    case 13: if constexpr (large) return blocked_row_kw<T, 13, SW, DW>(staged, wt, g, bg, oh, kh0, kh1, bias, orow);
       [[fallthrough]];
     default: return blocked_row_kw<T, 0, SW, DW>(staged, wt, g, bg, oh, kh0, kh1, bias, orow);
   }
