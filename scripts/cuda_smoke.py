@@ -2,6 +2,8 @@
 mode and memory format; conv2d, pool2d, layer_norm, conv_transpose2d, batch_norm, depthwise_conv2d,
 the separable pairs), for
 compute-sanitizer. Exits non-zero on a wrong result."""
+import contextlib
+import os
 import sys
 
 import torch
@@ -54,10 +56,23 @@ def pool2d_cases():
     ]
 
 
+@contextlib.contextmanager
+def _saved_environ(*names):
+    """The environment variables `names` as they were before, on leaving (unset ones unset)."""
+    saved = {k: os.environ.get(k) for k in names}
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def check_pool2d():
     """Forward and backward of every pooling kernel, each dtype, NCHW and channels_last,
     against torch on the same values in float64 on the CPU (indices exactly)."""
-    import os
     bad = 0
     tol = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
     for experimental in ("0", "1"):
@@ -140,44 +155,38 @@ def check_conv2d_mma():
     """Every tensor-core conv2d kernel (opt-in, csrc/cuda/conv2d_mma*.cu), forced on with
     CNNOPS_MMA_REQUIRE=1: forward fp16/bf16/TF32 in every padding mode, the input gradient
     (zeros padding) and the fp16/bf16 weight gradient, with tile tails in M, N and K."""
-    import os
     bad = 0
     tol = {torch.float32: 3e-3, torch.float16: 3e-3, torch.bfloat16: 2e-2}
-    saved = {k: os.environ.get(k) for k in ("CNNOPS_EXPERIMENTAL", "CNNOPS_MMA_REQUIRE")}
     tf32 = torch.backends.cudnn.allow_tf32
     torch.backends.cudnn.allow_tf32 = True
-    os.environ.update(CNNOPS_EXPERIMENTAL="1", CNNOPS_MMA_REQUIRE="1")
     ops = torch.ops.cnnops
-    try:
-        for dtype in (torch.float16, torch.bfloat16, torch.float32):
-            for mode in ("zeros", "reflect", "replicate", "circular"):
-                # 2 x 16 x 11 x 13, groups 2, 3x3 stride (2, 1), dilation (1, 2): M = 2*6*9 = 108,
-                # N = 24 per group, K = 9 * 8 = 72 (tails in all three)
-                x = torch.randn(2, 16, 11, 13, device="cuda").to(dtype).contiguous(memory_format=torch.channels_last)
-                w = (torch.randn(48, 8, 3, 3, device="cuda") / 8).to(dtype)
-                b = torch.randn(48, device="cuda").to(dtype)
-                args = ([2, 1], [1, 1, 2, 2], [1, 2], 2, mode)
-                xd, wd, bd = (t.detach().double().requires_grad_() for t in (x, w, b))
-                xp = torch.nn.functional.pad(xd, (2, 2, 1, 1), mode=mode) if mode != "zeros" else xd
-                r = torch.nn.functional.conv2d(xp, wd, bd, (2, 1), 0 if mode != "zeros" else (1, 2), (1, 2), 2)
-                gy = torch.randn(r.shape, device="cuda").to(dtype).contiguous(memory_format=torch.channels_last)
-                rgx, rgw = torch.autograd.grad(r, (xd, wd), gy.double())
-                errs = {"out": _rel(ops.conv2d(x, w, b, *args), r)}
-                if mode == "zeros":
-                    errs["dx"] = _rel(ops.conv2d_grad_input(gy, w, list(x.shape), *args, True), rgx)
-                if dtype != torch.float32:
-                    errs["dw"] = _rel(ops.conv2d_grad_weight(gy, x, list(w.shape), *args, False), rgw)
-                ok = max(errs.values()) < tol[dtype]
-                bad += not ok
-                print(f"conv2d_mma {dtype} {mode}: rel err {' '.join(f'{k} {v:.1e}' for k, v in errs.items())} "
-                      f"{'ok' if ok else 'WRONG'}")
-    finally:
-        torch.backends.cudnn.allow_tf32 = tf32
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with _saved_environ("CNNOPS_EXPERIMENTAL", "CNNOPS_MMA_REQUIRE"):
+        os.environ.update(CNNOPS_EXPERIMENTAL="1", CNNOPS_MMA_REQUIRE="1")
+        try:
+            for dtype in (torch.float16, torch.bfloat16, torch.float32):
+                for mode in ("zeros", "reflect", "replicate", "circular"):
+                    # 2 x 16 x 11 x 13, groups 2, 3x3 stride (2, 1), dilation (1, 2): M = 2*6*9 = 108,
+                    # N = 24 per group, K = 9 * 8 = 72 (tails in all three)
+                    x = torch.randn(2, 16, 11, 13, device="cuda").to(dtype).contiguous(memory_format=torch.channels_last)
+                    w = (torch.randn(48, 8, 3, 3, device="cuda") / 8).to(dtype)
+                    b = torch.randn(48, device="cuda").to(dtype)
+                    args = ([2, 1], [1, 1, 2, 2], [1, 2], 2, mode)
+                    xd, wd, bd = (t.detach().double().requires_grad_() for t in (x, w, b))
+                    xp = torch.nn.functional.pad(xd, (2, 2, 1, 1), mode=mode) if mode != "zeros" else xd
+                    r = torch.nn.functional.conv2d(xp, wd, bd, (2, 1), 0 if mode != "zeros" else (1, 2), (1, 2), 2)
+                    gy = torch.randn(r.shape, device="cuda").to(dtype).contiguous(memory_format=torch.channels_last)
+                    rgx, rgw = torch.autograd.grad(r, (xd, wd), gy.double())
+                    errs = {"out": _rel(ops.conv2d(x, w, b, *args), r)}
+                    if mode == "zeros":
+                        errs["dx"] = _rel(ops.conv2d_grad_input(gy, w, list(x.shape), *args, True), rgx)
+                    if dtype != torch.float32:
+                        errs["dw"] = _rel(ops.conv2d_grad_weight(gy, x, list(w.shape), *args, False), rgw)
+                    ok = max(errs.values()) < tol[dtype]
+                    bad += not ok
+                    print(f"conv2d_mma {dtype} {mode}: rel err {' '.join(f'{k} {v:.1e}' for k, v in errs.items())} "
+                          f"{'ok' if ok else 'WRONG'}")
+        finally:
+            torch.backends.cudnn.allow_tf32 = tf32
     return bad
 
 
@@ -288,18 +297,12 @@ def check_depthwise_conv2d():
     copy), then with =simple the simple ones of depthwise_conv2d.cu everywhere (the tiled
     forward, its per-output fallback for channels_last, the gather grad_input and the two-pass
     grad_weight)."""
-    import os
     bad = 0
-    saved = os.environ.get("CNNOPS_EXPERIMENTAL")
-    for path in ("auto", "direct", "tiled", "simple"):
-        os.environ["CNNOPS_DEPTHWISE_CUDA_PATH"] = path
-        os.environ["CNNOPS_EXPERIMENTAL"] = "1" if path == "tiled" else "0"
-        bad += _check_depthwise_conv2d(f"path={path}")
-    os.environ.pop("CNNOPS_DEPTHWISE_CUDA_PATH", None)
-    if saved is None:
-        os.environ.pop("CNNOPS_EXPERIMENTAL", None)
-    else:
-        os.environ["CNNOPS_EXPERIMENTAL"] = saved
+    with _saved_environ("CNNOPS_DEPTHWISE_CUDA_PATH", "CNNOPS_EXPERIMENTAL"):
+        for path in ("auto", "direct", "tiled", "simple"):
+            os.environ["CNNOPS_DEPTHWISE_CUDA_PATH"] = path
+            os.environ["CNNOPS_EXPERIMENTAL"] = "1" if path == "tiled" else "0"
+            bad += _check_depthwise_conv2d(f"path={path}")
     return bad
 
 
@@ -346,7 +349,6 @@ def check_separable_conv2d():
     """depthwise_separable_conv2d's forward (the two kernels, then with CNNOPS_EXPERIMENTAL=1
     the fused kernel of separable_conv2d_fused.cu) and spatially_separable_conv2d's, every
     dtype, padding mode and layout, against float64 torch on the CPU."""
-    import os
     bad = 0
     tol = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
     F = torch.nn.functional
