@@ -270,10 +270,15 @@ BLOCKED_SHAPES = [
     ("shifted_7x7_w9_mult2", (1, 3, 14, 9), 2, (7, 7), 1, 3, 1),
     ("shifted_3x3_w16", (1, 4, 14, 16), 1, (3, 3), 1, 1, 1),
     # flat planes (AVX-512: 3x3 "same" at stride 1 on contiguous planes of up to 64 pixels,
-    # two planes a call; narrow_3x3_same above too)
+    # two planes a call; narrow_3x3_same above too). Rows 4 to 8 wide at padding 1 and
+    # dilation 1: taps shifted in registers; others: masked loads
     ("flat_8x8", (1, 7, 8, 8), 1, (3, 3), 1, 1, 1),  # four whole vectors; 7 planes: one left alone
     ("flat_3x5_d2_mult2", (2, 3, 3, 5), 2, (3, 3), 1, 2, 2),  # taps two rows and columns away
     ("flat_2x9", (1, 5, 2, 9), 1, (3, 3), 1, 1, 1),  # 18 pixels: a vector and 2 lanes
+    ("flat_16x4", (1, 3, 16, 4), 1, (3, 3), 1, 1, 1),  # 4 wide: shifts by 3 to 5 lanes
+    ("flat_5x6_mult2", (2, 3, 5, 6), 2, (3, 3), 1, 1, 1),  # 30 pixels: a vector and 14 lanes
+    ("flat_2x7", (1, 5, 2, 7), 1, (3, 3), 1, 1, 1),  # one vector, zeros shifted in at both ends
+    ("flat_5x5", (1, 2, 5, 5), 1, (3, 3), 1, 1, 1),
     # channels_last row kernel with zero padding: masked edge blocks of 16 (left and right)
     ("cl_rows_7x7", (1, 20, 9, 40), 1, (7, 7), 1, 3, 1),
     ("cl_rows_5x5_s2", (1, 18, 13, 50), 1, (5, 5), 2, 2, 1),
