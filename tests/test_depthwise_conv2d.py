@@ -234,6 +234,13 @@ BLOCKED_SHAPES = [
     ("direct_3x3_d2", (1, 4, 11, 37), 1, (3, 3), 1, (2, 1), 2),
     ("blocked_5x5_s2", (1, 3, 17, 45), 1, (5, 5), 2, 2, 1),  # stride 2 above 3x3: channel-blocked
     ("direct_s2_narrow", (2, 5, 29, 27), 1, (3, 3), 2, 1, 1),
+    # stride 2 with one padding column on the left (AVX-512): each row's columns split into
+    # even and odd ones; 33 outputs: a pair of vectors, then one whose left tap starts at
+    # column 63; rows unpadded; other padding takes a load per kernel column
+    ("direct_s2_w65", (1, 3, 12, 65), 1, (3, 3), 2, 1, 1),
+    ("direct_s2_rows_unpadded", (2, 3, 11, 36), 1, (3, 3), 2, (0, 1), 1),
+    ("direct_s2_pad0", (1, 3, 10, 40), 1, (3, 3), 2, 0, 1),
+    ("direct_s2_pad2", (1, 3, 9, 41), 1, (3, 3), 2, 2, 1),
     # AVX2 (8 lanes): a row of one vector (4-row groups), and stride 2 with inner vectors
     # that read no padding (plain loads)
     ("direct_w8", (1, 3, 10, 8), 1, (3, 3), 1, 1, 1),
