@@ -1766,15 +1766,6 @@ inline void direct_rows(const float* in_plane, int64_t in_row_stride, int64_t ih
 }
 
 #if defined(CPU_CAPABILITY_AVX512)
-// direct_rows at stride 2 with one column of padding on the left (AVX-512): output column o
-// reads input columns 2o - 1, 2o and 2o + 1. The 32 input columns under a vector of 16
-// outputs are loaded once per input row (two vectors, masked past the row) and split into
-// the even columns (tap 1) and the odd ones (tap 2); tap 0's are the odd ones a lane later,
-// the first taken from the vector before (zero padding or, for the row's first vector in
-// this call, input column 2 * x0 - 1). direct_rows loads each kernel column's 32 columns
-// itself: six masked loads per input row and vector, most straddling two cache lines,
-// against two here. AMD EPYC Zen 4, 2 threads, float32 forward: 8x144x56x56 0.44 -> 0.25
-// ms, 8x144x28x28 0.109 -> 0.080; 8x96x112x112 (reading 38 MB from memory) 1.48 -> 1.43.
 // Lane 15 of `before`, then lanes 0-14 of x.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -1784,6 +1775,17 @@ inline __m512 shift_in_lane(__m512 x, __m512 before) {
 }
 #pragma GCC diagnostic pop
 
+// direct_rows at stride 2 with one column of padding on the left (AVX-512): output column o
+// reads input columns 2o - 1, 2o and 2o + 1. The 32 input columns under a vector of 16
+// outputs are loaded once per input row (two vectors, masked past the row) and split into
+// the even columns (tap 1) and the odd ones (tap 2); tap 0's are the odd ones a lane later,
+// the first taken from the vector before (zero padding or, for the row's first vector in
+// this call, input column 2 * x0 - 1). direct_rows loads each kernel column's 32 columns
+// itself: six masked loads per input row and vector, most straddling two cache lines,
+// against two here. AMD EPYC Zen 4, 2 threads, float32 forward: 8x144x56x56 0.44 -> 0.25
+// ms, 8x144x28x28 0.109 -> 0.080; 8x96x112x112 (reading 38 MB from memory) 1.48 -> 1.43.
+// (At stride 1 the same, one load per vector and its neighbours' lanes shifted in for the
+// side taps, was within 2% of direct_rows: its three loads feed up to nine FMAs.)
 template <int R, int B, bool Stream>
 inline void direct_rows_s2(const float* in_plane, int64_t in_row_stride, int64_t ih0, int64_t in_h, int64_t in_w,
                            int64_t x0, const __m512* wv, __m512 bv, int64_t rows, int last_lanes, float* out_row0,
