@@ -1526,7 +1526,8 @@ void grad_weight_taps(const T* staged, const T* gbuf, const Conv2dGeometry& g, c
     const T* grow = gbuf + oh * g.out_w * V;
     const T* srow[R];
     for (int r = 0; r < R; ++r)
-      srow[r] = staged + ((oh * g.stride_h + (kh0 + r) * g.dilation_h) * bg.padded_w + kw0 * (Unit ? 1 : g.dilation_w)) * V;
+      srow[r] = staged + ((oh * g.stride_h + (kh0 + r) * g.dilation_h) * bg.padded_w +
+                          kw0 * (Unit ? 1 : g.dilation_w)) * V;
     for (int64_t ow = 0; ow < g.out_w; ++ow) {
       const Vec gv = Vec::loadu(grow + ow * V);
       for (int r = 0; r < R; ++r) {
@@ -2273,7 +2274,8 @@ inline void flat_shifted_tap(__m512 (*acc)[NV], const __m512 (*x)[NV], const Pla
   constexpr int O = (T / 3 - 1) * W + T % 3 - 1;
   for (int p = 0; p < P; ++p) {
     const __m512 wt = _mm512_set1_ps(planes[p].w[T]);
-    for (int v = 0; v < NV; ++v) acc[p][v] = _mm512_mask3_fmadd_ps(wt, flat_shifted<NV, O>(x[p], v), acc[p][v], masks[T][v]);
+    for (int v = 0; v < NV; ++v)
+      acc[p][v] = _mm512_mask3_fmadd_ps(wt, flat_shifted<NV, O>(x[p], v), acc[p][v], masks[T][v]);
   }
 }
 
