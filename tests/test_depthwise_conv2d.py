@@ -300,6 +300,10 @@ BLOCKED_SHAPES = [
     ("cl_rows_3x3_w45", (1, 32, 6, 45), 1, (3, 3), 1, 1, 1),  # AVX-512: and from 40 wide, whole vectors
     ("cl_rows_3x3_same14", (2, 48, 14, 14), 1, (3, 3), 1, 1, 1),  # AVX-512: and 14-wide "same" rows
     ("cl_quads_3x3_same14_2kb", (1, 512, 5, 14), 1, (3, 3), 1, 1, 1),  # ... not with pixels 2 KB apart
+    # channels_last 3x3 quads at dilation 2 and 4 (stride 1): quads of pixels a dilation apart,
+    # each residue class in turn, its last 1-3 pixels alone; channel tails of 4 and 1
+    ("cl_quads_3x3_d2", (2, 20, 17, 30), 1, (3, 3), 1, 2, 2),
+    ("cl_quads_3x3_d4", (1, 33, 13, 41), 1, (3, 3), 1, 4, 4),
     # the row kernel at column dilation 2 (5x5, 7x7; stride 1), "same" and uneven padding
     ("cl_rows_5x5_d2", (1, 20, 11, 41), 1, (5, 5), 1, 4, 2),
     ("cl_rows_7x7_d2", (1, 17, 14, 30), 1, (7, 7), 1, (5, 6), 2),
