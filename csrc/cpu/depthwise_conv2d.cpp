@@ -1808,12 +1808,20 @@ inline void direct_rows(const float* in_plane, int64_t in_row_stride, int64_t ih
 }
 
 #if defined(CPU_CAPABILITY_AVX512)
-// Lane 15 of `before`, then lanes 0-14 of x.
+// x shifted by O lanes (-16 < O < 16): lane i holds lane i + O of the run before, x, after
+// (one valignd). The direct stride-2, shifted-rows and flat-plane kernels make their taps'
+// column shifts with it. (GCC 12's valignd intrinsic trips -W(maybe-)uninitialized as the
+// bfloat16 helpers do.)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
-inline __m512 shift_in_lane(__m512 x, __m512 before) {
-  return _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(x), _mm512_castps_si512(before), 15));
+template <int O>
+inline __m512 shifted_lanes(__m512 before, __m512 x, __m512 after) {
+  static_assert(O > -16 && O < 16, "a shift reaches one neighbouring vector");
+  const __m512i v = _mm512_castps_si512(x);
+  if constexpr (O > 0) return _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(after), v, O));
+  else if constexpr (O < 0) return _mm512_castsi512_ps(_mm512_alignr_epi32(v, _mm512_castps_si512(before), 16 + O));
+  else return x;
 }
 #pragma GCC diagnostic pop
 
@@ -1853,7 +1861,7 @@ inline void direct_rows_s2(const float* in_plane, int64_t in_row_stride, int64_t
       const float* src = row + 2 * (x0 + 16 * b);
       const __m512 lo = _mm512_maskz_loadu_ps(lo_mask[b], src), hi = _mm512_maskz_loadu_ps(hi_mask[b], src + 16);
       const __m512 centre = _mm512_permutex2var_ps(lo, even, hi), right = _mm512_permutex2var_ps(lo, odd, hi);
-      const __m512 left = shift_in_lane(right, before);
+      const __m512 left = shifted_lanes<-1>(before, right, _mm512_setzero_ps());
       before = right;
       for (int j = 0; j < R; ++j) {
         const int kh = r - 2 * j;
@@ -2163,20 +2171,6 @@ void forward_staged(const at::Tensor& input, const at::Tensor& weight, const at:
 // no copy: the staged kernel spent about a third of a 14x14 5x5 plane copying it there.
 constexpr int kShiftedRows = 14;
 
-// x shifted by S lanes: lane i holds x[i + S], zero where i + S is outside [0, 16).
-// (GCC 12's valignd intrinsic trips -W(maybe-)uninitialized as the bfloat16 helpers do.)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-template <int S>
-inline __m512 shift_lanes(__m512 x) {
-  const __m512i v = _mm512_castps_si512(x), zero = _mm512_setzero_si512();
-  if constexpr (S > 0) return _mm512_castsi512_ps(_mm512_alignr_epi32(zero, v, S));
-  else if constexpr (S < 0) return _mm512_castsi512_ps(_mm512_alignr_epi32(v, zero, 16 + S));
-  else return x;
-}
-#pragma GCC diagnostic pop
-
 // Output rows [OH0, OH0 + R) of an H-row plane. Two accumulators per row (even and odd
 // kernel columns): one per row left the FMAs waiting on each other's latency, as an input
 // row updates only K rows.
@@ -2185,13 +2179,14 @@ inline void shifted_rows(const float* in, int64_t in_row, const float* w, __m512
                          int64_t out_row) {
   constexpr int P = K / 2, IH0 = OH0 - P > 0 ? OH0 - P : 0, IH1 = OH0 + R + P < H ? OH0 + R + P : H;
   __m512 even[R], odd[R];
-  for (int j = 0; j < R; ++j) even[j] = bias, odd[j] = _mm512_setzero_ps();
+  const __m512 zero = _mm512_setzero_ps();
+  for (int j = 0; j < R; ++j) even[j] = bias, odd[j] = zero;
 #pragma GCC unroll 32
   for (int ih = IH0; ih < IH1; ++ih) {
     const __m512 x = _mm512_maskz_loadu_ps(mask, in + ih * in_row);
     [&]<int... KW>(std::integer_sequence<int, KW...>) {
       ([&] {
-        const __m512 xs = shift_lanes<KW - P>(x);
+        const __m512 xs = shifted_lanes<KW - P>(zero, x, zero);  // padding columns shift in as zeros
         __m512* acc = KW % 2 == 0 ? even : odd;
         for (int kh = 0; kh < K; ++kh) {
           const int j = ih + P - kh - OH0;  // output row (from OH0) that reads input row ih with kernel row kh
@@ -2270,24 +2265,11 @@ int64_t flat_shift_width(const Conv2dGeometry& g) {
 
 // Vector v's pixels shifted by O (lane i: pixel v * 16 + i + O) from the plane's vectors
 // x[0, NV), zeros past either end.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
 template <int NV, int O>
 inline __m512 flat_shifted(const __m512* x, int v) {
-  static_assert(O > -16 && O < 16, "a shift reaches one neighbouring vector");
-  const __m512i zero = _mm512_setzero_si512(), here = _mm512_castps_si512(x[v]);
-  if constexpr (O > 0) {
-    const __m512i next = v + 1 < NV ? _mm512_castps_si512(x[v + 1]) : zero;
-    return _mm512_castsi512_ps(_mm512_alignr_epi32(next, here, O));
-  } else if constexpr (O < 0) {
-    const __m512i prev = v > 0 ? _mm512_castps_si512(x[v - 1]) : zero;
-    return _mm512_castsi512_ps(_mm512_alignr_epi32(here, prev, 16 + O));
-  } else {
-    return x[v];
-  }
+  const __m512 zero = _mm512_setzero_ps();
+  return shifted_lanes<O>(v > 0 ? x[v - 1] : zero, x[v], v + 1 < NV ? x[v + 1] : zero);
 }
-#pragma GCC diagnostic pop
 
 // Tap T (of 9) of P planes held in registers, rows W wide. The FMA's mask leaves the
 // lanes whose tap reads padding as they were (a zero-masked shift measured 10% slower).
